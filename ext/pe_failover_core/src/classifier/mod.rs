@@ -1,0 +1,1 @@
+//! Node Classifier replication: group models, hostname transform, diff and plan.

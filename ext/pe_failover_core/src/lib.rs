@@ -1,0 +1,30 @@
+//! The replication engine of the `ipcrm-pe_failover` Puppet module.
+//!
+//! Everything with logic lives here, free of Ruby: the binding
+//! (`pe_failover_native`) only converts values and errors.
+//!
+//! ```ignore
+//! use pe_failover_core::snapshot::Scanner;
+//!
+//! # fn main() -> pe_failover_core::Result<()> {
+//! let before = Scanner::new("/etc/puppetlabs/puppetserver/ca").scan()?;
+//! // ... a certificate is signed ...
+//! let after = Scanner::new("/etc/puppetlabs/puppetserver/ca").scan()?;
+//! let changes = pe_failover_core::diff::diff(&before.manifest, &after.manifest);
+//! println!("root digest {} -> {}", before.manifest.digest(), after.manifest.digest());
+//! for path in changes.added_paths() {
+//!     println!("signed: {path}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod cancel;
+pub mod classifier;
+pub mod diff;
+pub mod error;
+pub mod exclude;
+pub mod snapshot;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,1 @@
+//! Ruby binding of pe_failover_core.
