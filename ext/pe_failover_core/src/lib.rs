@@ -20,6 +20,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod cancel;
 pub mod classifier;
 pub mod diff;

@@ -1,1 +1,783 @@
-//! Directory snapshots.
+//! Snapshots of a directory tree: a sorted manifest of every entry with its
+//! metadata and content digest, and a root digest over the whole manifest.
+//!
+//! A [`Scanner`] walks a tree without following symbolic links (they are
+//! recorded with their target), stats entries in parallel, and hashes file
+//! contents with SHA-256 in parallel. With a [stat cache](crate::snapshot::Scanner::cache_file),
+//! a re-scan hashes only files whose size, mtime, ctime or inode changed, so
+//! an unchanged tree costs one `lstat` per entry.
+//!
+//! Problems with single entries (a file that cannot be read, a name that is
+//! not UTF-8, a file that changed while it was read) do not stop the scan:
+//! the entry is left out of the manifest and the problem is listed in
+//! [`Scan::problems`]. Use [`Scan::into_complete`] where a partial manifest
+//! must never be used (replication does).
+
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cache::{CacheEntry, CacheStatus, StatCache};
+use crate::cancel::CancelToken;
+use crate::exclude::Excludes;
+use crate::{Error, ErrorKind, Result};
+
+/// What an entry of a tree is. Symbolic links are recorded, never followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+impl EntryKind {
+    /// `"file"`, `"dir"` or `"symlink"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "dir",
+            EntryKind::Symlink => "symlink",
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            EntryKind::File => b'f',
+            EntryKind::Dir => b'd',
+            EntryKind::Symlink => b'l',
+        }
+    }
+}
+
+/// One entry of a manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Path relative to the scanned root, `/`-separated, never empty, never
+    /// starting with `/` and never containing `.` or `..` components.
+    pub path: String,
+    /// File, directory or symbolic link.
+    pub kind: EntryKind,
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// Size in bytes (files and symlinks; 0 for directories).
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// SHA-256 of the contents, lowercase hex (files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Link target (symlinks only), as stored in the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl Entry {
+    fn write_canonical(&self, out: &mut Vec<u8>) {
+        out.push(self.kind.tag());
+        put_bytes(out, self.path.as_bytes());
+        out.extend_from_slice(&self.mode.to_le_bytes());
+        out.extend_from_slice(&self.uid.to_le_bytes());
+        out.extend_from_slice(&self.gid.to_le_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.mtime_ns.to_le_bytes());
+        put_bytes(out, self.sha256.as_deref().unwrap_or("").as_bytes());
+        put_bytes(out, self.target.as_deref().unwrap_or("").as_bytes());
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// A sorted, duplicate-free list of entries with a root digest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<Entry>", into = "Vec<Entry>")]
+pub struct Manifest {
+    entries: Vec<Entry>,
+}
+
+impl TryFrom<Vec<Entry>> for Manifest {
+    type Error = Error;
+
+    fn try_from(entries: Vec<Entry>) -> Result<Self> {
+        Manifest::from_entries(entries)
+    }
+}
+
+impl From<Manifest> for Vec<Entry> {
+    fn from(m: Manifest) -> Self {
+        m.entries
+    }
+}
+
+/// Checks that `path` is a safe relative path: not empty, `/`-separated,
+/// no leading `/`, no empty, `.` or `..` components, no NUL.
+pub fn validate_relative_path(path: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::new(
+            ErrorKind::UnsafePath,
+            format!("unsafe path {path:?}: {why}"),
+        ))
+    };
+    if path.is_empty() {
+        return bad("it is empty");
+    }
+    if path.starts_with('/') {
+        return bad("it is absolute");
+    }
+    if path.contains('\0') {
+        return bad("it contains a NUL byte");
+    }
+    for component in path.split('/') {
+        match component {
+            "" => return bad("it has an empty component"),
+            "." => return bad("it has a '.' component"),
+            ".." => return bad("it has a '..' component"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Builds a manifest from entries in any order. Every path must be a safe
+    /// relative path ([`validate_relative_path`]), appear once, and its parent
+    /// directory (if any) must be an entry of kind `Dir`.
+    pub fn from_entries(mut entries: Vec<Entry>) -> Result<Self> {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        for pair in entries.windows(2) {
+            if pair[0].path == pair[1].path {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("manifest lists {:?} twice", pair[0].path),
+                ));
+            }
+        }
+        let manifest = Manifest { entries };
+        for entry in &manifest.entries {
+            validate_relative_path(&entry.path)?;
+            match entry.kind {
+                EntryKind::File if entry.sha256.as_ref().is_none_or(|s| !is_sha256_hex(s)) => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("manifest entry {:?} has no valid SHA-256", entry.path),
+                    ));
+                }
+                EntryKind::Symlink if entry.target.is_none() => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("manifest symlink {:?} has no target", entry.path),
+                    ));
+                }
+                _ => {}
+            }
+            if let Some((parent, _)) = entry.path.rsplit_once('/') {
+                match manifest.get(parent) {
+                    Some(p) if p.kind == EntryKind::Dir => {}
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::InvalidInput,
+                            format!(
+                                "manifest entry {:?} has no parent directory entry {parent:?}",
+                                entry.path
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The entries, sorted by path (byte order).
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The entry at `path`, if any.
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the manifest has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The canonical byte form that [`digest`](Self::digest) hashes: a
+    /// version tag, then every field of every entry in path order, each
+    /// variable-length field prefixed by its length.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.entries.len() * 128);
+        out.extend_from_slice(b"pe_failover manifest v1\n");
+        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        for entry in &self.entries {
+            entry.write_canonical(&mut out);
+        }
+        out
+    }
+
+    /// The root digest: SHA-256 (lowercase hex) of the canonical form. It
+    /// changes if and only if some recorded field of some entry changes, or
+    /// an entry is added or removed.
+    pub fn digest(&self) -> String {
+        hex::encode(Sha256::digest(self.canonical_bytes()))
+    }
+
+    /// The subset of entries not matched by `excludes`.
+    pub fn without(&self, excludes: &Excludes) -> Manifest {
+        Manifest {
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| !excludes.is_excluded(&e.path))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Counters describing one scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ScanStats {
+    /// Entries in the manifest.
+    pub entries: u64,
+    /// Regular files in the manifest.
+    pub files: u64,
+    /// Files whose contents were read and hashed in this scan.
+    pub hashed: u64,
+    /// Files whose digest came from the stat cache.
+    pub cached: u64,
+    /// Bytes read while hashing.
+    pub bytes_hashed: u64,
+    /// Entries that disappeared between listing and reading (left out).
+    pub vanished: u64,
+    /// Entries left out because of the exclusion patterns.
+    pub excluded: u64,
+    /// What happened to the stat cache file.
+    pub cache: CacheStatus,
+    /// Wall-clock duration of the scan.
+    pub elapsed: Duration,
+}
+
+/// The result of a scan: the manifest, problems with single entries, and
+/// counters.
+#[derive(Debug)]
+pub struct Scan {
+    /// Every entry that was read successfully.
+    pub manifest: Manifest,
+    /// Entries that could not be recorded, each with its path and cause.
+    pub problems: Vec<Error>,
+    /// Counters.
+    pub stats: ScanStats,
+}
+
+impl Scan {
+    /// The manifest, or an error when any entry could not be recorded: the
+    /// first problem, with the number of others in its message.
+    pub fn into_complete(mut self) -> Result<Manifest> {
+        if self.problems.is_empty() {
+            return Ok(self.manifest);
+        }
+        let more = self.problems.len() - 1;
+        let first = self.problems.swap_remove(0);
+        if more == 0 {
+            Err(first)
+        } else {
+            let kind = first.kind();
+            let path = first.path().map(Path::to_path_buf);
+            let mut err = Error::new(
+                kind,
+                format!("{first} (and {more} more unreadable entries)"),
+            );
+            if let Some(p) = path {
+                err = err.with_path(p);
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Walks a directory tree into a [`Manifest`].
+///
+/// ```no_run
+/// use pe_failover_core::snapshot::Scanner;
+/// use pe_failover_core::exclude::Excludes;
+///
+/// # fn main() -> pe_failover_core::Result<()> {
+/// let scan = Scanner::new("/etc/puppetlabs/puppet/ssl")
+///     .excludes(Excludes::new(["private_keys", "*.tmp"])?)
+///     .cache_file("/opt/pe_failover/cache/ssl.scan")
+///     .scan()?;
+/// println!("{} entries, digest {}", scan.stats.entries, scan.manifest.digest());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Scanner {
+    root: PathBuf,
+    excludes: Excludes,
+    cache_file: Option<PathBuf>,
+    cancel: CancelToken,
+    threads: Option<usize>,
+    racy_window_ns: i64,
+}
+
+/// Files modified this close to the start of a scan are hashed again next
+/// time rather than trusted from the cache: a write within the file system's
+/// timestamp granularity could otherwise go unnoticed.
+const DEFAULT_RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+struct Listed {
+    rel: String,
+    abs: PathBuf,
+    meta: Metadata,
+}
+
+impl Scanner {
+    /// A scanner of the tree at `root`, with no exclusions, no cache, and as
+    /// many hashing threads as cores.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Scanner {
+            root: root.into(),
+            excludes: Excludes::default(),
+            cache_file: None,
+            cancel: CancelToken::new(),
+            threads: None,
+            racy_window_ns: DEFAULT_RACY_WINDOW_NS,
+        }
+    }
+
+    /// Leaves out entries matched by `excludes` (and everything below an
+    /// excluded directory). Default: none.
+    pub fn excludes(mut self, excludes: Excludes) -> Self {
+        self.excludes = excludes;
+        self
+    }
+
+    /// Uses (and updates) a stat cache at `path`. The file is replaced
+    /// atomically, so concurrent scanners never see a torn cache; a missing
+    /// or corrupt cache is ignored. Default: no cache.
+    pub fn cache_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cache_file = Some(path.into());
+        self
+    }
+
+    /// Stops the scan with [`ErrorKind::Cancelled`] when `token` is tripped.
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// Number of threads for statting and hashing. Default: one per core.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n.max(1));
+        self
+    }
+
+    /// Files changed less than `window` before a scan started are not saved
+    /// in the stat cache, so the next scan hashes them again: a write within
+    /// the file system's timestamp granularity could otherwise leave size and
+    /// times unchanged and go unnoticed. Default: 2 seconds. Tests that
+    /// exercise the cache on freshly written files set it to zero.
+    pub fn racy_window(mut self, window: Duration) -> Self {
+        self.racy_window_ns = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// The root being scanned.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Scans the tree. Fails only when the root itself cannot be read, the
+    /// scan is cancelled, or a thread pool cannot be made; problems with
+    /// single entries are returned in [`Scan::problems`].
+    pub fn scan(&self) -> Result<Scan> {
+        match self.threads {
+            Some(n) => {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| {
+                        Error::new(ErrorKind::Internal, format!("cannot start threads: {e}"))
+                    })?;
+                pool.install(|| self.scan_inner())
+            }
+            None => self.scan_inner(),
+        }
+    }
+
+    fn scan_inner(&self) -> Result<Scan> {
+        let started = Instant::now();
+        let start_ns = now_ns();
+        let root_meta = fs::metadata(&self.root).map_err(|e| Error::io("scan", &self.root, e))?;
+        if !root_meta.is_dir() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("cannot scan {}: not a directory", self.root.display()),
+            )
+            .with_path(&self.root));
+        }
+
+        let (cache, cache_status) = match &self.cache_file {
+            Some(path) => StatCache::load(path, &self.root),
+            None => (StatCache::default(), CacheStatus::Disabled),
+        };
+
+        let mut problems = Vec::new();
+        let mut stats = ScanStats {
+            cache: cache_status,
+            ..ScanStats::default()
+        };
+        let listed = self.walk(&mut problems, &mut stats)?;
+
+        // Decide per file: digest from the cache, or hash it now.
+        let hashed = AtomicU64::new(0);
+        let bytes = AtomicU64::new(0);
+        type Recorded = std::result::Result<(Entry, Option<CacheEntry>), Outcome>;
+        let results: Vec<Option<Recorded>> = listed
+            .into_par_iter()
+            .map(|item| {
+                if self.cancel.is_cancelled() {
+                    return None;
+                }
+                Some(self.record(item, &cache, &hashed, &bytes))
+            })
+            .collect();
+        self.cancel.check()?;
+
+        let mut entries = Vec::with_capacity(results.len());
+        let mut new_cache = StatCache::default();
+        let fresh = start_ns.saturating_sub(self.racy_window_ns);
+        for result in results.into_iter().flatten() {
+            match result {
+                Ok((entry, key)) => {
+                    // Keep cache entries only for files old enough to trust.
+                    if let Some(key) = key {
+                        if key.mtime_ns <= fresh && key.ctime_ns <= fresh {
+                            new_cache.insert(entry.path.clone(), key);
+                        }
+                    }
+                    entries.push(entry)
+                }
+                Err(Outcome::Vanished) => stats.vanished += 1,
+                Err(Outcome::Problem(e)) => problems.push(e),
+            }
+        }
+        for entry in &entries {
+            if entry.kind == EntryKind::File {
+                stats.files += 1;
+            }
+        }
+        stats.hashed = hashed.load(Ordering::Relaxed);
+        stats.bytes_hashed = bytes.load(Ordering::Relaxed);
+        stats.cached = stats.files - stats.hashed.min(stats.files);
+        stats.entries = entries.len() as u64;
+
+        if let Some(path) = &self.cache_file {
+            if new_cache != cache {
+                if let Err(e) = new_cache.save(path, &self.root) {
+                    // A cache that cannot be written only costs speed.
+                    stats.cache = CacheStatus::WriteFailed(e.to_string());
+                }
+            }
+        }
+
+        problems.sort_by(|a, b| a.path().cmp(&b.path()));
+        let manifest = Manifest { entries };
+        debug_assert!(manifest.entries.windows(2).all(|w| w[0].path < w[1].path));
+        stats.elapsed = started.elapsed();
+        Ok(Scan {
+            manifest,
+            problems,
+            stats,
+        })
+    }
+
+    /// Lists the tree breadth-first, statting the entries of each directory
+    /// in parallel. Returns entries sorted by relative path.
+    fn walk(&self, problems: &mut Vec<Error>, stats: &mut ScanStats) -> Result<Vec<Listed>> {
+        let mut out: Vec<Listed> = Vec::new();
+        let mut pending: Vec<(String, PathBuf)> = vec![(String::new(), self.root.clone())];
+        while let Some((rel_dir, abs_dir)) = pending.pop() {
+            self.cancel.check()?;
+            let reader = match fs::read_dir(&abs_dir) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !rel_dir.is_empty() => {
+                    stats.vanished += 1;
+                    continue;
+                }
+                Err(e) => {
+                    let err = Error::io("list directory", &abs_dir, e);
+                    if rel_dir.is_empty() {
+                        return Err(err);
+                    }
+                    problems.push(err);
+                    continue;
+                }
+            };
+            let mut names = Vec::new();
+            for item in reader {
+                match item {
+                    Ok(item) => names.push(item.file_name()),
+                    Err(e) => problems.push(Error::io("list directory", &abs_dir, e)),
+                }
+            }
+            let mut children: Vec<(String, PathBuf)> = Vec::with_capacity(names.len());
+            for name in names {
+                let abs = abs_dir.join(&name);
+                let Some(name) = name.to_str() else {
+                    problems.push(
+                        Error::new(
+                            ErrorKind::NonUtf8Path,
+                            format!(
+                                "cannot record {}: its name is not valid UTF-8 (rename it)",
+                                abs.display()
+                            ),
+                        )
+                        .with_path(&abs),
+                    );
+                    continue;
+                };
+                let rel = if rel_dir.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{rel_dir}/{name}")
+                };
+                if self.excludes.is_excluded(&rel) {
+                    stats.excluded += 1;
+                    continue;
+                }
+                children.push((rel, abs));
+            }
+            let statted: Vec<(String, PathBuf, io::Result<Metadata>)> = children
+                .into_par_iter()
+                .map(|(rel, abs)| {
+                    let meta = fs::symlink_metadata(&abs);
+                    (rel, abs, meta)
+                })
+                .collect();
+            for (rel, abs, meta) in statted {
+                match meta {
+                    Ok(meta) => {
+                        if meta.is_dir() {
+                            pending.push((rel.clone(), abs.clone()));
+                        }
+                        out.push(Listed { rel, abs, meta });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => stats.vanished += 1,
+                    Err(e) => problems.push(Error::io("stat", &abs, e)),
+                }
+            }
+        }
+        out.par_sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+        Ok(out)
+    }
+
+    fn record(
+        &self,
+        item: Listed,
+        cache: &StatCache,
+        hashed: &AtomicU64,
+        bytes: &AtomicU64,
+    ) -> std::result::Result<(Entry, Option<CacheEntry>), Outcome> {
+        let Listed { rel, abs, meta } = item;
+        let ft = meta.file_type();
+        let mut entry = Entry {
+            path: rel,
+            kind: EntryKind::File,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: 0,
+            mtime_ns: mtime_ns(&meta),
+            sha256: None,
+            target: None,
+        };
+        if ft.is_dir() {
+            entry.kind = EntryKind::Dir;
+            return Ok((entry, None));
+        }
+        if ft.is_symlink() {
+            entry.kind = EntryKind::Symlink;
+            let target = fs::read_link(&abs).map_err(|e| Outcome::from_io("read link", &abs, e))?;
+            let target = target.into_os_string().into_string().map_err(|_| {
+                Outcome::Problem(
+                    Error::new(
+                        ErrorKind::NonUtf8Path,
+                        format!(
+                            "cannot record symlink {}: its target is not valid UTF-8",
+                            abs.display()
+                        ),
+                    )
+                    .with_path(&abs),
+                )
+            })?;
+            entry.size = target.len() as u64;
+            entry.target = Some(target);
+            return Ok((entry, None));
+        }
+        if !ft.is_file() {
+            return Err(Outcome::Problem(
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "cannot record {}: not a regular file, directory or symlink (sockets, fifos and devices are not replicated)",
+                        abs.display()
+                    ),
+                )
+                .with_path(&abs),
+            ));
+        }
+        entry.size = meta.size();
+        let mut key = CacheEntry::key_of(&meta);
+        if let Some(sha) = cache.lookup(&entry.path, &key) {
+            entry.sha256 = Some(sha.clone());
+            return Ok((entry, Some(key.with_sha(sha))));
+        }
+        // Hash, then make sure the file did not change while it was read; if
+        // it did, record it as it is now and read it again.
+        for _attempt in 0..3 {
+            let (sha, n, after) = hash_file(&abs, &self.cancel)?;
+            hashed.fetch_add(1, Ordering::Relaxed);
+            bytes.fetch_add(n, Ordering::Relaxed);
+            let now = CacheEntry::key_of(&after);
+            entry.mode = after.mode() & 0o7777;
+            entry.uid = after.uid();
+            entry.gid = after.gid();
+            entry.size = after.size();
+            entry.mtime_ns = mtime_ns(&after);
+            if now.same_file_as(&key) && n == entry.size {
+                entry.sha256 = Some(sha.clone());
+                return Ok((entry, Some(now.with_sha(sha))));
+            }
+            key = now;
+        }
+        Err(Outcome::Problem(
+            Error::new(
+                ErrorKind::Io,
+                format!(
+                    "{} kept changing while it was read; scan again when writes to it have settled",
+                    abs.display()
+                ),
+            )
+            .with_path(&abs),
+        ))
+    }
+}
+
+enum Outcome {
+    Vanished,
+    Problem(Error),
+}
+
+impl Outcome {
+    fn from_io(action: &str, path: &Path, e: io::Error) -> Outcome {
+        if e.kind() == io::ErrorKind::NotFound {
+            Outcome::Vanished
+        } else {
+            Outcome::Problem(Error::io(action, path, e))
+        }
+    }
+}
+
+/// Reads a regular file (refusing to follow a symlink swapped in after the
+/// listing) and returns its SHA-256, the bytes read and its metadata after
+/// the read.
+fn hash_file(
+    path: &Path,
+    cancel: &CancelToken,
+) -> std::result::Result<(String, u64, Metadata), Outcome> {
+    let mut file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Outcome::Problem(
+                    Error::new(
+                        ErrorKind::Io,
+                        format!(
+                            "{} was replaced by a symlink while it was read; scan again",
+                            path.display()
+                        ),
+                    )
+                    .with_path(path),
+                )
+            } else {
+                Outcome::from_io("read", path, e)
+            }
+        })?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Outcome::Problem(Error::cancelled()));
+        }
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Outcome::from_io("read", path, e)),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    let after = file
+        .metadata()
+        .map_err(|e| Outcome::from_io("stat", path, e))?;
+    if !after.file_type().is_file() {
+        return Err(Outcome::Problem(
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("{} is no longer a regular file", path.display()),
+            )
+            .with_path(path),
+        ));
+    }
+    Ok((hex::encode(hasher.finalize()), total, after))
+}
+
+/// Modification time of `meta` in nanoseconds since the Unix epoch.
+pub(crate) fn mtime_ns(meta: &Metadata) -> i64 {
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,120 @@
+//! Scan benchmark: a tree of N small certificate-sized files (default
+//! 100,000), scanned without a stat cache (every file hashed) and re-scanned
+//! with a warm stat cache (nothing hashed), each run several times; medians
+//! printed side by side with two anchors measured in the same run on the
+//! same tree: `sha256sum` over every file (the hashing work of a first scan)
+//! and `find -printf` of the stat fields (the floor for a re-scan).
+//!
+//! `cargo bench -p pe_failover_core --bench scan` (env: PEF_BENCH_FILES,
+//! PEF_BENCH_RUNS, PEF_BENCH_DIR).
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pe_failover_core::snapshot::Scanner;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time<F: FnMut()>(runs: usize, mut f: F) -> Duration {
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn sh(script: &str, dir: &Path) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("sh runs");
+    assert!(status.success(), "{script}");
+}
+
+fn main() {
+    let n: usize = std::env::var("PEF_BENCH_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let runs: usize = std::env::var("PEF_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let base = std::env::var("PEF_BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let work = tempfile::tempdir_in(base).expect("temp dir");
+    let root = work.path().join("signed");
+    fs::create_dir(&root).unwrap();
+    let body = "-----BEGIN CERTIFICATE-----\n".to_string()
+        + &"MIIFakeCertificateBody0123456789abcdef\n".repeat(48);
+    let t = Instant::now();
+    for i in 0..n {
+        let dir = root.join(format!("d{:03}", i / 1000));
+        if i % 1000 == 0 {
+            fs::create_dir_all(&dir).unwrap();
+        }
+        fs::write(
+            dir.join(format!("node{i:07}.example.com.pem")),
+            format!("{body}{i}\n-----END CERTIFICATE-----\n"),
+        )
+        .unwrap();
+    }
+    eprintln!(
+        "generated {n} files in {:.1?}; waiting out the stat cache's racy window",
+        t.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+
+    let cache = work.path().join("scan.cache");
+    let cold = time(runs, || {
+        let _ = fs::remove_file(&cache);
+        let s = Scanner::new(&root).cache_file(&cache).scan().unwrap();
+        assert_eq!(s.stats.hashed as usize, n);
+    });
+    let warm = time(runs, || {
+        let s = Scanner::new(&root).cache_file(&cache).scan().unwrap();
+        assert_eq!(s.stats.hashed, 0);
+    });
+    let one_changed = time(runs, || {
+        fs::write(
+            root.join("d000/node0000000.example.com.pem"),
+            format!("{body}changed {:?}\n", Instant::now()),
+        )
+        .unwrap();
+        let s = Scanner::new(&root).cache_file(&cache).scan().unwrap();
+        assert_eq!(s.stats.hashed, 1);
+    });
+    let sha256sum = time(runs, || {
+        sh(
+            "find . -type f -print0 | xargs -0 -P2 -n2000 sha256sum",
+            &root,
+        )
+    });
+    let find_stat = time(runs, || {
+        sh("find . -printf '%p %s %T@ %C@ %i %m %U %G\\n'", &root)
+    });
+
+    println!("scan of {n} files, median of {runs} runs (2 cores)");
+    println!("| what | time | anchor | anchor time | ratio |");
+    println!("|---|---:|---|---:|---:|");
+    println!("| first scan, every file hashed | {cold:.2?} | `find | xargs -P2 sha256sum` | {sha256sum:.2?} | {:.2}x |", sha256sum.as_secs_f64() / cold.as_secs_f64());
+    println!("| re-scan, unchanged, stat cache | {warm:.2?} | `find -printf` (stat only) | {find_stat:.2?} | {:.2}x |", find_stat.as_secs_f64() / warm.as_secs_f64());
+    println!("| re-scan, 1 file changed | {one_changed:.2?} | | | |");
+    println!(
+        "first scan / unchanged re-scan = {:.1}x",
+        cold.as_secs_f64() / warm.as_secs_f64()
+    );
+}
