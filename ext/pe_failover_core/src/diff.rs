@@ -160,6 +160,15 @@ pub fn changed_fields(old: &Entry, new: &Entry) -> Vec<Field> {
     fields
 }
 
+/// Like [`changed_fields`], limited to what two hosts' copies of a tree
+/// must share: type, permission bits, contents and link target. Owners and
+/// modification times legitimately differ between hosts.
+pub fn content_fields(old: &Entry, new: &Entry) -> Vec<Field> {
+    let mut fields = changed_fields(old, new);
+    fields.retain(|f| matches!(f, Field::Kind | Field::Mode | Field::Content | Field::Target));
+    fields
+}
+
 /// The changes that turn `old` into `new`.
 pub fn diff(old: &Manifest, new: &Manifest) -> Changeset {
     diff_excluding(old, new, &Excludes::default())
