@@ -205,6 +205,9 @@ module PeFailoverSpec
           BindAddress: @settings[:bind], Port: @settings[:port],
           Logger: WEBrick::Log.new(@settings[:log_io], WEBrick::BasicLog::WARN),
           AccessLog: [], DoNotReverseLookup: true, RequestTimeout: 30,
+          # WEBrick writes headers and body separately; without this each
+          # response waits ~40 ms for the client's delayed ACK (Nagle).
+          AcceptCallback: ->(sock) { sock.to_io.setsockopt(Socket::IPPROTO_TCP, Socket::TCP_NODELAY, 1) },
           SSLEnable: true,
           SSLCertificate: OpenSSL::X509::Certificate.new(File.read(@settings[:cert])),
           SSLPrivateKey: OpenSSL::PKey.read(File.read(@settings[:key])),
