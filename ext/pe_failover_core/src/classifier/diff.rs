@@ -223,11 +223,15 @@ fn sorted_unique<'a>(groups: &'a [Group], which: &str) -> Result<Vec<&'a Group>>
 /// The fields in which `desired` and `current` differ, in [`Field::ALL`]
 /// order, under the comparison rules of this module.
 pub fn changed_fields(desired: &Group, current: &Group) -> Vec<Field> {
+    // Each check compares the raw values first and normalises only when they
+    // differ: most groups are equal, and then no map is built.
     let mut fields = Vec::new();
     if desired.name != current.name {
         fields.push(Field::Name);
     }
-    if effective_description(desired) != effective_description(current) {
+    if desired.description != current.description
+        && effective_description(desired) != effective_description(current)
+    {
         fields.push(Field::Description);
     }
     if desired.environment != current.environment {
@@ -239,16 +243,22 @@ pub fn changed_fields(desired: &Group, current: &Group) -> Vec<Field> {
     if desired.parent != current.parent {
         fields.push(Field::Parent);
     }
-    if effective_rule(desired) != effective_rule(current) {
+    if desired.rule != current.rule && effective_rule(desired) != effective_rule(current) {
         fields.push(Field::Rule);
     }
-    if effective_classes(&desired.classes, false) != effective_classes(&current.classes, false) {
+    if desired.classes != current.classes
+        && effective_classes(&desired.classes, false) != effective_classes(&current.classes, false)
+    {
         fields.push(Field::Classes);
     }
-    if effective_config_data(desired) != effective_config_data(current) {
+    if desired.config_data != current.config_data
+        && effective_config_data(desired) != effective_config_data(current)
+    {
         fields.push(Field::ConfigData);
     }
-    if effective_vars(&desired.variables) != effective_vars(&current.variables) {
+    if desired.variables != current.variables
+        && effective_vars(&desired.variables) != effective_vars(&current.variables)
+    {
         fields.push(Field::Variables);
     }
     fields

@@ -7,7 +7,7 @@
 //! dump that the classifier would refuse should be refused here, before any
 //! write.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -108,7 +108,7 @@ impl Group {
     /// `environment_trumps`, `parent`, `classes`, `variables`), a wrong type,
     /// or an `id`/`parent` that is not a lowercase UUID.
     pub fn from_value(value: &Value) -> Result<Group> {
-        group_from_value(value)
+        group_from_value(value.clone())
             .map_err(|msg| invalid(format!("invalid group {}: {msg}", describe(value))))
     }
 
@@ -233,10 +233,12 @@ pub fn is_valid_group_id(s: &str) -> bool {
     })
 }
 
-fn group_from_value(value: &Value) -> std::result::Result<Group, String> {
-    let obj = value
-        .as_object()
-        .ok_or_else(|| format!("expected an object, found {}", type_name(value)))?;
+/// Builds a group from a JSON value, moving its parts out (no copies).
+fn group_from_value(value: Value) -> std::result::Result<Group, String> {
+    let mut obj = match value {
+        Value::Object(obj) => obj,
+        other => return Err(format!("expected an object, found {}", type_name(&other))),
+    };
     let unknown: Vec<&str> = obj
         .keys()
         .map(String::as_str)
@@ -252,78 +254,83 @@ fn group_from_value(value: &Value) -> std::result::Result<Group, String> {
                 .join(", ")
         ));
     }
-    let req = |key: &str| obj.get(key).ok_or_else(|| format!("missing key `{key}`"));
-    let string = |key: &str| -> std::result::Result<String, String> {
-        let v = req(key)?;
-        v.as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| format!("key `{key}` must be a string, found {}", type_name(v)))
+    let mut take = |key: &str| obj.remove(key);
+    let required = |key: &str, v: Option<Value>| v.ok_or_else(|| format!("missing key `{key}`"));
+    let string = |key: &str, v: Option<Value>| match required(key, v)? {
+        Value::String(s) => Ok(s),
+        v => Err(format!(
+            "key `{key}` must be a string, found {}",
+            type_name(&v)
+        )),
     };
-    let opt = |key: &str| obj.get(key).filter(|v| !v.is_null());
+    // an optional key given as `null` is absent
+    let optional = |v: Option<Value>| v.filter(|v| !v.is_null());
 
-    let id = string("id")?;
+    let id = string("id", take("id"))?;
     if !is_valid_group_id(&id) {
         return Err(format!("key `id` is not a lowercase UUID: {id:?}"));
     }
-    let parent = string("parent")?;
+    let parent = string("parent", take("parent"))?;
     if !is_valid_group_id(&parent) {
         return Err(format!("key `parent` is not a lowercase UUID: {parent:?}"));
     }
-    let name = string("name")?;
-    let environment = string("environment")?;
-    let trumps = req("environment_trumps")?;
-    let environment_trumps = trumps.as_bool().ok_or_else(|| {
-        format!(
-            "key `environment_trumps` must be a boolean, found {}",
-            type_name(trumps)
-        )
-    })?;
-    let description = match opt("description") {
+    let name = string("name", take("name"))?;
+    let environment = string("environment", take("environment"))?;
+    let environment_trumps = match required("environment_trumps", take("environment_trumps"))? {
+        Value::Bool(b) => b,
+        v => {
+            return Err(format!(
+                "key `environment_trumps` must be a boolean, found {}",
+                type_name(&v)
+            ))
+        }
+    };
+    let description = match optional(take("description")) {
         None => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => Some(s),
         Some(v) => {
             return Err(format!(
                 "key `description` must be a string, found {}",
-                type_name(v)
+                type_name(&v)
             ))
         }
     };
-    let rule = match opt("rule") {
+    let rule = match optional(take("rule")) {
         None => None,
-        Some(v @ Value::Array(_)) => Some(v.clone()),
+        Some(v @ Value::Array(_)) => Some(v),
         Some(v) => {
             return Err(format!(
                 "key `rule` must be an array (nc-api §5), found {}",
-                type_name(v)
+                type_name(&v)
             ))
         }
     };
-    let classes = class_map("classes", req("classes")?)?;
-    let config_data = match opt("config_data") {
+    let classes = class_map("classes", required("classes", take("classes"))?)?;
+    let config_data = match optional(take("config_data")) {
         None => None,
         Some(v) => Some(class_map("config_data", v)?),
     };
-    let variables = match req("variables")? {
-        Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    let variables = match required("variables", take("variables"))? {
+        Value::Object(map) => map.into_iter().collect(),
         v => {
             return Err(format!(
                 "key `variables` must be an object, found {}",
-                type_name(v)
+                type_name(&v)
             ))
         }
     };
-    let deleted = opt("deleted").cloned();
-    let last_edited = match opt("last_edited") {
+    let deleted = optional(take("deleted"));
+    let last_edited = match optional(take("last_edited")) {
         None => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => Some(s),
         Some(v) => {
             return Err(format!(
                 "key `last_edited` must be a string, found {}",
-                type_name(v)
+                type_name(&v)
             ))
         }
     };
-    let serial_number = match opt("serial_number") {
+    let serial_number = match optional(take("serial_number")) {
         None => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| {
             format!("key `serial_number` must be a non-negative integer, found {v}")
@@ -346,25 +353,29 @@ fn group_from_value(value: &Value) -> std::result::Result<Group, String> {
     })
 }
 
-fn class_map(key: &str, value: &Value) -> std::result::Result<ClassMap, String> {
-    let obj = value.as_object().ok_or_else(|| {
-        format!(
-            "key `{key}` must be an object of classes, found {}",
-            type_name(value)
-        )
-    })?;
+fn class_map(key: &str, value: Value) -> std::result::Result<ClassMap, String> {
+    let obj = match value {
+        Value::Object(obj) => obj,
+        v => {
+            return Err(format!(
+                "key `{key}` must be an object of classes, found {}",
+                type_name(&v)
+            ))
+        }
+    };
     let mut classes = ClassMap::new();
     for (class, params) in obj {
-        let params = params.as_object().ok_or_else(|| {
-            format!(
-                "`{key}.{class}` must be an object of parameters, found {}",
-                type_name(params)
-            )
-        })?;
-        classes.insert(
-            class.clone(),
-            params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        );
+        match params {
+            Value::Object(params) => {
+                classes.insert(class, params.into_iter().collect());
+            }
+            v => {
+                return Err(format!(
+                    "`{key}.{class}` must be an object of parameters, found {}",
+                    type_name(&v)
+                ))
+            }
+        }
     }
     Ok(classes)
 }
@@ -378,26 +389,33 @@ fn class_map(key: &str, value: &Value) -> std::result::Result<ClassMap, String> 
 pub fn parse_dump(json: &str) -> Result<Vec<Group>> {
     let value: Value = serde_json::from_str(json)
         .map_err(|e| invalid(format!("the group dump is not valid JSON: {e}")))?;
-    groups_from_value(&value)
+    groups_from_owned(value)
 }
 
 /// Builds a group set from an already parsed JSON array; see [`parse_dump`].
 pub fn groups_from_value(value: &Value) -> Result<Vec<Group>> {
-    let items = value.as_array().ok_or_else(|| {
-        invalid(format!(
-            "the group dump must be a JSON array of groups, found {}",
-            type_name(value)
-        ))
-    })?;
+    groups_from_owned(value.clone())
+}
+
+fn groups_from_owned(value: Value) -> Result<Vec<Group>> {
+    let items = match value {
+        Value::Array(items) => items,
+        v => {
+            return Err(invalid(format!(
+                "the group dump must be a JSON array of groups, found {}",
+                type_name(&v)
+            )))
+        }
+    };
     let mut groups = Vec::with_capacity(items.len());
     let mut seen: HashMap<String, usize> = HashMap::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
+    for (index, item) in items.into_iter().enumerate() {
+        let what = describe(&item);
         let group = group_from_value(item)
-            .map_err(|msg| invalid(format!("group #{index} {}: {msg}", describe(item))))?;
+            .map_err(|msg| invalid(format!("group #{index} {what}: {msg}")))?;
         if let Some(first) = seen.insert(group.id.clone(), index) {
             return Err(invalid(format!(
-                "group #{index} {}: id {} already used by group #{first}",
-                describe(item),
+                "group #{index} {what}: id {} already used by group #{first}",
                 group.id
             )));
         }
@@ -410,7 +428,8 @@ pub fn groups_from_value(value: &Value) -> Result<Vec<Group>> {
 pub fn parse_group(json: &str) -> Result<Group> {
     let value: Value = serde_json::from_str(json)
         .map_err(|e| invalid(format!("the group is not valid JSON: {e}")))?;
-    Group::from_value(&value)
+    let what = describe(&value);
+    group_from_value(value).map_err(|msg| invalid(format!("invalid group {what}: {msg}")))
 }
 
 /// The writable form of a whole set: each group without its read-only keys.
@@ -471,30 +490,34 @@ pub(crate) fn check_hierarchy(groups: &[&Group]) -> Result<()> {
         }
         Some(_) => {}
     }
-    // Walk up from every group; memoise groups known to reach the root so the
-    // whole check is linear.
-    let mut reaches_root: HashSet<&str> = HashSet::with_capacity(groups.len());
-    reaches_root.insert(ROOT_GROUP_ID);
+    // Walk up from every group, colouring ids: "on the current path" or
+    // "reaches the root", so the whole check is linear.
+    const ON_PATH: u8 = 1;
+    const REACHES_ROOT: u8 = 2;
+    let mut state: HashMap<&str, u8> = HashMap::with_capacity(groups.len());
+    state.insert(ROOT_GROUP_ID, REACHES_ROOT);
+    let mut path: Vec<&str> = Vec::new();
     for &g in groups {
-        let mut path: Vec<&str> = Vec::new();
-        let mut on_path: HashSet<&str> = HashSet::new();
+        path.clear();
         let mut cur: &Group = g;
         loop {
-            if reaches_root.contains(cur.id.as_str()) {
-                break;
+            match state.get(cur.id.as_str()) {
+                Some(&REACHES_ROOT) => break,
+                Some(_) => {
+                    let names: Vec<&str> = path
+                        .iter()
+                        .skip_while(|id| **id != cur.id)
+                        .filter_map(|id| by_id.get(id).map(|g| g.name.as_str()))
+                        .collect();
+                    return Err(invalid(format!(
+                        "inheritance cycle: {} -> {}",
+                        names.join(" -> "),
+                        cur.name
+                    )));
+                }
+                None => {}
             }
-            if !on_path.insert(&cur.id) {
-                let names: Vec<&str> = path
-                    .iter()
-                    .skip_while(|id| **id != cur.id)
-                    .filter_map(|id| by_id.get(id).map(|g| g.name.as_str()))
-                    .collect();
-                return Err(invalid(format!(
-                    "inheritance cycle: {} -> {}",
-                    names.join(" -> "),
-                    cur.name
-                )));
-            }
+            state.insert(&cur.id, ON_PATH);
             path.push(&cur.id);
             match by_id.get(cur.parent.as_str()) {
                 Some(parent) => cur = parent,
@@ -506,7 +529,9 @@ pub(crate) fn check_hierarchy(groups: &[&Group]) -> Result<()> {
                 }
             }
         }
-        reaches_root.extend(path);
+        for id in &path {
+            state.insert(id, REACHES_ROOT);
+        }
     }
     Ok(())
 }
@@ -528,10 +553,75 @@ pub fn canonical_json(groups: &[Group]) -> String {
         if i > 0 {
             out.push(',');
         }
-        write_canonical(&group_to_value(&group.writable()), &mut out);
+        write_canonical_group(group, &mut out);
     }
     out.push(']');
     out
+}
+
+/// Writes the canonical form of one group's writable keys, straight from
+/// the struct. Keys are written in sorted order; the maps are `BTreeMap`s,
+/// already sorted the same way (by bytes).
+fn write_canonical_group(g: &Group, out: &mut String) {
+    fn key(out: &mut String, first: &mut bool, k: &str) {
+        if !*first {
+            out.push(',');
+        }
+        *first = false;
+        write_json_string(k, out);
+        out.push(':');
+    }
+    fn map(out: &mut String, m: &BTreeMap<String, Value>) {
+        out.push('{');
+        let mut first = true;
+        for (k, v) in m {
+            key(out, &mut first, k);
+            write_canonical(v, out);
+        }
+        out.push('}');
+    }
+    fn classes(out: &mut String, c: &ClassMap) {
+        out.push('{');
+        let mut first = true;
+        for (class, params) in c {
+            key(out, &mut first, class);
+            map(out, params);
+        }
+        out.push('}');
+    }
+    let mut first = true;
+    out.push('{');
+    key(out, &mut first, "classes");
+    classes(out, &g.classes);
+    if let Some(cd) = &g.config_data {
+        key(out, &mut first, "config_data");
+        classes(out, cd);
+    }
+    if let Some(d) = &g.description {
+        key(out, &mut first, "description");
+        write_json_string(d, out);
+    }
+    key(out, &mut first, "environment");
+    write_json_string(&g.environment, out);
+    key(out, &mut first, "environment_trumps");
+    out.push_str(if g.environment_trumps {
+        "true"
+    } else {
+        "false"
+    });
+    key(out, &mut first, "id");
+    write_json_string(&g.id, out);
+    key(out, &mut first, "name");
+    write_json_string(&g.name, out);
+    key(out, &mut first, "parent");
+    write_json_string(&g.parent, out);
+    if let Some(rule) = &g.rule {
+        key(out, &mut first, "rule");
+        write_canonical(rule, out);
+    }
+    key(out, &mut first, "variables");
+    map(out, &g.variables);
+    out.push('}');
 }
 
 /// The SHA-256 (lowercase hex) of [`canonical_json`]: equal for semantically
@@ -792,6 +882,21 @@ mod tests {
             "{text}"
         );
         assert_eq!(canonical_digest(&a).len(), 64);
+    }
+
+    #[test]
+    fn canonical_group_writer_equals_sorted_generic_json() {
+        let v = json!({"id": A, "parent": ROOT_GROUP_ID, "name": "n\"x", "description": "d",
+            "environment": "production", "environment_trumps": true,
+            "rule": ["or", ["=", "name", "h"]],
+            "classes": {"b": {"z": 1, "a": {"y": [2, {"k": 1, "c": 2}]}}, "a::b": {}, "B": {}},
+            "config_data": {"c": {"k": null}}, "variables": {"w": 1, "V": "é"},
+            "serial_number": 3});
+        let g = Group::from_value(&v).unwrap();
+        let mut generic = String::from("[");
+        write_canonical(&g.writable().to_value(), &mut generic);
+        generic.push(']');
+        assert_eq!(canonical_json(&[g]), generic);
     }
 
     #[test]

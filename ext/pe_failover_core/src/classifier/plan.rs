@@ -272,26 +272,33 @@ fn update_body(current: &Group, current_name: &str, desired: &Group) -> Map<Stri
             effective_rule(desired).cloned().unwrap_or(Value::Null),
         );
     }
-    let classes = nested_delta(
-        &effective_classes(&current.classes, false),
-        &effective_classes(&desired.classes, false),
-    );
-    if !classes.is_empty() {
-        body.insert("classes".into(), Value::Object(classes));
+    // unchanged maps (the common case) are skipped without normalising
+    if current.classes != desired.classes {
+        let classes = nested_delta(
+            &effective_classes(&current.classes, false),
+            &effective_classes(&desired.classes, false),
+        );
+        if !classes.is_empty() {
+            body.insert("classes".into(), Value::Object(classes));
+        }
     }
-    let config_data = nested_delta(
-        &effective_config_data(current),
-        &effective_config_data(desired),
-    );
-    if !config_data.is_empty() {
-        body.insert("config_data".into(), Value::Object(config_data));
+    if current.config_data != desired.config_data {
+        let config_data = nested_delta(
+            &effective_config_data(current),
+            &effective_config_data(desired),
+        );
+        if !config_data.is_empty() {
+            body.insert("config_data".into(), Value::Object(config_data));
+        }
     }
-    let variables = flat_delta(
-        &effective_vars(&current.variables),
-        &effective_vars(&desired.variables),
-    );
-    if !variables.is_empty() {
-        body.insert("variables".into(), Value::Object(variables));
+    if current.variables != desired.variables {
+        let variables = flat_delta(
+            &effective_vars(&current.variables),
+            &effective_vars(&desired.variables),
+        );
+        if !variables.is_empty() {
+            body.insert("variables".into(), Value::Object(variables));
+        }
     }
     body
 }
