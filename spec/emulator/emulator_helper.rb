@@ -58,7 +58,9 @@ module EmulatorSpec
       @emulator
     end
 
+    # The allowlisted client; rebuilt when a restart moved the emulator's port.
     def client
+      @client = nil if @client && @client.port != emulator.port
       @client ||= emulator.client
     end
 

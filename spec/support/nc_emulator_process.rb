@@ -89,6 +89,7 @@ module PeFailoverSpec
         end
         sleep 0.02
       end
+      @port = Integer(File.read(ready_path).strip)
       self
     end
 
