@@ -256,13 +256,17 @@ module PeFailoverSpec
         Integer(value, 10)
       end
 
+      # The JSON body; `empty` is returned for a blank body unless it is :required.
       def parse!(req, empty: :required)
-        text = req.body.to_s
-        return empty if text.strip.empty? && empty != :required
+        raw = req.body.to_s.b
+        return empty if raw.strip.empty? && empty != :required
 
-        JSON.parse(text.dup.force_encoding(Encoding::UTF_8))
-      rescue JSON::ParserError, EncodingError => e
-        raise Errors.malformed_request(text.dup.force_encoding(Encoding::UTF_8).scrub, e.message)
+        text = raw.dup.force_encoding(Encoding::UTF_8)
+        raise Errors.malformed_request(text.scrub, 'the body is not valid UTF-8') unless text.valid_encoding?
+
+        JSON.parse(text)
+      rescue JSON::ParserError => e
+        raise Errors.malformed_request(text, e.message)
       end
 
       def check_uuid!(id)

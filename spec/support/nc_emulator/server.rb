@@ -110,6 +110,10 @@ module PeFailoverSpec
 
         @api.call(Api::Request.new(method: req.request_method, path: path, query: query(req),
                                    body: body(req), fault: fault))
+      rescue StandardError => e
+        # An emulator bug: answer like the classifier's catch-all and keep serving.
+        @log.call("internal error: #{e.class}: #{e.message}\n  #{e.backtrace.first(8).join("\n  ")}")
+        error_response(Errors.application_error("#{e.class}: #{e.message}"))
       end
 
       def authenticated?(req)
