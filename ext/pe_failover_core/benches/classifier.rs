@@ -185,8 +185,8 @@ fn main() {
     println!("| canonical digest (SHA-256) | {t_digest:.2?} | |");
     println!(
         "| diff (transformed vs live) | {t_diff:.2?} | {} changed, {} unchanged |",
-        diff.changed.len(),
-        diff.unchanged
+        diff.changed().len(),
+        diff.unchanged()
     );
     println!(
         "| plan | {t_plan:.2?} | {} updates, {} of bodies |",

@@ -133,8 +133,8 @@ fn plan_from_master1_to_transformed_only_updates_groups_with_the_host() {
     let current = master1();
     let desired = ncio_transformed();
     let diff = classifier::diff(&desired, &current).unwrap();
-    assert!(diff.added.is_empty() && diff.removed.is_empty());
-    assert_eq!(diff.unchanged, 5);
+    assert!(diff.added().is_empty() && diff.removed().is_empty());
+    assert_eq!(diff.unchanged(), 5);
     classifier::check_apply(&diff, &GuardOptions::default()).unwrap();
 
     // the groups that mention the host, found independently of the diff
@@ -163,7 +163,7 @@ fn plan_from_master1_to_transformed_only_updates_groups_with_the_host() {
         let body = op.body.as_ref().unwrap();
         if name == "PE Infrastructure" {
             let change = diff
-                .changed
+                .changed()
                 .iter()
                 .find(|c| c.desired.name == name)
                 .unwrap();

@@ -97,23 +97,43 @@ pub struct GroupChange<'a> {
 /// `{"added": [{"id", "name"}], "removed": [{"id", "name"}],
 /// "changed": [{"id", "name", "fields": ["rule", ...]}], "unchanged": n}`.
 #[derive(Clone, Debug)]
+///
+/// A diff is a computed result, read through its accessors, so that
+/// [`plan`](super::plan::plan) can rely on it being consistent with the two
+/// sets it came from.
 pub struct GroupSetDiff<'a> {
-    /// Groups only in the desired set (to create).
-    pub added: Vec<&'a Group>,
-    /// Groups only in the current set (to delete).
-    pub removed: Vec<&'a Group>,
-    /// Groups in both that differ (to update).
-    pub changed: Vec<GroupChange<'a>>,
-    /// How many groups are in both and equal.
-    pub unchanged: usize,
-    pub(crate) desired: Vec<&'a Group>,
-    pub(crate) current: Vec<&'a Group>,
+    added: Vec<&'a Group>,
+    removed: Vec<&'a Group>,
+    changed: Vec<GroupChange<'a>>,
+    unchanged: usize,
+    desired: Vec<&'a Group>,
+    current: Vec<&'a Group>,
 }
 
 impl<'a> GroupSetDiff<'a> {
     /// Whether the two sets are equal (nothing to write).
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    /// Groups only in the desired set (to create), sorted by id.
+    pub fn added(&self) -> &[&'a Group] {
+        &self.added
+    }
+
+    /// Groups only in the current set (to delete), sorted by id.
+    pub fn removed(&self) -> &[&'a Group] {
+        &self.removed
+    }
+
+    /// Groups in both sets that differ (to update), sorted by id.
+    pub fn changed(&self) -> &[GroupChange<'a>] {
+        &self.changed
+    }
+
+    /// How many groups are in both sets and equal.
+    pub fn unchanged(&self) -> usize {
+        self.unchanged
     }
 
     /// The desired set the diff was computed from, sorted by id.

@@ -82,12 +82,12 @@ pub fn check_apply(diff: &GroupSetDiff<'_>, options: &GuardOptions) -> Result<Ve
             "the desired group dump has no root group ({ROOT_GROUP_ID}), so it is incomplete"
         ));
     }
-    let deletes = diff.removed.len();
+    let deletes = diff.removed().len();
     if deletes > 0 && current_len > 0 {
         let ratio = deletes as f64 / current_len as f64;
         if ratio > share {
             let names: Vec<&str> = diff
-                .removed
+                .removed()
                 .iter()
                 .take(5)
                 .map(|g| g.name.as_str())

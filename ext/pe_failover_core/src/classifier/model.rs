@@ -817,6 +817,30 @@ mod tests {
         assert!(parse_dump(&json!([bad]).to_string()).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever the input, parsing returns a value or an error.
+        #[test]
+        fn parsing_never_panics(text in ".{0,200}") {
+            let _ = parse_dump(&text);
+            let _ = parse_group(&text);
+        }
+
+        /// Valid JSON of the wrong shapes is an error, never a panic.
+        #[test]
+        fn wrong_shapes_are_errors(
+            key in proptest::sample::select(vec!["id", "parent", "name", "environment",
+                "environment_trumps", "rule", "classes", "config_data", "variables",
+                "description", "serial_number", "last_edited", "deleted"]),
+            value in proptest::sample::select(vec![json!(null), json!(1), json!(-1), json!(1.5),
+                json!("s"), json!(true), json!([]), json!([1]), json!({}), json!({"a": 1}),
+                json!({"a": {"b": [null]}})]),
+        ) {
+            let mut v = child(A, ROOT_GROUP_ID, "x");
+            v[key] = value;
+            let _ = parse_dump(&json!([v]).to_string());
+        }
+    }
+
     #[test]
     fn serde_deserialize_uses_the_same_checks() {
         let r: std::result::Result<Group, _> = serde_json::from_value(json!({"id": 1}));

@@ -446,6 +446,14 @@ impl Work {
     }
 }
 
+/// The group with `id` in `set`, or an internal error (the diff and its
+/// sets always agree, so this cannot fail; it just must not panic).
+fn lookup<'a>(set: &HashMap<&str, &'a Group>, id: &str, which: &str) -> Result<&'a Group> {
+    set.get(id)
+        .copied()
+        .ok_or_else(|| internal(format!("group {id} is not in the {which} set")))
+}
+
 /// Depth of every group in a (validated) tree; the root is 0.
 fn depths<'a>(groups: &HashMap<&'a str, &'a Group>) -> HashMap<&'a str, usize> {
     let mut depth: HashMap<&str, usize> = HashMap::with_capacity(groups.len());
@@ -502,9 +510,9 @@ pub fn plan(diff: &GroupSetDiff<'_>) -> Result<Plan> {
         diff.current().iter().map(|g| (g.id.as_str(), *g)).collect();
     let desired_depth = depths(&desired);
     let current_depth = depths(&current);
-    let removed: HashSet<&str> = diff.removed.iter().map(|g| g.id.as_str()).collect();
+    let removed: HashSet<&str> = diff.removed().iter().map(|g| g.id.as_str()).collect();
     let changed: HashMap<&str, &Group> = diff
-        .changed
+        .changed()
         .iter()
         .map(|c| (c.desired.id.as_str(), c.desired))
         .collect();
@@ -584,14 +592,15 @@ pub fn plan(diff: &GroupSetDiff<'_>) -> Result<Plan> {
     by_depth_desc(&mut early_delete, &current_depth);
     for id in &early_delete {
         work.delete(id)?;
-        out.operations.push(delete_op(current[id]));
+        out.operations
+            .push(delete_op(lookup(&current, id, "current")?));
     }
     // every key a temporary name must avoid
     let mut taken_names: HashSet<Key> = diff.desired().iter().map(|g| key_of(g)).collect();
     for id in temp_removed {
         let temp = temp_rename(
             &mut work,
-            current[id],
+            lookup(&current, id, "current")?,
             &mut taken_names,
             &mut out,
             "it is deleted later, once its children have moved",
@@ -610,7 +619,7 @@ pub fn plan(diff: &GroupSetDiff<'_>) -> Result<Plan> {
         let mut in_chain: HashSet<&str> = HashSet::from([start]);
         loop {
             let last = chain[chain.len() - 1];
-            let target = key_of(desired[last]);
+            let target = key_of(lookup(&desired, last, "desired")?);
             match work.owner(&target) {
                 Some(holder) if holder != last => {
                     let holder = current
@@ -631,17 +640,20 @@ pub fn plan(diff: &GroupSetDiff<'_>) -> Result<Plan> {
         }
         for &id in chain.iter().rev() {
             resolved.insert(id);
-            let d = desired[id];
+            let (cur, d) = (
+                lookup(&current, id, "current")?,
+                lookup(&desired, id, "desired")?,
+            );
             if work.key_free_for(&key_of(d), id) && work.can_parent(id, &d.parent) {
                 work.set_key(id, key_of(d))?;
                 work.set_parent(id, &d.parent)?;
-                let body = update_body(current[id], &current[id].name, d);
+                let body = update_body(cur, &cur.name, d);
                 out.operations.push(update_op(d, body));
                 fully_updated.insert(id);
             } else {
                 let temp = temp_rename(
                     &mut work,
-                    current[id],
+                    cur,
                     &mut taken_names,
                     &mut out,
                     "its name is needed by another group first",
@@ -652,7 +664,7 @@ pub fn plan(diff: &GroupSetDiff<'_>) -> Result<Plan> {
     }
 
     // 2. Creates, parents first.
-    let mut creates: Vec<&Group> = diff.added.clone();
+    let mut creates: Vec<&Group> = diff.added().to_vec();
     creates.sort_by(|a, b| {
         desired_depth
             .get(a.id.as_str())
@@ -685,7 +697,10 @@ pub fn plan(diff: &GroupSetDiff<'_>) -> Result<Plan> {
             .then_with(|| a.cmp(b))
     });
     for id in updates {
-        let (cur, d) = (current[id], desired[id]);
+        let (cur, d) = (
+            lookup(&current, id, "current")?,
+            lookup(&desired, id, "desired")?,
+        );
         let name_now = temp_names.get(id).map_or(cur.name.as_str(), String::as_str);
         if d.is_root() && effective_rule(cur) != effective_rule(d) {
             out.warnings.push(format!(
@@ -713,7 +728,8 @@ pub fn plan(diff: &GroupSetDiff<'_>) -> Result<Plan> {
     by_depth_desc(&mut deletes, &current_depth);
     for id in deletes {
         work.delete(id)?;
-        out.operations.push(delete_op(current[id]));
+        out.operations
+            .push(delete_op(lookup(&current, id, "current")?));
     }
     Ok(out)
 }
@@ -1238,9 +1254,9 @@ mod tests {
             let d = diff(&from, &to).unwrap();
             // never more calls than changes, plus one temporary name per
             // changed or removed group at most
-            prop_assert!(p.count(OperationKind::Create) == d.added.len());
-            prop_assert!(p.count(OperationKind::Delete) == d.removed.len());
-            prop_assert!(p.count(OperationKind::Update) <= 2 * d.changed.len() + d.removed.len());
+            prop_assert!(p.count(OperationKind::Create) == d.added().len());
+            prop_assert!(p.count(OperationKind::Delete) == d.removed().len());
+            prop_assert!(p.count(OperationKind::Update) <= 2 * d.changed().len() + d.removed().len());
             for op in &p.operations {
                 if op.group_id.as_deref() == Some(ROOT_GROUP_ID) {
                     prop_assert!(op.body.as_ref().and_then(|b| b.get("rule")).is_none());

@@ -23,10 +23,11 @@
 //! sentence) still counts as the host. Matching is case-sensitive.
 //!
 //! In the value of a `~` (regular expression) rule, a host written with
-//! escaped dots (`^master1\.puppet\.vm$`) is recognised too and rewritten with
-//! escaped dots. Other regular-expression syntax touching the host (such as
-//! `\bmaster1...`) prevents a match: that errs towards a missed rewrite, never
-//! a wrong one.
+//! escaped dots (`^master1\.puppet\.vm$`, `\bmaster1\.puppet\.vm\b`) is
+//! recognised too and rewritten with escaped dots. An escape next to the host
+//! that can match hostname characters (`\d`, `\w`, ...) prevents a match, as
+//! the expression may then be about longer names: that errs towards a missed
+//! rewrite, never a wrong one.
 //!
 //! # What is not rewritten (a choice)
 //!
@@ -40,6 +41,7 @@
 //! classes; this transform covers those and also other classes, `config_data`
 //! and `variables` (for example a `server_list` of `"host:8140"` strings).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Serialize;
@@ -119,34 +121,47 @@ impl HostMap {
             return None;
         }
         let bytes = text.as_bytes();
+        // In a regex, `\.` and `\-` are escaped hostname characters.
+        let escaped_host_char =
+            |i: usize| regex && bytes[i] == b'\\' && matches!(bytes.get(i + 1), Some(b'.' | b'-'));
         let mut out: Option<String> = None;
         let mut copied = 0; // bytes of `text` already handled in `out`
+        let mut safe_before = true; // may a host start after the last delimiter?
         let mut i = 0;
         while i < bytes.len() {
-            let starts_run = is_host_byte(bytes[i])
-                || (regex && bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'.'));
-            if !starts_run {
-                i += 1;
+            if !is_host_byte(bytes[i]) && !escaped_host_char(i) {
+                if regex && bytes[i] == b'\\' {
+                    // an escape such as `\b` or `\d`: skip it as one delimiter
+                    safe_before = regex_escape_is_boundary(bytes.get(i + 1).copied());
+                    i += 2;
+                } else {
+                    safe_before = true;
+                    i += 1;
+                }
                 continue;
             }
-            // A maximal run of hostname characters (and `\.` in regex mode).
+            // A maximal run of hostname characters (and escaped ones).
             let start = i;
             let mut escaped = false;
             while i < bytes.len() {
                 if is_host_byte(bytes[i]) {
                     i += 1;
-                } else if regex && bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'.') {
+                } else if escaped_host_char(i) {
                     escaped = true;
                     i += 2;
                 } else {
                     break;
                 }
             }
-            // Runs are delimited by ASCII bytes, so these are char boundaries.
+            let safe_after = !(regex && bytes.get(i) == Some(&b'\\'))
+                || regex_escape_is_boundary(bytes.get(i + 1).copied());
+            if !(safe_before && safe_after) {
+                continue;
+            }
+            // Runs start and end at ASCII bytes, so these are char boundaries.
             let run = &text[start..i];
-            let (host, trailing) = if escaped {
-                let plain = run.replace("\\.", ".");
-                // which trailing form did the run use?
+            let (host, trailing): (Cow<'_, str>, &str) = if escaped {
+                let plain = run.replace("\\.", ".").replace("\\-", "-");
                 let trailing = if run.ends_with("\\.") {
                     "\\."
                 } else if run.ends_with('.') {
@@ -154,21 +169,25 @@ impl HostMap {
                 } else {
                     ""
                 };
-                let host = plain.strip_suffix('.').map(str::to_owned).unwrap_or(plain);
-                (std::borrow::Cow::Owned(host), trailing)
+                let host = match plain.strip_suffix('.') {
+                    Some(h) => h.to_owned(),
+                    None => plain,
+                };
+                (Cow::Owned(host), trailing)
             } else {
                 match run.strip_suffix('.') {
-                    Some(h) => (std::borrow::Cow::Borrowed(h), "."),
-                    None => (std::borrow::Cow::Borrowed(run), ""),
+                    Some(h) => (Cow::Borrowed(h), "."),
+                    None => (Cow::Borrowed(run), ""),
                 }
             };
-            let to = match self.map.get(host.as_ref()) {
-                Some(to) => to,
-                None => continue,
+            let Some(to) = self.map.get(host.as_ref()) else {
+                continue;
             };
+            // escape the new name's dots only if the old name's were
+            let escape_to = escaped && run[..run.len() - trailing.len()].contains("\\.");
             let buf = out.get_or_insert_with(|| String::with_capacity(text.len() + 16));
             buf.push_str(&text[copied..start]);
-            if escaped {
+            if escape_to {
                 buf.push_str(&to.replace('.', "\\."));
             } else {
                 buf.push_str(to);
@@ -180,6 +199,18 @@ impl HostMap {
             buf.push_str(&text[copied..]);
             buf
         })
+    }
+}
+
+/// Whether a regular-expression escape `\<c>` next to a host keeps it a
+/// whole host: yes for `\b`, `\s`, `\A`, `\z`, `\Z` and escaped
+/// punctuation (`\/`, `\(`), no for escapes that can match hostname
+/// characters (`\d`, `\w`, `\S`, `\B`, ...), which could make the
+/// expression match a longer name.
+fn regex_escape_is_boundary(c: Option<u8>) -> bool {
+    match c {
+        Some(c) if c.is_ascii_alphanumeric() => matches!(c, b'b' | b's' | b'A' | b'z' | b'Z'),
+        _ => true,
     }
 }
 
@@ -494,7 +525,32 @@ mod tests {
         );
         assert_eq!(m.rewrite_regex(r"^master1\.puppet\.vm\.example$"), None);
         assert_eq!(m.rewrite_regex(r"^db-master1\.puppet\.vm$"), None);
-        assert_eq!(m.rewrite_regex(r"\bmaster1\.puppet\.vm"), None);
+        assert_eq!(
+            m.rewrite_regex(r"\bmaster1\.puppet\.vm\b").as_deref(),
+            Some(r"\bmaster2\.puppet\.vm\b")
+        );
+        assert_eq!(
+            m.rewrite_regex(r"^https?://master1\.puppet\.vm\/")
+                .as_deref(),
+            Some(r"^https?://master2\.puppet\.vm\/")
+        );
+        assert_eq!(m.rewrite_regex(r"master1\.puppet\.vm\d"), None);
+        assert_eq!(m.rewrite_regex(r"\wmaster1\.puppet\.vm"), None);
+        assert_eq!(m.rewrite_regex(r"master1\.puppet\.vm\-2"), None);
+        assert_eq!(
+            m.rewrite_regex(r"\\master1.puppet.vm"),
+            Some(r"\\master2.puppet.vm".into())
+        );
+        assert_eq!(
+            m.rewrite_regex("master1.puppet.vm\\"),
+            Some("master2.puppet.vm\\".into())
+        );
+        assert_eq!(m.rewrite_regex("\\"), None);
+        // dots are escaped in the new name only if they were in the old one
+        assert_eq!(
+            m.rewrite_regex(r"^master1.puppet.vm\.$").as_deref(),
+            Some(r"^master2.puppet.vm\.$")
+        );
         // plain mode does not unescape
         assert_eq!(m.rewrite(r"^master1\.puppet\.vm$"), None);
     }
@@ -594,6 +650,39 @@ mod tests {
         let (again, report) = transform(&out, &[(H1, H2)]).unwrap();
         assert!(report.is_empty());
         assert_eq!(again, out);
+    }
+
+    proptest::proptest! {
+        /// Any text, either mode: no panic; only host tokens change, so
+        /// mapping back restores the text (when the new name was not already
+        /// in it); a mapping to itself changes nothing.
+        #[test]
+        fn rewrite_round_trips(parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "master1.puppet.vm", "master2.puppet.vm", ".", "-", "x", ":", "/", ",", " ",
+                "\\", "\\.", "\\b", "\\d", "db-", "é", "8140", "$", "^",
+            ]),
+            0..12,
+        ), regex: bool) {
+            let text: String = parts.concat();
+            let there = HostMap::new(&[(H1, H2)]).unwrap();
+            let back = HostMap::new(&[(H2, H1)]).unwrap();
+            let run = |m: &HostMap, t: &str| if regex { m.rewrite_regex(t) } else { m.rewrite(t) };
+            if run(&back, &text).is_none() {
+                if let Some(new) = run(&there, &text) {
+                    proptest::prop_assert!(!new.is_empty());
+                    proptest::prop_assert_eq!(run(&back, &new), Some(text.clone()));
+                }
+            }
+            proptest::prop_assert_eq!(run(&HostMap::new(&[(H1, H1)]).unwrap(), &text), None);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in ".*") {
+            let m = one();
+            let _ = m.rewrite(&text);
+            let _ = m.rewrite_regex(&text);
+        }
     }
 
     #[test]
