@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require 'stringio'
 require_relative 'emulator_helper'
 
 # import-hierarchy, update-classes, class and environment lookups, validate,
@@ -49,6 +50,13 @@ RSpec.describe 'NC emulator: import, classes, environments' do
       expect(dump.find { |g| g['id'] == id }['serial_number']).to eq(2)
       expect(client.post(import_path, dump).status).to eq(204)
       expect(all_groups).to eq(dump)
+    end
+
+    it 'accepts a chunked (streamed) request body, as ncio sends it' do
+      payload = JSON.generate([root_group, member(a_id, 'Streamed', root)])
+      response = client.post(import_path, StringIO.new(payload))
+      expect(response.status).to eq(204)
+      expect(fetch_group(a_id)['name']).to eq('Streamed')
     end
 
     it 'bumps the serial of a group the import changes' do

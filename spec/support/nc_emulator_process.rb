@@ -295,13 +295,19 @@ module PeFailoverSpec
       request(Net::HTTP::Delete, path, nil, headers)
     end
 
-    # body: a Hash/Array (sent as JSON), a String (sent as is) or nil.
+    # body: a Hash/Array (sent as JSON), a String (sent as is), an IO (streamed
+    # with Transfer-Encoding: chunked, as ncio sends imports) or nil.
     def request(klass, path, body, headers = {})
       req = klass.new(path)
       req['Content-Type'] = 'application/json'
       req['X-Authentication'] = @token if @token
       headers.each { |k, v| req[k] = v }
-      req.body = encode(body) if klass::REQUEST_HAS_BODY || body
+      if body.respond_to?(:read)
+        req['Transfer-Encoding'] = 'chunked'
+        req.body_stream = body
+      elsif klass::REQUEST_HAS_BODY || body
+        req.body = encode(body)
+      end
       Net::HTTP.start(@host, @port, **connection_options) do |http|
         to_response(http.request(req))
       end

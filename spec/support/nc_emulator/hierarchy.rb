@@ -52,9 +52,15 @@ module PeFailoverSpec
       def subtree_ids(groups, id)
         by_parent = groups.values.group_by { |g| g['parent'] }
         ids = [id]
+        seen = { id => true }
         index = 0
         while index < ids.size
-          (by_parent[ids[index]] || []).each { |g| ids << g['id'] unless ids.include?(g['id']) }
+          (by_parent[ids[index]] || []).each do |g|
+            next if seen[g['id']]
+
+            seen[g['id']] = true
+            ids << g['id']
+          end
           index += 1
         end
         ids

@@ -35,6 +35,14 @@ module PeFailoverSpec
         end
       end
 
+      # WEBrick's logger, printing exceptions (failed TLS handshakes, mostly:
+      # expected in tests) on one line without a backtrace.
+      class OneLineLog < WEBrick::Log
+        def format(arg)
+          arg.is_a?(Exception) ? "#{arg.class}: #{arg.message}" : super
+        end
+      end
+
       # WEBrick's HTTP server, building DroppableResponses.
       class Httpd < WEBrick::HTTPServer
         def create_response(config)
@@ -207,7 +215,7 @@ module PeFailoverSpec
         ca = OpenSSL::X509::Certificate.new(File.read(@settings[:cacert]))
         {
           BindAddress: @settings[:bind], Port: @settings[:port],
-          Logger: WEBrick::Log.new(@settings[:log_io], WEBrick::BasicLog::WARN),
+          Logger: OneLineLog.new(@settings[:log_io], WEBrick::BasicLog::WARN),
           AccessLog: [], DoNotReverseLookup: true, RequestTimeout: 30,
           # WEBrick writes headers and body separately; without this each
           # response waits ~40 ms for the client's delayed ACK (Nagle).

@@ -374,10 +374,12 @@ module PeFailoverSpec
         clash = staged.each_value.find do |g|
           g['id'] != group['id'] && g['name'] == group['name'] && g['environment'] == group['environment']
         end
-        return unless clash
+        raise uniqueness_error(group) if clash
+      end
 
-        raise Errors.uniqueness([['name', group['name']], ['environment_name', group['environment']]],
-                                'groups_name_environment_name_idx')
+      def uniqueness_error(group)
+        Errors.uniqueness([['name', group['name']], ['environment_name', group['environment']]],
+                          'groups_name_environment_name_idx')
       end
 
       def bump(id, existing)
@@ -392,9 +394,10 @@ module PeFailoverSpec
         list = payload.map { |g| Schema.group!(g, :import, options) }
         check_duplicate_ids!(list)
         check_import_tree!(list)
-        groups = list.to_h { |g| [g['id'], g] }
-        list.each { |g| check_unique!(groups, g) }
-        groups
+        clash = list.group_by { |g| [g['name'], g['environment']] }.find { |_, gs| gs.size > 1 }
+        raise uniqueness_error(clash.last.last) if clash
+
+        list.to_h { |g| [g['id'], g] }
       end
 
       def check_import_schema!(payload, options)
