@@ -2,6 +2,7 @@
 
 require 'fileutils'
 require 'open3'
+require 'rbconfig'
 require 'tmpdir'
 require_relative '../support/test_ca'
 
@@ -29,8 +30,8 @@ RSpec.describe PeFailoverSpec::TestCA do
   let(:cadir) { File.join(@dir, 'ca') }
   let(:puppet_time) { /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dUTC/ }
 
-  def openssl_verify(cert_path, crl_path = ca.crl_path)
-    out, status = Open3.capture2e('openssl', 'verify', '-crl_check', '-CAfile', ca.ca_cert_path, '-CRLfile', crl_path, cert_path)
+  def openssl_verify(cert_path, crl_path = ca.crl_path, ca_path = ca.ca_cert_path)
+    out, status = Open3.capture2e('openssl', 'verify', '-crl_check', '-CAfile', ca_path, '-CRLfile', crl_path, cert_path)
     [status.success?, out]
   end
 
@@ -167,6 +168,29 @@ RSpec.describe PeFailoverSpec::TestCA do
       expect(OpenSSL::X509::CRL.new(File.read(infra_crl)).revoked.map { |r| r.serial.to_i }).to eq([2])
       expect(openssl_verify(ca.signed_path('compiler.test'), infra_crl).last).to include('certificate revoked')
       expect(openssl_verify(ca.signed_path('agent.test'), infra_crl).first).to be(true)
+    end
+  end
+
+  describe 'command line' do
+    let(:script) { File.expand_path('../support/test_ca.rb', __dir__) }
+
+    def run(*args)
+      Open3.capture2e(RbConfig.ruby, script, *args)
+    end
+
+    it 'creates, signs, writes host files and revokes for non-Ruby callers' do
+      out, status = run('create', @dir, '--ca-name', 'Puppet CA: cli')
+      expect(status.success?).to be(true), out
+      expect(out).to include("ca_crt=#{File.join(cadir, 'ca_crt.pem')}")
+      out, = run('host-files', @dir, 'cli.test', File.join(@dir, 'ssl'), '--dns', 'puppet')
+      paths = out.lines.to_h { |l| l.chomp.split('=', 2) }
+      cert = OpenSSL::X509::Certificate.new(File.read(paths['cert']))
+      expect(cert.extensions.find { |e| e.oid == 'subjectAltName' }.value).to include('DNS:puppet')
+      expect(run('revoke', @dir, 'cli.test').first).to eq("serial=2\n")
+      verdict = openssl_verify(paths['cert'], File.join(cadir, 'ca_crl.pem'), File.join(cadir, 'ca_crt.pem'))
+      expect(verdict.last).to include('certificate revoked')
+      expect(run('revoke', @dir, 'nobody.test').last.exitstatus).to eq(1)
+      expect(run('frobnicate').last.exitstatus).to eq(2)
     end
   end
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env ruby
 # frozen_string_literal: true
 
 require 'openssl'
@@ -371,5 +372,50 @@ module PeFailoverSpec
       File.chmod(mode, tmp)
       File.rename(tmp, file)
     end
+  end
+end
+
+# Command line, for callers that are not Ruby (cargo tests, the demo):
+#
+#   ruby spec/support/test_ca.rb create DIR [--ca-name NAME]
+#   ruby spec/support/test_ca.rb sign DIR CERTNAME [--dns NAME]... [--infra] [--no-loopback]
+#   ruby spec/support/test_ca.rb revoke|clean DIR CERTNAME
+#   ruby spec/support/test_ca.rb host-files DIR CERTNAME SSLDIR
+#
+# Prints the paths it wrote, one `key=path` a line.
+if File.expand_path($PROGRAM_NAME) == File.expand_path(__FILE__)
+  require 'optparse'
+
+  options = { dns: [], infra: false, loopback: true, ca_name: 'Puppet CA: test' }
+  args = OptionParser.new do |o|
+    o.banner = 'Usage: test_ca.rb create|sign|revoke|clean|host-files DIR [CERTNAME [SSLDIR]] [options]'
+    o.on('--ca-name NAME') { |v| options[:ca_name] = v }
+    o.on('--dns NAME', 'extra subjectAltName (DNS:x, IP:1.2.3.4 or a bare DNS name)') { |v| options[:dns] << v }
+    o.on('--infra', 'record the certname in infra_inventory.txt') { options[:infra] = true }
+    o.on('--no-loopback', 'leave localhost/127.0.0.1 out of the certificate') { options[:loopback] = false }
+  end.parse(ARGV)
+  command, dir, certname, ssldir = args
+  begin
+    case [command, args.size]
+    when ['create', 2]
+      ca = PeFailoverSpec::TestCA.create(dir, ca_name: options[:ca_name])
+      puts "ca_crt=#{ca.ca_cert_path}", "crl=#{ca.crl_path}"
+    when ['sign', 3]
+      ca = PeFailoverSpec::TestCA.open(dir)
+      ca.sign(certname, dns_alt_names: options[:dns], loopback: options[:loopback], infra: options[:infra])
+      puts "cert=#{ca.signed_path(certname)}", "key=#{ca.host_key_path(certname)}"
+    when ['revoke', 3], ['clean', 3]
+      puts "serial=#{PeFailoverSpec::TestCA.open(dir).public_send(command, certname)}"
+    when ['host-files', 4]
+      files = PeFailoverSpec::TestCA.open(dir).host_files(certname, ssldir, dns_alt_names: options[:dns],
+                                                                             loopback: options[:loopback])
+      files.each { |k, v| puts "#{k}=#{v}" }
+    else
+      warn 'Usage: test_ca.rb create|sign|revoke|clean|host-files DIR [CERTNAME [SSLDIR]] [options]'
+      exit 2
+    end
+  rescue PeFailoverSpec::TestCA::Error, SystemCallError, OpenSSL::OpenSSLError => e
+    warn "test_ca: #{e.message}"
+    exit 1
   end
 end
