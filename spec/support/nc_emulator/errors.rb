@@ -56,10 +56,6 @@ module PeFailoverSpec
         ApiError.new(400, 'malformed-uuid', "The group's parent id is not a valid UUID.", value)
       end
 
-      def malformed_uuid_id(value)
-        ApiError.new(400, 'malformed-uuid', "The group's id is not a valid UUID.", value)
-      end
-
       def conflicting_ids(submitted, from_url)
         ApiError.new(400, 'conflicting-ids',
                      "The group id submitted in the request body differs from the id. present in the URL's request.",
