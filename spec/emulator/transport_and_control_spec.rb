@@ -85,6 +85,40 @@ RSpec.describe 'NC emulator: transport, auth and control' do
       end
     end
 
+    describe 'connections' do
+      it 'serves parallel clients without losing or mixing writes' do
+        client # one identity, made before the threads start
+        ids = Array.new(6) do |t|
+          Thread.new { Array.new(5) { |i| create_group("parallel #{t}-#{i}") } }
+        end.flat_map(&:value)
+        expect(ids.uniq.size).to eq(30)
+        expect(all_groups.map { |g| g['id'] }).to match_array(ids + [EmulatorSpec::ROOT])
+      end
+
+      it 'keeps a connection alive across requests, as pooling clients expect' do
+        files = @ca.host_files('client.test', File.join(emulator.dir, 'clients', 'client.test'))
+        http = Net::HTTP.new('127.0.0.1', emulator.port)
+        http.use_ssl = true
+        http.ca_file = File.join(emulator.ssldir, 'certs', 'ca.pem')
+        http.cert = OpenSSL::X509::Certificate.new(File.read(files[:cert]))
+        http.key = OpenSSL::PKey.read(File.read(files[:key]))
+        line = 'client.test GET /classifier-api/v1/groups 200'
+        logged_before = File.read(emulator.log_path).scan(line).size
+        http.start do |session|
+          sockets = []
+          statuses = Array.new(3) do
+            session.get(groups_path).code.tap { sockets << session.instance_variable_get(:@socket).io }
+          end
+          statuses << session.post(groups_path, JSON.generate(group_body('kept alive')), 'Content-Type' => 'application/json').code
+          sockets << session.instance_variable_get(:@socket).io
+          expect(statuses).to eq(%w[200 200 200 303])
+          expect(sockets.uniq.size).to eq(1) # Net::HTTP would have reconnected had the server closed
+        end
+        expect(File.read(emulator.log_path).scan(line).size - logged_before).to eq(3)
+        expect(emulator.stats['total']).to eq(4)
+      end
+    end
+
     describe 'status service' do
       it 'reports the four console services as running' do
         response = client.get('/status/v1/services')

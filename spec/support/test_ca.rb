@@ -3,7 +3,7 @@
 
 require 'openssl'
 require 'fileutils'
-require 'ipaddr'
+require 'monitor'
 require 'time'
 
 module PeFailoverSpec
@@ -21,6 +21,7 @@ module PeFailoverSpec
   # issued, CRLs are v2 with a CRL number. Host private keys are not part of a
   # Puppet cadir; this class keeps them in `<dir>/host_keys/` so that a CA
   # reopened with `TestCA.open` can still hand out complete identities.
+  # An instance may be shared between threads (one lock serialises its writes).
   class TestCA
     # Puppet's inventory time format (always UTC, literal "UTC" suffix).
     TIME_FORMAT = '%Y-%m-%dT%H:%M:%SUTC'
@@ -59,6 +60,7 @@ module PeFailoverSpec
       @host_key_type = host_key
       @host_key_bits = host_key_bits
       @host_keys = {}
+      @lock = Monitor.new
     end
 
     # Path helpers for the files of the cadir.
@@ -118,48 +120,56 @@ module PeFailoverSpec
     # key: reuse an existing key instead of generating one.
     def sign(certname, dns_alt_names: [], loopback: true, infra: false, key: nil)
       check_certname!(certname)
-      raise Error, "#{certname} already has a signed certificate; clean it first" if File.exist?(signed_path(certname))
+      @lock.synchronize do
+        raise Error, "#{certname} already has a signed certificate; clean it first" if File.exist?(signed_path(certname))
 
-      key ||= host_key(certname) || generate_host_key
-      serial = next_serial
-      cert = build_host_cert(certname, key, serial, alt_names(certname, dns_alt_names, loopback))
-      write_file(signed_path(certname), cert.to_pem, 0o644)
-      write_file(path('serial'), format("%04X\n", serial + 1), 0o644)
-      append_inventory(cert)
-      File.open(path('infra_inventory.txt'), 'a') { |f| f.puts(certname) } if infra
-      remember_key(certname, key)
-      [cert, key]
+        key ||= host_key(certname) || generate_host_key
+        remember_key(certname, key) # before the certificate: a signed cert always has its key
+        serial = next_serial
+        cert = build_host_cert(certname, key, serial, alt_names(certname, dns_alt_names, loopback))
+        write_file(signed_path(certname), cert.to_pem, 0o644)
+        write_file(path('serial'), format("%04X\n", serial + 1), 0o644)
+        append_inventory(cert)
+        File.open(path('infra_inventory.txt'), 'a') { |f| f.puts(certname) } if infra
+        [cert, key]
+      end
     end
 
     # Adds the certificate's serial to ca_crl.pem (and infra_crl.pem for
     # infrastructure nodes). Leaves signed/ alone. Returns the serial.
     def revoke(certname)
-      serial = serial_of(certname)
-      entries = crl.revoked.map { |r| [r.serial.to_i, r.time] }
-      entries << [serial, Time.now.utc] unless entries.any? { |s, _| s == serial }
-      write_crl(crl_path, entries, crl_number(crl) + 1)
-      revoke_infra(certname, serial) if infra?(certname)
-      serial
+      @lock.synchronize do
+        serial = serial_of(certname)
+        entries = crl.revoked.map { |r| [r.serial.to_i, r.time] }
+        entries << [serial, Time.now.utc] unless entries.any? { |s, _| s == serial }
+        write_crl(crl_path, entries, crl_number(crl) + 1)
+        revoke_infra(certname, serial) if infra?(certname)
+        serial
+      end
     end
 
     # Revokes the certificate and deletes signed/<certname>.pem.
     def clean(certname)
-      serial = revoke(certname)
-      FileUtils.rm_f(signed_path(certname))
-      serial
+      @lock.synchronize do
+        serial = revoke(certname)
+        FileUtils.rm_f(signed_path(certname))
+        serial
+      end
     end
 
     # Writes a host identity into a Puppet ssldir, signing it first if the CA
     # has no certificate for it yet. Returns the paths written.
     def host_files(certname, ssldir, **sign_options)
-      cert = certificate(certname)
-      key = host_key(certname)
-      if cert.nil?
-        cert, key = sign(certname, **sign_options)
-      elsif key.nil?
-        raise Error, "the private key of #{certname} is not known to this CA (#{host_key_path(certname)})"
+      @lock.synchronize do
+        cert = certificate(certname)
+        key = host_key(certname)
+        if cert.nil?
+          cert, key = sign(certname, **sign_options)
+        elsif key.nil?
+          raise Error, "the private key of #{certname} is not known to this CA (#{host_key_path(certname)})"
+        end
+        write_host_files(certname, File.expand_path(ssldir), cert, key)
       end
-      write_host_files(certname, File.expand_path(ssldir), cert, key)
     end
 
     # Every name in the inventory, in issue order, as [serial, certname].
