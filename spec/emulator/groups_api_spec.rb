@@ -1,5 +1,8 @@
 # frozen_string_literal: true
 
+require_relative '../support/test_ca'
+require_relative '../support/nc_emulator'
+require_relative '../support/nc_emulator_process'
 require_relative 'emulator_helper'
 
 # Group CRUD over real HTTPS (docs/nc-api.md §2, §3.1-§3.6, §4).

@@ -1,6 +1,9 @@
 # frozen_string_literal: true
 
 require 'stringio'
+require_relative '../support/test_ca'
+require_relative '../support/nc_emulator'
+require_relative '../support/nc_emulator_process'
 require_relative 'emulator_helper'
 
 # import-hierarchy, update-classes, class and environment lookups, validate,

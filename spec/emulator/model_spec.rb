@@ -1,5 +1,8 @@
 # frozen_string_literal: true
 
+require_relative '../support/test_ca'
+require_relative '../support/nc_emulator'
+require_relative '../support/nc_emulator_process'
 require_relative 'emulator_helper'
 
 # The emulator's model classes on their own, without HTTP.
