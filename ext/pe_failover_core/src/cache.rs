@@ -8,12 +8,12 @@
 //! read a torn file; a cache that is missing, for another root, truncated or
 //! corrupt is ignored and rebuilt, never trusted.
 
-use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -91,7 +91,7 @@ impl CacheEntry {
 /// A map from relative path to [`CacheEntry`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatCache {
-    entries: HashMap<String, CacheEntry>,
+    entries: FxHashMap<String, CacheEntry>,
 }
 
 impl StatCache {
@@ -119,12 +119,19 @@ impl StatCache {
         }
     }
 
+    /// An empty cache with room for `n` files.
+    pub fn with_capacity(n: usize) -> StatCache {
+        let mut entries = FxHashMap::default();
+        entries.reserve(n);
+        StatCache { entries }
+    }
+
     /// The digest cached for `path`, if the cached stat fields equal `key`'s.
-    pub fn lookup(&self, path: &str, key: &CacheEntry) -> Option<String> {
+    pub fn lookup(&self, path: &str, key: &CacheEntry) -> Option<&str> {
         self.entries
             .get(path)
             .filter(|e| e.same_file_as(key))
-            .map(|e| e.sha256.clone())
+            .map(|e| e.sha256.as_str())
     }
 
     /// Adds or replaces the entry for `path`.
@@ -189,7 +196,8 @@ impl StatCache {
             return Err("made for another directory".into());
         }
         let count = r.u64()?;
-        let mut entries = HashMap::with_capacity(count.min(10_000_000) as usize);
+        let mut entries = FxHashMap::default();
+        entries.reserve(count.min(10_000_000) as usize);
         for _ in 0..count {
             let path = String::from_utf8(r.bytes()?.to_vec()).map_err(|_| "bad path")?;
             let size = r.u64()?;

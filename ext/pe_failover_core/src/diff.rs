@@ -165,7 +165,12 @@ pub fn changed_fields(old: &Entry, new: &Entry) -> Vec<Field> {
 /// modification times legitimately differ between hosts.
 pub fn content_fields(old: &Entry, new: &Entry) -> Vec<Field> {
     let mut fields = changed_fields(old, new);
-    fields.retain(|f| matches!(f, Field::Kind | Field::Mode | Field::Content | Field::Target));
+    fields.retain(|f| {
+        matches!(
+            f,
+            Field::Kind | Field::Mode | Field::Content | Field::Target
+        )
+    });
     fields
 }
 

@@ -358,7 +358,6 @@ const DEFAULT_RACY_WINDOW_NS: i64 = 2_000_000_000;
 
 struct Listed {
     rel: String,
-    abs: PathBuf,
     meta: Metadata,
 }
 
@@ -448,21 +447,23 @@ impl Scanner {
             .with_path(&self.root));
         }
 
-        let (cache, cache_status) = match &self.cache_file {
-            Some(path) => StatCache::load(path, &self.root),
-            None => (StatCache::default(), CacheStatus::Disabled),
-        };
-
+        // Load the cache while the tree is being walked.
         let mut problems = Vec::new();
-        let mut stats = ScanStats {
-            cache: cache_status,
-            ..ScanStats::default()
-        };
-        let listed = self.walk(&mut problems, &mut stats)?;
+        let mut stats = ScanStats::default();
+        let ((cache, cache_status), listed) = rayon::join(
+            || match &self.cache_file {
+                Some(path) => StatCache::load(path, &self.root),
+                None => (StatCache::default(), CacheStatus::Disabled),
+            },
+            || self.walk(&mut problems, &mut stats),
+        );
+        let listed = listed?;
+        stats.cache = cache_status;
 
         // Decide per file: digest from the cache, or hash it now.
         let hashed = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
+        let reused = AtomicU64::new(0);
         type Recorded = std::result::Result<(Entry, Option<CacheEntry>), Outcome>;
         let results: Vec<Option<Recorded>> = listed
             .into_par_iter()
@@ -470,21 +471,21 @@ impl Scanner {
                 if self.cancel.is_cancelled() {
                     return None;
                 }
-                Some(self.record(item, &cache, &hashed, &bytes))
+                Some(self.record(item, &cache, &hashed, &bytes, &reused))
             })
             .collect();
         self.cancel.check()?;
 
         let mut entries = Vec::with_capacity(results.len());
-        let mut new_cache = StatCache::default();
+        let mut keys: Vec<(usize, CacheEntry)> = Vec::new();
         let fresh = start_ns.saturating_sub(self.racy_window_ns);
         for result in results.into_iter().flatten() {
             match result {
                 Ok((entry, key)) => {
-                    // Keep cache entries only for files old enough to trust.
+                    // Only files old enough to trust go into the cache.
                     if let Some(key) = key {
                         if key.mtime_ns <= fresh && key.ctime_ns <= fresh {
-                            new_cache.insert(entry.path.clone(), key);
+                            keys.push((entries.len(), key));
                         }
                     }
                     entries.push(entry)
@@ -493,18 +494,24 @@ impl Scanner {
                 Err(Outcome::Problem(e)) => problems.push(e),
             }
         }
-        for entry in &entries {
-            if entry.kind == EntryKind::File {
-                stats.files += 1;
-            }
-        }
+        stats.files = entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
         stats.hashed = hashed.load(Ordering::Relaxed);
         stats.bytes_hashed = bytes.load(Ordering::Relaxed);
-        stats.cached = stats.files - stats.hashed.min(stats.files);
+        stats.cached = reused.load(Ordering::Relaxed);
         stats.entries = entries.len() as u64;
 
+        // The cache is rewritten only when it would change: some trusted
+        // file was hashed, or some cached file is gone.
+        let reused = stats.cached as usize;
         if let Some(path) = &self.cache_file {
-            if new_cache != cache {
+            if keys.len() != reused || cache.len() != reused {
+                let mut new_cache = StatCache::with_capacity(keys.len());
+                for (i, key) in keys {
+                    let entry = &entries[i];
+                    if let Some(sha) = &entry.sha256 {
+                        new_cache.insert(entry.path.clone(), key.with_sha(sha.clone()));
+                    }
+                }
                 if let Err(e) = new_cache.save(path, &self.root) {
                     // A cache that cannot be written only costs speed.
                     stats.cache = CacheStatus::WriteFailed(e.to_string());
@@ -527,9 +534,14 @@ impl Scanner {
     /// in parallel. Returns entries sorted by relative path.
     fn walk(&self, problems: &mut Vec<Error>, stats: &mut ScanStats) -> Result<Vec<Listed>> {
         let mut out: Vec<Listed> = Vec::new();
-        let mut pending: Vec<(String, PathBuf)> = vec![(String::new(), self.root.clone())];
-        while let Some((rel_dir, abs_dir)) = pending.pop() {
+        let mut pending: Vec<String> = vec![String::new()];
+        while let Some(rel_dir) = pending.pop() {
             self.cancel.check()?;
+            let abs_dir = if rel_dir.is_empty() {
+                self.root.clone()
+            } else {
+                self.root.join(&rel_dir)
+            };
             let reader = match fs::read_dir(&abs_dir) {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !rel_dir.is_empty() => {
@@ -545,17 +557,18 @@ impl Scanner {
                     continue;
                 }
             };
-            let mut names = Vec::new();
+            let mut children: Vec<(String, fs::DirEntry)> = Vec::new();
             for item in reader {
-                match item {
-                    Ok(item) => names.push(item.file_name()),
-                    Err(e) => problems.push(Error::io("list directory", &abs_dir, e)),
-                }
-            }
-            let mut children: Vec<(String, PathBuf)> = Vec::with_capacity(names.len());
-            for name in names {
-                let abs = abs_dir.join(&name);
+                let item = match item {
+                    Ok(item) => item,
+                    Err(e) => {
+                        problems.push(Error::io("list directory", &abs_dir, e));
+                        continue;
+                    }
+                };
+                let name = item.file_name();
                 let Some(name) = name.to_str() else {
+                    let abs = item.path();
                     problems.push(
                         Error::new(
                             ErrorKind::NonUtf8Path,
@@ -571,31 +584,38 @@ impl Scanner {
                 let rel = if rel_dir.is_empty() {
                     name.to_string()
                 } else {
-                    format!("{rel_dir}/{name}")
+                    let mut rel = String::with_capacity(rel_dir.len() + 1 + name.len());
+                    rel.push_str(&rel_dir);
+                    rel.push('/');
+                    rel.push_str(name);
+                    rel
                 };
                 if self.excludes.is_excluded(&rel) {
                     stats.excluded += 1;
                     continue;
                 }
-                children.push((rel, abs));
+                children.push((rel, item));
             }
-            let statted: Vec<(String, PathBuf, io::Result<Metadata>)> = children
+            // DirEntry::metadata is fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW):
+            // no path walk per entry, and it never follows a symlink.
+            let statted: Vec<(String, io::Result<Metadata>)> = children
                 .into_par_iter()
-                .map(|(rel, abs)| {
-                    let meta = fs::symlink_metadata(&abs);
-                    (rel, abs, meta)
+                .with_min_len(64)
+                .map(|(rel, item)| {
+                    let meta = item.metadata();
+                    (rel, meta)
                 })
                 .collect();
-            for (rel, abs, meta) in statted {
+            for (rel, meta) in statted {
                 match meta {
                     Ok(meta) => {
                         if meta.is_dir() {
-                            pending.push((rel.clone(), abs.clone()));
+                            pending.push(rel.clone());
                         }
-                        out.push(Listed { rel, abs, meta });
+                        out.push(Listed { rel, meta });
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => stats.vanished += 1,
-                    Err(e) => problems.push(Error::io("stat", &abs, e)),
+                    Err(e) => problems.push(Error::io("stat", self.root.join(&rel), e)),
                 }
             }
         }
@@ -609,8 +629,10 @@ impl Scanner {
         cache: &StatCache,
         hashed: &AtomicU64,
         bytes: &AtomicU64,
+        reused: &AtomicU64,
     ) -> std::result::Result<(Entry, Option<CacheEntry>), Outcome> {
-        let Listed { rel, abs, meta } = item;
+        let Listed { rel, meta } = item;
+        let abs = self.root.join(&rel);
         let ft = meta.file_type();
         let mut entry = Entry {
             path: rel,
@@ -661,8 +683,9 @@ impl Scanner {
         entry.size = meta.size();
         let mut key = CacheEntry::key_of(&meta);
         if let Some(sha) = cache.lookup(&entry.path, &key) {
-            entry.sha256 = Some(sha.clone());
-            return Ok((entry, Some(key.with_sha(sha))));
+            entry.sha256 = Some(sha.to_string());
+            reused.fetch_add(1, Ordering::Relaxed);
+            return Ok((entry, Some(key)));
         }
         // Hash, then make sure the file did not change while it was read; if
         // it did, record it as it is now and read it again.
@@ -677,8 +700,8 @@ impl Scanner {
             entry.size = after.size();
             entry.mtime_ns = mtime_ns(&after);
             if now.same_file_as(&key) && n == entry.size {
-                entry.sha256 = Some(sha.clone());
-                return Ok((entry, Some(now.with_sha(sha))));
+                entry.sha256 = Some(sha);
+                return Ok((entry, Some(now)));
             }
             key = now;
         }
@@ -710,6 +733,12 @@ impl Outcome {
     }
 }
 
+thread_local! {
+    /// One read buffer per hashing thread, reused for every file.
+    static HASH_BUFFER: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; 128 * 1024].into_boxed_slice());
+}
+
 /// Reads a regular file (refusing to follow a symlink swapped in after the
 /// listing) and returns its SHA-256, the bytes read and its metadata after
 /// the read.
@@ -738,21 +767,23 @@ fn hash_file(
             }
         })?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
-    loop {
-        if cancel.is_cancelled() {
-            return Err(Outcome::Problem(Error::cancelled()));
+    HASH_BUFFER.with(|buf| -> std::result::Result<(), Outcome> {
+        let mut buf = buf.borrow_mut();
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Outcome::Problem(Error::cancelled()));
+            }
+            let n = match file.read(&mut buf[..]) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Outcome::from_io("read", path, e)),
+            };
+            hasher.update(&buf[..n]);
+            total += n as u64;
         }
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Outcome::from_io("read", path, e)),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
+    })?;
     let after = file
         .metadata()
         .map_err(|e| Outcome::from_io("stat", path, e))?;

@@ -30,8 +30,12 @@ fn version() -> &'static str {
 fn selftest_panic(ruby: &Ruby, place: String) -> Result<(), Error> {
     let token = pe_failover_core::cancel::CancelToken::new();
     if place == "nogvl" {
-        nogvl::without_gvl(ruby, &token, || -> () { panic!("self-test panic without the GVL") })
+        nogvl::without_gvl(ruby, &token, || -> () {
+            panic!("self-test panic without the GVL")
+        })
     } else {
-        nogvl::guard(ruby, || -> Result<(), Error> { panic!("self-test panic with the GVL") })
+        nogvl::guard(ruby, || -> Result<(), Error> {
+            panic!("self-test panic with the GVL")
+        })
     }
 }

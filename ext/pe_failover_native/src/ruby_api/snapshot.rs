@@ -17,7 +17,12 @@ pub fn init(native: &RModule) -> Result<(), Error> {
     Ok(())
 }
 
-fn scanner(root: String, excludes: &Excludes, cache: Option<String>, token: &CancelToken) -> Scanner {
+fn scanner(
+    root: String,
+    excludes: &Excludes,
+    cache: Option<String>,
+    token: &CancelToken,
+) -> Scanner {
     let mut s = Scanner::new(PathBuf::from(root))
         .excludes(excludes.clone())
         .cancel_token(token.clone());
