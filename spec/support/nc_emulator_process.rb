@@ -326,7 +326,12 @@ module PeFailoverSpec
     def connection_options
       # max_retries 0: Net::HTTP would otherwise silently resend a GET whose
       # connection dropped, hiding exactly what fault-injection specs look for.
-      options = { use_ssl: true, ca_file: @ca_file, verify_mode: OpenSSL::SSL::VERIFY_PEER,
+      # A store of our own: with Puppet loaded (rspec-puppet), SSLContext
+      # starts from the process-wide DEFAULT_CERT_STORE, and `ca_file` would
+      # add our CA to it for every later connection in the process.
+      store = OpenSSL::X509::Store.new
+      store.add_file(@ca_file)
+      options = { use_ssl: true, cert_store: store, verify_mode: OpenSSL::SSL::VERIFY_PEER,
                   open_timeout: @timeout, read_timeout: @timeout, write_timeout: @timeout, max_retries: 0 }
       options.merge!(cert: @cert, key: @key) if @cert
       options
