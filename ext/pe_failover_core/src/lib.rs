@@ -23,9 +23,11 @@
 pub mod cache;
 pub mod cancel;
 pub mod classifier;
+pub mod config;
 pub mod diff;
 pub mod error;
 pub mod exclude;
+pub mod log;
 pub mod snapshot;
 pub mod watch;
 
