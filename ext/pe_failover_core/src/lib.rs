@@ -27,5 +27,6 @@ pub mod diff;
 pub mod error;
 pub mod exclude;
 pub mod snapshot;
+pub mod ssh;
 
 pub use error::{Error, ErrorKind, Result};
