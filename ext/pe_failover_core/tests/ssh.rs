@@ -11,11 +11,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use pe_failover_core::ssh::{fetch_host_key, pin_host_key, HostKey, Session, SshTarget};
+use pe_failover_core::cancel::CancelToken;
+use pe_failover_core::ssh::{fetch_host_key, pin_host_key, Channel, HostKey, Session, SshTarget};
 use pe_failover_core::{Error, ErrorKind};
 use sha2::{Digest, Sha256};
 
-use util::sshd::{keygen, ClientKey, Sshd};
+use util::sshd::{is_alive, keygen, ClientKey, Sshd};
 
 fn err<T: std::fmt::Debug>(r: pe_failover_core::Result<T>) -> Error {
     r.expect_err("expected an error")
@@ -367,7 +368,7 @@ fn unusable_private_keys_are_refused_before_connecting() {
     assert!(e.to_string().contains("ssh-keygen -t ed25519"), "{e}");
 
     // Nothing reached the server.
-    assert!(!sshd.log().contains("Accepted"), "{}", sshd.log());
+    assert!(!sshd.log().contains("Connection from"), "{}", sshd.log());
 }
 
 #[test]
@@ -443,6 +444,64 @@ fn silent_remote_command_times_out() {
 }
 
 #[test]
+fn cancel_token_stops_a_waiting_read() {
+    let sshd = Sshd::start();
+    let key = sshd.client("sender", "exec sleep 60");
+    let token = CancelToken::new();
+    let session = connect(&sshd.target(&key).cancel_token(token.clone()));
+    let mut ch = session.exec("x").unwrap();
+    let canceller = {
+        let token = token.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            token.cancel();
+        })
+    };
+    let started = Instant::now();
+    let e = Error::from_io_error(ch.read(&mut [0u8; 8]).unwrap_err());
+    assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    canceller.join().unwrap();
+}
+
+#[test]
+fn keepalives_do_not_disturb_a_quiet_command() {
+    let sshd = Sshd::start();
+    let key = sshd.client("sender", "sleep 3; echo done");
+    let session = connect(
+        &sshd
+            .target(&key)
+            .keepalive_interval(Some(Duration::from_secs(1)))
+            .io_timeout(Duration::from_secs(20)),
+    );
+    assert!(session.keepalive().is_ok());
+    let (out, status, _) = run(&session, "x", b"");
+    assert_eq!((out.as_slice(), status), (&b"done\n"[..], 0));
+}
+
+#[test]
+fn sessions_and_channels_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Session>();
+    assert_send::<Channel>();
+    let sshd = Sshd::start();
+    let key = sshd.client("sender", "cat");
+    let session = connect(&sshd.target(&key));
+    let ch = session.exec("x").unwrap();
+    let out = std::thread::spawn(move || {
+        let mut ch = ch;
+        ch.write_all(b"moved").unwrap();
+        ch.send_eof().unwrap();
+        let mut out = Vec::new();
+        ch.read_to_end(&mut out).unwrap();
+        out
+    })
+    .join()
+    .unwrap();
+    assert_eq!(out, b"moved");
+}
+
+#[test]
 fn server_killed_mid_transfer_is_a_network_error() {
     let mut sshd = Sshd::start();
     let key = sshd.client("sender", "cat");
@@ -511,30 +570,34 @@ fn fetch_host_key_gives_a_pin_that_then_verifies() {
 
 #[test]
 fn harness_stops_sshd_and_its_sessions_by_pid() {
-    let mut sshd = Sshd::start();
-    let pid = sshd.pid().unwrap();
-    let key = sshd.client("sender", "exec sleep 60");
-    let session = connect(&sshd.target(&key));
-    let _ch = session.exec("x").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sshd.session_pids().len() < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let sessions = sshd.session_pids();
-    assert!(!sessions.is_empty());
-    sshd.stop();
-    assert!(sshd.pid().is_none());
-    let alive = |p: u32| {
-        fs::read_to_string(format!("/proc/{p}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
-    };
-    assert!(!alive(pid), "sshd {pid} still running");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sessions.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for p in sessions {
-        assert!(!alive(p), "session process {p} still running");
+    // Twice: once while the command is still being started (the racy
+    // moment), once with it running.
+    for settle in [false, true] {
+        let mut sshd = Sshd::start();
+        let pid = sshd.pid().unwrap();
+        let key = sshd.client("sender", "exec sleep 60");
+        let session = connect(&sshd.target(&key));
+        let _ch = session.exec("x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let running = |sshd: &Sshd| {
+            sshd.session_pids().iter().any(|p| {
+                fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+            })
+        };
+        while !(if settle {
+            running(&sshd)
+        } else {
+            sshd.session_pids().len() >= 2
+        }) {
+            assert!(Instant::now() < deadline, "the session never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let sessions = sshd.session_pids();
+        sshd.stop();
+        assert!(sshd.pid().is_none());
+        assert!(!is_alive(pid), "sshd {pid} still running");
+        for p in sessions {
+            assert!(!is_alive(p), "session process {p} still running");
+        }
     }
 }

@@ -4,9 +4,8 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::time::Instant;
 
-use super::{is_eagain, Link};
+use super::{is_eagain, Deadline, Link};
 use crate::{Error, ErrorKind, Result};
 
 /// How much of the remote stderr is kept: its first and its last half of
@@ -80,7 +79,7 @@ impl Channel {
             return Ok(());
         }
         let what = format!("closing the input of {}", shown_command(&self.command));
-        let deadline = Instant::now() + self.link.io_timeout;
+        let deadline = Deadline::after(self.link.io_timeout);
         loop {
             self.drain_stderr();
             match self.ch.send_eof() {
@@ -123,7 +122,7 @@ impl Channel {
         let mut sink = [0u8; CHUNK];
         while self.read_stdout(&mut sink)? > 0 {}
         let what = format!("waiting for {} to exit", shown_command(&self.command));
-        let deadline = Instant::now() + self.link.io_timeout;
+        let deadline = Deadline::after(self.link.io_timeout);
         loop {
             self.drain_stderr();
             match self.ch.wait_close() {
@@ -186,7 +185,7 @@ impl Channel {
             return Ok(0);
         }
         let what = format!("reading from {}", shown_command(&self.command));
-        let deadline = Instant::now() + self.link.io_timeout;
+        let deadline = Deadline::after(self.link.io_timeout);
         loop {
             self.drain_stderr();
             match self.ch.read(buf) {
@@ -225,7 +224,7 @@ impl Channel {
             .with_host(self.link.host.clone()));
         }
         let what = format!("writing to {shown}");
-        let deadline = Instant::now() + self.link.io_timeout;
+        let deadline = Deadline::after(self.link.io_timeout);
         loop {
             self.drain_stderr();
             match self.ch.write(buf) {

@@ -52,6 +52,7 @@ pub use channel::Channel;
 pub use host_key::HostKey;
 pub use known_hosts::{pin_host_key, HostKeyStatus, KnownHosts};
 
+use crate::cancel::CancelToken;
 use crate::{Error, ErrorKind, Result};
 
 /// Default TCP port.
@@ -75,6 +76,7 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// | [`connect_timeout`](Self::connect_timeout) | 10 s, for each of TCP connect, handshake and authentication |
 /// | [`io_timeout`](Self::io_timeout) | 30 s without progress on one operation |
 /// | [`keepalive_interval`](Self::keepalive_interval) | 15 s (`None` turns keepalives off) |
+/// | [`cancel_token`](Self::cancel_token) | none |
 ///
 /// The host key is always checked against the known_hosts file; there is
 /// no setting to skip that.
@@ -88,6 +90,7 @@ pub struct SshTarget {
     connect_timeout: Duration,
     io_timeout: Duration,
     keepalive_interval: Option<Duration>,
+    cancel: Option<CancelToken>,
 }
 
 impl SshTarget {
@@ -105,6 +108,7 @@ impl SshTarget {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             io_timeout: DEFAULT_IO_TIMEOUT,
             keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
+            cancel: None,
         }
     }
 
@@ -142,6 +146,14 @@ impl SshTarget {
     /// How often to send keepalives while waiting; `None` for never.
     pub fn keepalive_interval(mut self, interval: Option<Duration>) -> Self {
         self.keepalive_interval = interval;
+        self
+    }
+
+    /// A token that stops every wait of the session and its channels with
+    /// [`ErrorKind::Cancelled`] once tripped (checked at least every 100 ms;
+    /// the TCP connect itself is only bounded by the connect timeout).
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
         self
     }
 
@@ -283,9 +295,13 @@ pub fn connect(target: &SshTarget) -> Result<Session> {
     key_file::check_private_key(&target.private_key)?;
     let known = KnownHosts::load(&target.known_hosts)?;
 
+    if let Some(token) = &target.cancel {
+        token.check()?;
+    }
     let tcp = tcp_connect(&target.host, target.port, target.connect_timeout)?;
     set_tcp_keepalive(&tcp, target.keepalive_interval);
     let mut link = Link::new(tcp, &target.host, target.port, target.io_timeout)?;
+    link.cancel = target.cancel.clone();
     link.prefer_host_key_types(&known.key_types_for(&target.host, target.port));
     link.handshake(target.connect_timeout)?;
     let host_key = link.host_key()?;
@@ -333,8 +349,8 @@ fn verify_host_key(target: &SshTarget, known: &KnownHosts, offered: &HostKey) ->
             .with_hint(hint))
     };
     let check_out_of_band = format!(
-        "compare it out of band with the passive's own fingerprint \
-         (`ssh-keygen -lf /etc/ssh/ssh_host_{}_key.pub` on it)",
+        "compare it out of band with the fingerprint that `ssh-keygen -lf \
+         /etc/ssh/ssh_host_{}_key.pub` prints on the passive",
         offered.keyscan_type()
     );
     let how_to_pin = format!(
@@ -458,21 +474,21 @@ fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream> {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Error::new(
             ErrorKind::Timeout,
             format!(
-                "no answer from {host} port {port} within {}",
+                "no answer on port {port} within {} while connecting",
                 seconds(timeout)
             ),
         )
         .with_hint("check that the passive is up and that no firewall drops SSH traffic"),
         io::ErrorKind::ConnectionRefused => Error::new(
             ErrorKind::Network,
-            format!("{host} refused the connection to port {port}"),
+            format!("connection to port {port} refused"),
         )
         .with_hint(format!(
             "check that sshd runs on the passive and listens on port {port}"
         )),
         _ => Error::new(
             ErrorKind::Network,
-            format!("cannot connect to {host} port {port}: {err}"),
+            format!("cannot connect to port {port}: {err}"),
         )
         .with_hint("check the network between the primaries"),
     }
@@ -560,6 +576,18 @@ const LIBSSH2_ERROR_EAGAIN: i32 = -37;
 const LIBSSH2_ERROR_SOCKET_RECV: i32 = -43;
 const LIBSSH2_ERROR_BAD_SOCKET: i32 = -45;
 
+/// What a socket-level libssh2 error means, in words (libssh2's own
+/// message is often just the name of the step that failed).
+fn socket_failure(code: i32, e: &ssh2::Error) -> &str {
+    match code {
+        LIBSSH2_ERROR_SOCKET_DISCONNECT => "the other end closed the connection",
+        LIBSSH2_ERROR_SOCKET_RECV => "receiving failed (connection reset?)",
+        LIBSSH2_ERROR_SOCKET_SEND => "sending failed (connection reset?)",
+        LIBSSH2_ERROR_BANNER_RECV => "the server closed the connection before saying it speaks SSH",
+        _ => e.message(),
+    }
+}
+
 fn code_of(e: &ssh2::Error) -> i32 {
     match e.code() {
         ssh2::ErrorCode::Session(code) => code,
@@ -569,6 +597,23 @@ fn code_of(e: &ssh2::Error) -> i32 {
 
 fn is_eagain(e: &ssh2::Error) -> bool {
     code_of(e) == LIBSSH2_ERROR_EAGAIN
+}
+
+/// A point in time to give up at, and the budget it came from (for
+/// messages).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    at: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    pub(crate) fn after(budget: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + budget,
+            budget,
+        }
+    }
 }
 
 /// The connection under a session and its channels: the libssh2 session
@@ -581,6 +626,7 @@ pub(crate) struct Link {
     io_timeout: Duration,
     keepalive: bool,
     established: bool,
+    cancel: Option<CancelToken>,
 }
 
 impl Link {
@@ -602,6 +648,7 @@ impl Link {
             io_timeout,
             keepalive: false,
             established: false,
+            cancel: None,
         })
     }
 
@@ -659,7 +706,7 @@ impl Link {
 
     fn handshake(&mut self, timeout: Duration) -> Result<()> {
         let mut ssh = self.ssh.clone();
-        self.retry(timeout, "the SSH handshake", || ssh.handshake())?;
+        self.retry(timeout, "performing the SSH handshake", || ssh.handshake())?;
         self.established = true;
         Ok(())
     }
@@ -689,9 +736,9 @@ impl Link {
         let key = target.private_key.display().to_string();
         let user = target.user.as_str();
         let refused_hint = format!(
-            "check that the passive's authorized_keys for {user} holds the public half of {key} \
-             (`ssh-keygen -y -f {key}` prints it), that its from= option allows this host's \
-             address, and that sshd lets {user} log in"
+            "check that the passive's authorized_keys for {user} holds the public half of {key}, \
+             which `ssh-keygen -y -f {key}` prints; that the entry's from= option allows this \
+             host's address; and that the passive's sshd lets {user} log in"
         );
         let what = format!("authenticating as {user}");
         let methods = match self.retry(target.connect_timeout, &what, || {
@@ -717,7 +764,7 @@ impl Link {
             .with_path(&target.private_key)
             .with_hint("enable PubkeyAuthentication in the passive's sshd_config"));
         }
-        let deadline = Instant::now() + target.connect_timeout;
+        let deadline = Deadline::after(target.connect_timeout);
         loop {
             match self
                 .ssh
@@ -766,7 +813,7 @@ impl Link {
         what: &str,
         mut op: impl FnMut() -> std::result::Result<T, ssh2::Error>,
     ) -> Result<T> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
         loop {
             match op() {
                 Ok(v) => return Ok(v),
@@ -778,18 +825,26 @@ impl Link {
 
     /// Waits until the socket is ready in the direction libssh2 is blocked
     /// on, sending keepalives when due; `Timeout` once `deadline` passes.
-    fn wait(&self, deadline: Instant, what: &str) -> Result<()> {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(self.timeout_error(what));
+    fn wait(&self, deadline: Deadline, what: &str) -> Result<()> {
+        if let Some(token) = &self.cancel {
+            if token.is_cancelled() {
+                return Err(Error::cancelled().with_host(self.host.clone()));
+            }
         }
-        let mut wait = deadline - now;
+        let now = Instant::now();
+        if now >= deadline.at {
+            return Err(self.timeout_error(what, deadline.budget));
+        }
+        let mut wait = deadline.at - now;
         if self.keepalive {
             match self.ssh.keepalive_send() {
                 Ok(secs) => wait = wait.min(Duration::from_secs(u64::from(secs.max(1)))),
                 Err(e) if is_eagain(&e) => {}
                 Err(e) => return Err(self.ssh_error(&e, "sending a keepalive")),
             }
+        }
+        if self.cancel.is_some() {
+            wait = wait.min(Duration::from_millis(100));
         }
         let events = match self.ssh.block_directions() {
             ssh2::BlockDirections::Inbound => libc::POLLIN,
@@ -817,10 +872,14 @@ impl Link {
         Ok(())
     }
 
-    fn timeout_error(&self, what: &str) -> Error {
+    fn timeout_error(&self, what: &str, budget: Duration) -> Error {
         Error::new(
             ErrorKind::Timeout,
-            format!("no response from {}:{} while {what}", self.host, self.port),
+            format!(
+                "no response on port {} for {} while {what}",
+                self.port,
+                seconds(budget)
+            ),
         )
         .with_host(self.host.clone())
         .with_hint(format!(
@@ -840,8 +899,8 @@ impl Link {
         )
         .with_host(self.host.clone())
         .with_hint(
-            "check that the passive and its sshd are running and the network between the \
-             primaries; the transfer is retried on the next change",
+            "check that the passive and its sshd are running, and the network between the \
+             primaries",
         )
     }
 
@@ -849,14 +908,16 @@ impl Link {
     fn ssh_error(&self, e: &ssh2::Error, what: &str) -> Error {
         let code = code_of(e);
         match code {
-            LIBSSH2_ERROR_TIMEOUT | LIBSSH2_ERROR_SOCKET_TIMEOUT => self.timeout_error(what),
+            LIBSSH2_ERROR_TIMEOUT | LIBSSH2_ERROR_SOCKET_TIMEOUT => {
+                self.timeout_error(what, self.io_timeout)
+            }
             LIBSSH2_ERROR_SOCKET_NONE
             | LIBSSH2_ERROR_BANNER_RECV
             | LIBSSH2_ERROR_BANNER_SEND
             | LIBSSH2_ERROR_SOCKET_SEND
             | LIBSSH2_ERROR_SOCKET_DISCONNECT
             | LIBSSH2_ERROR_SOCKET_RECV
-            | LIBSSH2_ERROR_BAD_SOCKET => self.network_error(what, e.message()),
+            | LIBSSH2_ERROR_BAD_SOCKET => self.network_error(what, socket_failure(code, e)),
             LIBSSH2_ERROR_AUTHENTICATION_FAILED | LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED => Error::new(
                 ErrorKind::Unauthorized,
                 format!(
