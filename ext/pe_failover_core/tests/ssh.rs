@@ -116,6 +116,31 @@ fn exit_status_and_stderr_are_propagated() {
 }
 
 #[test]
+fn command_that_exits_without_reading_fails_the_write_promptly() {
+    let sshd = Sshd::start();
+    let key = sshd.client("sender", "echo 'receiver: fenced, refusing' >&2; exit 4");
+    // A long I/O timeout: the write must fail because the command is gone,
+    // not because it waited that long.
+    let session = connect(&sshd.target(&key).io_timeout(Duration::from_secs(60)));
+    let mut ch = session.exec("x").unwrap();
+    let started = Instant::now();
+    let e = Error::from_io_error(ch.write_all(&payload(20 * 1024 * 1024)).unwrap_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    assert!(
+        e.to_string()
+            .contains("exited before reading all its input"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("fenced, refusing"), "{e}");
+    assert_eq!(ch.finish().unwrap(), 4);
+}
+
+#[test]
 fn command_killed_by_a_signal_is_an_error_with_its_stderr() {
     let sshd = Sshd::start();
     let key = sshd.client("sender", "echo 'dying now' >&2; kill -KILL $$");
