@@ -24,6 +24,11 @@ module PeFailoverSpec
   #   out                                          # => "hello" (the forced command ran)
   #   sshd.stop                                    # TERM, then KILL, by PID
   #
+  # `stop` reaches every session process still under the listener. A forced
+  # command that outlives its connection (`sleep 60` after the client hung up)
+  # has left sshd's process tree by then: prefer commands that end at end of
+  # input (`cat >/dev/null` is a silent one).
+  #
   # Needs root (sshd's privilege separation, /run/sshd) and Debian's
   # openssh-server and openssh-client. A login user other than root needs a
   # shell and an unlocked account (`usermod -p '*' USER`: with UsePAM no, sshd

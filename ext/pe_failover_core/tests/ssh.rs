@@ -453,7 +453,7 @@ fn silent_listener_times_out() {
 #[test]
 fn silent_remote_command_times_out() {
     let sshd = Sshd::start();
-    let key = sshd.client("sender", "echo 'waiting forever' >&2; exec sleep 60");
+    let key = sshd.client("sender", "echo 'waiting forever' >&2; exec cat >/dev/null");
     let session = connect(&sshd.target(&key).io_timeout(Duration::from_secs(1)));
     let mut ch = session.exec("x").unwrap();
     let mut buf = [0u8; 16];
@@ -471,7 +471,7 @@ fn silent_remote_command_times_out() {
 #[test]
 fn cancel_token_stops_a_waiting_read() {
     let sshd = Sshd::start();
-    let key = sshd.client("sender", "exec sleep 60");
+    let key = sshd.client("sender", "exec cat >/dev/null");
     let token = CancelToken::new();
     let session = connect(&sshd.target(&key).cancel_token(token.clone()));
     let mut ch = session.exec("x").unwrap();

@@ -14,7 +14,10 @@
 //! ```
 //!
 //! The server and every session process it forked are stopped by PID
-//! (TERM, then KILL) when the value is dropped. Needs root (sshd's
+//! (TERM, then KILL) when the value is dropped. A forced command that
+//! outlives its connection (`sleep 60` after the client hung up) has left
+//! sshd's process tree by then and is out of reach: prefer commands that end
+//! at end of input (`cat >/dev/null` is a silent one). Needs root (sshd's
 //! privilege separation) and `openssh-server` + `openssh-client`.
 #![allow(dead_code)]
 
