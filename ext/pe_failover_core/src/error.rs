@@ -221,6 +221,63 @@ impl std::error::Error for Error {
     }
 }
 
+impl Error {
+    /// Gets back the error that an `io::Error` carries when a `Read` or
+    /// `Write` implementation of this crate (an SSH channel, for example)
+    /// failed; any other `io::Error` becomes an [`ErrorKind::Io`] error
+    /// (or `NotFound`, `PermissionDenied`, `Timeout`, `Network`, after its
+    /// kind).
+    pub fn from_io_error(err: io::Error) -> Error {
+        if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            if let Some(inner) = err.into_inner() {
+                if let Ok(core) = inner.downcast::<Error>() {
+                    return *core;
+                }
+            }
+            return Error::new(ErrorKind::Internal, "lost an error while unwrapping it");
+        }
+        let kind = match err.kind() {
+            io::ErrorKind::NotFound => ErrorKind::NotFound,
+            io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof => ErrorKind::Network,
+            _ => ErrorKind::Io,
+        };
+        Error {
+            kind,
+            message: err.to_string(),
+            path: None,
+            host: None,
+            hint: None,
+            source: Some(err),
+        }
+    }
+}
+
+/// Wraps the error for a `Read` or `Write` implementation, with the closest
+/// `io::ErrorKind`; [`Error::from_io_error`] gets it back whole.
+impl From<Error> for io::Error {
+    fn from(err: Error) -> io::Error {
+        let kind = match err.kind {
+            ErrorKind::NotFound => io::ErrorKind::NotFound,
+            ErrorKind::PermissionDenied | ErrorKind::Unauthorized => {
+                io::ErrorKind::PermissionDenied
+            }
+            ErrorKind::InvalidInput | ErrorKind::InvalidPattern => io::ErrorKind::InvalidInput,
+            ErrorKind::Corrupt | ErrorKind::Protocol => io::ErrorKind::InvalidData,
+            ErrorKind::Timeout => io::ErrorKind::TimedOut,
+            ErrorKind::Network => io::ErrorKind::ConnectionAborted,
+            ErrorKind::Cancelled => io::ErrorKind::Interrupted,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +294,21 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("/etc/x"), "{text}");
         assert!(text.contains("run as a user"), "{text}");
+    }
+
+    #[test]
+    fn survives_a_trip_through_io_error() {
+        let err = Error::new(ErrorKind::Timeout, "no response")
+            .with_host("b.example.com")
+            .with_hint("wait");
+        let io_err = io::Error::from(err);
+        assert_eq!(io_err.kind(), io::ErrorKind::TimedOut);
+        let back = Error::from_io_error(io_err);
+        assert_eq!(back.kind(), ErrorKind::Timeout);
+        assert_eq!(back.host(), Some("b.example.com"));
+        assert_eq!(back.hint(), Some("wait"));
+        let plain = Error::from_io_error(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert_eq!(plain.kind(), ErrorKind::Network);
     }
 
     #[test]

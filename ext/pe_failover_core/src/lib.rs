@@ -30,5 +30,6 @@ pub mod exclude;
 pub mod log;
 pub mod snapshot;
 pub mod watch;
+pub mod ssh;
 
 pub use error::{Error, ErrorKind, Result};

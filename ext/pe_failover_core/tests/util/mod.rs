@@ -1,5 +1,8 @@
-//! Temporary-tree helpers shared by the integration tests.
+//! Helpers shared by the integration tests: temporary trees, and (in
+//! [`sshd`]) a real OpenSSH server on 127.0.0.1.
 #![allow(dead_code)]
+
+pub mod sshd;
 
 use std::fs;
 use std::path::{Path, PathBuf};
