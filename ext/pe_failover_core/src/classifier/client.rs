@@ -116,8 +116,8 @@ impl RetryPolicy {
 
 /// Builds a [`ClassifierClient`]; see [`ClassifierClient::builder`].
 ///
-/// Defaults: connect timeout 10 s, read timeout 60 s (the longest silence
-/// while waiting for or reading an answer), [`RetryPolicy::default`], no
+/// Defaults: connect timeout 10 s, request timeout 120 s (one attempt, from
+/// connecting to the last byte of the answer), [`RetryPolicy::default`], no
 /// CRL. The client certificate, its key and the CA certificate are required.
 #[derive(Clone, Debug)]
 pub struct ClassifierClientBuilder {
@@ -127,7 +127,7 @@ pub struct ClassifierClientBuilder {
     ca: Option<PathBuf>,
     crl: Option<PathBuf>,
     connect_timeout: Duration,
-    read_timeout: Duration,
+    request_timeout: Duration,
     retry: RetryPolicy,
     cancel: CancelToken,
 }
@@ -184,10 +184,15 @@ impl ClassifierClientBuilder {
         self
     }
 
-    /// How long the server may stay silent while an answer is awaited or
-    /// read; default 60 s.
-    pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.read_timeout = timeout;
+    /// How long one attempt of a request may take, from connecting to
+    /// reading the last byte of the answer; default 120 s (an
+    /// import-hierarchy of a large tree is one request).
+    ///
+    /// This is a deadline per attempt rather than a limit on each read:
+    /// reqwest's per-read timeout cannot be used with its blocking client
+    /// (reading the body then panics outside reqwest's runtime).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
         self
     }
 
@@ -240,15 +245,12 @@ impl ClassifierClientBuilder {
         let tls = tls::client_config(&files)?;
         let inner = reqwest::ClientBuilder::new()
             .connect_timeout(self.connect_timeout)
-            .read_timeout(self.read_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .user_agent(concat!("pe_failover/", env!("CARGO_PKG_VERSION")))
             .tls_backend_preconfigured(tls.config);
         let http = reqwest::blocking::ClientBuilder::from(inner)
-            // connect and read timeouts bound every request; a large import
-            // may legitimately take longer than any fixed total.
-            .timeout(None)
+            .timeout(self.request_timeout)
             .build()
             .map_err(|e| {
                 Error::new(
@@ -412,7 +414,7 @@ impl ClassifierClient {
             ca: None,
             crl: None,
             connect_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(120),
             retry: RetryPolicy::default(),
             cancel: CancelToken::new(),
         }
@@ -706,7 +708,7 @@ impl ClassifierClient {
         Error::new(
             last.kind(),
             format!(
-                "the classifier was still unavailable after {attempts} attempts in {:.0} s \
+                "the classifier was still unavailable after {attempts} attempts in {:.1} s \
                  ({why}); last error: {}",
                 elapsed.as_secs_f64(),
                 last.message()
@@ -855,8 +857,8 @@ impl ClassifierClient {
                 let details = parsed
                     .as_ref()
                     .and_then(|v| v.get("details"))
-                    .filter(|d| !d.is_null() && code < 500)
-                    .map(|d| format!(" (details: {})", truncate(&d.to_string(), 500)))
+                    .and_then(|d| details_summary(kind.as_deref(), d))
+                    .map(|d| format!(" ({})", truncate(&d, 500)))
                     .unwrap_or_default();
                 Error::new(
                     ErrorKind::Api,
@@ -900,7 +902,7 @@ impl ClassifierClient {
                 format!("the classifier did not answer {method} {path} in time"),
             )
             .with_host(host)
-            .with_hint("check the classifier's load and logs, or raise the read timeout"));
+            .with_hint("check the classifier's load and logs, or raise the request timeout"));
         }
         let closed = find_cause::<hyper::Error>(err)
             .is_some_and(|h| h.is_incomplete_message() || h.is_closed() || h.is_canceled())
@@ -1012,6 +1014,34 @@ impl ClassifierClient {
             .with_host(host)
             .with_path(self.files.ca.clone()),
         }
+    }
+}
+
+/// The part of an error's `details` that says more than its `msg`, for the
+/// kinds where it does (nc-api §4); `None` for the others, whose details
+/// repeat the message or hold whole groups.
+fn details_summary(kind: Option<&str>, details: &Value) -> Option<String> {
+    match kind? {
+        "schema-violation" => details.get("error").map(|e| format!("problem: {e}")),
+        "uniqueness-violation" => details.get("conflict").map(|c| format!("conflict: {c}")),
+        "missing-referents" => {
+            let items: Vec<String> = details
+                .as_array()?
+                .iter()
+                .map(|m| {
+                    let field = |k: &str| m.get(k).map(|v| v.to_string()).unwrap_or_default();
+                    format!(
+                        "{} {} in {} for group {}",
+                        field("kind"),
+                        field("missing"),
+                        field("environment"),
+                        field("group")
+                    )
+                })
+                .collect();
+            (!items.is_empty()).then(|| format!("missing: {}", items.join("; ")))
+        }
+        _ => None,
     }
 }
 
@@ -1141,6 +1171,23 @@ mod tests {
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
         assert_eq!(truncate("abc", 5), "abc");
         assert_eq!(truncate("ééé", 3), "é...");
+    }
+
+    #[test]
+    fn error_details_are_summarised_for_the_kinds_that_need_them() {
+        let refs = serde_json::json!([{"kind": "missing-class", "missing": "apache",
+            "environment": "production", "group": "Web", "defined_by": "Web"}]);
+        assert_eq!(
+            details_summary(Some("missing-referents"), &refs).as_deref(),
+            Some(r#"missing: "missing-class" "apache" in "production" for group "Web""#)
+        );
+        let schema = serde_json::json!({"submitted": {}, "schema": {}, "error": "(not x)"});
+        assert_eq!(
+            details_summary(Some("schema-violation"), &schema).as_deref(),
+            Some(r#"problem: "(not x)""#)
+        );
+        assert_eq!(details_summary(Some("children-present"), &schema), None);
+        assert_eq!(details_summary(None, &schema), None);
     }
 
     #[test]

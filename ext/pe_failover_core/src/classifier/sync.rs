@@ -487,13 +487,17 @@ fn step_error(host: &str, step: usize, total: usize, op: &Operation, cause: Erro
         None => "fix the cause and run again: the next run continues from the passive's state"
             .to_owned(),
     };
+    // most causes already name the request
+    let request = if cause.message().contains(&op.path) {
+        String::new()
+    } else {
+        format!(": {} {}", op.method, op.path)
+    };
     let mut err = Error::new(
         cause.kind(),
         format!(
-            "step {step} of {total} ({what}: {} {}) failed: {}; {done} earlier step(s) \
+            "step {step} of {total} ({what}{request}) failed: {}; {done} earlier step(s) \
              were applied, {} not attempted",
-            op.method,
-            op.path,
             cause.message(),
             total - step
         ),

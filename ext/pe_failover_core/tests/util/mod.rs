@@ -1,6 +1,8 @@
 //! Temporary-tree helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod emulator;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
