@@ -150,6 +150,11 @@ fn round_trip_from_the_active_to_a_freshly_installed_passive() {
     assert_eq!(again.counts.writes, 0);
     assert!(again.plan.is_empty() && again.in_sync);
     assert_eq!(passive.writes(), 0);
+    assert_eq!(
+        passive.stats()["by_route"],
+        json!({"GET /classifier-api/v1/groups": 1}),
+        "an unchanged passive is only read"
+    );
     assert_eq!(active.writes(), 0, "the active is only read");
 
     let dump2 = classifier::fetch_active(&a, &[(ACTIVE, PASSIVE)]).unwrap();

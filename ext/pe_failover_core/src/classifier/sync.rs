@@ -4,10 +4,10 @@
 //! - [`prepare_active`] / [`fetch_active`] (on the active primary): fetch
 //!   the groups, rewrite the hostnames, and compute the canonical digest that
 //!   says whether anything changed since the last shipment.
-//! - [`sync`] (on the passive primary): refuse unsafe dumps, refresh classes,
-//!   diff against the live groups, refuse groups whose classes are missing,
-//!   and execute the plan in order, or report it (`noop`). Nothing changed
-//!   means zero write calls.
+//! - [`sync`] (on the passive primary): refuse unsafe dumps, diff against
+//!   the live groups, refresh classes and refuse groups whose classes are
+//!   missing, and execute the plan in order, or report it (`noop`). Nothing
+//!   changed means one read and no other call.
 //!
 //! A failed call stops the run; the error names the step and the calls
 //! already made. Every call leaves the classifier valid (the plan's order
@@ -315,13 +315,14 @@ pub struct Step<'a> {
 /// Makes the passive's groups equal to `desired` (the active primary's
 /// dump, already transformed); see the module documentation.
 ///
-/// In order: a promoted passive is refused ([`ErrorKind::Fenced`]);
-/// `update-classes` is called (unless `noop` or `refresh_classes` is off);
-/// the live groups are fetched and diffed; [`check_apply`] refuses an empty
-/// or rootless dump and too many deletes; when anything is to be written,
-/// the classes the writes need are checked against the passive's catalog
-/// (refused with advice, or warnings with `force`); the plan is executed
-/// in order and the result read back.
+/// In order: a promoted passive is refused ([`ErrorKind::Fenced`]); the
+/// live groups are fetched and diffed; [`check_apply`] refuses an empty or
+/// rootless dump and too many deletes; when anything is to be written,
+/// `update-classes` is called (unless `noop` or `refresh_classes` is off)
+/// and the classes the writes need are checked against the passive's
+/// catalog (refused with advice, or warnings with `force`); the plan is
+/// executed in order and the result read back. An unchanged passive is
+/// only read: one `GET /v1/groups`.
 pub fn sync(
     passive: &dyn ClassifierApi,
     desired: &[Group],
@@ -349,9 +350,6 @@ pub fn sync_with_progress(
     if options.guard.passive_promoted {
         // check_apply refuses a promoted passive before looking at the diff.
         check_apply(&diff(&[], &[])?, &options.guard).map_err(with_host)?;
-    }
-    if options.refresh_classes && !options.noop {
-        passive.update_classes()?;
     }
     let current = passive.groups()?;
     let d = diff(desired, &current).map_err(with_host)?;
@@ -386,6 +384,10 @@ pub fn sync_with_progress(
         return Ok(report);
     }
 
+    // Classes matter only to writes: an unchanged passive is only read.
+    if options.refresh_classes && !options.noop {
+        passive.update_classes()?;
+    }
     if options.check_classes {
         let catalog = passive.class_catalog()?;
         let missing = needed_missing_classes(&d, options.mode, &catalog);
@@ -662,6 +664,11 @@ mod tests {
         assert_eq!(again.counts.writes, 0);
         assert!(again.plan.is_empty());
         assert_eq!(fake.writes(), 2);
+        assert_eq!(
+            fake.refreshed.get(),
+            1,
+            "nothing to write: classes not refreshed"
+        );
     }
 
     #[test]
@@ -695,7 +702,7 @@ mod tests {
         };
         let err = sync(&fake, &tree(12), &promoted).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Fenced);
-        assert_eq!(fake.refreshed.get(), 1, "fenced before update-classes");
+        assert_eq!(fake.refreshed.get(), 0, "refused before update-classes");
         assert_eq!(fake.writes(), 0);
     }
 
