@@ -125,7 +125,7 @@ Puppet::Type.newtype(:pe_failover_node_group) do
   end
 
   newproperty(:description) do
-    desc 'A description of the group. `\'\'` means none.'
+    desc "A description of the group. `''` means none."
     validate do |value|
       raise ArgumentError, "description must be a string, got #{value.inspect}" unless value.is_a?(String)
     end
@@ -147,7 +147,7 @@ Puppet::Type.newtype(:pe_failover_node_group) do
   end
 
   newparam(:cert) do
-    desc 'Client certificate (PEM). Default: this host\'s, `$ssldir/certs/<certname>.pem`.'
+    desc "Client certificate (PEM). Default: this host's, `$ssldir/certs/<certname>.pem`."
     defaultto { Puppet[:hostcert] }
   end
 
