@@ -398,6 +398,33 @@ fn a_revoked_server_certificate_is_refused_with_the_crl() {
 }
 
 #[test]
+fn a_client_certificate_the_server_refuses_is_named() {
+    let site = site();
+    let emu = Emulator::builder(&site.ca, site.dir.join("emu")).start();
+    assert!(emu.client("client.test").build().unwrap().groups().is_ok());
+    // Revoked after the files were written: no CRL on our side to catch it,
+    // so the emulator refuses the handshake and we must say which file.
+    site.ca.revoke("client.test");
+    let ssl = site.dir.join("ca/clients/client.test");
+    let cert = ssl.join("certs/client.test.pem");
+    let err = ClassifierClient::builder(emu.base_url())
+        .client_cert(&cert)
+        .client_key(ssl.join("private_keys/client.test.pem"))
+        .ca_cert(ssl.join("certs/ca.pem"))
+        .retry(RetryPolicy::none())
+        .build()
+        .unwrap()
+        .groups()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Verification, "{err}");
+    assert_eq!(err.path(), Some(cert.as_path()));
+    assert!(
+        err.to_string().contains("refused the client certificate"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_classifier_that_starts_slowly_is_waited_for() {
     let site = site();
     let mut emu = Emulator::builder(&site.ca, site.dir.join("emu"))

@@ -91,8 +91,14 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
                 "holds no private key (expected PEM \"RSA PRIVATE KEY\", \"PRIVATE KEY\" or \"EC PRIVATE KEY\")"
                     .to_owned()
             }
-            // The pem errors name positions and section kinds, not contents.
-            other => format!("is not a valid PEM private key ({other})"),
+            // Say what kind of damage, never echo anything from the file.
+            rustls::pki_types::pem::Error::Base64Decode(_) => {
+                "is not a valid PEM private key (its base64 body is damaged)".to_owned()
+            }
+            rustls::pki_types::pem::Error::MissingSectionEnd { .. } => {
+                "is not a valid PEM private key (a section has no END line)".to_owned()
+            }
+            _ => "is not a valid PEM private key".to_owned(),
         };
         verification(path, format!("{} {why}", path.display()))
     })
