@@ -326,7 +326,13 @@ module PeFailoverSpec
     def connection_options
       # max_retries 0: Net::HTTP would otherwise silently resend a GET whose
       # connection dropped, hiding exactly what fault-injection specs look for.
-      options = { use_ssl: true, ca_file: @ca_file, verify_mode: OpenSSL::SSL::VERIFY_PEER,
+      # A store of our own rather than `ca_file`: once Puppet is loaded (its
+      # monkey patch gives every SSLContext OpenSSL's shared default store),
+      # `ca_file` would add the CA to that process-wide store, and a later
+      # client with another CA file would still trust it.
+      store = OpenSSL::X509::Store.new
+      store.add_file(@ca_file)
+      options = { use_ssl: true, cert_store: store, verify_mode: OpenSSL::SSL::VERIFY_PEER,
                   open_timeout: @timeout, read_timeout: @timeout, write_timeout: @timeout, max_retries: 0 }
       options.merge!(cert: @cert, key: @key) if @cert
       options
