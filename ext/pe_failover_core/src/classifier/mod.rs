@@ -1,8 +1,10 @@
-//! Node Classifier replication: group models, hostname transform, diff and plan.
+//! Node Classifier replication: group models, hostname transform, diff, plan,
+//! the HTTPS client and the sync that ties them together.
 //!
-//! Everything here is a pure function over values; the HTTP client that
-//! fetches and writes groups sits elsewhere. The pieces, in the order the
-//! replication uses them:
+//! The models, transform, diff, plan and guards are pure functions over
+//! values; [`ClassifierClient`] does the HTTP, and [`sync()`] (passive side)
+//! and [`fetch_active`] (active side) use both. The pure pieces, in the order
+//! the replication uses them:
 //!
 //! 1. [`parse_dump`] reads a `GET /classifier-api/v1/groups` response into
 //!    [`Group`]s, strictly (closed schema, clear errors).
@@ -51,13 +53,30 @@
 //! # }
 //! ```
 
+pub mod client;
 pub mod diff;
 pub mod guard;
+pub mod manage;
 pub mod model;
 pub mod plan;
 #[cfg(test)]
 mod simulator;
+pub mod sync;
+mod tls;
 pub mod transform;
+
+pub use client::{
+    ClassCatalog, ClassInfo, ClassifierClient, ClassifierClientBuilder, Executed, RetryPolicy,
+    ServiceStatus, ALLOWLIST_PATH, DEFAULT_PORT,
+};
+pub use manage::{
+    delete_group, find_by_name, upsert_group, GroupSpec, ManageOutcome, UpsertAction,
+};
+pub use sync::{
+    fetch_active, prepare_active, sync, sync_with_progress, ActiveDump, ChangedGroup,
+    ClassifierApi, DiffSummary, ExecutedOperation, GroupRef, Step, SyncCounts, SyncMode,
+    SyncOptions, SyncReport,
+};
 
 pub use diff::{changed_fields, diff, equivalent, Field, GroupChange, GroupSetDiff};
 pub use guard::{
@@ -70,8 +89,8 @@ pub use model::{
     ROOT_GROUP_ID,
 };
 pub use plan::{
-    group_body, import_hierarchy, plan, Operation, OperationKind, Plan, GROUPS_PATH,
-    IMPORT_HIERARCHY_PATH,
+    delete_operation, group_body, import_hierarchy, plan, update_operation, Operation,
+    OperationKind, Plan, GROUPS_PATH, IMPORT_HIERARCHY_PATH,
 };
 pub use transform::{
     transform, transform_in_place, transform_with, HostMap, Rewrite, TransformReport,

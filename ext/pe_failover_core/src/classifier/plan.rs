@@ -734,6 +734,21 @@ pub fn plan(diff: &GroupSetDiff<'_>) -> Result<Plan> {
     Ok(out)
 }
 
+/// The single call that turns `current` into `desired` (the same group,
+/// matched by id): a `POST` delta carrying only what differs, with explicit
+/// `null`s for removed classes, parameters and variables, as [`plan`] sends
+/// it. `None` when nothing a write can change differs (the root group's
+/// rule is never sent).
+pub fn update_operation(current: &Group, desired: &Group) -> Option<Operation> {
+    let body = update_body(current, &current.name, desired);
+    (!body.is_empty()).then(|| update_op(desired, body))
+}
+
+/// The call that deletes `group` (`DELETE /classifier-api/v1/groups/<id>`).
+pub fn delete_operation(group: &Group) -> Operation {
+    delete_op(group)
+}
+
 fn rule_text(g: &Group) -> String {
     effective_rule(g).map_or_else(|| "none".to_owned(), Value::to_string)
 }

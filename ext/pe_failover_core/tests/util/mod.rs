@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod sshd;
+pub mod emulator;
 
 use std::fs;
 use std::path::{Path, PathBuf};

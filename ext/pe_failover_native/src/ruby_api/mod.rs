@@ -3,6 +3,7 @@
 //! Primitives are positional and prefixed with `_`; the Ruby facade in
 //! `lib/puppet_x/pe_failover/` wraps them with keyword arguments and docs.
 
+mod classifier;
 mod snapshot;
 
 use magnus::{function, prelude::*, Error, RModule, Ruby};
@@ -16,6 +17,7 @@ pub fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_module_function("_version", function!(version, 0))?;
     native.define_module_function("_selftest_panic", function!(selftest_panic, 1))?;
     snapshot::init(&native)?;
+    classifier::init(ruby, &native)?;
     Ok(())
 }
 
