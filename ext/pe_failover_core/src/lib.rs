@@ -20,12 +20,18 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod apply;
 pub mod cache;
 pub mod cancel;
 pub mod classifier;
 pub mod diff;
 pub mod error;
 pub mod exclude;
+mod fsutil;
+pub mod protocol;
+pub mod replset;
 pub mod snapshot;
+pub mod stage;
+pub mod state;
 
 pub use error::{Error, ErrorKind, Result};
