@@ -524,7 +524,7 @@ impl Applier {
                 ));
             }
         }
-        fsutil::ensure_dir(self.state.root(), 0o750)?;
+        fsutil::create_dir_if_missing(self.state.root(), 0o755)?;
         let _lock = FileLock::acquire(&self.state.apply_lock(), self.lock_wait, "applier")?;
         let mut record = self.load_record()?;
 

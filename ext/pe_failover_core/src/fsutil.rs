@@ -60,6 +60,15 @@ pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
     }
 }
 
+/// Creates `path` (and missing parents) with permission bits `mode` when it
+/// does not exist; an existing directory is left as it is.
+pub(crate) fn create_dir_if_missing(path: &Path, mode: u32) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    ensure_dir(path, mode)
+}
+
 /// Removes `path` (a file, symlink or directory tree); missing is fine.
 pub(crate) fn remove_any(path: &Path) -> Result<()> {
     let meta = match fs::symlink_metadata(path) {
@@ -113,15 +122,36 @@ pub(crate) fn copy_verified(
     size: u64,
     what: &str,
 ) -> Result<File> {
-    let mut input = open_nofollow(src).map_err(|e| Error::io("open", src, e))?;
-    let meta = input.metadata().map_err(|e| Error::io("stat", src, e))?;
-    if !meta.is_file() {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            format!("{what}: {} is not a regular file", src.display()),
-        )
-        .with_path(src));
+    concat_verified(&[src], dst, mode, sha256, size, what)
+}
+
+/// Like [`copy_verified`], with the contents of `srcs` one after the other.
+pub(crate) fn concat_verified(
+    srcs: &[&Path],
+    dst: &Path,
+    mode: u32,
+    sha256: &str,
+    size: u64,
+    what: &str,
+) -> Result<File> {
+    let mut inputs = Vec::with_capacity(srcs.len());
+    for src in srcs {
+        let input = open_nofollow(src).map_err(|e| Error::io("open", src, e))?;
+        let meta = input.metadata().map_err(|e| Error::io("stat", src, e))?;
+        if !meta.is_file() {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("{what}: {} is not a regular file", src.display()),
+            )
+            .with_path(src));
+        }
+        inputs.push((input, *src));
     }
+    let shown = srcs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ");
     let mut out = File::options()
         .write(true)
         .create_new(true)
@@ -133,32 +163,34 @@ pub(crate) fn copy_verified(
         let mut hasher = Sha256::new();
         let mut total = 0u64;
         let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("read", src, e)),
-            };
-            total += n as u64;
-            if total > size {
-                break;
+        'sources: for (input, src) in inputs.iter_mut() {
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io("read", src, e)),
+                };
+                total += n as u64;
+                if total > size {
+                    break 'sources;
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n])
+                    .map_err(|e| Error::io("write", dst, e))?;
             }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|e| Error::io("write", dst, e))?;
         }
         let got = hex::encode(hasher.finalize());
         if total != size || got != sha256 {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
-                    "{what}: {} does not match its manifest entry (expected {size} bytes with SHA-256 {sha256}, found {total} bytes{})",
-                    src.display(),
+                    "{what}: {shown} does not match its manifest entry (expected {size} bytes with SHA-256 {sha256}, found {}{})",
+                    if total > size { format!("more than {size} bytes") } else { format!("{total} bytes") },
                     if total == size { format!(" with SHA-256 {got}") } else { String::new() }
                 ),
             )
-            .with_path(src));
+            .with_path(srcs.first().copied().unwrap_or(dst)));
         }
         out.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io("set permissions of", dst, e))?;

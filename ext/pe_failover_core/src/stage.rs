@@ -191,6 +191,26 @@ pub struct TxnMeta {
     pub object_bytes: u64,
     /// When the transaction was completed.
     pub received: Stamp,
+    /// Objects stored as a suffix of contents the replica already holds
+    /// (`objects/<sha256>.suffix`), such as a grown `inventory.txt`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<Extension>,
+}
+
+/// An object stored as the suffix to append to contents the previous
+/// snapshot holds. The receiver checked the suffix's SHA-256 and length;
+/// the applier checks the SHA-256 of the whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extension {
+    /// SHA-256 of the whole new contents.
+    pub sha256: String,
+    /// Size of the whole new contents.
+    pub size: u64,
+    /// SHA-256 of the contents it extends.
+    pub base_sha256: String,
+    /// Size of the contents it extends.
+    pub base_size: u64,
 }
 
 /// A complete transaction waiting in `incoming/`.
@@ -211,6 +231,11 @@ impl PendingTxn {
     /// `<dir>/objects/<sha256>`.
     pub fn object_file(&self, sha256: &str) -> PathBuf {
         self.dir.join("objects").join(sha256)
+    }
+
+    /// `<dir>/objects/<sha256>.suffix`.
+    pub fn suffix_file(&self, sha256: &str) -> PathBuf {
+        self.dir.join("objects").join(format!("{sha256}.suffix"))
     }
 
     /// Reads and checks the transaction's manifest: the replication rules,
@@ -323,6 +348,11 @@ fn read_txn_meta(dir: &Path, name: &str) -> Result<TxnMeta> {
     }
     if !is_sha256_hex(&meta.digest) || meta.base.as_deref().is_some_and(|b| !is_sha256_hex(b)) {
         return bad("bad digest");
+    }
+    if meta.extensions.iter().any(|x| {
+        !is_sha256_hex(&x.sha256) || !is_sha256_hex(&x.base_sha256) || x.base_size >= x.size
+    }) {
+        return bad("bad extension");
     }
     Ok(meta)
 }
@@ -441,9 +471,10 @@ impl TxnWriter {
         })
     }
 
-    /// Creates `objects/<sha256>` for writing.
-    pub(crate) fn create_object(&mut self, sha256: &str) -> Result<(File, PathBuf)> {
-        let path = self.partial.join("objects").join(sha256);
+    /// Creates `objects/<name>` for writing (`<sha256>` or
+    /// `<sha256>.suffix`).
+    pub(crate) fn create_object(&mut self, name: &str) -> Result<(File, PathBuf)> {
+        let path = self.partial.join("objects").join(name);
         let file = File::options()
             .write(true)
             .create_new(true)
@@ -684,10 +715,30 @@ pub(crate) fn build_snapshot(
                         }
                     }
                     let object = txn.object_file(sha);
-                    let src = if objects_ok && fs::symlink_metadata(&object).is_ok() {
-                        object
+                    let extension = txn.meta.extensions.iter().find(|x| x.sha256 == sha);
+                    let sources: Vec<PathBuf> = if objects_ok
+                        && fs::symlink_metadata(&object).is_ok()
+                    {
+                        vec![object]
+                    } else if let (true, Some(x)) = (objects_ok, extension) {
+                        // The previous snapshot's contents plus the suffix.
+                        let base = prev.and_then(|p| {
+                            have.get(x.base_sha256.as_str())
+                                .map(|(path, _)| p.path_of(path))
+                        });
+                        let Some(base) = base else {
+                            return Err(Error::new(
+                                ErrorKind::Corrupt,
+                                format!(
+                                    "{what}: it extends contents (SHA-256 {}) the previous snapshot does not hold",
+                                    x.base_sha256
+                                ),
+                            )
+                            .with_path(&txn.dir));
+                        };
+                        vec![base, txn.suffix_file(sha)]
                     } else if let Some((src, _)) = from_prev {
-                        src
+                        vec![src]
                     } else {
                         return Err(Error::new(
                             ErrorKind::Corrupt,
@@ -697,7 +748,8 @@ pub(crate) fn build_snapshot(
                         )
                         .with_path(&txn.dir));
                     };
-                    fsutil::copy_verified(&src, &dst, e.mode & 0o777, sha, e.size, &what)?;
+                    let parts: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
+                    fsutil::concat_verified(&parts, &dst, e.mode & 0o777, sha, e.size, &what)?;
                     stats.copied += 1;
                     stats.bytes_copied += e.size;
                     copies.push(dst);
@@ -819,6 +871,7 @@ mod tests {
                 objects: 0,
                 object_bytes: 0,
                 received: Stamp::from_unix(t),
+                extensions: Vec::new(),
             },
         }
     }

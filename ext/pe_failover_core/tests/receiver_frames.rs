@@ -332,3 +332,47 @@ fn an_incomplete_snapshot_is_stored_but_never_applied_without_force() {
     assert_eq!(report.live.deleted, ["ca/ca_key.pem"]);
     assert_eq!(report.kept, [PASSIVE]);
 }
+
+#[test]
+fn an_extension_of_contents_the_replica_does_not_hold_is_refused() {
+    let p = Pair::new(2);
+    p.sync_and_apply();
+    let before = p.set().scan().unwrap().manifest;
+    p.sign("grown.example.com");
+    let after = p.set().scan().unwrap().manifest;
+    let cs = pe_failover_core::diff::diff(&before, &after);
+    let upserts: Vec<Value> = cs
+        .added
+        .iter()
+        .chain(cs.changed.iter().map(|c| &c.new))
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    let mut sorted = upserts.clone();
+    sorted.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
+    // The first object in path order is inventory.txt: claim it extends
+    // contents the replica never had.
+    let first = sorted.iter().find(|e| e["kind"] == "file").unwrap().clone();
+    assert_eq!(first["path"], "ca/inventory.txt");
+    let sha = hex::decode(first["sha256"].as_str().unwrap()).unwrap();
+    let size = first["size"].as_u64().unwrap();
+    let mut answer = None;
+    let result = session(&p, |raw| {
+        raw.hello(1);
+        let base = raw.welcome()["base"].clone();
+        delta(raw, base, &after.digest(), sorted, vec![]);
+        let (ty, _) = raw.recv().unwrap();
+        assert_eq!(ty, FrameType::Want as u8);
+        let mut header = sha.clone();
+        header.extend_from_slice(&size.to_be_bytes());
+        header.extend_from_slice(&[0x11; 32]);
+        header.extend_from_slice(&1u64.to_be_bytes());
+        header.extend_from_slice(&[0x22; 32]);
+        raw.send(FrameType::Extend, &header);
+        answer = Some(raw.error());
+    });
+    let (kind, message) = answer.unwrap();
+    assert_eq!(kind, "protocol");
+    assert!(message.contains("does not hold there"), "{message}");
+    assert!(result.is_err());
+    assert!(p.incoming().is_empty());
+}

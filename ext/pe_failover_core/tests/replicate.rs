@@ -176,6 +176,7 @@ fn bytes_on_the_wire_follow_the_changes_not_the_tree() {
     assert!(written < 512, "no-change sync wrote {written} bytes");
 
     // One signing: bytes ~ the changed entries and contents.
+    let inventory_before = fs::metadata(p.a_cadir.join("inventory.txt")).unwrap().len();
     p.sign("one-more.example.com");
     let mut counter = None;
     let (s, r) = p.sync_wrapped(|s| {
@@ -187,19 +188,28 @@ fn bytes_on_the_wire_follow_the_changes_not_the_tree() {
     r.unwrap();
     let written = counter.unwrap().load(Ordering::Relaxed);
     let changed_entries = s.changes.len() as u64;
-    let changed_bytes = s.changes.content_bytes();
     assert!(!s.stats.manifest_exchanged);
     assert!(changed_entries <= 5, "{:?}", s.changes);
-    assert!(
-        written <= changed_bytes + 400 * changed_entries + 1024,
-        "one signing wrote {written} bytes for {changed_entries} entries and {changed_bytes} content bytes"
+    // Contents sent: the new certificate, serial, and only what was appended
+    // to inventory.txt (an EXTEND of the replica's copy).
+    let size = |f: &str| fs::metadata(p.a_cadir.join(f)).unwrap().len();
+    let appended = size("inventory.txt") - inventory_before;
+    assert_eq!(s.stats.objects, 3);
+    assert_eq!(s.stats.objects_extended, 1);
+    assert_eq!(
+        s.stats.object_bytes,
+        size("signed/one-more.example.com.pem") + size("serial") + appended
     );
-    // Contents sent: the new certificate, serial and inventory.txt only.
-    let expected: u64 = ["signed/one-more.example.com.pem", "serial", "inventory.txt"]
-        .iter()
-        .map(|f| fs::metadata(p.a_cadir.join(f)).unwrap().len())
-        .sum();
-    assert_eq!(s.stats.object_bytes, expected);
+    assert!(
+        written <= s.stats.object_bytes + 400 * changed_entries + 1024,
+        "one signing wrote {written} bytes for {changed_entries} entries and {} content bytes",
+        s.stats.object_bytes
+    );
+    assert!(
+        written * 500 < full.stats.bytes_sent,
+        "{written} vs {}",
+        full.stats.bytes_sent
+    );
     p.apply();
     p.assert_converged(&[PASSIVE]);
 }
@@ -842,4 +852,41 @@ fn a_real_puppet_ca_made_by_the_ruby_helper_replicates() {
     );
     assert!(!b.join("ssl/private_keys/master-a.test.pem").exists());
     assert!(b.join("ssl/certs/master-b.test.pem").exists());
+}
+
+#[test]
+fn an_extension_is_verified_whole_by_the_applier() {
+    let p = Pair::new(20);
+    p.sync_and_apply();
+    p.sign("grown.example.com");
+    let s = p.sync();
+    assert_eq!(
+        s.stats.objects_extended, 1,
+        "inventory.txt grew: {:?}",
+        s.stats
+    );
+    let txn = p.incoming().pop().unwrap();
+    let objects = p.b_state.join("incoming").join(&txn).join("objects");
+    let suffix = fs::read_dir(&objects)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".suffix"))
+        .expect("a suffix object");
+    // Same length, other bytes: only the whole-content check can tell.
+    let mut bytes = fs::read(&suffix).unwrap();
+    bytes[0] ^= 0x01;
+    fs::write(&suffix, bytes).unwrap();
+    let e = p.applier().run().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("inventory.txt"), "{e}");
+    // Discarded; the next sync exchanges manifests and repairs.
+    let (s, _) = p.sync_and_apply();
+    assert!(s.stats.manifest_exchanged);
+    p.assert_converged(&[PASSIVE]);
+    // Untampered extensions apply.
+    p.sign("grown2.example.com");
+    let (s, a) = p.sync_and_apply();
+    assert_eq!(s.stats.objects_extended, 1);
+    assert_eq!(a.staged.len(), 1);
+    p.assert_converged(&[PASSIVE]);
 }

@@ -15,6 +15,10 @@ pub const HEADER_LEN: usize = 5;
 /// Exact payload length of an `OBJECT` frame: SHA-256 and size.
 pub(crate) const OBJECT_HEADER_LEN: u32 = 40;
 
+/// Exact payload length of an `EXTEND` frame: SHA-256 and size of the new
+/// contents, SHA-256 and size of the base contents, SHA-256 of the suffix.
+pub(crate) const EXTEND_HEADER_LEN: u32 = 112;
+
 const WRITE_BUFFER: usize = 64 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -50,6 +54,9 @@ pub enum FrameType {
     Ack = 13,
     /// Sender → receiver: nothing to send; end of session.
     Bye = 14,
+    /// Sender → receiver: the next object is contents the receiver holds
+    /// plus a suffix (sent in the `DATA` frames that follow).
+    Extend = 15,
 }
 
 impl FrameType {
@@ -71,6 +78,7 @@ impl FrameType {
             12 => Commit,
             13 => Ack,
             14 => Bye,
+            15 => Extend,
             _ => return None,
         })
     }
@@ -93,6 +101,7 @@ impl FrameType {
             Commit => "COMMIT",
             Ack => "ACK",
             Bye => "BYE",
+            Extend => "EXTEND",
         }
     }
 
@@ -102,6 +111,7 @@ impl FrameType {
         match self {
             Entries | Removes | Want | Data => limits.max_frame,
             Object => OBJECT_HEADER_LEN,
+            Extend => EXTEND_HEADER_LEN,
             _ => MAX_CONTROL_FRAME,
         }
     }
@@ -380,10 +390,11 @@ impl<S: Read + Write> Conn<S> {
                 ty.name()
             )));
         }
-        if ty == FrameType::Object && len != OBJECT_HEADER_LEN {
+        if matches!(ty, FrameType::Object | FrameType::Extend) && len != limit {
             return Err(violation(format!(
-                "{} sent an OBJECT frame of {len} bytes; it must be exactly {OBJECT_HEADER_LEN}",
-                self.peer
+                "{} sent an {} frame of {len} bytes; it must be exactly {limit}",
+                self.peer,
+                ty.name()
             )));
         }
         let mut payload = vec![0u8; len as usize];

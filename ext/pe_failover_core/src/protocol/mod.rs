@@ -24,6 +24,7 @@
 //! | 12 | `COMMIT` | JSON `{txn, digest}` | 64 KiB |
 //! | 13 | `ACK` | JSON `{txn, digest}` | 64 KiB |
 //! | 14 | `BYE` | JSON `{}`: nothing to send | 64 KiB |
+//! | 15 | `EXTEND` | new SHA-256 + size, base SHA-256 + size, suffix SHA-256 | 112 bytes |
 //!
 //! Totals are bounded too ([`Limits`]): entries per manifest or delta
 //! (1,000,000), bytes of entry frames per message (512 MiB), size of one file
@@ -42,7 +43,7 @@
 //! DELTA_HEAD {base, digest, u, r}        ─▶
 //! ENTRIES... (u upserts), REMOVES... (r)
 //!                                        ◀─ WANT bitmap                           (or ERROR)
-//! OBJECT, DATA... for each wanted object ─▶
+//! OBJECT|EXTEND, DATA... per wanted object ─▶
 //! COMMIT {txn, digest}                   ─▶
 //!                                        ◀─ ACK {txn, digest}                     (or ERROR)
 //! ```
@@ -50,7 +51,12 @@
 //! The objects of a delta are the distinct SHA-256 digests of its upserted
 //! files, in path order (first occurrence). The receiver wants those it does
 //! not already hold (in its base manifest), so bytes on the wire are
-//! proportional to the changed entries and changed contents.
+//! proportional to the changed entries and changed contents. A file that
+//! only grew (`inventory.txt` after a signing) is sent as `EXTEND`: the
+//! digest and size of the old contents at that path, which the receiver
+//! holds, and only the appended bytes. The receiver checks the suffix's
+//! SHA-256 and length; the applier, which can read the previous snapshot,
+//! checks the SHA-256 of the whole.
 //!
 //! The receiver validates everything before it writes anything usable (see
 //! [`Receiver`]); the sender keeps, per replica, the last manifest it
@@ -148,6 +154,9 @@ pub struct Stats {
     pub object_bytes: u64,
     /// Objects of the delta the receiver already held (not transferred).
     pub objects_reused: u64,
+    /// Objects sent as a suffix of contents the receiver holds (`EXTEND`;
+    /// `object_bytes` counts only the suffix).
+    pub objects_extended: u64,
     /// Bytes written to the stream.
     pub bytes_sent: u64,
     /// Bytes read from the stream.

@@ -20,7 +20,8 @@ use crate::fsutil::{self, FileLock};
 use crate::replset::{is_allowed_path, manifest_from_entries};
 use crate::snapshot::{is_sha256_hex, validate_relative_path, Entry, EntryKind};
 use crate::stage::{
-    clean_partials, receiver_base, validate_txn_id, Base, StateDir, TxnMeta, TxnWriter, META_FORMAT,
+    clean_partials, receiver_base, validate_txn_id, Base, Extension, StateDir, TxnMeta, TxnWriter,
+    META_FORMAT,
 };
 use crate::state::{DigestAt, ErrorRecord, ReceiverStatus, Role, Stamp};
 use crate::{Error, ErrorKind, Result};
@@ -449,22 +450,54 @@ impl Receiver {
         conn.send(FrameType::Want, &want)?;
         conn.flush()?;
 
+        let mut extensions = Vec::new();
         for (sha, size, path) in wanted {
             self.cancel.check()?;
-            let frame = conn.expect(&[FrameType::Object], "OBJECT")?;
-            let got_sha = hex::encode(&frame.payload[..32]);
-            let mut size_bytes = [0u8; 8];
-            size_bytes.copy_from_slice(&frame.payload[32..40]);
-            let got_size = u64::from_be_bytes(size_bytes);
+            let frame = conn.expect(&[FrameType::Object, FrameType::Extend], "OBJECT or EXTEND")?;
+            let p = &frame.payload;
+            let got_sha = hex::encode(&p[..32]);
+            let got_size = be_u64(&p[32..40]);
             if got_sha != sha || got_size != size {
                 return Err(violation(format!(
                     "the sender sent object {got_sha} ({got_size} bytes) where {sha} ({size} bytes, for {path:?}) was due"
                 )));
             }
-            let (file, file_path) = writer.create_object(sha)?;
-            self.receive_object(conn, file, &file_path, sha, size, path)?;
+            if frame.ty == FrameType::Object {
+                let (file, file_path) = writer.create_object(sha)?;
+                let got = receive_data(conn, file, &file_path, size, path)?;
+                if got != sha {
+                    return Err(damaged(path, &got, sha));
+                }
+                session.stats.object_bytes += size;
+            } else {
+                let base_sha = hex::encode(&p[40..72]);
+                let base_size = be_u64(&p[72..80]);
+                let suffix_sha = hex::encode(&p[80..112]);
+                let held = base.manifest.get(path).is_some_and(|e| {
+                    e.kind == EntryKind::File
+                        && e.sha256.as_deref() == Some(base_sha.as_str())
+                        && e.size == base_size
+                });
+                if !held || base_size >= size {
+                    return Err(violation(format!(
+                        "the sender extends {path:?} from contents {base_sha} ({base_size} bytes) that this replica does not hold there"
+                    )));
+                }
+                let (file, file_path) = writer.create_object(&format!("{sha}.suffix"))?;
+                let got = receive_data(conn, file, &file_path, size - base_size, path)?;
+                if got != suffix_sha {
+                    return Err(damaged(path, &got, &suffix_sha));
+                }
+                extensions.push(Extension {
+                    sha256: sha.to_string(),
+                    size,
+                    base_sha256: base_sha,
+                    base_size,
+                });
+                session.stats.object_bytes += size - base_size;
+                session.stats.objects_extended += 1;
+            }
             session.stats.objects += 1;
-            session.stats.object_bytes += size;
         }
 
         let frame = conn.expect(&[FrameType::Commit], "COMMIT")?;
@@ -486,6 +519,7 @@ impl Receiver {
             objects: session.stats.objects,
             object_bytes: session.stats.object_bytes,
             received: Stamp::now(),
+            extensions,
         };
         let dir = writer.finish(&meta, &manifest)?;
         conn.send_json(
@@ -498,42 +532,48 @@ impl Receiver {
         conn.flush()?;
         Ok((dir, digest))
     }
+}
 
-    fn receive_object<S: Read + Write>(
-        &self,
-        conn: &mut Conn<S>,
-        mut file: File,
-        file_path: &std::path::Path,
-        sha: &str,
-        size: u64,
-        path: &str,
-    ) -> Result<()> {
-        let mut hasher = Sha256::new();
-        let mut left = size;
-        while left > 0 {
-            let frame = conn.expect(&[FrameType::Data], "DATA")?;
-            let n = frame.payload.len() as u64;
-            if n == 0 || n > left {
-                return Err(violation(format!(
-                    "the sender sent a DATA frame of {n} bytes for {path:?}, which needs {left} more"
-                )));
-            }
-            hasher.update(&frame.payload);
-            file.write_all(&frame.payload)
-                .map_err(|e| Error::io("write", file_path, e))?;
-            left -= n;
+/// Receives `len` bytes of `DATA` frames into `file`; returns their
+/// SHA-256 (hex).
+fn receive_data<S: Read + Write>(
+    conn: &mut Conn<S>,
+    mut file: File,
+    file_path: &std::path::Path,
+    len: u64,
+    path: &str,
+) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut left = len;
+    while left > 0 {
+        let frame = conn.expect(&[FrameType::Data], "DATA")?;
+        let n = frame.payload.len() as u64;
+        if n == 0 || n > left {
+            return Err(violation(format!(
+                "the sender sent a DATA frame of {n} bytes for {path:?}, which needs {left} more"
+            )));
         }
-        let got = hex::encode(hasher.finalize());
-        if got != sha {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "the contents received for {path:?} have SHA-256 {got}, not {sha}: they were damaged in transit; nothing was stored"
-                ),
-            ));
-        }
-        Ok(())
+        hasher.update(&frame.payload);
+        file.write_all(&frame.payload)
+            .map_err(|e| Error::io("write", file_path, e))?;
+        left -= n;
     }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn damaged(path: &str, got: &str, want: &str) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!(
+            "the contents received for {path:?} have SHA-256 {got}, not {want}: they were damaged in transit; nothing was stored"
+        ),
+    )
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(b)
 }
 
 struct Session {

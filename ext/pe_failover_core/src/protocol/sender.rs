@@ -1,6 +1,6 @@
 //! The sending side, on the active primary.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,12 +16,15 @@ use crate::cancel::CancelToken;
 use crate::diff::{diff, Changeset};
 use crate::fsutil;
 use crate::replset::{load_manifest, manifest_from_entries, save_manifest, ReplicatedSet, SetScan};
-use crate::snapshot::{is_sha256_hex, Entry, Manifest};
+use crate::snapshot::{is_sha256_hex, Entry, EntryKind, Manifest};
 use crate::stage::new_txn_id;
 use crate::state::{
     sender_status_path, DigestAt, ErrorRecord, SenderStatus, Stamp, SyncCounts, SyncOutcome,
 };
 use crate::{Error, ErrorKind, Result};
+
+/// Files at least this large that only grew are sent as `EXTEND`.
+const EXTEND_MIN: u64 = 1024;
 
 /// What one sync did.
 #[derive(Clone, Debug, Serialize)]
@@ -320,14 +323,23 @@ impl Sender {
                     format!("no source file for manifest path {path}"),
                 )
             })?;
-            if let Err(e) = self.send_object(conn, &source, sha, *size) {
-                if e.kind() != ErrorKind::Network {
-                    conn.send_error(&e);
+            let extends = base
+                .get(path)
+                .filter(|b| b.kind == EntryKind::File && b.size >= EXTEND_MIN && b.size < *size)
+                .and_then(|b| b.sha256.as_deref().map(|s| (s, b.size)));
+            match self.send_object(conn, &source, sha, *size, extends) {
+                Ok((bytes, extended)) => {
+                    stats.objects += 1;
+                    stats.object_bytes += bytes;
+                    stats.objects_extended += u64::from(extended);
                 }
-                return Err(e);
+                Err(e) => {
+                    if e.kind() != ErrorKind::Network {
+                        conn.send_error(&e);
+                    }
+                    return Err(e);
+                }
             }
-            stats.objects += 1;
-            stats.object_bytes += size;
         }
         conn.send_json(
             FrameType::Commit,
@@ -383,23 +395,19 @@ impl Sender {
         Ok(manifest)
     }
 
-    /// Streams one file as `OBJECT` + `DATA` frames, checking on the way
-    /// that it still has the size and SHA-256 of the scan.
+    /// Streams one file as `OBJECT` + `DATA` frames, or, when it still
+    /// starts with the contents `extends` (digest, size) that the receiver
+    /// holds, as `EXTEND` + the appended bytes. Checks on the way that the
+    /// file still has the size and SHA-256 of the scan. Returns the content
+    /// bytes sent and whether it was an extension.
     fn send_object<S: Read + Write>(
         &self,
         conn: &mut Conn<S>,
         source: &Path,
         sha: &str,
         size: u64,
-    ) -> Result<()> {
-        let mut header = Vec::with_capacity(40);
-        header.extend_from_slice(
-            &hex::decode(sha)
-                .map_err(|_| Error::new(ErrorKind::Internal, format!("malformed digest {sha}")))?,
-        );
-        header.extend_from_slice(&size.to_be_bytes());
-        let mut file = fsutil::open_nofollow(source).map_err(|e| Error::io("read", source, e))?;
-        conn.send(FrameType::Object, &header)?;
+        extends: Option<(&str, u64)>,
+    ) -> Result<(u64, bool)> {
         let changed = || {
             Error::new(
                 ErrorKind::Io,
@@ -410,14 +418,98 @@ impl Sender {
             )
             .with_path(source)
         };
+        let raw_sha = |hex_digest: &str| {
+            hex::decode(hex_digest).map_err(|_| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("malformed digest {hex_digest}"),
+                )
+            })
+        };
+        let mut file = fsutil::open_nofollow(source).map_err(|e| Error::io("read", source, e))?;
+        if let Some((base_sha, base_size)) = extends {
+            // First pass: does the file still start with the old contents?
+            let mut prefix = Sha256::new();
+            let mut suffix = Sha256::new();
+            let mut whole = Sha256::new();
+            let mut offset = 0u64;
+            let mut buf = vec![0u8; DATA_CHUNK];
+            while offset < size {
+                self.cancel.check()?;
+                let want = ((size - offset) as usize).min(buf.len());
+                let n = match file.read(&mut buf[..want]) {
+                    Ok(0) => return Err(changed()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io("read", source, e)),
+                };
+                let chunk = &buf[..n];
+                let split = (base_size.saturating_sub(offset) as usize).min(n);
+                prefix.update(&chunk[..split]);
+                suffix.update(&chunk[split..]);
+                whole.update(chunk);
+                offset += n as u64;
+            }
+            if hex::encode(whole.finalize()) != sha {
+                return Err(changed());
+            }
+            if hex::encode(prefix.finalize()) == base_sha {
+                let suffix_sha = suffix.finalize();
+                let mut header = Vec::with_capacity(112);
+                header.extend_from_slice(&raw_sha(sha)?);
+                header.extend_from_slice(&size.to_be_bytes());
+                header.extend_from_slice(&raw_sha(base_sha)?);
+                header.extend_from_slice(&base_size.to_be_bytes());
+                header.extend_from_slice(&suffix_sha);
+                conn.send(FrameType::Extend, &header)?;
+                file.seek(SeekFrom::Start(base_size))
+                    .map_err(|e| Error::io("read", source, e))?;
+                let got = self.stream_data(conn, &mut file, source, size - base_size)?;
+                if got.as_slice() != suffix_sha.as_slice() {
+                    return Err(changed());
+                }
+                return Ok((size - base_size, true));
+            }
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| Error::io("read", source, e))?;
+        }
+        let mut header = Vec::with_capacity(40);
+        header.extend_from_slice(&raw_sha(sha)?);
+        header.extend_from_slice(&size.to_be_bytes());
+        conn.send(FrameType::Object, &header)?;
+        let got = self.stream_data(conn, &mut file, source, size)?;
+        if hex::encode(got) != sha {
+            return Err(changed());
+        }
+        Ok((size, false))
+    }
+
+    /// Sends the next `len` bytes of `file` as `DATA` frames; returns their
+    /// SHA-256. A file that ends early changed since the scan.
+    fn stream_data<S: Read + Write>(
+        &self,
+        conn: &mut Conn<S>,
+        file: &mut std::fs::File,
+        source: &Path,
+        len: u64,
+    ) -> Result<Vec<u8>> {
         let mut hasher = Sha256::new();
-        let mut left = size;
-        let mut buf = vec![0u8; DATA_CHUNK.min(size.max(1) as usize)];
+        let mut left = len;
+        let mut buf = vec![0u8; DATA_CHUNK.min(len.max(1) as usize)];
         while left > 0 {
             self.cancel.check()?;
             let want = (left as usize).min(buf.len());
             let n = match file.read(&mut buf[..want]) {
-                Ok(0) => return Err(changed()),
+                Ok(0) => {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!(
+                            "{} shrank while it was being sent; the transaction was abandoned, and the next sync ships the new contents",
+                            source.display()
+                        ),
+                    )
+                    .with_path(source))
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::io("read", source, e)),
@@ -426,10 +518,7 @@ impl Sender {
             conn.send(FrameType::Data, &buf[..n])?;
             left -= n as u64;
         }
-        if hex::encode(hasher.finalize()) != sha {
-            return Err(changed());
-        }
-        Ok(())
+        Ok(hasher.finalize().to_vec())
     }
 
     /// Updates the status file with the outcome of one attempt.
