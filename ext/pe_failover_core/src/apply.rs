@@ -53,8 +53,8 @@ use crate::replset::{
 };
 use crate::snapshot::{mtime_ns, Entry, EntryKind, Manifest, Scanner};
 use crate::stage::{
-    self, build_snapshot, chain, latest_snapshot, list_txns, open_snapshot, prune_snapshots,
-    switch_latest, Snapshot, StateDir,
+    build_snapshot, chain, latest_snapshot, list_txns, open_snapshot, prune_snapshots,
+    switch_latest, Snapshot, SnapshotMeta, StateDir,
 };
 use crate::state::{ApplyCounts, DigestAt, Divergence, ErrorRecord, ReplicaStatus, Role, Stamp};
 use crate::{Error, ErrorKind, Result};
@@ -498,9 +498,10 @@ impl Applier {
     pub fn run(&self) -> Result<ApplyReport> {
         let started = Instant::now();
         let mut report = ApplyReport::default();
-        let result = self.run_inner(&mut report);
+        let mut latest = None;
+        let result = self.run_inner(&mut report, &mut latest);
         report.elapsed = started.elapsed();
-        let status = self.write_status(&report, result.as_ref().err());
+        let status = self.write_status(&report, latest, result.as_ref().err());
         match (result, status) {
             (Ok(()), Ok(())) => Ok(report),
             (Ok(()), Err(e)) => {
@@ -511,7 +512,13 @@ impl Applier {
         }
     }
 
-    fn run_inner(&self, report: &mut ApplyReport) -> Result<()> {
+    /// The run; `latest_seen` receives the latest snapshot's metadata and
+    /// entry count once known (for the status file).
+    fn run_inner(
+        &self,
+        report: &mut ApplyReport,
+        latest_seen: &mut Option<(SnapshotMeta, u64)>,
+    ) -> Result<()> {
         if let Some(path) = &self.role_file {
             if Role::read(path)? == Some(Role::Active) {
                 return Err(Error::new(
@@ -592,6 +599,9 @@ impl Applier {
             }
         }
         report.staged_digest = latest.as_ref().map(|s| s.meta.digest.clone());
+        *latest_seen = latest
+            .as_ref()
+            .map(|s| (s.meta.clone(), s.manifest.len() as u64));
         for d in &report.discarded {
             report
                 .warnings
@@ -635,15 +645,24 @@ impl Applier {
                 )
             })?;
         }
-        let previous: Vec<Snapshot> = [
+        // What the active primary sent before: the snapshot last applied and
+        // one whose apply was interrupted (the target itself when unchanged).
+        let previous_digests: Vec<String> = [
             record.applied.as_ref().map(|a| a.digest.clone()),
             record.in_progress.clone(),
         ]
         .into_iter()
         .flatten()
-        .filter_map(|d| open_snapshot(&self.state, &d).ok().flatten())
         .collect();
-        let previous_refs: Vec<&Manifest> = previous.iter().map(|s| &s.manifest).collect();
+        let previous: Vec<Snapshot> = previous_digests
+            .iter()
+            .filter(|d| **d != digest)
+            .filter_map(|d| open_snapshot(&self.state, d).ok().flatten())
+            .collect();
+        let mut previous_refs: Vec<&Manifest> = previous.iter().map(|s| &s.manifest).collect();
+        if previous_digests.contains(&digest) {
+            previous_refs.push(&target.manifest);
+        }
         let live = self.scan_live()?;
         let plan = plan_live(
             &target.manifest,
@@ -967,7 +986,12 @@ impl Applier {
         }
     }
 
-    fn write_status(&self, report: &ApplyReport, err: Option<&Error>) -> Result<()> {
+    fn write_status(
+        &self,
+        report: &ApplyReport,
+        latest: Option<(SnapshotMeta, u64)>,
+        err: Option<&Error>,
+    ) -> Result<()> {
         if !self.state.root().is_dir() {
             return Ok(());
         }
@@ -980,11 +1004,17 @@ impl Applier {
             Some(p) => Role::read(p).ok().flatten(),
             None => None,
         };
-        if let Ok(Some(latest)) = latest_snapshot(&self.state) {
+        let latest = latest.or_else(|| {
+            latest_snapshot(&self.state)
+                .ok()
+                .flatten()
+                .map(|s| (s.meta, s.manifest.len() as u64))
+        });
+        if let Some((meta, _)) = &latest {
             status.staged = Some(DigestAt {
-                digest: latest.meta.digest.clone(),
-                txn: latest.meta.txn.clone(),
-                at: latest.meta.created.clone(),
+                digest: meta.digest.clone(),
+                txn: meta.txn.clone(),
+                at: meta.created.clone(),
             });
         }
         if let Ok(record) = self.load_record() {
@@ -996,7 +1026,7 @@ impl Applier {
         status.last_run = Some(Stamp::now());
         status.last_run_ok = err.is_none();
         status.counts = ApplyCounts {
-            entries: latest_entries(&self.state),
+            entries: latest.as_ref().map(|(_, n)| *n).unwrap_or(0),
             txns_applied: report.staged.len() as u64,
             txns_discarded: report.discarded.len() as u64,
             written: report.live.written.len() as u64,
@@ -1016,14 +1046,6 @@ impl Applier {
         }
         status.save(&path)
     }
-}
-
-fn latest_entries(state: &StateDir) -> u64 {
-    stage::latest_snapshot(state)
-        .ok()
-        .flatten()
-        .map(|s| s.manifest.len() as u64)
-        .unwrap_or(0)
 }
 
 fn synthetic(path: &str) -> Entry {

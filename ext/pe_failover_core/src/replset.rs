@@ -369,6 +369,28 @@ pub fn save_manifest(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> 
     write_atomically(path, &bytes, mode)
 }
 
+/// The digest recorded at the start of a manifest file written by
+/// [`save_manifest`], without reading or checking the entries (a cheap "is
+/// it still this one?"); `None` when the file is missing or not one.
+pub fn manifest_file_digest(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 96];
+    let mut file = fsutil::open_nofollow(path).ok()?;
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(_) => return None,
+        }
+    }
+    let prefix = format!("{{\"format\":{MANIFEST_FILE_FORMAT},\"digest\":\"");
+    let rest = head[..filled].strip_prefix(prefix.as_bytes())?;
+    let digest = std::str::from_utf8(rest.get(..64)?).ok()?;
+    (crate::snapshot::is_sha256_hex(digest) && rest.get(64) == Some(&b'"'))
+        .then(|| digest.to_string())
+}
+
 /// Reads a manifest file written by [`save_manifest`] (not following a
 /// symlink), checking it against the replication rules
 /// ([`manifest_from_entries`]) and its recorded digest. `Ok(None)` when the
@@ -766,6 +788,29 @@ mod tests {
             manifest_from_entries(temp).unwrap_err().kind(),
             ErrorKind::UnsafePath
         );
+    }
+
+    #[test]
+    fn manifest_files_round_trip_and_reject_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        let m = manifest_from_entries(vec![dir_entry("ca"), file(CA_CERT)]).unwrap();
+        assert_eq!(load_manifest(&path).unwrap(), None);
+        assert_eq!(manifest_file_digest(&path), None);
+        save_manifest(&path, &m, 0o600).unwrap();
+        assert_eq!(load_manifest(&path).unwrap(), Some(m.clone()));
+        assert_eq!(manifest_file_digest(&path), Some(m.digest()));
+        let text = fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"mode\":420", "\"mode\":384");
+        fs::write(&path, text).unwrap();
+        let err = load_manifest(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(err.to_string().contains("not the recorded"), "{err}");
+    }
+
+    fn dir_entry(path: &str) -> Entry {
+        synthetic_dir(path)
     }
 
     #[test]

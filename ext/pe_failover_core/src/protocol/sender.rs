@@ -15,7 +15,10 @@ use super::{
 use crate::cancel::CancelToken;
 use crate::diff::{diff, Changeset};
 use crate::fsutil;
-use crate::replset::{load_manifest, manifest_from_entries, save_manifest, ReplicatedSet, SetScan};
+use crate::replset::{
+    load_manifest, manifest_file_digest, manifest_from_entries, save_manifest, ReplicatedSet,
+    SetScan,
+};
 use crate::snapshot::{is_sha256_hex, Entry, EntryKind, Manifest};
 use crate::stage::new_txn_id;
 use crate::state::{
@@ -234,12 +237,11 @@ impl Sender {
 
         // What the receiver holds: nothing, what we shipped last, what we
         // have now, or (first sync with a restored or drifted replica) ask.
-        let shipped = load_manifest(&self.shipped_manifest_path()).unwrap_or(None);
-        let shipped_digest = shipped.as_ref().map(Manifest::digest);
+        let shipped_path = self.shipped_manifest_path();
         let base: Manifest = match welcome.base.as_deref() {
             None => Manifest::default(),
             Some(b) if b == digest => current.clone(),
-            Some(b) => match shipped {
+            Some(b) => match load_manifest(&shipped_path).unwrap_or(None) {
                 Some(m) if m.digest() == b => m,
                 _ => {
                     stats.manifest_exchanged = true;
@@ -265,8 +267,8 @@ impl Sender {
             conn.flush()?;
             if self.noop {
                 report.outcome = SyncOutcome::Noop;
-            } else if shipped_digest.as_deref() != Some(digest.as_str()) {
-                save_manifest(&self.shipped_manifest_path(), current, 0o600)?;
+            } else if manifest_file_digest(&shipped_path).as_deref() != Some(digest.as_str()) {
+                save_manifest(&shipped_path, current, 0o600)?;
             }
             return Ok(report);
         }
@@ -356,7 +358,7 @@ impl Sender {
                 ack.txn, ack.digest
             )));
         }
-        save_manifest(&self.shipped_manifest_path(), current, 0o600)?;
+        save_manifest(&shipped_path, current, 0o600)?;
         report.outcome = SyncOutcome::Committed;
         Ok(report)
     }
