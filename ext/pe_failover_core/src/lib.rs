@@ -3,6 +3,15 @@
 //! Everything with logic lives here, free of Ruby: the binding
 //! (`pe_failover_native`) only converts values and errors.
 //!
+//! - [`snapshot`], [`diff`], [`exclude`], [`cache`]: manifests of trees and
+//!   their differences.
+//! - CA replication, from the active primary to the passive one:
+//!   [`replset`] (what is replicated), [`protocol`] (sender and receiver
+//!   over any `Read + Write` stream), [`stage`] (received transactions and
+//!   snapshots), [`apply`] (the live directories), [`state`] (roles and
+//!   status files).
+//! - [`classifier`]: Node Classifier group logic.
+//!
 //! ```ignore
 //! use pe_failover_core::snapshot::Scanner;
 //!

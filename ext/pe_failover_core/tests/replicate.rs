@@ -890,3 +890,52 @@ fn an_extension_is_verified_whole_by_the_applier() {
     assert_eq!(a.staged.len(), 1);
     p.assert_converged(&[PASSIVE]);
 }
+
+#[test]
+fn a_failing_reload_is_a_warning_not_a_rollback() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    p.revoke("node0.example.com");
+    p.sync();
+    let report = p
+        .applier()
+        .reload_command([
+            "sh",
+            "-c",
+            "echo 'Job for pe-puppetserver.service failed' >&2; exit 3",
+        ])
+        .run()
+        .unwrap();
+    assert!(!report.reloaded);
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let w = &report.warnings[0];
+    assert!(
+        w.contains("exit status: 3") && w.contains("Job for pe-puppetserver"),
+        "{w}"
+    );
+    assert!(report.live.written.contains(&"ca/ca_crl.pem".to_string()));
+    p.assert_converged(&[PASSIVE]);
+    let st = ReplicaStatus::load(&p.b_state.join("status.json"))
+        .unwrap()
+        .unwrap();
+    assert!(st.last_run_ok);
+    assert_eq!(st.warnings, report.warnings);
+    assert!(
+        st.syslog_line().contains("[WARNING]"),
+        "{}",
+        st.syslog_line()
+    );
+    // A missing reload command is reported the same way.
+    p.revoke("node1.example.com");
+    p.sync();
+    let report = p
+        .applier()
+        .reload_command(["/nonexistent/reload"])
+        .run()
+        .unwrap();
+    assert!(
+        report.warnings[0].contains("cannot run it"),
+        "{:?}",
+        report.warnings
+    );
+}

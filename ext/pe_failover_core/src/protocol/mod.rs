@@ -6,7 +6,7 @@
 //!
 //! Every message is one frame: `[type u8][length u32 big-endian][payload]`.
 //! A frame longer than its type allows is refused before it is read
-//! ([`ErrorKind::Protocol`](crate::ErrorKind::Protocol), naming the limit):
+//! ([`ErrorKind::Protocol`], naming the limit):
 //!
 //! | type | name | payload | limit |
 //! |---|---|---|---|
