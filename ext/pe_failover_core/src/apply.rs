@@ -663,7 +663,8 @@ impl Applier {
         if previous_digests.contains(&digest) {
             previous_refs.push(&target.manifest);
         }
-        let live = self.scan_live()?;
+        let paths = self.resolved_live()?;
+        let live = self.scan_live(&paths)?;
         let plan = plan_live(
             &target.manifest,
             &live,
@@ -687,13 +688,13 @@ impl Applier {
                 format!(
                     "applying snapshot {digest} would delete {deletions} of the {} files in the live CA directory {} (at most {allowed} allowed: {:.0} % or {}), e.g. {}; nothing was changed. Check the active primary's CA; if the deletions are intended, apply with force",
                     plan.live_files,
-                    self.live.cadir.display(),
+                    paths.cadir.display(),
                     self.max_delete_share * 100.0,
                     self.delete_allowance,
                     plan.delete.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
                 ),
             )
-            .with_path(&self.live.cadir));
+            .with_path(&paths.cadir));
         }
 
         if plan.is_empty() {
@@ -705,7 +706,7 @@ impl Applier {
         }
         record.in_progress = Some(digest.clone());
         self.save_record(record)?;
-        let crl_written = self.execute(target, &live, &plan, &mut report.live)?;
+        let crl_written = self.execute(&paths, target, &live, &plan, &mut report.live)?;
         if crl_written && !self.reload.is_empty() {
             match run_reload(&self.reload) {
                 Ok(()) => report.reloaded = true,
@@ -749,10 +750,22 @@ impl Applier {
         write_atomically(&self.state.applied_file(), &bytes, 0o644)
     }
 
+    /// The live paths, with a symbolic link at the cadir itself resolved
+    /// (what `puppetserver ca migrate` leaves at `<ssldir>/ca`), so that
+    /// modes and owners are set on the directory, not on the link.
+    fn resolved_live(&self) -> Result<CaPaths> {
+        let mut paths = self.live.clone();
+        if fs::symlink_metadata(&paths.cadir).is_ok_and(|m| m.file_type().is_symlink()) {
+            paths.cadir = fs::canonicalize(&paths.cadir)
+                .map_err(|e| Error::io("resolve the CA directory link", &self.live.cadir, e))?;
+        }
+        Ok(paths)
+    }
+
     /// The live files in the replicated namespace.
-    fn scan_live(&self) -> Result<Manifest> {
+    fn scan_live(&self, paths: &CaPaths) -> Result<Manifest> {
         let mut entries = vec![synthetic(SSL_ROOT), synthetic(SSL_CERTS)];
-        let cadir = &self.live.cadir;
+        let cadir = &paths.cadir;
         match fs::symlink_metadata(cadir) {
             Ok(meta) if meta.is_dir() => {
                 let mut scanner = Scanner::new(cadir)
@@ -784,7 +797,7 @@ impl Applier {
             Err(e) => return Err(Error::io("stat", cadir, e)),
         }
         for rel in [SSL_CRL, crate::replset::SSL_CA_CERT] {
-            if let Some(abs) = self.live.resolve(rel) {
+            if let Some(abs) = paths.resolve(rel) {
                 if let Some(e) = live_file_entry(&abs, rel)? {
                     entries.push(e);
                 }
@@ -796,13 +809,14 @@ impl Applier {
     /// Carries out `plan`; returns whether a CRL was written.
     fn execute(
         &self,
+        paths: &CaPaths,
         target: &Snapshot,
         live: &Manifest,
         plan: &LivePlan,
         out: &mut LiveChanges,
     ) -> Result<bool> {
         let resolve = |rel: &str| -> Result<PathBuf> {
-            self.live.resolve(rel).ok_or_else(|| {
+            paths.resolve(rel).ok_or_else(|| {
                 Error::new(
                     ErrorKind::Internal,
                     format!("no live path for manifest path {rel}"),
@@ -881,7 +895,7 @@ impl Applier {
                 }
             }
             // One sync per file system (the ssl files may live on another).
-            for (under_ca, anchor) in [(true, &self.live.cadir), (false, &self.live.ssldir)] {
+            for (under_ca, anchor) in [(true, &paths.cadir), (false, &paths.ssldir)] {
                 let files: Vec<PathBuf> = temps
                     .iter()
                     .filter(|(_, _, e)| e.kind == EntryKind::File)

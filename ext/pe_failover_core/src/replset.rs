@@ -90,6 +90,14 @@ pub struct CaPaths {
 }
 
 impl CaPaths {
+    /// The paths of the host whose ssl directory is `ssldir`, with the
+    /// cadir found by [`detect_cadir`] (looking at [`PUPPETSERVER_CADIR`]).
+    pub fn detect(ssldir: impl Into<PathBuf>) -> Result<CaPaths> {
+        let ssldir = ssldir.into();
+        let cadir = detect_cadir(&ssldir, Path::new(PUPPETSERVER_CADIR))?;
+        Ok(CaPaths { cadir, ssldir })
+    }
+
     /// The file system path of the manifest path `rel`, or `None` when `rel`
     /// is not a replicated path or is one of the synthetic `ssl` directories
     /// (which stand for directories this module never manages).

@@ -939,3 +939,39 @@ fn a_failing_reload_is_a_warning_not_a_rollback() {
         report.warnings
     );
 }
+
+#[test]
+fn a_replica_cadir_reached_through_the_migration_symlink_is_applied_to_the_real_directory() {
+    let p = Pair::new(3);
+    let link = p.b_ssl.join("ca");
+    std::os::unix::fs::symlink(&p.b_cadir, &link).unwrap();
+    fs::set_permissions(&p.b_cadir, fs::Permissions::from_mode(0o700)).unwrap();
+    p.sync();
+    let live = pe_failover_core::replset::CaPaths {
+        cadir: link.clone(),
+        ssldir: p.b_ssl.clone(),
+    };
+    let mut applier =
+        pe_failover_core::apply::Applier::new(&p.b_state, live).reload_command(["true"]);
+    if is_root() {
+        applier = applier.owner(Owner::Fixed {
+            uid: 4242,
+            gid: 4243,
+        });
+    }
+    applier.run().unwrap();
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let real = fs::metadata(&p.b_cadir).unwrap();
+    assert_eq!(
+        real.permissions().mode() & 0o7777,
+        0o750,
+        "the directory's mode, not the link's"
+    );
+    if is_root() {
+        assert_eq!((real.uid(), real.gid()), (4242, 4243));
+    }
+    p.assert_converged(&[PASSIVE]);
+}
