@@ -975,3 +975,53 @@ fn a_replica_cadir_reached_through_the_migration_symlink_is_applied_to_the_real_
     }
     p.assert_converged(&[PASSIVE]);
 }
+
+#[test]
+fn the_receiver_runs_unprivileged_and_the_applier_as_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let nobody = (65534, 65534);
+    let p = Pair::new(3);
+    // The layout Puppet sets up: a root-owned state dir the transfer user
+    // can traverse, and an incoming/ that only the transfer user writes.
+    for d in [p.dir.path().to_path_buf(), p.dir.path().join("b")] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::create_dir_all(p.b_state.join("incoming")).unwrap();
+    fs::set_permissions(&p.b_state, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(p.b_state.join("incoming"), Some(nobody.0), Some(nobody.1)).unwrap();
+    fs::set_permissions(
+        p.b_state.join("incoming"),
+        fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+
+    let (s, status, stderr) = p.sync_child_as(Some(nobody));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(s.unwrap().outcome, SyncOutcome::Committed);
+    let txn = p.incoming().pop().unwrap();
+    let meta = fs::metadata(p.b_state.join("incoming").join(&txn)).unwrap();
+    assert_eq!(meta.uid(), nobody.0, "written by the transfer user");
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+    // Root-owned, private snapshots; the receiver reads only the published manifest.
+    let snaps = fs::metadata(p.b_state.join("snapshots")).unwrap();
+    assert_eq!(
+        (snaps.uid(), snaps.permissions().mode() & 0o777),
+        (0, 0o700)
+    );
+
+    p.sign("unprivileged.example.com");
+    let (s, status, stderr) = p.sync_child_as(Some(nobody));
+    assert!(status.success(), "{stderr}");
+    let s = s.unwrap();
+    assert!(
+        !s.stats.manifest_exchanged,
+        "the receiver read the staged manifest"
+    );
+    assert_eq!(s.stats.objects, 3);
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+}

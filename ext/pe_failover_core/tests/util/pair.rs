@@ -279,8 +279,18 @@ impl Pair {
 
     /// The receiver as a child process speaking on stdin/stdout.
     pub fn spawn_receiver(&self) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_pe_failover_receive"))
-            .arg("--state")
+        self.spawn_receiver_as(None)
+    }
+
+    /// The receiver as a child process, optionally as another user
+    /// (`uid`, `gid`), like the transfer user of a forced command.
+    pub fn spawn_receiver_as(&self, user: Option<(u32, u32)>) -> Child {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pe_failover_receive"));
+        if let Some((uid, gid)) = user {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.arg("--state")
             .arg(&self.b_state)
             .arg("--role-file")
             .arg(&self.role_file)
@@ -296,7 +306,15 @@ impl Pair {
     /// Syncs to a receiver child process; returns the sender's result, the
     /// child's exit status and its stderr.
     pub fn sync_child(&self) -> (Result<SyncReport>, std::process::ExitStatus, String) {
-        let mut child = self.spawn_receiver();
+        self.sync_child_as(None)
+    }
+
+    /// [`sync_child`](Self::sync_child) with the receiver running as `user`.
+    pub fn sync_child_as(
+        &self,
+        user: Option<(u32, u32)>,
+    ) -> (Result<SyncReport>, std::process::ExitStatus, String) {
+        let mut child = self.spawn_receiver_as(user);
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let sent = self.sender().sync(Duplex::new(stdout, stdin));
