@@ -3,6 +3,15 @@
 //! Everything with logic lives here, free of Ruby: the binding
 //! (`pe_failover_native`) only converts values and errors.
 //!
+//! - [`snapshot`], [`diff`], [`exclude`], [`cache`]: manifests of trees and
+//!   their differences.
+//! - CA replication, from the active primary to the passive one:
+//!   [`replset`] (what is replicated), [`protocol`] (sender and receiver
+//!   over any `Read + Write` stream), [`stage`] (received transactions and
+//!   snapshots), [`apply`] (the live directories), [`state`] (roles and
+//!   status files).
+//! - [`classifier`]: Node Classifier group logic.
+//!
 //! ```ignore
 //! use pe_failover_core::snapshot::Scanner;
 //!
@@ -20,6 +29,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod apply;
 pub mod cache;
 pub mod cancel;
 pub mod classifier;
@@ -27,9 +37,14 @@ pub mod config;
 pub mod diff;
 pub mod error;
 pub mod exclude;
+mod fsutil;
 pub mod log;
+pub mod protocol;
+pub mod replset;
 pub mod snapshot;
-pub mod watch;
 pub mod ssh;
+pub mod stage;
+pub mod state;
+pub mod watch;
 
 pub use error::{Error, ErrorKind, Result};

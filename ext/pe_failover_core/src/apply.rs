@@ -1,0 +1,1269 @@
+//! The applier (root, on the passive primary): stages received
+//! transactions into snapshots, then brings the live CA directory and the
+//! two replicated ssl files to the latest snapshot, file by file and
+//! atomically.
+//!
+//! One [`Applier::run`]:
+//!
+//! 1. refuses to do anything on a promoted host (role `active`:
+//!    [`ErrorKind::Fenced`]);
+//! 2. takes the complete transactions in chain order (see [`crate::stage`]),
+//!    re-verifies each (manifest digest, every object's size and SHA-256),
+//!    builds `snapshots/<digest>/` with hard links to the previous snapshot
+//!    for unchanged contents, switches `snapshots/latest`, removes the
+//!    transaction, and prunes old snapshots (default: keep 10);
+//! 3. compares the latest snapshot with the live files ([`plan_live`]) and
+//!    refuses ([`ErrorKind::Refused`], unless forced) a snapshot without
+//!    the CA certificate or key, or one that would delete more than the
+//!    allowed share of the live CA files;
+//! 4. writes each changed file as a temporary file in the same directory
+//!    (owner, mode, modification time set, synced), renames it into place,
+//!    then fixes modes and owners, then deletes;
+//! 5. reloads puppetserver when a CRL changed (a failed reload is a warning);
+//! 6. records `applied.json` and `status.json`.
+//!
+//! Certificates under the live `ca/signed/` that the active primary never
+//! sent (the passive signed them) are kept and reported as divergence.
+//! The replica's own host files (`certs/<certname>.pem`, `private_keys/`,
+//! `public_keys/`) are never touched: only the cadir, `<ssldir>/crl.pem`
+//! and `<ssldir>/certs/ca.pem` are written.
+//!
+//! An apply that dies half-way leaves every file either old or new (never
+//! torn) and is finished by the next run, which compares with the live
+//! files again.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{lchown, symlink, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cache::write_atomically;
+use crate::cancel::CancelToken;
+use crate::exclude::Excludes;
+use crate::fsutil::{self, FileLock};
+use crate::replset::{
+    check_complete, signed_certname, CaPaths, CA_CRL, CA_ROOT, SSL_CERTS, SSL_CRL, SSL_ROOT,
+    TEMP_PREFIX,
+};
+use crate::snapshot::{mtime_ns, Entry, EntryKind, Manifest, Scanner};
+use crate::stage::{
+    build_snapshot, chain, latest_snapshot, list_txns, open_snapshot, prune_snapshots,
+    switch_latest, Snapshot, SnapshotMeta, StateDir,
+};
+use crate::state::{ApplyCounts, DigestAt, Divergence, ErrorRecord, ReplicaStatus, Role, Stamp};
+use crate::{Error, ErrorKind, Result};
+
+/// The reload command run when a CRL changed, by default.
+pub const DEFAULT_RELOAD: [&str; 3] = ["systemctl", "reload", "pe-puppetserver"];
+
+/// Largest live `crl.pem` or `certs/ca.pem` the applier reads to compare.
+const LIVE_SSL_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// Who owns the files the applier writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    /// A replaced file keeps the owner of the file it replaces; a new one
+    /// gets the owner of its directory. Owners are not corrected.
+    Inherit,
+    /// Every written or managed entry is owned by `uid:gid`, and entries
+    /// with another owner are corrected.
+    Fixed {
+        /// Owner user id (e.g. `pe-puppet`'s).
+        uid: u32,
+        /// Owner group id.
+        gid: u32,
+    },
+}
+
+/// Hooks called while the applier works (no-ops by default). They may trip
+/// the applier's [`CancelToken`] to stop it.
+pub trait ApplyProgress: Send + Sync {
+    /// A transaction was staged into a snapshot.
+    fn staged(&self, _txn: &str, _digest: &str) {}
+    /// A live entry (manifest path) was written, corrected or deleted.
+    fn live_entry(&self, _path: &str) {}
+}
+
+struct NoProgress;
+
+impl ApplyProgress for NoProgress {}
+
+/// A transaction staged into a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StagedTxn {
+    /// Transaction id.
+    pub txn: String,
+    /// Digest of the snapshot built from it.
+    pub digest: String,
+    /// Files hard-linked from the previous snapshot.
+    pub linked: u64,
+    /// Files copied and verified.
+    pub copied: u64,
+}
+
+/// A transaction removed without being staged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DiscardedTxn {
+    /// Transaction id (or directory name).
+    pub txn: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What one apply did to the live directories, by manifest path.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LiveChanges {
+    /// Files and symlinks written (created or replaced).
+    pub written: Vec<String>,
+    /// Directories created.
+    pub dirs_created: Vec<String>,
+    /// Entries whose mode or owner only was corrected.
+    pub metadata_fixed: Vec<String>,
+    /// Files and symlinks deleted.
+    pub deleted: Vec<String>,
+    /// Directories removed.
+    pub dirs_removed: Vec<String>,
+    /// Stale temporary files of an interrupted apply removed.
+    pub temp_removed: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+}
+
+/// What one [`Applier::run`] did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ApplyReport {
+    /// Transactions staged, in order.
+    pub staged: Vec<StagedTxn>,
+    /// Transactions removed without being staged (stale or corrupt).
+    pub discarded: Vec<DiscardedTxn>,
+    /// Digest of the latest snapshot after the run.
+    pub staged_digest: Option<String>,
+    /// Digest the live directories match after the run.
+    pub applied_digest: Option<String>,
+    /// Changes to the live directories.
+    pub live: LiveChanges,
+    /// Certnames of the replica-only certificates kept in `ca/signed/`.
+    pub kept: Vec<String>,
+    /// Whether the reload command ran successfully.
+    pub reloaded: bool,
+    /// Problems that did not fail the run.
+    pub warnings: Vec<String>,
+    /// Snapshots removed by pruning.
+    pub pruned: Vec<String>,
+    /// Wall-clock duration.
+    pub elapsed: Duration,
+}
+
+/// The changes that bring the live files to a target manifest (see
+/// [`plan_live`]). Paths are manifest paths (`ca/...`, `ssl/...`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LivePlan {
+    /// Directories to create, parents first.
+    pub create_dirs: Vec<Entry>,
+    /// Live entries of another kind than the target's, removed (directories
+    /// recursively) right before the target entry is written.
+    pub replace: Vec<String>,
+    /// Files and symlinks to write, in path order.
+    pub write: Vec<Entry>,
+    /// Entries whose mode (or owner, with [`Owner::Fixed`]) differ.
+    pub fix_metadata: Vec<Entry>,
+    /// Files and symlinks to delete, deepest first.
+    pub delete: Vec<String>,
+    /// Directories to remove, deepest first (kept if not empty).
+    pub remove_dirs: Vec<String>,
+    /// Replica-only certificates kept (`ca/signed/<certname>.pem`).
+    pub kept: Vec<String>,
+    /// Temporary files of an interrupted apply.
+    pub temp_files: Vec<String>,
+    /// Regular files in the live CA directory (the deletion guard's base).
+    pub live_files: u64,
+}
+
+impl LivePlan {
+    /// Whether the live files already match.
+    pub fn is_empty(&self) -> bool {
+        self.create_dirs.is_empty()
+            && self.replace.is_empty()
+            && self.write.is_empty()
+            && self.fix_metadata.is_empty()
+            && self.delete.is_empty()
+            && self.remove_dirs.is_empty()
+            && self.temp_files.is_empty()
+    }
+}
+
+/// Plans the changes that bring `live` (a manifest of the live files, in the
+/// replicated namespace) to `target`.
+///
+/// - Paths whose cadir-relative part matches `excludes` are left alone.
+/// - `ssl/...` entries are written, never deleted; the synthetic `ssl` and
+///   `ssl/certs` directories are never managed.
+/// - A live `ca/signed/<name>` missing from `target` is deleted only if
+///   `previous` (the manifest last applied, and any apply in progress) had
+///   it, i.e. the active primary removed it; otherwise the replica made it,
+///   and it is kept (`kept`).
+/// - Files compare by kind, contents and symlink target; equal ones by
+///   mode, and by owner with [`Owner::Fixed`].
+pub fn plan_live(
+    target: &Manifest,
+    live: &Manifest,
+    previous: &[&Manifest],
+    excludes: &Excludes,
+    owner: Owner,
+) -> Result<LivePlan> {
+    let mut plan = LivePlan::default();
+    let excluded = |path: &str| {
+        path.strip_prefix("ca/")
+            .is_some_and(|rel| excludes.is_excluded(rel))
+    };
+    let unmanaged = |path: &str| path == SSL_ROOT || path == SSL_CERTS;
+    let meta_differs = |t: &Entry, l: &Entry| {
+        let mode = t.kind != EntryKind::Symlink && t.mode != l.mode;
+        let own = match owner {
+            Owner::Fixed { uid, gid } => l.uid != uid || l.gid != gid,
+            Owner::Inherit => false,
+        };
+        mode || own
+    };
+    let mut t_iter = target.entries().iter().peekable();
+    let mut l_iter = live.entries().iter().peekable();
+    loop {
+        let order = match (t_iter.peek(), l_iter.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(t), Some(l)) => t.path.cmp(&l.path),
+        };
+        let (t, l) = match order {
+            std::cmp::Ordering::Less => (t_iter.next(), None),
+            std::cmp::Ordering::Greater => (None, l_iter.next()),
+            std::cmp::Ordering::Equal => (t_iter.next(), l_iter.next()),
+        };
+        let path = t.or(l).map(|e| e.path.as_str()).unwrap_or_default();
+        if let Some(l) = l {
+            if l.kind == EntryKind::File && path.starts_with("ca/") && !excluded(path) {
+                plan.live_files += 1;
+            }
+        }
+        if unmanaged(path) || excluded(path) {
+            continue;
+        }
+        match (t, l) {
+            (Some(t), None) => {
+                if t.kind == EntryKind::Dir {
+                    plan.create_dirs.push(t.clone());
+                } else {
+                    plan.write.push(t.clone());
+                }
+            }
+            (Some(t), Some(l)) => {
+                if t.kind != l.kind {
+                    plan.replace.push(path.to_string());
+                    if t.kind == EntryKind::Dir {
+                        plan.create_dirs.push(t.clone());
+                    } else {
+                        plan.write.push(t.clone());
+                    }
+                    continue;
+                }
+                let content_differs = match t.kind {
+                    EntryKind::File => t.sha256 != l.sha256,
+                    EntryKind::Symlink => t.target != l.target,
+                    EntryKind::Dir => false,
+                };
+                if content_differs {
+                    plan.write.push(t.clone());
+                } else if meta_differs(t, l) {
+                    plan.fix_metadata.push(t.clone());
+                }
+            }
+            (None, Some(l)) => {
+                if path.starts_with("ssl/") {
+                    continue;
+                }
+                let name = path.rsplit('/').next().unwrap_or(path);
+                if name.starts_with(TEMP_PREFIX) && l.kind != EntryKind::Dir {
+                    plan.temp_files.push(path.to_string());
+                } else if l.kind == EntryKind::File
+                    && signed_certname(path).is_some()
+                    && !previous.iter().any(|p| p.get(path).is_some())
+                {
+                    plan.kept.push(path.to_string());
+                } else if l.kind == EntryKind::Dir {
+                    plan.remove_dirs.push(path.to_string());
+                } else {
+                    plan.delete.push(path.to_string());
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    for dir in &plan.replace {
+        let prefix = format!("{dir}/");
+        if let Some(k) = plan.kept.iter().find(|k| k.starts_with(&prefix)) {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "the snapshot replaces the directory {dir} with a file, which would delete the replica-only certificate {k}; move it away first"
+                ),
+            ));
+        }
+    }
+    plan.delete.reverse();
+    plan.remove_dirs.reverse();
+    Ok(plan)
+}
+
+/// Stages received transactions and applies the latest snapshot to the
+/// live directories of a passive primary.
+///
+/// ```no_run
+/// use pe_failover_core::apply::{Applier, Owner};
+/// use pe_failover_core::replset::CaPaths;
+///
+/// # fn main() -> pe_failover_core::Result<()> {
+/// let live = CaPaths {
+///     cadir: "/etc/puppetlabs/puppetserver/ca".into(),
+///     ssldir: "/etc/puppetlabs/puppet/ssl".into(),
+/// };
+/// let report = Applier::new("/opt/pe_failover/state", live)
+///     .owner(Owner::Fixed { uid: 998, gid: 998 })
+///     .role_file("/opt/puppetlabs/facter/facts.d/pe_failover.yaml")
+///     .run()?;
+/// println!("{} written, kept {:?}", report.live.written.len(), report.kept);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Applier {
+    state: StateDir,
+    live: CaPaths,
+    owner: Owner,
+    keep: usize,
+    max_delete_share: f64,
+    delete_allowance: u64,
+    force: bool,
+    reload: Vec<String>,
+    role_file: Option<PathBuf>,
+    excludes: Excludes,
+    cancel: CancelToken,
+    progress: Arc<dyn ApplyProgress>,
+    lock_wait: Duration,
+    racy_window: Option<Duration>,
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier")
+            .field("state", &self.state)
+            .field("live", &self.live)
+            .field("owner", &self.owner)
+            .field("keep", &self.keep)
+            .field("max_delete_share", &self.max_delete_share)
+            .field("delete_allowance", &self.delete_allowance)
+            .field("force", &self.force)
+            .field("reload", &self.reload)
+            .field("role_file", &self.role_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `applied.json`, plus the snapshot an interrupted apply was bringing the
+/// live files to (its paths count as sent by the active primary).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct AppliedRecord {
+    applied: Option<DigestAt>,
+    in_progress: Option<String>,
+}
+
+impl Applier {
+    /// An applier for the state directory `state_dir` and the live
+    /// directories `live`. Defaults: [`Owner::Inherit`], keep 10 snapshots,
+    /// refuse to delete more than 10 % of the live CA files (5 files are
+    /// always allowed), not forced, reload with [`DEFAULT_RELOAD`], no role
+    /// file, no exclusions, waits up to 60 s for another applier.
+    pub fn new(state_dir: impl Into<PathBuf>, live: CaPaths) -> Self {
+        Applier {
+            state: StateDir::new(state_dir),
+            live,
+            owner: Owner::Inherit,
+            keep: 10,
+            max_delete_share: 0.10,
+            delete_allowance: 5,
+            force: false,
+            reload: DEFAULT_RELOAD.iter().map(|s| s.to_string()).collect(),
+            role_file: None,
+            excludes: Excludes::default(),
+            cancel: CancelToken::new(),
+            progress: Arc::new(NoProgress),
+            lock_wait: Duration::from_secs(60),
+            racy_window: None,
+        }
+    }
+
+    /// Who owns written files. Default: [`Owner::Inherit`].
+    pub fn owner(mut self, owner: Owner) -> Self {
+        self.owner = owner;
+        self
+    }
+
+    /// How many snapshots to keep (at least 1; the latest, the applied one
+    /// and one being applied are always kept). Default: 10.
+    pub fn keep_snapshots(mut self, n: usize) -> Self {
+        self.keep = n.max(1);
+        self
+    }
+
+    /// The share of live CA files an apply may delete without `force`.
+    /// Default: 0.10.
+    pub fn max_delete_share(mut self, share: f64) -> Self {
+        self.max_delete_share = share.clamp(0.0, 1.0);
+        self
+    }
+
+    /// How many deletions are always allowed, whatever the share (so that
+    /// cleaning a certificate on a small CA is not refused). Default: 5.
+    pub fn delete_allowance(mut self, files: u64) -> Self {
+        self.delete_allowance = files;
+        self
+    }
+
+    /// Overrides the guards (incomplete snapshot, too many deletions).
+    /// Default: false.
+    pub fn force(mut self, yes: bool) -> Self {
+        self.force = yes;
+        self
+    }
+
+    /// The command (argv, no shell) run when `ca/ca_crl.pem` or
+    /// `ssl/crl.pem` changed; an empty list runs nothing. Default:
+    /// [`DEFAULT_RELOAD`].
+    pub fn reload_command<I, S>(mut self, argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.reload = argv.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The role file ([`Role::read`]); a host whose role is `active` is
+    /// fenced. Default: none.
+    pub fn role_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.role_file = Some(path.into());
+        self
+    }
+
+    /// Live paths (relative to the cadir) the applier leaves alone; give it
+    /// the patterns the active primary excludes. Default: none.
+    pub fn excludes(mut self, excludes: Excludes) -> Self {
+        self.excludes = excludes;
+        self
+    }
+
+    /// Stops the run (between files) when `token` is tripped.
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// Progress hooks. Default: none.
+    pub fn progress(mut self, progress: impl ApplyProgress + 'static) -> Self {
+        self.progress = Arc::new(progress);
+        self
+    }
+
+    /// How long to wait for another applier to finish. Default: 60 s.
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// See [`Scanner::racy_window`] (for the live cadir scan). Default: the
+    /// scanner's.
+    pub fn racy_window(mut self, window: Duration) -> Self {
+        self.racy_window = Some(window);
+        self
+    }
+
+    /// Stages pending transactions and applies the latest snapshot. Writes
+    /// `status.json` whatever happens.
+    pub fn run(&self) -> Result<ApplyReport> {
+        let started = Instant::now();
+        let mut report = ApplyReport::default();
+        let mut latest = None;
+        let result = self.run_inner(&mut report, &mut latest);
+        report.elapsed = started.elapsed();
+        let status = self.write_status(&report, latest, result.as_ref().err());
+        match (result, status) {
+            (Ok(()), Ok(())) => Ok(report),
+            (Ok(()), Err(e)) => {
+                report.warnings.push(e.to_string());
+                Ok(report)
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// The run; `latest_seen` receives the latest snapshot's metadata and
+    /// entry count once known (for the status file).
+    fn run_inner(
+        &self,
+        report: &mut ApplyReport,
+        latest_seen: &mut Option<(SnapshotMeta, u64)>,
+    ) -> Result<()> {
+        if let Some(path) = &self.role_file {
+            if Role::read(path)? == Some(Role::Active) {
+                return Err(Error::new(
+                    ErrorKind::Fenced,
+                    format!(
+                        "this host has been promoted to active ({}), so the applier leaves its live CA alone; transactions stay in {} until it is demoted to passive",
+                        path.display(),
+                        self.state.incoming().display()
+                    ),
+                ));
+            }
+        }
+        fsutil::create_dir_if_missing(self.state.root(), 0o755)?;
+        let _lock = FileLock::acquire(&self.state.apply_lock(), self.lock_wait, "applier")?;
+        let mut record = self.load_record()?;
+
+        // 1. Stage transactions.
+        let mut latest = latest_snapshot(&self.state)?;
+        let listing = list_txns(&self.state, "ca")?;
+        let txns = listing.complete;
+        for broken in listing.broken {
+            fsutil::remove_any(&broken.dir)?;
+            report.discarded.push(DiscardedTxn {
+                txn: broken
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                reason: broken.error.to_string(),
+            });
+        }
+        let start = latest.as_ref().map(|s| s.meta.digest.clone());
+        let (order, stale) = chain(start.as_deref(), &txns);
+        for i in stale {
+            fsutil::remove_any(&txns[i].dir)?;
+            report.discarded.push(DiscardedTxn {
+                txn: txns[i].meta.txn.clone(),
+                reason: format!(
+                    "stale: computed against {}, which is not on this replica's chain",
+                    txns[i].meta.base.as_deref().unwrap_or("nothing")
+                ),
+            });
+        }
+        let mut failure = None;
+        for (n, &i) in order.iter().enumerate() {
+            let txn = &txns[i];
+            match build_snapshot(&self.state, latest.as_ref(), txn, &self.cancel) {
+                Ok((snap, stats)) => {
+                    switch_latest(&self.state, &snap)?;
+                    fsutil::remove_any(&txn.dir)?;
+                    self.progress.staged(&txn.meta.txn, &snap.meta.digest);
+                    report.staged.push(StagedTxn {
+                        txn: txn.meta.txn.clone(),
+                        digest: snap.meta.digest.clone(),
+                        linked: stats.linked,
+                        copied: stats.copied,
+                    });
+                    latest = Some(snap);
+                }
+                Err(e) if e.kind() == ErrorKind::Cancelled => return Err(e),
+                Err(e) => {
+                    // This one and every later one on the chain are lost;
+                    // the next sync exchanges manifests and resends.
+                    for &j in &order[n..] {
+                        fsutil::remove_any(&txns[j].dir)?;
+                        report.discarded.push(DiscardedTxn {
+                            txn: txns[j].meta.txn.clone(),
+                            reason: if j == i {
+                                e.to_string()
+                            } else {
+                                format!("follows the discarded transaction {}", txn.meta.txn)
+                            },
+                        });
+                    }
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        report.staged_digest = latest.as_ref().map(|s| s.meta.digest.clone());
+        *latest_seen = latest
+            .as_ref()
+            .map(|s| (s.meta.clone(), s.manifest.len() as u64));
+        for d in &report.discarded {
+            report
+                .warnings
+                .push(format!("discarded transaction {}: {}", d.txn, d.reason));
+        }
+        let protect: Vec<String> = [
+            report.staged_digest.clone(),
+            record.applied.as_ref().map(|a| a.digest.clone()),
+            record.in_progress.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let protect_refs: Vec<&str> = protect.iter().map(String::as_str).collect();
+        report.pruned = prune_snapshots(&self.state, self.keep, &protect_refs)?;
+
+        // 2. Apply the latest snapshot to the live directories.
+        let Some(target) = latest else {
+            report.applied_digest = record.applied.as_ref().map(|a| a.digest.clone());
+            return failure.map_or(Ok(()), Err);
+        };
+        self.apply_live(&target, &mut record, report)?;
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn apply_live(
+        &self,
+        target: &Snapshot,
+        record: &mut AppliedRecord,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        let digest = target.meta.digest.clone();
+        if !self.force {
+            check_complete(&target.manifest).map_err(|e| {
+                Error::new(
+                    ErrorKind::Refused,
+                    format!(
+                        "snapshot {digest} is not applied to the live CA: {}; check the active primary's CA, or apply with force if this is intended",
+                        e.message()
+                    ),
+                )
+            })?;
+        }
+        // What the active primary sent before: the snapshot last applied and
+        // one whose apply was interrupted (the target itself when unchanged).
+        let previous_digests: Vec<String> = [
+            record.applied.as_ref().map(|a| a.digest.clone()),
+            record.in_progress.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let previous: Vec<Snapshot> = previous_digests
+            .iter()
+            .filter(|d| **d != digest)
+            .filter_map(|d| open_snapshot(&self.state, d).ok().flatten())
+            .collect();
+        let mut previous_refs: Vec<&Manifest> = previous.iter().map(|s| &s.manifest).collect();
+        if previous_digests.contains(&digest) {
+            previous_refs.push(&target.manifest);
+        }
+        let paths = self.resolved_live()?;
+        let live = self.scan_live(&paths)?;
+        let plan = plan_live(
+            &target.manifest,
+            &live,
+            &previous_refs,
+            &self.excludes,
+            self.owner,
+        )?;
+        report.kept = plan
+            .kept
+            .iter()
+            .filter_map(|p| signed_certname(p))
+            .map(str::to_string)
+            .collect();
+
+        let deletions = plan.delete.len() as u64;
+        let allowed = ((self.max_delete_share * plan.live_files as f64).floor() as u64)
+            .max(self.delete_allowance);
+        if deletions > allowed && !self.force {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "applying snapshot {digest} would delete {deletions} of the {} files in the live CA directory {} (at most {allowed} allowed: {:.0} % or {}), e.g. {}; nothing was changed. Check the active primary's CA; if the deletions are intended, apply with force",
+                    plan.live_files,
+                    paths.cadir.display(),
+                    self.max_delete_share * 100.0,
+                    self.delete_allowance,
+                    plan.delete.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+            .with_path(&paths.cadir));
+        }
+
+        if plan.is_empty() {
+            if record.applied.as_ref().map(|a| a.digest.as_str()) != Some(digest.as_str()) {
+                self.finish_record(record, target)?;
+            }
+            report.applied_digest = Some(digest);
+            return Ok(());
+        }
+        record.in_progress = Some(digest.clone());
+        self.save_record(record)?;
+        let crl_written = self.execute(&paths, target, &live, &plan, &mut report.live)?;
+        if crl_written && !self.reload.is_empty() {
+            match run_reload(&self.reload) {
+                Ok(()) => report.reloaded = true,
+                Err(why) => report.warnings.push(format!(
+                    "the CRL changed, but the reload command `{}` failed: {why}; puppetserver may use the old CRL until it is reloaded",
+                    self.reload.join(" ")
+                )),
+            }
+        }
+        self.finish_record(record, target)?;
+        report.applied_digest = Some(digest);
+        Ok(())
+    }
+
+    fn finish_record(&self, record: &mut AppliedRecord, target: &Snapshot) -> Result<()> {
+        record.applied = Some(DigestAt {
+            digest: target.meta.digest.clone(),
+            txn: target.meta.txn.clone(),
+            at: Stamp::now(),
+        });
+        record.in_progress = None;
+        self.save_record(record)
+    }
+
+    fn load_record(&self) -> Result<AppliedRecord> {
+        let path = self.state.applied_file();
+        match fs::read(&path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(AppliedRecord::default()),
+            Err(e) => Err(Error::io("read", &path, e)),
+        }
+    }
+
+    fn save_record(&self, record: &AppliedRecord) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("cannot encode applied.json: {e}"),
+            )
+        })?;
+        write_atomically(&self.state.applied_file(), &bytes, 0o644)
+    }
+
+    /// The live paths, with a symbolic link at the cadir itself resolved
+    /// (what `puppetserver ca migrate` leaves at `<ssldir>/ca`), so that
+    /// modes and owners are set on the directory, not on the link.
+    fn resolved_live(&self) -> Result<CaPaths> {
+        let mut paths = self.live.clone();
+        if fs::symlink_metadata(&paths.cadir).is_ok_and(|m| m.file_type().is_symlink()) {
+            paths.cadir = fs::canonicalize(&paths.cadir)
+                .map_err(|e| Error::io("resolve the CA directory link", &self.live.cadir, e))?;
+        }
+        Ok(paths)
+    }
+
+    /// The live files in the replicated namespace.
+    fn scan_live(&self, paths: &CaPaths) -> Result<Manifest> {
+        let mut entries = vec![synthetic(SSL_ROOT), synthetic(SSL_CERTS)];
+        let cadir = &paths.cadir;
+        match fs::symlink_metadata(cadir) {
+            Ok(meta) if meta.is_dir() => {
+                let mut scanner = Scanner::new(cadir)
+                    .excludes(self.excludes.clone())
+                    .cache_file(self.state.live_cache())
+                    .cancel_token(self.cancel.clone());
+                if let Some(w) = self.racy_window {
+                    scanner = scanner.racy_window(w);
+                }
+                let scanned = scanner.scan()?.into_complete()?;
+                entries.push(entry_of(CA_ROOT, &meta, EntryKind::Dir));
+                entries.extend(scanned.entries().iter().map(|e| {
+                    let mut e = e.clone();
+                    e.path = format!("ca/{}", e.path);
+                    e
+                }));
+            }
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "the live CA directory {} is not a directory; move it away",
+                        cadir.display()
+                    ),
+                )
+                .with_path(cadir))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", cadir, e)),
+        }
+        for rel in [SSL_CRL, crate::replset::SSL_CA_CERT] {
+            if let Some(abs) = paths.resolve(rel) {
+                if let Some(e) = live_file_entry(&abs, rel)? {
+                    entries.push(e);
+                }
+            }
+        }
+        Manifest::from_entries(entries)
+    }
+
+    /// Carries out `plan`; returns whether a CRL was written.
+    fn execute(
+        &self,
+        paths: &CaPaths,
+        target: &Snapshot,
+        live: &Manifest,
+        plan: &LivePlan,
+        out: &mut LiveChanges,
+    ) -> Result<bool> {
+        let resolve = |rel: &str| -> Result<PathBuf> {
+            paths.resolve(rel).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("no live path for manifest path {rel}"),
+                )
+            })
+        };
+        let mut touched_dirs: Vec<PathBuf> = Vec::new();
+
+        // Kind changes: clear the way.
+        for rel in &plan.replace {
+            fsutil::remove_any(&resolve(rel)?)?;
+        }
+        // Directories, parents first.
+        for e in &plan.create_dirs {
+            self.cancel.check()?;
+            let path = resolve(&e.path)?;
+            if !path.is_dir() {
+                fs::create_dir_all(&path)
+                    .map_err(|err| Error::io("create directory", &path, err))?;
+            }
+            set_mode(&path, e.mode)?;
+            if let Some((uid, gid)) = self.owner_for(&path, None) {
+                lchown(&path, Some(uid), Some(gid))
+                    .map_err(|err| Error::io("change owner of", &path, err))?;
+            }
+            out.dirs_created.push(e.path.clone());
+            if let Some(parent) = path.parent() {
+                touched_dirs.push(parent.to_path_buf());
+            }
+        }
+
+        // Files: temporary copies first, synced, then renamed into place.
+        let mut temps: Vec<(PathBuf, PathBuf, &Entry)> = Vec::new();
+        let result = (|| -> Result<bool> {
+            for e in &plan.write {
+                self.cancel.check()?;
+                let dest = resolve(&e.path)?;
+                let dir = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+                if !dir.is_dir() {
+                    fs::create_dir_all(&dir)
+                        .map_err(|err| Error::io("create directory", &dir, err))?;
+                }
+                let tmp = dir.join(format!("{TEMP_PREFIX}{}", fsutil::random_hex(8)));
+                let existing = live.get(&e.path).filter(|l| l.kind == e.kind);
+                let owner = self.owner_for(&dest, existing);
+                match e.kind {
+                    EntryKind::File => {
+                        let src = target.path_of(&e.path);
+                        let sha = e.sha256.as_deref().unwrap_or_default();
+                        let file = fsutil::copy_verified(
+                            &src,
+                            &tmp,
+                            e.mode & 0o777,
+                            sha,
+                            e.size,
+                            &format!("snapshot {}", target.meta.digest),
+                        )?;
+                        temps.push((tmp.clone(), dest, e));
+                        if let Some((uid, gid)) = owner {
+                            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                                .map_err(|err| Error::io("change owner of", &tmp, err))?;
+                        }
+                        let _ = file.set_modified(system_time(e.mtime_ns));
+                        out.bytes_written += e.size;
+                    }
+                    EntryKind::Symlink => {
+                        symlink(e.target.as_deref().unwrap_or_default(), &tmp)
+                            .map_err(|err| Error::io("create symlink", &tmp, err))?;
+                        temps.push((tmp.clone(), dest, e));
+                        if let Some((uid, gid)) = owner {
+                            lchown(&tmp, Some(uid), Some(gid))
+                                .map_err(|err| Error::io("change owner of", &tmp, err))?;
+                        }
+                    }
+                    EntryKind::Dir => {}
+                }
+            }
+            // One sync per file system (the ssl files may live on another).
+            for (under_ca, anchor) in [(true, &paths.cadir), (false, &paths.ssldir)] {
+                let files: Vec<PathBuf> = temps
+                    .iter()
+                    .filter(|(_, _, e)| e.kind == EntryKind::File)
+                    .filter(|(_, _, e)| e.path.starts_with("ca/") == under_ca)
+                    .map(|(t, _, _)| t.clone())
+                    .collect();
+                if !files.is_empty() {
+                    fsutil::sync_new_files(&files, anchor)?;
+                }
+            }
+            let mut crl = false;
+            let mut renamed = 0;
+            for (tmp, dest, e) in &temps {
+                self.cancel.check()?;
+                fs::rename(tmp, dest).map_err(|err| Error::io("rename into place", dest, err))?;
+                renamed += 1;
+                out.written.push(e.path.clone());
+                crl |= e.path == CA_CRL || e.path == SSL_CRL;
+                if let Some(parent) = dest.parent() {
+                    if !touched_dirs.iter().any(|d| d == parent) {
+                        touched_dirs.push(parent.to_path_buf());
+                    }
+                }
+                self.progress.live_entry(&e.path);
+            }
+            temps.drain(..renamed);
+            Ok(crl)
+        })();
+        if result.is_err() {
+            for (tmp, _, _) in &temps {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+        let crl = result?;
+        for d in &touched_dirs {
+            fsutil::fsync_dir(d)?;
+        }
+
+        // Modes and owners.
+        for e in &plan.fix_metadata {
+            self.cancel.check()?;
+            let path = resolve(&e.path)?;
+            if e.kind != EntryKind::Symlink {
+                set_mode(&path, e.mode)?;
+            }
+            if let Owner::Fixed { uid, gid } = self.owner {
+                lchown(&path, Some(uid), Some(gid))
+                    .map_err(|err| Error::io("change owner of", &path, err))?;
+            }
+            out.metadata_fixed.push(e.path.clone());
+            self.progress.live_entry(&e.path);
+        }
+
+        // Deletions, deepest first.
+        for rel in &plan.temp_files {
+            fsutil::remove_any(&resolve(rel)?)?;
+            out.temp_removed += 1;
+        }
+        for rel in &plan.delete {
+            self.cancel.check()?;
+            let path = resolve(rel)?;
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", &path, e)),
+            }
+            out.deleted.push(rel.clone());
+            self.progress.live_entry(rel);
+        }
+        for rel in &plan.remove_dirs {
+            let path = resolve(rel)?;
+            match fs::remove_dir(&path) {
+                Ok(()) => out.dirs_removed.push(rel.clone()),
+                // Still holds kept or excluded files.
+                Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove directory", &path, e)),
+            }
+        }
+        if !plan.delete.is_empty() || !plan.remove_dirs.is_empty() {
+            for rel in plan.delete.iter().chain(&plan.remove_dirs) {
+                if let Some(parent) = resolve(rel)?.parent() {
+                    if parent.is_dir() && !touched_dirs.iter().any(|d| d == parent) {
+                        touched_dirs.push(parent.to_path_buf());
+                        fsutil::fsync_dir(parent)?;
+                    }
+                }
+            }
+        }
+        Ok(crl)
+    }
+
+    /// The owner a written entry at `path` gets.
+    fn owner_for(&self, path: &Path, existing: Option<&Entry>) -> Option<(u32, u32)> {
+        match self.owner {
+            Owner::Fixed { uid, gid } => Some((uid, gid)),
+            Owner::Inherit => existing.map(|e| (e.uid, e.gid)).or_else(|| {
+                path.parent()
+                    .and_then(|p| fs::metadata(p).ok())
+                    .map(|m| (m.uid(), m.gid()))
+            }),
+        }
+    }
+
+    fn write_status(
+        &self,
+        report: &ApplyReport,
+        latest: Option<(SnapshotMeta, u64)>,
+        err: Option<&Error>,
+    ) -> Result<()> {
+        if !self.state.root().is_dir() {
+            return Ok(());
+        }
+        let path = self.state.status_file();
+        let mut status = ReplicaStatus::load(&path)
+            .unwrap_or(None)
+            .unwrap_or_else(|| ReplicaStatus::new("ca"));
+        status.format = crate::state::STATUS_FORMAT;
+        status.role = match &self.role_file {
+            Some(p) => Role::read(p).ok().flatten(),
+            None => None,
+        };
+        let latest = latest.or_else(|| {
+            latest_snapshot(&self.state)
+                .ok()
+                .flatten()
+                .map(|s| (s.meta, s.manifest.len() as u64))
+        });
+        if let Some((meta, _)) = &latest {
+            status.staged = Some(DigestAt {
+                digest: meta.digest.clone(),
+                txn: meta.txn.clone(),
+                at: meta.created.clone(),
+            });
+        }
+        if let Ok(record) = self.load_record() {
+            status.applied = record.applied;
+        }
+        status.pending_txns = list_txns(&self.state, "ca")
+            .map(|l| l.complete.len() as u64)
+            .unwrap_or(0);
+        status.last_run = Some(Stamp::now());
+        status.last_run_ok = err.is_none();
+        status.counts = ApplyCounts {
+            entries: latest.as_ref().map(|(_, n)| *n).unwrap_or(0),
+            txns_applied: report.staged.len() as u64,
+            txns_discarded: report.discarded.len() as u64,
+            written: report.live.written.len() as u64,
+            metadata_fixed: report.live.metadata_fixed.len() as u64,
+            deleted: report.live.deleted.len() as u64,
+            dirs_removed: report.live.dirs_removed.len() as u64,
+            kept: report.kept.len() as u64,
+        };
+        if err.is_none() || !report.kept.is_empty() {
+            status.divergence = Divergence {
+                replica_only_signed: report.kept.clone(),
+            };
+        }
+        status.warnings = report.warnings.clone();
+        if let Some(e) = err {
+            status.last_error = Some(ErrorRecord::from_error(e));
+        }
+        status.save(&path)
+    }
+}
+
+fn synthetic(path: &str) -> Entry {
+    Entry {
+        path: path.into(),
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime_ns: 0,
+        sha256: None,
+        target: None,
+    }
+}
+
+fn entry_of(path: &str, meta: &fs::Metadata, kind: EntryKind) -> Entry {
+    Entry {
+        path: path.into(),
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size: if kind == EntryKind::Dir {
+            0
+        } else {
+            meta.size()
+        },
+        mtime_ns: mtime_ns(meta),
+        sha256: None,
+        target: None,
+    }
+}
+
+/// The live entry of `<ssldir>/crl.pem` or `<ssldir>/certs/ca.pem`: a file
+/// (hashed), a symlink (to be replaced), or none.
+fn live_file_entry(abs: &Path, rel: &str) -> Result<Option<Entry>> {
+    let meta = match fs::symlink_metadata(abs) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("stat", abs, e)),
+    };
+    if meta.file_type().is_symlink() {
+        let mut e = entry_of(rel, &meta, EntryKind::Symlink);
+        e.target = Some(
+            fs::read_link(abs)
+                .map_err(|err| Error::io("read link", abs, err))?
+                .to_string_lossy()
+                .into_owned(),
+        );
+        return Ok(Some(e));
+    }
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} is not a regular file; move it away", abs.display()),
+        )
+        .with_path(abs));
+    }
+    let bytes = fsutil::read_bounded(abs, LIVE_SSL_LIMIT)?;
+    let mut e = entry_of(rel, &meta, EntryKind::File);
+    e.size = bytes.len() as u64;
+    e.sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+    Ok(Some(e))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("set permissions of", path, e))
+}
+
+fn system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// Runs the reload command; the error says why it failed (exit status and
+/// the end of its error output).
+fn run_reload(argv: &[String]) -> std::result::Result<(), String> {
+    let output = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: String = stderr
+        .trim()
+        .chars()
+        .rev()
+        .take(300)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(format!(
+        "{}{}",
+        output.status,
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(": {tail}")
+        }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, sha: char, mode: u32) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode,
+            uid: 0,
+            gid: 0,
+            size: 1,
+            mtime_ns: 0,
+            sha256: Some(sha.to_string().repeat(64)),
+            target: None,
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        let mut e = synthetic(path);
+        e.mode = 0o750;
+        e
+    }
+
+    fn m(entries: Vec<Entry>) -> Manifest {
+        Manifest::from_entries(entries).unwrap()
+    }
+
+    #[test]
+    fn plans_writes_fixes_deletions_and_keeps_replica_only_certificates() {
+        let target = m(vec![
+            dir("ca"),
+            file("ca/ca_crt.pem", 'a', 0o644),
+            file("ca/serial", 'b', 0o644),
+            dir("ca/signed"),
+            file("ca/signed/new.pem", 'c', 0o644),
+            synthetic("ssl"),
+            file("ssl/crl.pem", 'd', 0o644),
+        ]);
+        let live = m(vec![
+            dir("ca"),
+            file("ca/ca_crt.pem", 'a', 0o600),
+            file("ca/serial", '9', 0o644),
+            file("ca/stray", '9', 0o644),
+            file(&format!("ca/{TEMP_PREFIX}1"), '9', 0o600),
+            dir("ca/signed"),
+            file("ca/signed/cleaned.pem", 'e', 0o644),
+            file("ca/signed/mine.pem", 'f', 0o644),
+            synthetic("ssl"),
+            dir("ssl/certs"),
+            file("ssl/certs/ca.pem", '7', 0o644),
+        ]);
+        let previous = m(vec![
+            dir("ca"),
+            dir("ca/signed"),
+            file("ca/signed/cleaned.pem", 'e', 0o644),
+        ]);
+        let plan = plan_live(
+            &target,
+            &live,
+            &[&previous],
+            &Excludes::default(),
+            Owner::Inherit,
+        )
+        .unwrap();
+        let paths = |v: &[Entry]| v.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            paths(&plan.write),
+            ["ca/serial", "ca/signed/new.pem", "ssl/crl.pem"]
+        );
+        assert_eq!(paths(&plan.fix_metadata), ["ca/ca_crt.pem"]);
+        assert_eq!(plan.delete, ["ca/stray", "ca/signed/cleaned.pem"]);
+        assert_eq!(plan.kept, ["ca/signed/mine.pem"]);
+        assert_eq!(plan.temp_files.len(), 1);
+        assert_eq!(plan.live_files, 6);
+        assert!(plan.remove_dirs.is_empty());
+    }
+
+    #[test]
+    fn fixed_owners_are_corrected_and_excluded_paths_left_alone() {
+        let target = m(vec![dir("ca"), file("ca/a", 'a', 0o644)]);
+        let live = m(vec![
+            dir("ca"),
+            file("ca/a", 'a', 0o644),
+            dir("ca/requests"),
+            file("ca/requests/x.pem", 'b', 0o644),
+        ]);
+        let ex = Excludes::new(["requests"]).unwrap();
+        let plan = plan_live(&target, &live, &[], &ex, Owner::Fixed { uid: 7, gid: 7 }).unwrap();
+        assert_eq!(plan.fix_metadata.len(), 2);
+        assert!(plan.delete.is_empty() && plan.remove_dirs.is_empty());
+        let plan = plan_live(&target, &live, &[], &ex, Owner::Inherit).unwrap();
+        assert!(plan.is_empty(), "{plan:?}");
+    }
+}

@@ -1,0 +1,70 @@
+//! Runs one receive session of the replication protocol on stdin/stdout.
+//!
+//! ```text
+//! pe_failover_receive --state DIR [--role-file FILE] [--host NAME]
+//! ```
+//!
+//! This is the entry point an SSH forced command execs on the passive
+//! primary (`restrict,command="pe_failover_receive --state ..."`), and what
+//! the tests run as a real child process. Nothing but protocol frames is
+//! ever written to stdout; the outcome goes to stderr, and the exit status
+//! is 0 on success, 1 on a failed session, 2 on bad usage.
+
+use std::process::ExitCode;
+
+use pe_failover_core::protocol::Receiver;
+
+const USAGE: &str = "usage: pe_failover_receive --state DIR [--role-file FILE] [--host NAME]";
+
+fn main() -> ExitCode {
+    let mut state = None;
+    let mut role_file = None;
+    let mut host = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let slot = match arg.as_str() {
+            "--state" => &mut state,
+            "--role-file" => &mut role_file,
+            "--host" => &mut host,
+            "-h" | "--help" => {
+                eprintln!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("pe_failover_receive: unknown argument {other:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        match args.next() {
+            Some(value) => *slot = Some(value),
+            None => {
+                eprintln!("pe_failover_receive: {arg} needs a value\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(state) = state else {
+        eprintln!("pe_failover_receive: --state is required\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    let mut receiver = Receiver::new(state);
+    if let Some(path) = role_file {
+        receiver = receiver.role_file(path);
+    }
+    if let Some(name) = host {
+        receiver = receiver.host(name);
+    }
+    match receiver.receive_stdio() {
+        Ok(report) => {
+            eprintln!(
+                "pe_failover_receive: {:?} transaction {} ({} bytes received)",
+                report.outcome, report.txn, report.stats.bytes_received
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pe_failover_receive: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Small file-system helpers shared by the replication modules: durable
+//! directory creation, `O_NOFOLLOW` opens, verified copies, advisory locks.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::{Error, ErrorKind, Result};
+
+/// Above this many freshly written files, one `syncfs` replaces an `fsync`
+/// per file.
+const SYNCFS_THRESHOLD: usize = 64;
+
+/// Syncs the directory at `path` so that renames and new entries in it are
+/// durable.
+pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
+    let dir = File::open(path).map_err(|e| Error::io("open directory", path, e))?;
+    dir.sync_all()
+        .map_err(|e| Error::io("sync directory", path, e))
+}
+
+/// Opens `path` for reading without following a symbolic link at its last
+/// component.
+pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Creates `path` (and missing parents) and sets the permission bits of
+/// `path` itself to `mode`, whatever the umask.
+pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            if meta.permissions().mode() & 0o7777 != mode {
+                fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::io("set permissions of", path, e))?;
+            }
+            Ok(())
+        }
+        Ok(_) => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{} exists and is not a directory; move it away",
+                path.display()
+            ),
+        )
+        .with_path(path)),
+        Err(_) => {
+            fs::create_dir_all(path).map_err(|e| Error::io("create directory", path, e))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::io("set permissions of", path, e))
+        }
+    }
+}
+
+/// Creates `path` (and missing parents) with permission bits `mode` when it
+/// does not exist; an existing directory is left as it is.
+pub(crate) fn create_dir_if_missing(path: &Path, mode: u32) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    ensure_dir(path, mode)
+}
+
+/// Removes `path` (a file, symlink or directory tree); missing is fine.
+pub(crate) fn remove_any(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("inspect", path, e)),
+    };
+    let result = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
+/// Makes the new files in `files` durable: an `fsync` each when there are
+/// few, one `syncfs` of the file system holding `anchor` when there are many.
+/// Returns whether `syncfs` was used (it also covers directory entries;
+/// per-file syncs do not).
+pub(crate) fn sync_new_files(files: &[PathBuf], anchor: &Path) -> Result<bool> {
+    if files.len() > SYNCFS_THRESHOLD {
+        let dir = File::open(anchor).map_err(|e| Error::io("open", anchor, e))?;
+        // SAFETY: `dir` is an open descriptor for the whole call.
+        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+        if rc == 0 {
+            return Ok(true);
+        }
+    }
+    for f in files {
+        let file = open_nofollow(f).map_err(|e| Error::io("open", f, e))?;
+        file.sync_all().map_err(|e| Error::io("sync", f, e))?;
+    }
+    Ok(false)
+}
+
+/// Copies the regular file `src` to the new file `dst` (which must not
+/// exist) with permission bits `mode`, checking on the way that the copied
+/// bytes have `size` and SHA-256 `sha256`. `src` is opened without following
+/// a symlink. On any mismatch `dst` is removed and a
+/// [`ErrorKind::Corrupt`] error names `what`. Returns `dst`, open for
+/// writing (to set its owner or times).
+pub(crate) fn copy_verified(
+    src: &Path,
+    dst: &Path,
+    mode: u32,
+    sha256: &str,
+    size: u64,
+    what: &str,
+) -> Result<File> {
+    concat_verified(&[src], dst, mode, sha256, size, what)
+}
+
+/// Like [`copy_verified`], with the contents of `srcs` one after the other.
+pub(crate) fn concat_verified(
+    srcs: &[&Path],
+    dst: &Path,
+    mode: u32,
+    sha256: &str,
+    size: u64,
+    what: &str,
+) -> Result<File> {
+    let mut inputs = Vec::with_capacity(srcs.len());
+    for src in srcs {
+        let input = open_nofollow(src).map_err(|e| Error::io("open", src, e))?;
+        let meta = input.metadata().map_err(|e| Error::io("stat", src, e))?;
+        if !meta.is_file() {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("{what}: {} is not a regular file", src.display()),
+            )
+            .with_path(src));
+        }
+        inputs.push((input, *src));
+    }
+    let shown = srcs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let mut out = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dst)
+        .map_err(|e| Error::io("create", dst, e))?;
+    let result = (|| {
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        'sources: for (input, src) in inputs.iter_mut() {
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io("read", src, e)),
+                };
+                total += n as u64;
+                if total > size {
+                    break 'sources;
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n])
+                    .map_err(|e| Error::io("write", dst, e))?;
+            }
+        }
+        let got = hex::encode(hasher.finalize());
+        if total != size || got != sha256 {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{what}: {shown} does not match its manifest entry (expected {size} bytes with SHA-256 {sha256}, found {}{})",
+                    if total > size { format!("more than {size} bytes") } else { format!("{total} bytes") },
+                    if total == size { format!(" with SHA-256 {got}") } else { String::new() }
+                ),
+            )
+            .with_path(srcs.first().copied().unwrap_or(dst)));
+        }
+        out.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("set permissions of", dst, e))?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            let _ = fs::remove_file(dst);
+            Err(e)
+        }
+    }
+}
+
+/// An exclusive advisory lock (`flock`) on a file, released when dropped or
+/// when the process dies (so it can never go stale).
+#[derive(Debug)]
+pub(crate) struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    /// Takes the lock on `path` (created if missing), waiting at most `wait`.
+    /// `what` names the holder in the timeout error.
+    pub(crate) fn acquire(path: &Path, wait: Duration, what: &str) -> Result<FileLock> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        }
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| Error::io("open lock file", path, e))?;
+        let started = Instant::now();
+        loop {
+            // SAFETY: `file` is an open descriptor for the whole call.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(FileLock { _file: file });
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(Error::io("lock", path, err));
+            }
+            if started.elapsed() >= wait {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "another {what} has held {} for {} s; retry later (a lock held by a dead process is released automatically)",
+                        path.display(),
+                        wait.as_secs()
+                    ),
+                )
+                .with_path(path));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `n` random bytes as lowercase hex, from the kernel's generator (falling
+/// back to the clock and process id, which is unique enough for names).
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let filled = File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok();
+    if !filled {
+        let seed = format!(
+            "{:?}{}{:?}",
+            std::time::SystemTime::now(),
+            std::process::id(),
+            std::thread::current().id()
+        );
+        let sum = Sha256::digest(seed.as_bytes());
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = sum[i % sum.len()];
+        }
+    }
+    hex::encode(buf)
+}
+
+/// Reads at most `limit` bytes of the regular file at `path` (not following
+/// a symlink); larger files are an [`ErrorKind::InvalidInput`] error.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let file = open_nofollow(path).map_err(|e| Error::io("read", path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        )
+        .with_path(path));
+    }
+    let mut out = Vec::with_capacity(meta.len().min(limit) as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::io("read", path, e))?;
+    if out.len() as u64 > limit {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{} is larger than the {limit} bytes allowed for it",
+                path.display()
+            ),
+        )
+        .with_path(path));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verified_copy_rejects_wrong_content_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::write(&src, b"hello").unwrap();
+        let sha = hex::encode(Sha256::digest(b"hello"));
+        let dst = dir.path().join("dst");
+        copy_verified(&src, &dst, 0o640, &sha, 5, "test").unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), b"hello");
+        assert_eq!(
+            fs::metadata(&dst).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        let bad = dir.path().join("bad");
+        let err = copy_verified(&src, &bad, 0o640, &"0".repeat(64), 5, "test").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(!bad.exists());
+        let err = copy_verified(&src, &bad, 0o640, &sha, 4, "test").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(!bad.exists());
+    }
+
+    #[test]
+    fn locks_exclude_each_other_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let first = FileLock::acquire(&path, Duration::ZERO, "test").unwrap();
+        let err = FileLock::acquire(&path, Duration::from_millis(30), "test").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+        drop(first);
+        FileLock::acquire(&path, Duration::ZERO, "test").unwrap();
+    }
+
+    #[test]
+    fn random_names_differ() {
+        assert_ne!(random_hex(8), random_hex(8));
+        assert_eq!(random_hex(8).len(), 16);
+    }
+}

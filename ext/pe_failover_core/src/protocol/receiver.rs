@@ -1,0 +1,608 @@
+//! The receiving side, on the passive primary (runs unprivileged, as the
+//! forced command of the transfer key: stdin and stdout are the stream).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::frame::{Conn, FrameType};
+use super::{
+    delta_objects, local_hostname, read_batches, send_batches, violation, Commit, DeltaHead,
+    Duplex, Hello, Kind, Limits, ManifestHead, Stats, Welcome, PROTOCOL_NAME, PROTOCOL_VERSION,
+};
+use crate::cancel::CancelToken;
+use crate::fsutil::{self, FileLock};
+use crate::replset::{is_allowed_path, manifest_from_entries};
+use crate::snapshot::{is_sha256_hex, validate_relative_path, Entry, EntryKind};
+use crate::stage::{
+    clean_partials, receiver_base, validate_txn_id, Base, Extension, StateDir, TxnMeta, TxnWriter,
+    META_FORMAT,
+};
+use crate::state::{DigestAt, ErrorRecord, ReceiverStatus, Role, Stamp};
+use crate::{Error, ErrorKind, Result};
+
+/// How a receive session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiveOutcome {
+    /// A transaction was verified and stored in `incoming/<txn>/`.
+    Stored,
+    /// The sender had nothing to send (or ran in noop mode).
+    NothingToDo,
+}
+
+/// What one receive session did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceiveReport {
+    /// The sending host, as it announced itself.
+    pub sender: String,
+    /// The transaction id.
+    pub txn: String,
+    /// Stored or nothing to do.
+    pub outcome: ReceiveOutcome,
+    /// The digest this replica held before.
+    pub base: Option<String>,
+    /// The digest of the stored transaction.
+    pub digest: Option<String>,
+    /// Where it was stored.
+    pub txn_dir: Option<PathBuf>,
+    /// Stale `.partial` directories removed at the start.
+    pub partials_removed: u64,
+    /// Counters.
+    pub stats: Stats,
+}
+
+/// Receives transactions into a passive primary's state directory.
+///
+/// Everything is validated before anything usable is written: the protocol
+/// version, every frame's size, every path (safe, replicated, not below a
+/// symlink, not twice), every object's size and SHA-256, and the digest of
+/// the reconstructed manifest. A violation is answered with an `ERROR` frame
+/// that says what was wrong; the transaction's `.partial` directory is
+/// removed. A promoted host (role file says `active`) answers `ERROR` of
+/// kind `fenced` and writes nothing.
+///
+/// ```no_run
+/// use pe_failover_core::protocol::Receiver;
+///
+/// # fn main() -> pe_failover_core::Result<()> {
+/// // The forced command of the transfer key on the passive primary:
+/// let report = Receiver::new("/opt/pe_failover/state")
+///     .role_file("/opt/puppetlabs/facter/facts.d/pe_failover.yaml")
+///     .receive_stdio()?;
+/// eprintln!("{:?} {:?}", report.outcome, report.digest);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Receiver {
+    state: StateDir,
+    role_file: Option<PathBuf>,
+    host: Option<String>,
+    limits: Limits,
+    cancel: CancelToken,
+    lock_wait: Duration,
+}
+
+impl Receiver {
+    /// A receiver storing into the state directory `state_dir` (see the
+    /// `stage` module for its layout). Defaults: no role file (never
+    /// fenced), this host's name, default [`Limits`], waits up to 30 s for
+    /// another receive session to finish.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Receiver {
+            state: StateDir::new(state_dir),
+            role_file: None,
+            host: None,
+            limits: Limits::default(),
+            cancel: CancelToken::new(),
+            lock_wait: Duration::from_secs(30),
+        }
+    }
+
+    /// The role file ([`Role::read`]): when it says `active`, every session
+    /// is refused with `fenced`; when it cannot be read or parsed, every
+    /// session is refused too. A missing file means passive.
+    pub fn role_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.role_file = Some(path.into());
+        self
+    }
+
+    /// The name announced in `WELCOME`. Default: this host's name.
+    pub fn host(mut self, name: impl Into<String>) -> Self {
+        self.host = Some(name.into());
+        self
+    }
+
+    /// Bounds on what the sender may send. Default: [`Limits::default`].
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Stops the session (keeping nothing) when `token` is tripped.
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// How long to wait for another session on the same state directory to
+    /// finish. Default: 30 seconds.
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Runs one session on this process's stdin and stdout.
+    pub fn receive_stdio(&self) -> Result<ReceiveReport> {
+        let stdin = io::stdin().lock();
+        let stdout = io::stdout().lock();
+        self.receive(Duplex::new(stdin, stdout))
+    }
+
+    /// Runs one session on `stream`. Records the outcome in
+    /// `incoming/receiver.status.json`.
+    pub fn receive<S: Read + Write>(&self, stream: S) -> Result<ReceiveReport> {
+        let started = Instant::now();
+        let mut conn = Conn::new(stream, self.limits, "the sender");
+        let mut session = Session {
+            sender: None,
+            stats: Stats::default(),
+        };
+        let result = self.session(&mut conn, &mut session);
+        session.stats.bytes_sent = conn.sent();
+        session.stats.bytes_received = conn.received();
+        session.stats.elapsed = started.elapsed();
+        let status_path = self.state.receiver_status_file();
+        let mut status = ReceiverStatus::load(&status_path)
+            .unwrap_or(None)
+            .unwrap_or_else(|| ReceiverStatus::new(Kind::Ca.as_str()));
+        let result = match result {
+            Ok(mut report) => {
+                report.stats = session.stats;
+                status.last_success = Some(Stamp::now());
+                if let (Some(digest), ReceiveOutcome::Stored) = (&report.digest, report.outcome) {
+                    status.last_received = Some(DigestAt {
+                        digest: digest.clone(),
+                        txn: Some(report.txn.clone()),
+                        at: Stamp::now(),
+                    });
+                    status.last_sender = Some(report.sender.clone());
+                }
+                Ok(report)
+            }
+            Err(e) => {
+                if e.kind() != ErrorKind::Network && !conn.peer_sent_error() {
+                    conn.send_error(&e);
+                }
+                let e = match &session.sender {
+                    Some(s) if e.path().is_none() => e.with_host(s.clone()),
+                    _ => e,
+                };
+                status.last_error = Some(ErrorRecord::from_error(&e));
+                Err(e)
+            }
+        };
+        // Only once the state directory exists (a fenced or malformed
+        // session may not have created it).
+        if self.state.incoming().is_dir() {
+            let _ = status.save(&status_path);
+        }
+        result
+    }
+
+    fn session<S: Read + Write>(
+        &self,
+        conn: &mut Conn<S>,
+        session: &mut Session,
+    ) -> Result<ReceiveReport> {
+        // HELLO: version first, so that a newer sender gets a clear answer.
+        let frame = conn.expect(&[FrameType::Hello], "HELLO")?;
+        let value: serde_json::Value = conn.parse(&frame)?;
+        if value.get("protocol").and_then(|v| v.as_str()) != Some(PROTOCOL_NAME) {
+            return Err(violation("the sender's HELLO is not a pe_failover HELLO"));
+        }
+        let version = value.get("version").and_then(|v| v.as_u64());
+        if version != Some(u64::from(PROTOCOL_VERSION)) {
+            return Err(violation(format!(
+                "unsupported protocol version {}: this receiver speaks version {PROTOCOL_VERSION}; install the same pe_failover version on both primaries",
+                version.map(|v| v.to_string()).unwrap_or_else(|| "(none)".into())
+            )));
+        }
+        let hello: Hello = conn.parse(&frame)?;
+        let sender = sanitize_host(&hello.sender);
+        session.sender = Some(sender.clone());
+        validate_txn_id(&hello.txn)?;
+        if hello.kind != Kind::Ca.as_str() {
+            return Err(violation(format!(
+                "this receiver does not accept replication of kind {:?} (only \"ca\")",
+                hello.kind
+            )));
+        }
+        let host = self.host.clone().unwrap_or_else(local_hostname);
+
+        // Fencing: a promoted host takes nothing from its old primary.
+        if let Some(path) = &self.role_file {
+            match Role::read(path) {
+                Ok(Some(Role::Active)) => {
+                    return Err(Error::new(
+                        ErrorKind::Fenced,
+                        format!(
+                            "{host} has been promoted to active and refuses transactions from {sender}, so that its old primary cannot overwrite it; stop replication on {sender} (or demote {host} first)"
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::Refused,
+                        format!("{host} cannot tell its role, so it refuses transactions: {e}"),
+                    ))
+                }
+            }
+        }
+
+        fsutil::ensure_dir(&self.state.incoming(), 0o700)?;
+        let _lock = FileLock::acquire(
+            &self.state.receive_lock(),
+            self.lock_wait,
+            "receive session",
+        )?;
+        let partials_removed = clean_partials(&self.state)?;
+        let base = receiver_base(&self.state, Kind::Ca.as_str())?;
+        conn.send_json(
+            FrameType::Welcome,
+            &Welcome {
+                version: PROTOCOL_VERSION,
+                base: base.digest.clone(),
+                role: Role::Passive.as_str().into(),
+                host,
+            },
+        )?;
+        conn.flush()?;
+
+        let mut report = ReceiveReport {
+            sender,
+            txn: hello.txn.clone(),
+            outcome: ReceiveOutcome::NothingToDo,
+            base: base.digest.clone(),
+            digest: None,
+            txn_dir: None,
+            partials_removed,
+            stats: Stats::default(),
+        };
+        loop {
+            let frame = conn.expect(
+                &[
+                    FrameType::ManifestRequest,
+                    FrameType::DeltaHead,
+                    FrameType::Bye,
+                ],
+                "MANIFEST_REQUEST, DELTA_HEAD or BYE",
+            )?;
+            match frame.ty {
+                FrameType::Bye => return Ok(report),
+                FrameType::ManifestRequest => {
+                    if session.stats.manifest_exchanged {
+                        return Err(violation("the sender asked for the manifest twice"));
+                    }
+                    session.stats.manifest_exchanged = true;
+                    conn.send_json(
+                        FrameType::ManifestHead,
+                        &ManifestHead {
+                            digest: base.manifest.digest(),
+                            entries: base.manifest.len() as u64,
+                        },
+                    )?;
+                    send_batches(conn, FrameType::Entries, base.manifest.entries())?;
+                    conn.flush()?;
+                }
+                _ => {
+                    let head: DeltaHead = conn.parse(&frame)?;
+                    let (dir, digest) =
+                        self.receive_delta(conn, &hello.txn, &report.sender, &base, head, session)?;
+                    report.outcome = ReceiveOutcome::Stored;
+                    report.digest = Some(digest);
+                    report.txn_dir = Some(dir);
+                    return Ok(report);
+                }
+            }
+        }
+    }
+
+    fn receive_delta<S: Read + Write>(
+        &self,
+        conn: &mut Conn<S>,
+        txn: &str,
+        sender: &str,
+        base: &Base,
+        head: DeltaHead,
+        session: &mut Session,
+    ) -> Result<(PathBuf, String)> {
+        let limits = self.limits;
+        if head.base != base.digest {
+            return Err(violation(format!(
+                "the delta was computed against {}, but this replica holds {}; sync again",
+                head.base.as_deref().unwrap_or("nothing"),
+                base.digest.as_deref().unwrap_or("nothing")
+            )));
+        }
+        if !is_sha256_hex(&head.digest) {
+            return Err(violation("the delta announces a malformed digest"));
+        }
+        if head.upserts.saturating_add(head.removes) > limits.max_entries {
+            return Err(violation(format!(
+                "the delta has {} upserts and {} removes, more than the limit of {} entries (max_entries)",
+                head.upserts, head.removes, limits.max_entries
+            )));
+        }
+        let mut budget = limits.max_manifest_bytes;
+        let upserts: Vec<Entry> = read_batches(
+            conn,
+            FrameType::Entries,
+            head.upserts,
+            &mut budget,
+            "upserted entries",
+        )?;
+        let removes: Vec<String> = read_batches(
+            conn,
+            FrameType::Removes,
+            head.removes,
+            &mut budget,
+            "removed paths",
+        )?;
+        session.stats.upserts = upserts.len() as u64;
+        session.stats.removes = removes.len() as u64;
+
+        // Every path on its own first, for precise messages.
+        let mut seen: FxHashSet<&str> = FxHashSet::default();
+        for e in &upserts {
+            check_path(&e.path)?;
+            if !seen.insert(e.path.as_str()) {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("the delta upserts {:?} twice", e.path),
+                ));
+            }
+            if e.kind == EntryKind::File && e.size > limits.max_object_size {
+                return Err(violation(format!(
+                    "{:?} has {} bytes, more than the limit of {} bytes per file (max_object_size)",
+                    e.path, e.size, limits.max_object_size
+                )));
+            }
+        }
+        let mut entries: FxHashMap<&str, &Entry> = base
+            .manifest
+            .entries()
+            .iter()
+            .map(|e| (e.path.as_str(), e))
+            .collect();
+        let mut removed: FxHashSet<&str> = FxHashSet::default();
+        for path in &removes {
+            check_path(path)?;
+            if seen.contains(path.as_str()) || !removed.insert(path.as_str()) {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("the delta names {path:?} twice"),
+                ));
+            }
+            if entries.remove(path.as_str()).is_none() {
+                return Err(violation(format!(
+                    "the delta removes {path:?}, which this replica does not have"
+                )));
+            }
+        }
+        for e in &upserts {
+            entries.insert(e.path.as_str(), e);
+        }
+        if entries.len() as u64 > limits.max_entries {
+            return Err(violation(format!(
+                "the new manifest would have {} entries, more than the limit of {} (max_entries)",
+                entries.len(),
+                limits.max_entries
+            )));
+        }
+        let manifest = manifest_from_entries(entries.into_values().cloned().collect())?;
+        let digest = manifest.digest();
+        if digest != head.digest {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "the delta does not produce the digest it announced ({} announced, {digest} reconstructed); nothing was stored",
+                    head.digest
+                ),
+            ));
+        }
+        session.stats.entries = manifest.len() as u64;
+
+        // The objects: want those whose contents this replica lacks.
+        let have: FxHashSet<&str> = base
+            .manifest
+            .entries()
+            .iter()
+            .filter_map(|e| e.sha256.as_deref())
+            .collect();
+        let objects = delta_objects(&upserts);
+        let mut want = vec![0u8; objects.len().div_ceil(8)];
+        let mut wanted = Vec::new();
+        let mut total = 0u64;
+        for (i, (sha, size, path)) in objects.iter().enumerate() {
+            if have.contains(sha.as_str()) {
+                session.stats.objects_reused += 1;
+                continue;
+            }
+            want[i / 8] |= 1 << (i % 8);
+            total = total.saturating_add(*size);
+            wanted.push((sha.as_str(), *size, path.as_str()));
+        }
+        if total > limits.max_txn_bytes {
+            return Err(violation(format!(
+                "the transaction carries {total} bytes of contents, more than the limit of {} bytes (max_txn_bytes)",
+                limits.max_txn_bytes
+            )));
+        }
+        let mut writer = TxnWriter::create(&self.state, txn)?;
+        conn.send(FrameType::Want, &want)?;
+        conn.flush()?;
+
+        let mut extensions = Vec::new();
+        for (sha, size, path) in wanted {
+            self.cancel.check()?;
+            let frame = conn.expect(&[FrameType::Object, FrameType::Extend], "OBJECT or EXTEND")?;
+            let p = &frame.payload;
+            let got_sha = hex::encode(&p[..32]);
+            let got_size = be_u64(&p[32..40]);
+            if got_sha != sha || got_size != size {
+                return Err(violation(format!(
+                    "the sender sent object {got_sha} ({got_size} bytes) where {sha} ({size} bytes, for {path:?}) was due"
+                )));
+            }
+            if frame.ty == FrameType::Object {
+                let (file, file_path) = writer.create_object(sha)?;
+                let got = receive_data(conn, file, &file_path, size, path)?;
+                if got != sha {
+                    return Err(damaged(path, &got, sha));
+                }
+                session.stats.object_bytes += size;
+            } else {
+                let base_sha = hex::encode(&p[40..72]);
+                let base_size = be_u64(&p[72..80]);
+                let suffix_sha = hex::encode(&p[80..112]);
+                let held = base.manifest.get(path).is_some_and(|e| {
+                    e.kind == EntryKind::File
+                        && e.sha256.as_deref() == Some(base_sha.as_str())
+                        && e.size == base_size
+                });
+                if !held || base_size >= size {
+                    return Err(violation(format!(
+                        "the sender extends {path:?} from contents {base_sha} ({base_size} bytes) that this replica does not hold there"
+                    )));
+                }
+                let (file, file_path) = writer.create_object(&format!("{sha}.suffix"))?;
+                let got = receive_data(conn, file, &file_path, size - base_size, path)?;
+                if got != suffix_sha {
+                    return Err(damaged(path, &got, &suffix_sha));
+                }
+                extensions.push(Extension {
+                    sha256: sha.to_string(),
+                    size,
+                    base_sha256: base_sha,
+                    base_size,
+                });
+                session.stats.object_bytes += size - base_size;
+                session.stats.objects_extended += 1;
+            }
+            session.stats.objects += 1;
+        }
+
+        let frame = conn.expect(&[FrameType::Commit], "COMMIT")?;
+        let commit: Commit = conn.parse(&frame)?;
+        if commit.txn != txn || commit.digest != digest {
+            return Err(violation(format!(
+                "the sender committed transaction {} with digest {}, not {txn} with {digest}",
+                commit.txn, commit.digest
+            )));
+        }
+        let meta = TxnMeta {
+            format: META_FORMAT,
+            txn: txn.to_string(),
+            kind: Kind::Ca.as_str().into(),
+            sender: sender.to_string(),
+            base: base.digest.clone(),
+            digest: digest.clone(),
+            entries: manifest.len() as u64,
+            objects: session.stats.objects,
+            object_bytes: session.stats.object_bytes,
+            received: Stamp::now(),
+            extensions,
+        };
+        let dir = writer.finish(&meta, &manifest)?;
+        conn.send_json(
+            FrameType::Ack,
+            &Commit {
+                txn: txn.to_string(),
+                digest: digest.clone(),
+            },
+        )?;
+        conn.flush()?;
+        Ok((dir, digest))
+    }
+}
+
+/// Receives `len` bytes of `DATA` frames into `file`; returns their
+/// SHA-256 (hex).
+fn receive_data<S: Read + Write>(
+    conn: &mut Conn<S>,
+    mut file: File,
+    file_path: &std::path::Path,
+    len: u64,
+    path: &str,
+) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut left = len;
+    while left > 0 {
+        let frame = conn.expect(&[FrameType::Data], "DATA")?;
+        let n = frame.payload.len() as u64;
+        if n == 0 || n > left {
+            return Err(violation(format!(
+                "the sender sent a DATA frame of {n} bytes for {path:?}, which needs {left} more"
+            )));
+        }
+        hasher.update(&frame.payload);
+        file.write_all(&frame.payload)
+            .map_err(|e| Error::io("write", file_path, e))?;
+        left -= n;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn damaged(path: &str, got: &str, want: &str) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!(
+            "the contents received for {path:?} have SHA-256 {got}, not {want}: they were damaged in transit; nothing was stored"
+        ),
+    )
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(b)
+}
+
+struct Session {
+    sender: Option<String>,
+    stats: Stats,
+}
+
+/// A path of a delta: safe and replicated.
+fn check_path(path: &str) -> Result<()> {
+    validate_relative_path(path)?;
+    if !is_allowed_path(path) {
+        return Err(Error::new(
+            ErrorKind::UnsafePath,
+            format!("unsafe path {path:?}: only ca/..., ssl/crl.pem and ssl/certs/ca.pem are replicated"),
+        ));
+    }
+    Ok(())
+}
+
+/// The sender's announced name, made safe for messages and files.
+fn sanitize_host(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+        .take(253)
+        .collect();
+    if clean.is_empty() {
+        "unknown sender".into()
+    } else {
+        clean
+    }
+}

@@ -1,0 +1,593 @@
+//! The sending side, on the active primary.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::frame::{Conn, FrameType};
+use super::{
+    delta_objects, local_hostname, read_batches, send_batches, violation, Bye, Commit, DeltaHead,
+    Hello, Kind, Limits, ManifestHead, Stats, Welcome, DATA_CHUNK, PROTOCOL_NAME, PROTOCOL_VERSION,
+};
+use crate::cancel::CancelToken;
+use crate::diff::{diff, Changeset};
+use crate::fsutil;
+use crate::replset::{
+    load_manifest, manifest_file_digest, manifest_from_entries, save_manifest, ReplicatedSet,
+    SetScan,
+};
+use crate::snapshot::{is_sha256_hex, Entry, EntryKind, Manifest};
+use crate::stage::new_txn_id;
+use crate::state::{
+    sender_status_path, DigestAt, ErrorRecord, SenderStatus, Stamp, SyncCounts, SyncOutcome,
+};
+use crate::{Error, ErrorKind, Result};
+
+/// Files at least this large that only grew are sent as `EXTEND`.
+const EXTEND_MIN: u64 = 1024;
+
+/// What one sync did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncReport {
+    /// The replica's name.
+    pub replica: String,
+    /// What was replicated.
+    pub kind: Kind,
+    /// Committed, up to date, or noop.
+    pub outcome: SyncOutcome,
+    /// The transaction id (announced in every session; committed only when
+    /// `outcome` is `Committed`).
+    pub txn: String,
+    /// The digest the replica held before.
+    pub base: Option<String>,
+    /// The digest of the active primary's set.
+    pub digest: String,
+    /// What changed between the replica's state and the active's.
+    pub changes: Changeset,
+    /// Counters.
+    pub stats: Stats,
+    /// Problems that did not fail the sync (a status file that could not be
+    /// written).
+    pub warnings: Vec<String>,
+}
+
+/// Ships the active primary's replicated set to one replica.
+///
+/// ```no_run
+/// use std::os::unix::net::UnixStream;
+/// use pe_failover_core::protocol::Sender;
+/// use pe_failover_core::replset::ReplicatedSet;
+///
+/// # fn main() -> pe_failover_core::Result<()> {
+/// # let stream = UnixStream::connect("/run/example.sock").unwrap();
+/// let set = ReplicatedSet::new("/etc/puppetlabs/puppet/ssl")
+///     .cache_file("/opt/pe_failover/state/ca.scan");
+/// let report = Sender::new(set, "b.example.com", "/opt/pe_failover/state").sync(stream)?;
+/// println!("{:?}: {} bytes sent", report.outcome, report.stats.bytes_sent);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Sender {
+    set: ReplicatedSet,
+    replica: String,
+    state_dir: PathBuf,
+    host: Option<String>,
+    noop: bool,
+    cancel: CancelToken,
+    limits: Limits,
+}
+
+impl Sender {
+    /// A sender of `set` to the replica named `replica` (a host name; it
+    /// names the per-replica files under `state_dir`:
+    /// `replicas/<replica>/ca.manifest.json`, the last manifest shipped, and
+    /// `replicas/<replica>/ca.status.json`). Defaults: announces this host's
+    /// name, not noop, default [`Limits`].
+    pub fn new(
+        set: ReplicatedSet,
+        replica: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Sender {
+            set,
+            replica: replica.into(),
+            state_dir: state_dir.into(),
+            host: None,
+            noop: false,
+            cancel: CancelToken::new(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// The name announced in `HELLO`. Default: this host's name.
+    pub fn sender_host(mut self, name: impl Into<String>) -> Self {
+        self.host = Some(name.into());
+        self
+    }
+
+    /// Computes and reports the changes without sending any content or
+    /// writing any state. Default: false.
+    pub fn noop(mut self, yes: bool) -> Self {
+        self.noop = yes;
+        self
+    }
+
+    /// Stops the scan or the transfer when `token` is tripped; the receiver
+    /// is told and keeps nothing.
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = token.clone();
+        self.set = self.set.cancel_token(token);
+        self
+    }
+
+    /// Bounds enforced on what the receiver sends. Default: [`Limits::default`].
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The file holding the manifest last shipped to the replica.
+    pub fn shipped_manifest_path(&self) -> PathBuf {
+        self.state_dir
+            .join("replicas")
+            .join(&self.replica)
+            .join(format!("{}.manifest.json", Kind::Ca.as_str()))
+    }
+
+    /// The sender status file of the replica.
+    pub fn status_path(&self) -> PathBuf {
+        sender_status_path(&self.state_dir, &self.replica, Kind::Ca.as_str())
+    }
+
+    /// Scans the set and syncs it over `stream`. A scan that fails or is
+    /// refused (database-backed, empty or incomplete CA) sends nothing but
+    /// an `ERROR` frame. Records the outcome in the status file.
+    pub fn sync<S: Read + Write>(&self, stream: S) -> Result<SyncReport> {
+        match self.set.scan() {
+            Ok(scan) => self.sync_scanned(&scan, stream),
+            Err(e) => {
+                let mut conn = Conn::new(stream, self.limits, "the receiver");
+                conn.send_error(&e);
+                if !self.noop {
+                    let _ = self.record(&Err(&e), None);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Syncs an existing scan over `stream` (several replicas can share one
+    /// scan). Records the outcome in the status file.
+    pub fn sync_scanned<S: Read + Write>(&self, scan: &SetScan, stream: S) -> Result<SyncReport> {
+        let started = Instant::now();
+        let result = validate_replica_name(&self.replica).and_then(|()| {
+            let mut conn = Conn::new(stream, self.limits, "the receiver");
+            let mut stats = Stats::default();
+            let result = self.converse(&mut conn, scan, &mut stats);
+            stats.bytes_sent = conn.sent();
+            stats.bytes_received = conn.received();
+            stats.elapsed = started.elapsed();
+            match result {
+                Ok(mut report) => {
+                    report.stats = stats;
+                    Ok(report)
+                }
+                Err(e) => {
+                    let e = conn.pending_peer_error().unwrap_or(e);
+                    Err(if e.path().is_none() {
+                        e.with_host(&self.replica)
+                    } else {
+                        e
+                    })
+                }
+            }
+        });
+        match result {
+            Ok(mut report) => {
+                if !self.noop {
+                    if let Err(e) = self.record(&Ok(&report), Some(&report.stats)) {
+                        report.warnings.push(e.to_string());
+                    }
+                }
+                Ok(report)
+            }
+            Err(e) => {
+                if !self.noop {
+                    let _ = self.record(&Err(&e), None);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn converse<S: Read + Write>(
+        &self,
+        conn: &mut Conn<S>,
+        scan: &SetScan,
+        stats: &mut Stats,
+    ) -> Result<SyncReport> {
+        let current = &scan.manifest;
+        let digest = current.digest();
+        let txn = new_txn_id();
+        stats.entries = current.len() as u64;
+
+        let hello = Hello {
+            protocol: PROTOCOL_NAME.into(),
+            version: PROTOCOL_VERSION,
+            kind: Kind::Ca.as_str().into(),
+            sender: self.host.clone().unwrap_or_else(local_hostname),
+            txn: txn.clone(),
+        };
+        conn.send_json(FrameType::Hello, &hello)?;
+        let frame = conn.expect(&[FrameType::Welcome], "WELCOME")?;
+        let welcome: Welcome = conn.parse(&frame)?;
+        if welcome.version != PROTOCOL_VERSION {
+            return Err(violation(format!(
+                "the receiver answered with protocol version {}, this sender speaks {PROTOCOL_VERSION}; install the same pe_failover version on both primaries",
+                welcome.version
+            )));
+        }
+        if welcome.base.as_deref().is_some_and(|b| !is_sha256_hex(b)) {
+            return Err(violation("the receiver announced a malformed base digest"));
+        }
+
+        // What the receiver holds: nothing, what we shipped last, what we
+        // have now, or (first sync with a restored or drifted replica) ask.
+        let shipped_path = self.shipped_manifest_path();
+        let base: Manifest = match welcome.base.as_deref() {
+            None => Manifest::default(),
+            Some(b) if b == digest => current.clone(),
+            Some(b) => match load_manifest(&shipped_path).unwrap_or(None) {
+                Some(m) if m.digest() == b => m,
+                _ => {
+                    stats.manifest_exchanged = true;
+                    self.fetch_manifest(conn, b)?
+                }
+            },
+        };
+        let changes = diff(&base, current);
+        let mut report = SyncReport {
+            replica: self.replica.clone(),
+            kind: Kind::Ca,
+            outcome: SyncOutcome::UpToDate,
+            txn: txn.clone(),
+            base: welcome.base.clone(),
+            digest: digest.clone(),
+            changes,
+            stats: Stats::default(),
+            warnings: Vec::new(),
+        };
+
+        if self.noop || welcome.base.as_deref() == Some(digest.as_str()) {
+            conn.send_json(FrameType::Bye, &Bye::default())?;
+            conn.flush()?;
+            if self.noop {
+                report.outcome = SyncOutcome::Noop;
+            } else if manifest_file_digest(&shipped_path).as_deref() != Some(digest.as_str()) {
+                save_manifest(&shipped_path, current, 0o600)?;
+            }
+            return Ok(report);
+        }
+
+        // The delta.
+        let mut upserts: Vec<&Entry> = report
+            .changes
+            .added
+            .iter()
+            .chain(report.changes.changed.iter().map(|c| &c.new))
+            .collect();
+        upserts.sort_by(|a, b| a.path.cmp(&b.path));
+        let removes: Vec<&str> = report.changes.removed_paths().collect();
+        stats.upserts = upserts.len() as u64;
+        stats.removes = removes.len() as u64;
+        conn.send_json(
+            FrameType::DeltaHead,
+            &DeltaHead {
+                base: welcome.base.clone(),
+                digest: digest.clone(),
+                upserts: stats.upserts,
+                removes: stats.removes,
+            },
+        )?;
+        send_batches(conn, FrameType::Entries, upserts.iter().copied())?;
+        send_batches(conn, FrameType::Removes, removes.iter().copied())?;
+
+        // The objects the receiver lacks.
+        let owned: Vec<Entry> = upserts.iter().map(|e| (*e).clone()).collect();
+        let objects = delta_objects(&owned);
+        let frame = conn.expect(&[FrameType::Want], "WANT")?;
+        let want = &frame.payload;
+        if want.len() != objects.len().div_ceil(8) {
+            return Err(violation(format!(
+                "the receiver's WANT bitmap has {} bytes for {} objects",
+                want.len(),
+                objects.len()
+            )));
+        }
+        if objects.len() % 8 != 0 && want[want.len() - 1] >> (objects.len() % 8) != 0 {
+            return Err(violation(
+                "the receiver's WANT bitmap has bits set past its objects",
+            ));
+        }
+        for (i, (sha, size, path)) in objects.iter().enumerate() {
+            if want[i / 8] & (1 << (i % 8)) == 0 {
+                stats.objects_reused += 1;
+                continue;
+            }
+            self.cancel.check().inspect_err(|e| conn.send_error(e))?;
+            let source = scan.paths.resolve(path).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("no source file for manifest path {path}"),
+                )
+            })?;
+            let extends = base
+                .get(path)
+                .filter(|b| b.kind == EntryKind::File && b.size >= EXTEND_MIN && b.size < *size)
+                .and_then(|b| b.sha256.as_deref().map(|s| (s, b.size)));
+            match self.send_object(conn, &source, sha, *size, extends) {
+                Ok((bytes, extended)) => {
+                    stats.objects += 1;
+                    stats.object_bytes += bytes;
+                    stats.objects_extended += u64::from(extended);
+                }
+                Err(e) => {
+                    if e.kind() != ErrorKind::Network {
+                        conn.send_error(&e);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        conn.send_json(
+            FrameType::Commit,
+            &Commit {
+                txn: txn.clone(),
+                digest: digest.clone(),
+            },
+        )?;
+        let frame = conn.expect(&[FrameType::Ack], "ACK")?;
+        let ack: Commit = conn.parse(&frame)?;
+        if ack.txn != txn || ack.digest != digest {
+            return Err(violation(format!(
+                "the receiver acknowledged transaction {} with digest {}, not {txn} with {digest}",
+                ack.txn, ack.digest
+            )));
+        }
+        save_manifest(&shipped_path, current, 0o600)?;
+        report.outcome = SyncOutcome::Committed;
+        Ok(report)
+    }
+
+    /// Asks the receiver for its manifest and checks it has digest `base`.
+    fn fetch_manifest<S: Read + Write>(&self, conn: &mut Conn<S>, base: &str) -> Result<Manifest> {
+        conn.send(FrameType::ManifestRequest, b"")?;
+        let frame = conn.expect(&[FrameType::ManifestHead], "MANIFEST_HEAD")?;
+        let head: ManifestHead = conn.parse(&frame)?;
+        if head.entries > self.limits.max_entries {
+            return Err(violation(format!(
+                "the receiver's manifest has {} entries, more than the limit of {} (max_entries)",
+                head.entries, self.limits.max_entries
+            )));
+        }
+        let mut budget = self.limits.max_manifest_bytes;
+        let entries: Vec<Entry> = read_batches(
+            conn,
+            FrameType::Entries,
+            head.entries,
+            &mut budget,
+            "manifest entries",
+        )?;
+        let manifest = manifest_from_entries(entries).map_err(|e| {
+            violation(format!(
+                "the receiver's manifest is not valid: {}",
+                e.message()
+            ))
+        })?;
+        let got = manifest.digest();
+        if got != head.digest || got != base {
+            return Err(violation(format!(
+                "the receiver's manifest has digest {got}, but it announced {base}"
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// Streams one file as `OBJECT` + `DATA` frames, or, when it still
+    /// starts with the contents `extends` (digest, size) that the receiver
+    /// holds, as `EXTEND` + the appended bytes. Checks on the way that the
+    /// file still has the size and SHA-256 of the scan. Returns the content
+    /// bytes sent and whether it was an extension.
+    fn send_object<S: Read + Write>(
+        &self,
+        conn: &mut Conn<S>,
+        source: &Path,
+        sha: &str,
+        size: u64,
+        extends: Option<(&str, u64)>,
+    ) -> Result<(u64, bool)> {
+        let changed = || {
+            Error::new(
+                ErrorKind::Io,
+                format!(
+                    "{} changed while it was being sent; the transaction was abandoned, and the next sync ships the new contents",
+                    source.display()
+                ),
+            )
+            .with_path(source)
+        };
+        let raw_sha = |hex_digest: &str| {
+            hex::decode(hex_digest).map_err(|_| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("malformed digest {hex_digest}"),
+                )
+            })
+        };
+        let mut file = fsutil::open_nofollow(source).map_err(|e| Error::io("read", source, e))?;
+        if let Some((base_sha, base_size)) = extends {
+            // First pass: does the file still start with the old contents?
+            let mut prefix = Sha256::new();
+            let mut suffix = Sha256::new();
+            let mut whole = Sha256::new();
+            let mut offset = 0u64;
+            let mut buf = vec![0u8; DATA_CHUNK];
+            while offset < size {
+                self.cancel.check()?;
+                let want = ((size - offset) as usize).min(buf.len());
+                let n = match file.read(&mut buf[..want]) {
+                    Ok(0) => return Err(changed()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io("read", source, e)),
+                };
+                let chunk = &buf[..n];
+                let split = (base_size.saturating_sub(offset) as usize).min(n);
+                prefix.update(&chunk[..split]);
+                suffix.update(&chunk[split..]);
+                whole.update(chunk);
+                offset += n as u64;
+            }
+            if hex::encode(whole.finalize()) != sha {
+                return Err(changed());
+            }
+            if hex::encode(prefix.finalize()) == base_sha {
+                let suffix_sha = suffix.finalize();
+                let mut header = Vec::with_capacity(112);
+                header.extend_from_slice(&raw_sha(sha)?);
+                header.extend_from_slice(&size.to_be_bytes());
+                header.extend_from_slice(&raw_sha(base_sha)?);
+                header.extend_from_slice(&base_size.to_be_bytes());
+                header.extend_from_slice(&suffix_sha);
+                conn.send(FrameType::Extend, &header)?;
+                file.seek(SeekFrom::Start(base_size))
+                    .map_err(|e| Error::io("read", source, e))?;
+                let got = self.stream_data(conn, &mut file, source, size - base_size)?;
+                if got.as_slice() != suffix_sha.as_slice() {
+                    return Err(changed());
+                }
+                return Ok((size - base_size, true));
+            }
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| Error::io("read", source, e))?;
+        }
+        let mut header = Vec::with_capacity(40);
+        header.extend_from_slice(&raw_sha(sha)?);
+        header.extend_from_slice(&size.to_be_bytes());
+        conn.send(FrameType::Object, &header)?;
+        let got = self.stream_data(conn, &mut file, source, size)?;
+        if hex::encode(got) != sha {
+            return Err(changed());
+        }
+        Ok((size, false))
+    }
+
+    /// Sends the next `len` bytes of `file` as `DATA` frames; returns their
+    /// SHA-256. A file that ends early changed since the scan.
+    fn stream_data<S: Read + Write>(
+        &self,
+        conn: &mut Conn<S>,
+        file: &mut std::fs::File,
+        source: &Path,
+        len: u64,
+    ) -> Result<Vec<u8>> {
+        let mut hasher = Sha256::new();
+        let mut left = len;
+        let mut buf = vec![0u8; DATA_CHUNK.min(len.max(1) as usize)];
+        while left > 0 {
+            self.cancel.check()?;
+            let want = (left as usize).min(buf.len());
+            let n = match file.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!(
+                            "{} shrank while it was being sent; the transaction was abandoned, and the next sync ships the new contents",
+                            source.display()
+                        ),
+                    )
+                    .with_path(source))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read", source, e)),
+            };
+            hasher.update(&buf[..n]);
+            conn.send(FrameType::Data, &buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(hasher.finalize().to_vec())
+    }
+
+    /// Updates the status file with the outcome of one attempt.
+    fn record(
+        &self,
+        result: &std::result::Result<&SyncReport, &Error>,
+        stats: Option<&Stats>,
+    ) -> Result<()> {
+        if validate_replica_name(&self.replica).is_err() {
+            return Ok(());
+        }
+        let path = self.status_path();
+        let mut status = SenderStatus::load(&path)
+            .unwrap_or(None)
+            .unwrap_or_else(|| SenderStatus::new(&self.replica, Kind::Ca.as_str()));
+        let now = Stamp::now();
+        status.last_attempt = Some(now.clone());
+        match result {
+            Ok(report) => {
+                status.last_outcome = Some(report.outcome);
+                status.last_success = Some(now.clone());
+                status.last_shipped = Some(DigestAt {
+                    digest: report.digest.clone(),
+                    txn: (report.outcome == SyncOutcome::Committed).then(|| report.txn.clone()),
+                    at: now,
+                });
+                if let Some(s) = stats {
+                    status.last_counts = SyncCounts {
+                        entries: s.entries,
+                        upserts: s.upserts,
+                        removes: s.removes,
+                        objects: s.objects,
+                        object_bytes: s.object_bytes,
+                        bytes_sent: s.bytes_sent,
+                        bytes_received: s.bytes_received,
+                        manifest_exchanged: s.manifest_exchanged,
+                        elapsed_ms: s.elapsed.as_millis() as u64,
+                    };
+                }
+            }
+            Err(e) => {
+                status.last_outcome = Some(SyncOutcome::Failed);
+                status.last_error = Some(ErrorRecord::from_error(e));
+                status.last_counts = SyncCounts::default();
+            }
+        }
+        status.save(&path)
+    }
+}
+
+/// A replica name names files: letters, digits, `.`, `_`, `-`, not starting
+/// with `.`, at most 253 characters.
+fn validate_replica_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "invalid replica name {name:?}: use its host name (letters, digits, '.', '_', '-')"
+            ),
+        ))
+    }
+}

@@ -1,0 +1,831 @@
+//! The replicated set: which files of a Puppet CA leave the active primary,
+//! and under which names.
+//!
+//! A replicated manifest holds, and may only hold:
+//!
+//! - `ca` and everything below it: the CA directory (`cadir`), found with
+//!   [`detect_cadir`] or given explicitly;
+//! - `ssl/crl.pem` and `ssl/certs/ca.pem` from the ssl directory, with the
+//!   two synthetic directory entries `ssl` and `ssl/certs` (constant
+//!   metadata, so they never change the digest).
+//!
+//! Nothing else of the ssl directory is ever read: the host's own
+//! certificate, private and public keys stay where they are.
+//!
+//! [`ReplicatedSet::scan`] refuses a database-backed CA (Puppet Enterprise
+//! 2025 and later) and an empty or incomplete source, so that a broken
+//! active primary can never wipe its replicas (the original module's
+//! `rsync --delete` did).
+
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cache::write_atomically;
+use crate::cancel::CancelToken;
+use crate::exclude::Excludes;
+use crate::fsutil;
+use crate::snapshot::{
+    mtime_ns, validate_relative_path, Entry, EntryKind, Manifest, ScanStats, Scanner,
+};
+use crate::{Error, ErrorKind, Result};
+
+/// The manifest prefix of the CA directory.
+pub const CA_ROOT: &str = "ca";
+/// The manifest path of the CA certificate.
+pub const CA_CERT: &str = "ca/ca_crt.pem";
+/// The manifest path of the CA private key.
+pub const CA_KEY: &str = "ca/ca_key.pem";
+/// The manifest path of the CA's CRL.
+pub const CA_CRL: &str = "ca/ca_crl.pem";
+/// The manifest directory of signed certificates.
+pub const SIGNED_DIR: &str = "ca/signed";
+/// The synthetic manifest directory standing for the ssl directory.
+pub const SSL_ROOT: &str = "ssl";
+/// The synthetic manifest directory standing for `<ssldir>/certs`.
+pub const SSL_CERTS: &str = "ssl/certs";
+/// The manifest path of `<ssldir>/crl.pem`.
+pub const SSL_CRL: &str = "ssl/crl.pem";
+/// The manifest path of `<ssldir>/certs/ca.pem`.
+pub const SSL_CA_CERT: &str = "ssl/certs/ca.pem";
+/// Where Puppet 7 and later keep the CA directory.
+pub const PUPPETSERVER_CADIR: &str = "/etc/puppetlabs/puppetserver/ca";
+/// The file whose presence marks a database-backed CA (PE 2025 and later).
+pub const PASSPHRASE_FILE: &str = ".private-key-passphrase";
+/// Names starting with this are temporary files of the applier; they are
+/// never replicated and never accepted in a manifest.
+pub const TEMP_PREFIX: &str = ".pe_failover-tmp-";
+
+/// Largest `crl.pem` or `certs/ca.pem` read from the ssl directory.
+const SSL_FILE_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// Mode, owner and time of the synthetic `ssl` and `ssl/certs` entries.
+fn synthetic_dir(path: &str) -> Entry {
+    Entry {
+        path: path.to_string(),
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime_ns: 0,
+        sha256: None,
+        target: None,
+    }
+}
+
+/// Where the replicated paths live on one host: its CA directory and its
+/// ssl directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CaPaths {
+    /// The CA directory (`ca/...` entries).
+    pub cadir: PathBuf,
+    /// The ssl directory (`ssl/crl.pem`, `ssl/certs/ca.pem`).
+    pub ssldir: PathBuf,
+}
+
+impl CaPaths {
+    /// The paths of the host whose ssl directory is `ssldir`, with the
+    /// cadir found by [`detect_cadir`] (looking at [`PUPPETSERVER_CADIR`]).
+    pub fn detect(ssldir: impl Into<PathBuf>) -> Result<CaPaths> {
+        let ssldir = ssldir.into();
+        let cadir = detect_cadir(&ssldir, Path::new(PUPPETSERVER_CADIR))?;
+        Ok(CaPaths { cadir, ssldir })
+    }
+
+    /// The file system path of the manifest path `rel`, or `None` when `rel`
+    /// is not a replicated path or is one of the synthetic `ssl` directories
+    /// (which stand for directories this module never manages).
+    pub fn resolve(&self, rel: &str) -> Option<PathBuf> {
+        if rel == CA_ROOT {
+            return Some(self.cadir.clone());
+        }
+        if let Some(rest) = rel.strip_prefix("ca/") {
+            return Some(self.cadir.join(rest));
+        }
+        match rel {
+            SSL_CRL => Some(self.ssldir.join("crl.pem")),
+            SSL_CA_CERT => Some(self.ssldir.join("certs").join("ca.pem")),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `path` may appear in a replicated manifest.
+pub fn is_allowed_path(path: &str) -> bool {
+    path == CA_ROOT
+        || path.starts_with("ca/")
+        || matches!(path, SSL_ROOT | SSL_CERTS | SSL_CRL | SSL_CA_CERT)
+}
+
+/// The certname of a `ca/signed/<certname>.pem` path.
+pub fn signed_certname(path: &str) -> Option<&str> {
+    let name = path.strip_prefix("ca/signed/")?;
+    if name.contains('/') {
+        return None;
+    }
+    Some(name.strip_suffix(".pem").unwrap_or(name))
+}
+
+/// Finds the CA directory: `puppetserver_cadir` (Puppet 7 and later,
+/// normally [`PUPPETSERVER_CADIR`]) or `<ssldir>/ca` (before Puppet 7).
+///
+/// A symbolic link from one to the other (what `puppetserver ca migrate`
+/// leaves behind) is followed; the real directory is returned. A directory
+/// holding `ca_crt.pem` (or a database-backed CA's passphrase file) wins
+/// over an empty one; two distinct directories that both hold a CA are an
+/// error, since guessing could replicate a stale CA.
+pub fn detect_cadir(ssldir: &Path, puppetserver_cadir: &Path) -> Result<PathBuf> {
+    let old = ssldir.join("ca");
+    let mut found: Vec<PathBuf> = Vec::new();
+    for candidate in [puppetserver_cadir, old.as_path()] {
+        let Ok(meta) = fs::metadata(candidate) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let real = fs::canonicalize(candidate).map_err(|e| Error::io("resolve", candidate, e))?;
+        if !found.contains(&real) {
+            found.push(real);
+        }
+    }
+    let holds_ca = |d: &PathBuf| {
+        fs::symlink_metadata(d.join("ca_crt.pem")).is_ok()
+            || fs::symlink_metadata(d.join(PASSPHRASE_FILE)).is_ok()
+    };
+    match found.len() {
+        0 => Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no Puppet CA directory at {} or {}; run this on a primary server, or pass the cadir explicitly (`puppet config print cadir --section server`)",
+                puppetserver_cadir.display(),
+                old.display()
+            ),
+        )),
+        1 => Ok(found.remove(0)),
+        _ => {
+            let with_ca: Vec<&PathBuf> = found.iter().filter(|d| holds_ca(d)).collect();
+            match with_ca.len() {
+                0 => Ok(found.remove(0)),
+                1 => Ok(with_ca[0].clone()),
+                _ => Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "two CA directories exist, {} and {}; pass the one Puppet uses explicitly (`puppet config print cadir --section server`)",
+                        found[0].display(),
+                        found[1].display()
+                    ),
+                )),
+            }
+        }
+    }
+}
+
+/// Refuses a database-backed CA: `.private-key-passphrase` present in the
+/// cadir, or `ca_crt.pem` present without `ca_key.pem`.
+pub fn check_not_database_backed(cadir: &Path) -> Result<()> {
+    let exists = |name: &str| fs::symlink_metadata(cadir.join(name)).is_ok();
+    let why = if exists(PASSPHRASE_FILE) {
+        format!("it holds {PASSPHRASE_FILE}")
+    } else if exists("ca_crt.pem") && !exists("ca_key.pem") {
+        "it holds ca_crt.pem but no ca_key.pem".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(database_backed(cadir, &why))
+}
+
+fn database_backed(cadir: &Path, why: &str) -> Error {
+    Error::new(
+        ErrorKind::Refused,
+        format!(
+            "{} looks like a database-backed CA ({why}): Puppet Enterprise 2025 and later keep the CA in the database, and pe_failover must not replicate it; use PE's own disaster recovery for such a CA (if this is an older CA whose ca_key.pem was lost, restore it from a backup)",
+            cadir.display()
+        ),
+    )
+    .with_path(cadir)
+}
+
+/// Refuses a manifest without the CA certificate and key: an empty or
+/// incomplete source must never replace a replica's CA.
+pub fn check_complete(manifest: &Manifest) -> Result<()> {
+    let missing: Vec<&str> = [CA_CERT, CA_KEY]
+        .into_iter()
+        .filter(|p| manifest.get(p).is_none_or(|e| e.kind != EntryKind::File))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Refused,
+        format!(
+            "the CA is empty or incomplete: {} missing; refusing to replicate it, since replacing a replica's CA with it would destroy the replica's copy",
+            missing.join(" and ")
+        ),
+    ))
+}
+
+/// Builds a replicated manifest from untrusted entries, checking every rule
+/// a receiver enforces: safe relative paths ([`validate_relative_path`]), no
+/// duplicates, no entry below a symlink, only the replicated paths
+/// ([`is_allowed_path`]), and [`validate_manifest`].
+pub fn manifest_from_entries(mut entries: Vec<Entry>) -> Result<Manifest> {
+    for e in &entries {
+        validate_relative_path(&e.path)?;
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    for pair in entries.windows(2) {
+        if pair[0].path == pair[1].path {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("the manifest lists {:?} twice", pair[0].path),
+            ));
+        }
+    }
+    for e in &entries {
+        let mut rest = e.path.as_str();
+        while let Some((parent, _)) = rest.rsplit_once('/') {
+            if let Ok(i) = entries.binary_search_by(|x| x.path.as_str().cmp(parent)) {
+                if entries[i].kind == EntryKind::Symlink {
+                    return Err(Error::new(
+                        ErrorKind::UnsafePath,
+                        format!(
+                            "unsafe path {:?}: it is below the symbolic link {parent:?}",
+                            e.path
+                        ),
+                    ));
+                }
+            }
+            rest = parent;
+        }
+    }
+    let manifest = Manifest::from_entries(entries)?;
+    validate_manifest(&manifest)?;
+    Ok(manifest)
+}
+
+/// Checks the replication rules on a manifest: only replicated paths, the
+/// right kinds for the fixed paths, no setuid/setgid/sticky bits on files,
+/// symlink targets that stay relative (no absolute target, no `..`), and no
+/// name reserved for the applier's temporary files.
+pub fn validate_manifest(manifest: &Manifest) -> Result<()> {
+    for e in manifest.entries() {
+        if !is_allowed_path(&e.path) {
+            return Err(Error::new(
+                ErrorKind::UnsafePath,
+                format!(
+                    "unsafe path {:?}: only ca/..., {SSL_CRL} and {SSL_CA_CERT} are replicated",
+                    e.path
+                ),
+            ));
+        }
+        let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+        if name.starts_with(TEMP_PREFIX) {
+            return Err(Error::new(
+                ErrorKind::UnsafePath,
+                format!(
+                    "unsafe path {:?}: names starting with {TEMP_PREFIX} are reserved for temporary files",
+                    e.path
+                ),
+            ));
+        }
+        let expected = match e.path.as_str() {
+            CA_ROOT | SSL_ROOT | SSL_CERTS => Some(EntryKind::Dir),
+            SSL_CRL | SSL_CA_CERT => Some(EntryKind::File),
+            _ => None,
+        };
+        if let Some(kind) = expected {
+            if e.kind != kind {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "manifest entry {:?} must be a {}, not a {}",
+                        e.path,
+                        kind.as_str(),
+                        e.kind.as_str()
+                    ),
+                ));
+            }
+        }
+        if e.mode > 0o7777 || (e.kind == EntryKind::File && e.mode & 0o7000 != 0) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "manifest entry {:?} has mode {:o}; replicated files never carry setuid, setgid or sticky bits",
+                    e.path, e.mode
+                ),
+            ));
+        }
+        if e.kind == EntryKind::Symlink {
+            let target = e.target.as_deref().unwrap_or("");
+            validate_relative_path(target).map_err(|err| {
+                Error::new(
+                    ErrorKind::UnsafePath,
+                    format!(
+                        "unsafe symbolic link {:?} -> {target:?}: only relative targets without '..' are replicated ({})",
+                        e.path,
+                        err.message()
+                    ),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Format number of manifest files written by [`save_manifest`].
+pub const MANIFEST_FILE_FORMAT: u32 = 1;
+
+/// Largest manifest file [`load_manifest`] reads.
+const MANIFEST_FILE_LIMIT: u64 = 1024 * 1024 * 1024;
+
+#[derive(Serialize)]
+struct ManifestFileOut<'a> {
+    format: u32,
+    digest: String,
+    entries: &'a [Entry],
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFileIn {
+    format: u32,
+    digest: String,
+    entries: Vec<Entry>,
+}
+
+/// Writes `manifest` to `path` atomically as JSON
+/// (`{"format":1,"digest":...,"entries":[...]}`) with permission bits `mode`.
+pub fn save_manifest(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> {
+    let out = ManifestFileOut {
+        format: MANIFEST_FILE_FORMAT,
+        digest: manifest.digest(),
+        entries: manifest.entries(),
+    };
+    let bytes = serde_json::to_vec(&out).map_err(|e| {
+        Error::new(
+            ErrorKind::Internal,
+            format!("cannot encode the manifest for {}: {e}", path.display()),
+        )
+    })?;
+    write_atomically(path, &bytes, mode)
+}
+
+/// The digest recorded at the start of a manifest file written by
+/// [`save_manifest`], without reading or checking the entries (a cheap "is
+/// it still this one?"); `None` when the file is missing or not one.
+pub fn manifest_file_digest(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 96];
+    let mut file = fsutil::open_nofollow(path).ok()?;
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(_) => return None,
+        }
+    }
+    let prefix = format!("{{\"format\":{MANIFEST_FILE_FORMAT},\"digest\":\"");
+    let rest = head[..filled].strip_prefix(prefix.as_bytes())?;
+    let digest = std::str::from_utf8(rest.get(..64)?).ok()?;
+    (crate::snapshot::is_sha256_hex(digest) && rest.get(64) == Some(&b'"'))
+        .then(|| digest.to_string())
+}
+
+/// Reads a manifest file written by [`save_manifest`] (not following a
+/// symlink), checking it against the replication rules
+/// ([`manifest_from_entries`]) and its recorded digest. `Ok(None)` when the
+/// file does not exist; [`ErrorKind::Corrupt`] when it is not valid.
+pub fn load_manifest(path: &Path) -> Result<Option<Manifest>> {
+    let bytes = match fsutil::read_bounded(path, MANIFEST_FILE_LIMIT) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let corrupt = |why: String| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("manifest file {} is not valid: {why}", path.display()),
+        )
+        .with_path(path)
+    };
+    let file: ManifestFileIn =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if file.format != MANIFEST_FILE_FORMAT {
+        return Err(corrupt(format!("unknown format {}", file.format)));
+    }
+    let manifest = manifest_from_entries(file.entries).map_err(|e| corrupt(e.to_string()))?;
+    let digest = manifest.digest();
+    if digest != file.digest {
+        return Err(corrupt(format!(
+            "its entries have digest {digest}, not the recorded {}",
+            file.digest
+        )));
+    }
+    Ok(Some(manifest))
+}
+
+/// The result of scanning a replicated set.
+#[derive(Debug)]
+pub struct SetScan {
+    /// The replicated manifest (`ca/...`, `ssl/...`).
+    pub manifest: Manifest,
+    /// Where the entries were read from.
+    pub paths: CaPaths,
+    /// Counters of the cadir scan.
+    pub stats: ScanStats,
+}
+
+/// The replicated set of the active primary: its CA directory plus the
+/// CRL and CA certificate copies in its ssl directory.
+///
+/// ```no_run
+/// use pe_failover_core::replset::ReplicatedSet;
+///
+/// # fn main() -> pe_failover_core::Result<()> {
+/// let scan = ReplicatedSet::new("/etc/puppetlabs/puppet/ssl")
+///     .cache_file("/opt/pe_failover/state/ca.scan")
+///     .scan()?;
+/// println!("{} entries from {}", scan.manifest.len(), scan.paths.cadir.display());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ReplicatedSet {
+    ssldir: PathBuf,
+    cadir: Option<PathBuf>,
+    puppetserver_cadir: PathBuf,
+    excludes: Excludes,
+    cache_file: Option<PathBuf>,
+    cancel: CancelToken,
+    threads: Option<usize>,
+    racy_window: Option<Duration>,
+}
+
+impl ReplicatedSet {
+    /// The set of the host whose ssl directory is `ssldir`, with the cadir
+    /// detected ([`detect_cadir`] with [`PUPPETSERVER_CADIR`]), no extra
+    /// exclusions, no stat cache.
+    pub fn new(ssldir: impl Into<PathBuf>) -> Self {
+        ReplicatedSet {
+            ssldir: ssldir.into(),
+            cadir: None,
+            puppetserver_cadir: PathBuf::from(PUPPETSERVER_CADIR),
+            excludes: Excludes::default(),
+            cache_file: None,
+            cancel: CancelToken::new(),
+            threads: None,
+            racy_window: None,
+        }
+    }
+
+    /// Uses `cadir` instead of detecting it. A symbolic link at `cadir`
+    /// itself is followed; links inside are recorded, never followed.
+    pub fn cadir(mut self, cadir: impl Into<PathBuf>) -> Self {
+        self.cadir = Some(cadir.into());
+        self
+    }
+
+    /// Where detection looks for a Puppet 7+ cadir. Default:
+    /// [`PUPPETSERVER_CADIR`].
+    pub fn puppetserver_cadir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.puppetserver_cadir = path.into();
+        self
+    }
+
+    /// Leaves out cadir entries matched by `excludes` (patterns relative to
+    /// the cadir, e.g. `requests`). Default: none. The passive's applier
+    /// should be given the same patterns, so it leaves those paths alone.
+    pub fn excludes(mut self, excludes: Excludes) -> Self {
+        self.excludes = excludes;
+        self
+    }
+
+    /// Stat cache for the cadir scan (see [`Scanner::cache_file`]). Default:
+    /// none.
+    pub fn cache_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cache_file = Some(path.into());
+        self
+    }
+
+    /// Stops the scan when `token` is tripped.
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// Hashing threads (see [`Scanner::threads`]). Default: one per core.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n);
+        self
+    }
+
+    /// See [`Scanner::racy_window`]. Default: the scanner's.
+    pub fn racy_window(mut self, window: Duration) -> Self {
+        self.racy_window = Some(window);
+        self
+    }
+
+    /// The ssl directory.
+    pub fn ssldir(&self) -> &Path {
+        &self.ssldir
+    }
+
+    /// The CA directory that [`scan`](Self::scan) reads: the explicit one
+    /// (a root symlink resolved) or the detected one. Refuses a cadir that
+    /// contains the ssl directory, since that would ship host private keys.
+    pub fn resolve_cadir(&self) -> Result<PathBuf> {
+        let cadir = match &self.cadir {
+            Some(c) => {
+                let meta = fs::metadata(c).map_err(|e| Error::io("open CA directory", c, e))?;
+                if !meta.is_dir() {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("the CA directory {} is not a directory", c.display()),
+                    )
+                    .with_path(c));
+                }
+                fs::canonicalize(c).map_err(|e| Error::io("resolve", c, e))?
+            }
+            None => detect_cadir(&self.ssldir, &self.puppetserver_cadir)?,
+        };
+        if let Ok(ssl) = fs::canonicalize(&self.ssldir) {
+            if ssl.starts_with(&cadir) {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "the CA directory {} contains the ssl directory {}; replicating it would ship host private keys (pass the real cadir)",
+                        cadir.display(),
+                        ssl.display()
+                    ),
+                )
+                .with_path(&cadir));
+            }
+        }
+        Ok(cadir)
+    }
+
+    /// Scans the set into a replicated manifest. Fails (never returns a
+    /// partial manifest) when an entry cannot be read, and refuses
+    /// ([`ErrorKind::Refused`]) a database-backed or incomplete CA.
+    pub fn scan(&self) -> Result<SetScan> {
+        let cadir = self.resolve_cadir()?;
+        check_not_database_backed(&cadir)?;
+        let mut patterns = self.excludes.patterns().to_vec();
+        patterns.push(temp_pattern());
+        let mut scanner = Scanner::new(&cadir)
+            .excludes(Excludes::new(&patterns)?)
+            .cancel_token(self.cancel.clone());
+        if let Some(c) = &self.cache_file {
+            scanner = scanner.cache_file(c);
+        }
+        if let Some(n) = self.threads {
+            scanner = scanner.threads(n);
+        }
+        if let Some(w) = self.racy_window {
+            scanner = scanner.racy_window(w);
+        }
+        let scan = scanner.scan()?;
+        let stats = scan.stats.clone();
+        let inner = scan.into_complete()?;
+
+        let root_meta = fs::metadata(&cadir).map_err(|e| Error::io("stat", &cadir, e))?;
+        let mut entries: Vec<Entry> = Vec::with_capacity(inner.len() + 5);
+        entries.push(entry_from_meta(CA_ROOT, &root_meta, EntryKind::Dir));
+        entries.extend(inner.entries().iter().map(|e| {
+            let mut e = e.clone();
+            e.path = format!("ca/{}", e.path);
+            e
+        }));
+        entries.push(synthetic_dir(SSL_ROOT));
+        entries.push(synthetic_dir(SSL_CERTS));
+        let paths = CaPaths {
+            cadir: cadir.clone(),
+            ssldir: self.ssldir.clone(),
+        };
+        for rel in [SSL_CRL, SSL_CA_CERT] {
+            if let Some(abs) = paths.resolve(rel) {
+                if let Some(e) = file_entry(&abs, rel)? {
+                    entries.push(e);
+                }
+            }
+        }
+        let manifest = manifest_from_entries(entries).map_err(|e| {
+            let hint = "remove or exclude it on the active primary";
+            Error::new(e.kind(), format!("{}: {}", cadir.display(), e.message()))
+                .with_path(&cadir)
+                .with_hint(hint)
+        })?;
+        if manifest.get(&format!("ca/{PASSPHRASE_FILE}")).is_some() {
+            return Err(database_backed(
+                &cadir,
+                &format!("it holds {PASSPHRASE_FILE}"),
+            ));
+        }
+        check_complete(&manifest).map_err(|e| {
+            Error::new(e.kind(), format!("{}: {}", cadir.display(), e.message())).with_path(&cadir)
+        })?;
+        Ok(SetScan {
+            manifest,
+            paths,
+            stats,
+        })
+    }
+}
+
+/// The glob matching the applier's temporary files anywhere in a tree.
+pub(crate) fn temp_pattern() -> String {
+    format!("**/{TEMP_PREFIX}*")
+}
+
+fn entry_from_meta(path: &str, meta: &Metadata, kind: EntryKind) -> Entry {
+    Entry {
+        path: path.to_string(),
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size: if kind == EntryKind::Dir {
+            0
+        } else {
+            meta.size()
+        },
+        mtime_ns: mtime_ns(meta),
+        sha256: None,
+        target: None,
+    }
+}
+
+/// The entry of a single regular file outside the cadir, or `None` when it
+/// does not exist.
+fn file_entry(abs: &Path, rel: &str) -> Result<Option<Entry>> {
+    let file = match fsutil::open_nofollow(abs) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::new(
+                ErrorKind::UnsafePath,
+                format!(
+                    "{} is a symbolic link; only a regular file is replicated there (replace the link with a copy)",
+                    abs.display()
+                ),
+            )
+            .with_path(abs))
+        }
+        Err(e) => return Err(Error::io("read", abs, e)),
+    };
+    drop(file);
+    // Read, then check the file did not change meanwhile.
+    for _ in 0..3 {
+        let before = fs::symlink_metadata(abs).map_err(|e| Error::io("stat", abs, e))?;
+        let bytes = fsutil::read_bounded(abs, SSL_FILE_LIMIT)?;
+        let after = fs::symlink_metadata(abs).map_err(|e| Error::io("stat", abs, e))?;
+        if before.ino() == after.ino()
+            && mtime_ns(&before) == mtime_ns(&after)
+            && after.size() == bytes.len() as u64
+        {
+            let mut e = entry_from_meta(rel, &after, EntryKind::File);
+            e.sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+            return Ok(Some(e));
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Io,
+        format!(
+            "{} kept changing while it was read; retry when writes to it have settled",
+            abs.display()
+        ),
+    )
+    .with_path(abs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 1,
+            mtime_ns: 0,
+            sha256: Some("a".repeat(64)),
+            target: None,
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        synthetic_dir(path)
+    }
+
+    #[test]
+    fn resolves_paths_and_certnames() {
+        let p = CaPaths {
+            cadir: "/c".into(),
+            ssldir: "/s".into(),
+        };
+        assert_eq!(p.resolve("ca"), Some("/c".into()));
+        assert_eq!(p.resolve("ca/signed/a.pem"), Some("/c/signed/a.pem".into()));
+        assert_eq!(p.resolve(SSL_CRL), Some("/s/crl.pem".into()));
+        assert_eq!(p.resolve(SSL_CA_CERT), Some("/s/certs/ca.pem".into()));
+        assert_eq!(p.resolve(SSL_CERTS), None);
+        assert_eq!(p.resolve("ssl/private_keys/x.pem"), None);
+        assert_eq!(signed_certname("ca/signed/a.b.pem"), Some("a.b"));
+        assert_eq!(signed_certname("ca/signed/x/y.pem"), None);
+    }
+
+    #[test]
+    fn manifests_are_checked_against_the_replication_rules() {
+        let ok = vec![dir("ca"), file("ca/ca_crt.pem"), dir("ssl"), file(SSL_CRL)];
+        manifest_from_entries(ok.clone()).unwrap();
+
+        let mut outside = ok.clone();
+        outside.push(dir("ssl/private_keys"));
+        outside.push(file("ssl/private_keys/host.pem"));
+        assert_eq!(
+            manifest_from_entries(outside).unwrap_err().kind(),
+            ErrorKind::UnsafePath
+        );
+
+        let mut below = ok.clone();
+        let mut link = file("ca/link");
+        link.kind = EntryKind::Symlink;
+        link.sha256 = None;
+        link.target = Some("signed".into());
+        below.push(link.clone());
+        below.push(file("ca/link/x"));
+        let err = manifest_from_entries(below).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UnsafePath);
+        assert!(err.to_string().contains("below the symbolic link"), "{err}");
+
+        let mut escaping = ok.clone();
+        link.target = Some("../../etc/shadow".into());
+        escaping.push(link);
+        assert_eq!(
+            manifest_from_entries(escaping).unwrap_err().kind(),
+            ErrorKind::UnsafePath
+        );
+
+        let mut dup = ok.clone();
+        dup.push(file("ca/ca_crt.pem"));
+        assert!(manifest_from_entries(dup)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+
+        let mut setuid = ok.clone();
+        setuid[1].mode = 0o4755;
+        assert_eq!(
+            manifest_from_entries(setuid).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+
+        let mut temp = ok;
+        temp.push(file(&format!("ca/{TEMP_PREFIX}x")));
+        assert_eq!(
+            manifest_from_entries(temp).unwrap_err().kind(),
+            ErrorKind::UnsafePath
+        );
+    }
+
+    #[test]
+    fn manifest_files_round_trip_and_reject_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        let m = manifest_from_entries(vec![dir_entry("ca"), file(CA_CERT)]).unwrap();
+        assert_eq!(load_manifest(&path).unwrap(), None);
+        assert_eq!(manifest_file_digest(&path), None);
+        save_manifest(&path, &m, 0o600).unwrap();
+        assert_eq!(load_manifest(&path).unwrap(), Some(m.clone()));
+        assert_eq!(manifest_file_digest(&path), Some(m.digest()));
+        let text = fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"mode\":420", "\"mode\":384");
+        fs::write(&path, text).unwrap();
+        let err = load_manifest(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(err.to_string().contains("not the recorded"), "{err}");
+    }
+
+    fn dir_entry(path: &str) -> Entry {
+        synthetic_dir(path)
+    }
+
+    #[test]
+    fn completeness_needs_certificate_and_key() {
+        let m = manifest_from_entries(vec![dir("ca"), file(CA_CERT)]).unwrap();
+        let err = check_complete(&m).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Refused);
+        assert!(err.to_string().contains("ca/ca_key.pem"), "{err}");
+    }
+}

@@ -1,0 +1,906 @@
+//! The passive primary's state directory: received transactions and the
+//! snapshots built from them.
+//!
+//! ```text
+//! <state>/
+//!   incoming/                       the receiver's (transfer user), 0700
+//!     <txn>.partial/                a transfer in progress, or one whose
+//!                                   connection dropped (removed by the next receive)
+//!     <txn>/                        a complete, verified transaction
+//!       meta.json                   TxnMeta: txn, kind, sender, base, digest, counts
+//!       manifest.json               the full new manifest
+//!       objects/<sha256>            the contents the receiver lacked
+//!     receiver.status.json          ReceiverStatus
+//!     receive.lock                  one receiver at a time
+//!   snapshots/                      the applier's (root), 0700
+//!     <digest>/
+//!       meta.json                   SnapshotMeta: digest, seq, txn, created
+//!       manifest.json
+//!       tree/ca/..., tree/ssl/...   files with their recorded modes, dirs 0700,
+//!                                   unchanged files hard-linked to the previous snapshot
+//!     <digest>.partial/             a snapshot being built
+//!     latest -> <digest>            switched atomically (symlink + rename)
+//!   staged.manifest.json            manifest of `latest`, readable by the receiver
+//!   applied.json                    the snapshot the live directories were brought to
+//!   status.json                     ReplicaStatus (see the `state` module)
+//!   live.scan                       stat cache of the live cadir
+//!   apply.lock                      one applier at a time
+//! ```
+//!
+//! Transactions form a chain: each names the digest it was computed
+//! against (its base), starting from the digest of `latest` (or none). The
+//! applier takes them in chain order; a transaction off the chain is stale
+//! and removed.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::write_atomically;
+use crate::cancel::CancelToken;
+use crate::fsutil;
+use crate::replset::{load_manifest, save_manifest};
+use crate::snapshot::{is_sha256_hex, EntryKind, Manifest};
+use crate::state::Stamp;
+use crate::{Error, ErrorKind, Result};
+
+/// Format number of transaction and snapshot metadata files.
+pub const META_FORMAT: u32 = 1;
+
+/// Largest metadata file read from a transaction or snapshot.
+const META_LIMIT: u64 = 64 * 1024;
+
+/// The paths of a passive primary's state directory (layout in the
+/// [module documentation](self)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
+    /// The state directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `incoming/`.
+    pub fn incoming(&self) -> PathBuf {
+        self.root.join("incoming")
+    }
+
+    /// `incoming/<txn>/`.
+    pub fn txn_dir(&self, txn: &str) -> PathBuf {
+        self.incoming().join(txn)
+    }
+
+    /// `incoming/<txn>.partial/`.
+    pub fn partial_dir(&self, txn: &str) -> PathBuf {
+        self.incoming().join(format!("{txn}.partial"))
+    }
+
+    /// `incoming/receiver.status.json`.
+    pub fn receiver_status_file(&self) -> PathBuf {
+        self.incoming().join("receiver.status.json")
+    }
+
+    /// `incoming/receive.lock`.
+    pub fn receive_lock(&self) -> PathBuf {
+        self.incoming().join("receive.lock")
+    }
+
+    /// `snapshots/`.
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// `snapshots/<digest>/`.
+    pub fn snapshot_dir(&self, digest: &str) -> PathBuf {
+        self.snapshots().join(digest)
+    }
+
+    /// `snapshots/latest`.
+    pub fn latest_link(&self) -> PathBuf {
+        self.snapshots().join("latest")
+    }
+
+    /// `staged.manifest.json`.
+    pub fn staged_manifest(&self) -> PathBuf {
+        self.root.join("staged.manifest.json")
+    }
+
+    /// `applied.json`.
+    pub fn applied_file(&self) -> PathBuf {
+        self.root.join("applied.json")
+    }
+
+    /// `status.json`.
+    pub fn status_file(&self) -> PathBuf {
+        self.root.join("status.json")
+    }
+
+    /// `live.scan`.
+    pub fn live_cache(&self) -> PathBuf {
+        self.root.join("live.scan")
+    }
+
+    /// `apply.lock`.
+    pub fn apply_lock(&self) -> PathBuf {
+        self.root.join("apply.lock")
+    }
+}
+
+/// Checks a transaction id: 1 to 80 characters, ASCII letters, digits, `_`
+/// and `-`, starting with a letter or digit (so it is always a safe file
+/// name).
+pub fn validate_txn_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 80
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "invalid transaction id {id:?}: use 1 to 80 letters, digits, '_' or '-', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+/// A new transaction id: the UTC time and 8 random bytes
+/// (`20260131T120000Z-0123456789abcdef`), so ids sort by creation time.
+pub fn new_txn_id() -> String {
+    let time = crate::state::rfc3339(Stamp::now().unix).replace(['-', ':'], "");
+    format!("{time}-{}", fsutil::random_hex(8))
+}
+
+/// The metadata of a received transaction (`incoming/<txn>/meta.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnMeta {
+    /// [`META_FORMAT`].
+    pub format: u32,
+    /// The transaction id (also the directory name).
+    pub txn: String,
+    /// What is replicated (`"ca"`).
+    pub kind: String,
+    /// The sending host, as it announced itself.
+    pub sender: String,
+    /// The digest the transaction was computed against (none: from nothing).
+    pub base: Option<String>,
+    /// The digest of the transaction's full manifest.
+    pub digest: String,
+    /// Entries in the manifest.
+    pub entries: u64,
+    /// Objects (file contents) in `objects/`.
+    pub objects: u64,
+    /// Bytes in `objects/`.
+    pub object_bytes: u64,
+    /// When the transaction was completed.
+    pub received: Stamp,
+    /// Objects stored as a suffix of contents the replica already holds
+    /// (`objects/<sha256>.suffix`), such as a grown `inventory.txt`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<Extension>,
+}
+
+/// An object stored as the suffix to append to contents the previous
+/// snapshot holds. The receiver checked the suffix's SHA-256 and length;
+/// the applier checks the SHA-256 of the whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extension {
+    /// SHA-256 of the whole new contents.
+    pub sha256: String,
+    /// Size of the whole new contents.
+    pub size: u64,
+    /// SHA-256 of the contents it extends.
+    pub base_sha256: String,
+    /// Size of the contents it extends.
+    pub base_size: u64,
+}
+
+/// A complete transaction waiting in `incoming/`.
+#[derive(Clone, Debug)]
+pub struct PendingTxn {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its metadata.
+    pub meta: TxnMeta,
+}
+
+impl PendingTxn {
+    /// `<dir>/manifest.json`.
+    pub fn manifest_file(&self) -> PathBuf {
+        self.dir.join("manifest.json")
+    }
+
+    /// `<dir>/objects/<sha256>`.
+    pub fn object_file(&self, sha256: &str) -> PathBuf {
+        self.dir.join("objects").join(sha256)
+    }
+
+    /// `<dir>/objects/<sha256>.suffix`.
+    pub fn suffix_file(&self, sha256: &str) -> PathBuf {
+        self.dir.join("objects").join(format!("{sha256}.suffix"))
+    }
+
+    /// Reads and checks the transaction's manifest: the replication rules,
+    /// and a digest equal to the one in its metadata.
+    pub fn load_manifest(&self) -> Result<Manifest> {
+        let path = self.manifest_file();
+        let manifest = load_manifest(&path)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "transaction {} has no manifest ({} is missing)",
+                    self.meta.txn,
+                    path.display()
+                ),
+            )
+            .with_path(&path)
+        })?;
+        let digest = manifest.digest();
+        if digest != self.meta.digest {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "transaction {}: its manifest has digest {digest}, its metadata says {}",
+                    self.meta.txn, self.meta.digest
+                ),
+            )
+            .with_path(&path));
+        }
+        Ok(manifest)
+    }
+}
+
+/// A transaction directory that could not be read.
+#[derive(Debug)]
+pub struct BrokenTxn {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Why it could not be read.
+    pub error: Error,
+}
+
+/// The transactions found in `incoming/`.
+#[derive(Debug, Default)]
+pub struct TxnListing {
+    /// Complete transactions of the kind asked for, oldest first.
+    pub complete: Vec<PendingTxn>,
+    /// Transaction directories whose metadata could not be read.
+    pub broken: Vec<BrokenTxn>,
+}
+
+/// The complete transactions of `kind` in `incoming/`, oldest first, and
+/// the transaction directories that could not be read (with why).
+/// `.partial` directories, files and symlinks are skipped.
+pub fn list_txns(state: &StateDir, kind: &str) -> Result<TxnListing> {
+    let incoming = state.incoming();
+    let reader = match fs::read_dir(&incoming) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TxnListing::default()),
+        Err(e) => return Err(Error::io("list", &incoming, e)),
+    };
+    let mut txns = Vec::new();
+    let mut broken = Vec::new();
+    for item in reader {
+        let item = item.map_err(|e| Error::io("list", &incoming, e))?;
+        let Ok(name) = item.file_name().into_string() else {
+            continue;
+        };
+        let is_dir = item.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if !is_dir || name.ends_with(".partial") || validate_txn_id(&name).is_err() {
+            continue;
+        }
+        let dir = item.path();
+        match read_txn_meta(&dir, &name) {
+            Ok(meta) if meta.kind == kind => txns.push(PendingTxn { dir, meta }),
+            Ok(_) => {}
+            Err(error) => broken.push(BrokenTxn { dir, error }),
+        }
+    }
+    txns.sort_by(|a, b| {
+        (a.meta.received.unix, &a.meta.txn).cmp(&(b.meta.received.unix, &b.meta.txn))
+    });
+    Ok(TxnListing {
+        complete: txns,
+        broken,
+    })
+}
+
+fn read_txn_meta(dir: &Path, name: &str) -> Result<TxnMeta> {
+    let path = dir.join("meta.json");
+    let bytes = fsutil::read_bounded(&path, META_LIMIT)?;
+    let meta: TxnMeta = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("{} is not valid: {e}", path.display()),
+        )
+        .with_path(&path)
+    })?;
+    let bad = |why: &str| {
+        Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("{} is not valid: {why}", path.display()),
+        )
+        .with_path(&path))
+    };
+    if meta.format != META_FORMAT {
+        return bad("unknown format");
+    }
+    if meta.txn != name {
+        return bad("it names another transaction");
+    }
+    if !is_sha256_hex(&meta.digest) || meta.base.as_deref().is_some_and(|b| !is_sha256_hex(b)) {
+        return bad("bad digest");
+    }
+    if meta.extensions.iter().any(|x| {
+        !is_sha256_hex(&x.sha256) || !is_sha256_hex(&x.base_sha256) || x.base_size >= x.size
+    }) {
+        return bad("bad extension");
+    }
+    Ok(meta)
+}
+
+/// Orders transactions into the chain starting at digest `start`: the
+/// indices of `txns` to apply, in order, and the indices of the others
+/// (stale: computed against a state this host no longer has). When several
+/// transactions share a base, the newest wins.
+pub fn chain(start: Option<&str>, txns: &[PendingTxn]) -> (Vec<usize>, Vec<usize>) {
+    let mut used = vec![false; txns.len()];
+    let mut order = Vec::new();
+    let mut current = start.map(str::to_string);
+    let mut seen: Vec<String> = current.iter().cloned().collect();
+    loop {
+        let next = txns
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| {
+                !used[*i] && t.meta.base == current && Some(&t.meta.digest) != current.as_ref()
+            })
+            .map(|(i, _)| i)
+            .next_back();
+        let Some(i) = next else { break };
+        if seen.contains(&txns[i].meta.digest) {
+            break;
+        }
+        used[i] = true;
+        order.push(i);
+        seen.push(txns[i].meta.digest.clone());
+        current = Some(txns[i].meta.digest.clone());
+    }
+    let rest = (0..txns.len()).filter(|i| !used[*i]).collect();
+    (order, rest)
+}
+
+/// What a receiver holds for a kind: the digest new transactions build on
+/// and its manifest.
+#[derive(Clone, Debug)]
+pub struct Base {
+    /// The digest (none: nothing received yet).
+    pub digest: Option<String>,
+    /// The manifest with that digest (empty when none).
+    pub manifest: Manifest,
+    /// Complete transactions waiting for the applier on the way to it.
+    pub pending: usize,
+}
+
+/// The receiver's base: the end of the chain of pending transactions that
+/// starts at the staged snapshot (`staged.manifest.json`), or the staged
+/// snapshot itself. A staged manifest that cannot be read counts as none, so
+/// the sender ships everything again.
+pub fn receiver_base(state: &StateDir, kind: &str) -> Result<Base> {
+    // The applier may consume a transaction while we look: retry then.
+    let mut last_err = None;
+    for _ in 0..3 {
+        let staged = load_manifest(&state.staged_manifest()).unwrap_or(None);
+        let start = staged.as_ref().map(Manifest::digest);
+        let txns = list_txns(state, kind)?.complete;
+        let (order, _) = chain(start.as_deref(), &txns);
+        let Some(&head) = order.last() else {
+            let manifest = staged.unwrap_or_default();
+            return Ok(Base {
+                digest: start,
+                manifest,
+                pending: 0,
+            });
+        };
+        match txns[head].load_manifest() {
+            Ok(manifest) => {
+                return Ok(Base {
+                    digest: Some(txns[head].meta.digest.clone()),
+                    manifest,
+                    pending: order.len(),
+                })
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::Internal, "no base")))
+}
+
+/// Writes one transaction into `incoming/<txn>.partial/` and renames it to
+/// `incoming/<txn>/` once it is complete and durable. Dropped unfinished,
+/// it removes the partial directory.
+#[derive(Debug)]
+pub(crate) struct TxnWriter {
+    partial: PathBuf,
+    final_dir: PathBuf,
+    incoming: PathBuf,
+    written: Vec<PathBuf>,
+    done: bool,
+}
+
+impl TxnWriter {
+    pub(crate) fn create(state: &StateDir, txn: &str) -> Result<TxnWriter> {
+        validate_txn_id(txn)?;
+        let incoming = state.incoming();
+        fsutil::ensure_dir(&incoming, 0o700)?;
+        let final_dir = state.txn_dir(txn);
+        if fs::symlink_metadata(&final_dir).is_ok() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("transaction {txn} was already received; start a new one"),
+            ));
+        }
+        let partial = state.partial_dir(txn);
+        fsutil::remove_any(&partial)?;
+        fsutil::ensure_dir(&partial.join("objects"), 0o700)?;
+        fsutil::ensure_dir(&partial, 0o700)?;
+        Ok(TxnWriter {
+            partial,
+            final_dir,
+            incoming,
+            written: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// Creates `objects/<name>` for writing (`<sha256>` or
+    /// `<sha256>.suffix`).
+    pub(crate) fn create_object(&mut self, name: &str) -> Result<(File, PathBuf)> {
+        let path = self.partial.join("objects").join(name);
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        self.written.push(path.clone());
+        Ok((file, path))
+    }
+
+    /// Writes the manifest and metadata, makes everything durable and
+    /// renames the directory into place.
+    pub(crate) fn finish(mut self, meta: &TxnMeta, manifest: &Manifest) -> Result<PathBuf> {
+        save_manifest(&self.partial.join("manifest.json"), manifest, 0o600)?;
+        let bytes = serde_json::to_vec_pretty(meta)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
+        write_atomically(&self.partial.join("meta.json"), &bytes, 0o600)?;
+        if !fsutil::sync_new_files(&self.written, &self.partial)? {
+            fsutil::fsync_dir(&self.partial.join("objects"))?;
+        }
+        fsutil::fsync_dir(&self.partial)?;
+        fs::rename(&self.partial, &self.final_dir)
+            .map_err(|e| Error::io("rename into place", &self.final_dir, e))?;
+        fsutil::fsync_dir(&self.incoming)?;
+        self.done = true;
+        Ok(self.final_dir.clone())
+    }
+}
+
+impl Drop for TxnWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fsutil::remove_any(&self.partial);
+        }
+    }
+}
+
+/// Removes every `incoming/*.partial` directory (transfers whose receiver
+/// died); returns how many.
+pub(crate) fn clean_partials(state: &StateDir) -> Result<u64> {
+    let incoming = state.incoming();
+    let reader = match fs::read_dir(&incoming) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("list", &incoming, e)),
+    };
+    let mut n = 0;
+    for item in reader {
+        let item = item.map_err(|e| Error::io("list", &incoming, e))?;
+        if item.file_name().to_string_lossy().ends_with(".partial") {
+            fsutil::remove_any(&item.path())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The metadata of a snapshot (`snapshots/<digest>/meta.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotMeta {
+    /// [`META_FORMAT`].
+    pub format: u32,
+    /// The manifest digest (also the directory name).
+    pub digest: String,
+    /// Increases by one with every snapshot built; pruning keeps the highest.
+    pub seq: u64,
+    /// The transaction it was built from.
+    pub txn: Option<String>,
+    /// When it was built.
+    pub created: Stamp,
+}
+
+/// A complete snapshot.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Its metadata.
+    pub meta: SnapshotMeta,
+    /// `snapshots/<digest>/`.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+impl Snapshot {
+    /// Where the snapshot keeps the manifest path `rel`.
+    pub fn path_of(&self, rel: &str) -> PathBuf {
+        self.dir.join("tree").join(rel)
+    }
+}
+
+/// The snapshot `latest` points to, if any.
+pub fn latest_snapshot(state: &StateDir) -> Result<Option<Snapshot>> {
+    let link = state.latest_link();
+    let target = match fs::read_link(&link) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read link", &link, e)),
+    };
+    let digest = target.to_string_lossy().to_string();
+    if !is_sha256_hex(&digest) {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{} points to {digest:?}, not a snapshot digest; remove the link and let the next sync rebuild it",
+                link.display()
+            ),
+        )
+        .with_path(&link));
+    }
+    open_snapshot(state, &digest)?.map(Some).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{} points to the missing snapshot {digest}; remove the link and let the next sync rebuild it",
+                link.display()
+            ),
+        )
+        .with_path(&link)
+    })
+}
+
+/// The complete snapshot with `digest`, if there is one.
+pub fn open_snapshot(state: &StateDir, digest: &str) -> Result<Option<Snapshot>> {
+    if !is_sha256_hex(digest) {
+        return Ok(None);
+    }
+    let dir = state.snapshot_dir(digest);
+    let meta_path = dir.join("meta.json");
+    let bytes = match fsutil::read_bounded(&meta_path, META_LIMIT) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta: SnapshotMeta = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("{} is not valid: {e}", meta_path.display()),
+        )
+        .with_path(&meta_path)
+    })?;
+    let manifest = load_manifest(&dir.join("manifest.json"))?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("snapshot {} has no manifest", dir.display()),
+        )
+        .with_path(&dir)
+    })?;
+    if meta.digest != digest || manifest.digest() != digest {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("snapshot {} does not match its name", dir.display()),
+        )
+        .with_path(&dir));
+    }
+    Ok(Some(Snapshot {
+        meta,
+        dir,
+        manifest,
+    }))
+}
+
+/// Counters of building one snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BuildStats {
+    /// Files hard-linked from the previous snapshot.
+    pub linked: u64,
+    /// Files copied (and verified) from the transaction or the previous snapshot.
+    pub copied: u64,
+    /// Bytes copied.
+    pub bytes_copied: u64,
+}
+
+/// Builds `snapshots/<digest>/` for `txn` on top of `prev`: re-verifies the
+/// transaction's manifest, copies (and re-hashes) its objects, hard-links
+/// unchanged contents from `prev`. Builds in `<digest>.partial/` and renames
+/// when complete and durable. An existing complete snapshot is reused.
+pub(crate) fn build_snapshot(
+    state: &StateDir,
+    prev: Option<&Snapshot>,
+    txn: &PendingTxn,
+    cancel: &CancelToken,
+) -> Result<(Snapshot, BuildStats)> {
+    let manifest = txn.load_manifest()?;
+    let digest = manifest.digest();
+    let snapshots = state.snapshots();
+    fsutil::ensure_dir(&snapshots, 0o700)?;
+    let mut stats = BuildStats::default();
+    if let Some(existing) = open_snapshot(state, &digest)? {
+        return Ok((existing, stats));
+    }
+    let partial = snapshots.join(format!("{digest}.partial"));
+    fsutil::remove_any(&partial)?;
+    let tree = partial.join("tree");
+    fsutil::ensure_dir(&tree, 0o700)?;
+
+    // Contents the previous snapshot has, by digest.
+    let mut have: FxHashMap<&str, (&str, u32)> = FxHashMap::default();
+    if let Some(p) = prev {
+        for e in p.manifest.entries() {
+            if let (EntryKind::File, Some(sha)) = (e.kind, e.sha256.as_deref()) {
+                have.entry(sha).or_insert((e.path.as_str(), e.mode));
+            }
+        }
+    }
+    let objects = txn.dir.join("objects");
+    let objects_ok = fs::symlink_metadata(&objects).is_ok_and(|m| m.is_dir());
+
+    let result = (|| -> Result<()> {
+        let mut copies = Vec::new();
+        let mut dirs = vec![tree.clone()];
+        for (i, e) in manifest.entries().iter().enumerate() {
+            if i % 256 == 0 {
+                cancel.check()?;
+            }
+            let dst = tree.join(&e.path);
+            match e.kind {
+                EntryKind::Dir => {
+                    fs::create_dir(&dst).map_err(|err| Error::io("create directory", &dst, err))?;
+                    fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                        .map_err(|err| Error::io("set permissions of", &dst, err))?;
+                    dirs.push(dst);
+                }
+                EntryKind::Symlink => {
+                    let target = e.target.as_deref().unwrap_or_default();
+                    symlink(target, &dst).map_err(|err| Error::io("create symlink", &dst, err))?;
+                }
+                EntryKind::File => {
+                    let sha = e.sha256.as_deref().unwrap_or_default();
+                    let what = format!("transaction {}, {}", txn.meta.txn, e.path);
+                    let from_prev = prev
+                        .and_then(|p| have.get(sha).map(|(path, mode)| (p.path_of(path), *mode)));
+                    if let Some((src, mode)) = &from_prev {
+                        if *mode == e.mode && fs::hard_link(src, &dst).is_ok() {
+                            stats.linked += 1;
+                            continue;
+                        }
+                    }
+                    let object = txn.object_file(sha);
+                    let extension = txn.meta.extensions.iter().find(|x| x.sha256 == sha);
+                    let sources: Vec<PathBuf> = if objects_ok
+                        && fs::symlink_metadata(&object).is_ok()
+                    {
+                        vec![object]
+                    } else if let (true, Some(x)) = (objects_ok, extension) {
+                        // The previous snapshot's contents plus the suffix.
+                        let base = prev.and_then(|p| {
+                            have.get(x.base_sha256.as_str())
+                                .map(|(path, _)| p.path_of(path))
+                        });
+                        let Some(base) = base else {
+                            return Err(Error::new(
+                                ErrorKind::Corrupt,
+                                format!(
+                                    "{what}: it extends contents (SHA-256 {}) the previous snapshot does not hold",
+                                    x.base_sha256
+                                ),
+                            )
+                            .with_path(&txn.dir));
+                        };
+                        vec![base, txn.suffix_file(sha)]
+                    } else if let Some((src, _)) = from_prev {
+                        vec![src]
+                    } else {
+                        return Err(Error::new(
+                            ErrorKind::Corrupt,
+                            format!(
+                                "{what}: the contents (SHA-256 {sha}) are neither in the transaction nor in the previous snapshot"
+                            ),
+                        )
+                        .with_path(&txn.dir));
+                    };
+                    let parts: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
+                    fsutil::concat_verified(&parts, &dst, e.mode & 0o777, sha, e.size, &what)?;
+                    stats.copied += 1;
+                    stats.bytes_copied += e.size;
+                    copies.push(dst);
+                }
+            }
+        }
+        save_manifest(&partial.join("manifest.json"), &manifest, 0o600)?;
+        let seq = prev.map(|p| p.meta.seq + 1).unwrap_or(1);
+        let meta = SnapshotMeta {
+            format: META_FORMAT,
+            digest: digest.clone(),
+            seq,
+            txn: Some(txn.meta.txn.clone()),
+            created: Stamp::now(),
+        };
+        let bytes = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
+        write_atomically(&partial.join("meta.json"), &bytes, 0o600)?;
+        if !fsutil::sync_new_files(&copies, &partial)? {
+            // Per-file syncs do not cover the new directory entries.
+            for d in &dirs {
+                fsutil::fsync_dir(d)?;
+            }
+        }
+        fsutil::fsync_dir(&partial)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fsutil::remove_any(&partial);
+        return Err(e);
+    }
+    let dir = state.snapshot_dir(&digest);
+    fs::rename(&partial, &dir).map_err(|e| Error::io("rename into place", &dir, e))?;
+    fsutil::fsync_dir(&snapshots)?;
+    let snap = open_snapshot(state, &digest)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Internal,
+            format!("snapshot {} vanished after it was built", dir.display()),
+        )
+    })?;
+    Ok((snap, stats))
+}
+
+/// Points `snapshots/latest` at `digest` atomically (a new symlink renamed
+/// over the old one) and publishes its manifest for the receiver.
+pub(crate) fn switch_latest(state: &StateDir, snapshot: &Snapshot) -> Result<()> {
+    let snapshots = state.snapshots();
+    let tmp = snapshots.join(format!(".latest.{}", fsutil::random_hex(4)));
+    symlink(&snapshot.meta.digest, &tmp).map_err(|e| Error::io("create symlink", &tmp, e))?;
+    let link = state.latest_link();
+    if let Err(e) = fs::rename(&tmp, &link) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("switch", &link, e));
+    }
+    fsutil::fsync_dir(&snapshots)?;
+    save_manifest(&state.staged_manifest(), &snapshot.manifest, 0o644)
+}
+
+/// Removes snapshots beyond the newest `keep` (by sequence number), never
+/// one whose digest is in `protect`, and every leftover `.partial` or
+/// temporary link. Returns the removed digests.
+pub(crate) fn prune_snapshots(
+    state: &StateDir,
+    keep: usize,
+    protect: &[&str],
+) -> Result<Vec<String>> {
+    let snapshots = state.snapshots();
+    let reader = match fs::read_dir(&snapshots) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", &snapshots, e)),
+    };
+    let mut complete: Vec<(u64, String)> = Vec::new();
+    for item in reader {
+        let item = item.map_err(|e| Error::io("list", &snapshots, e))?;
+        let name = item.file_name().to_string_lossy().to_string();
+        if name.ends_with(".partial") || name.starts_with(".latest.") {
+            fsutil::remove_any(&item.path())?;
+            continue;
+        }
+        if !is_sha256_hex(&name) {
+            continue;
+        }
+        let seq = match open_snapshot(state, &name) {
+            Ok(Some(s)) => s.meta.seq,
+            // Unreadable snapshots are the first to go.
+            _ => 0,
+        };
+        complete.push((seq, name));
+    }
+    complete.sort();
+    let mut removed = Vec::new();
+    let excess = complete.len().saturating_sub(keep.max(1));
+    for (_, name) in complete.into_iter().take(excess) {
+        if protect.contains(&name.as_str()) {
+            continue;
+        }
+        fsutil::remove_any(&state.snapshot_dir(&name))?;
+        removed.push(name);
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(name: &str, base: Option<&str>, digest: &str, t: i64) -> PendingTxn {
+        PendingTxn {
+            dir: PathBuf::from(name),
+            meta: TxnMeta {
+                format: META_FORMAT,
+                txn: name.into(),
+                kind: "ca".into(),
+                sender: "a".into(),
+                base: base.map(|b| b.repeat(64)),
+                digest: digest.repeat(64),
+                entries: 0,
+                objects: 0,
+                object_bytes: 0,
+                received: Stamp::from_unix(t),
+                extensions: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn chains_follow_bases_and_leave_stale_transactions_out() {
+        let txns = vec![
+            txn("t1", None, "a", 1),
+            txn("t2", Some("a"), "b", 2),
+            txn("t3", Some("x"), "c", 3),
+            txn("t4", Some("b"), "d", 4),
+        ];
+        let (order, rest) = chain(None, &txns);
+        assert_eq!(order, [0, 1, 3]);
+        assert_eq!(rest, [2]);
+        let (order, rest) = chain(Some(&"a".repeat(64)), &txns);
+        assert_eq!(order, [1, 3]);
+        assert_eq!(rest, [0, 2]);
+        // A loop never makes the chain run forever.
+        let looped = vec![txn("t1", Some("a"), "b", 1), txn("t2", Some("b"), "a", 2)];
+        let (order, _) = chain(Some(&"a".repeat(64)), &looped);
+        assert_eq!(order, [0]);
+    }
+
+    #[test]
+    fn transaction_ids_are_safe_names() {
+        validate_txn_id(&new_txn_id()).unwrap();
+        for bad in ["", "../x", "a/b", ".x", "a.partial", "-x", &"a".repeat(81)] {
+            assert!(validate_txn_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1027 @@
+//! CA replication end to end: sender and receiver over a socketpair (and a
+//! real child process), applier on real directories, with the original
+//! module's defects as test cases.
+
+#[path = "util/pair.rs"]
+mod pair;
+
+use std::fs;
+use std::net::Shutdown;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+
+use pair::{Counting, CutAfter, FlipFirstData, Pair, ACTIVE, PASSIVE};
+use pe_failover_core::apply::{ApplyProgress, Owner};
+use pe_failover_core::cancel::CancelToken;
+use pe_failover_core::protocol::ReceiveOutcome;
+use pe_failover_core::replset::{detect_cadir, ReplicatedSet};
+use pe_failover_core::state::{ReceiverStatus, ReplicaStatus, SenderStatus, SyncOutcome};
+use pe_failover_core::ErrorKind;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn first_full_sync_replaces_the_ca_and_keeps_host_files() {
+    let mut p = Pair::new(20);
+    if is_root() {
+        p.owner = Owner::Fixed {
+            uid: 4242,
+            gid: 4243,
+        };
+    }
+    let (sync, apply) = p.sync_and_apply();
+    assert_eq!(sync.outcome, SyncOutcome::Committed);
+    assert_eq!(sync.base, None);
+    assert!(
+        !sync.stats.manifest_exchanged,
+        "nothing to exchange with an empty replica"
+    );
+    assert_eq!(apply.staged.len(), 1);
+    assert_eq!(apply.applied_digest.as_deref(), Some(sync.digest.as_str()));
+    p.assert_converged(&[PASSIVE]);
+    p.assert_host_files_untouched();
+    // The passive's own certificate is replica-only: kept and reported.
+    assert_eq!(apply.kept, [PASSIVE]);
+    // The CA key keeps its mode; files get the configured owner.
+    let key = fs::metadata(p.b_cadir.join("ca_key.pem")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(
+        fs::metadata(&p.b_cadir).unwrap().permissions().mode() & 0o7777,
+        0o750
+    );
+    if is_root() {
+        for f in ["ca_key.pem", "signed/node3.example.com.pem", "signed"] {
+            let m = fs::symlink_metadata(p.b_cadir.join(f)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (4242, 4243), "{f}");
+        }
+        let crl = fs::metadata(p.b_ssl.join("crl.pem")).unwrap();
+        assert_eq!((crl.uid(), crl.gid()), (4242, 4243));
+        let own = fs::metadata(p.b_ssl.join(format!("private_keys/{PASSIVE}.pem"))).unwrap();
+        assert_eq!(own.uid(), 0, "the replica's own key is never chowned");
+    }
+    // The CRL changed (it is new): puppetserver was reloaded once.
+    assert!(apply.reloaded);
+    assert_eq!(p.reloads(), 1);
+
+    // Snapshots: 0700 directories, files with their modes, `latest` link.
+    let latest = fs::read_link(p.b_state.join("snapshots/latest")).unwrap();
+    assert_eq!(latest.to_str().unwrap(), sync.digest);
+    let snap = p.b_state.join("snapshots").join(&sync.digest);
+    assert_eq!(
+        fs::metadata(snap.join("tree/ca/signed"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    assert_eq!(
+        fs::metadata(snap.join("tree/ca/ca_key.pem"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
+    assert!(p.incoming().is_empty(), "{:?}", p.incoming());
+
+    // Status files on both sides.
+    let st = ReplicaStatus::load(&p.b_state.join("status.json"))
+        .unwrap()
+        .unwrap();
+    assert!(st.last_run_ok);
+    assert_eq!(st.staged.as_ref().unwrap().digest, sync.digest);
+    assert_eq!(st.applied.as_ref().unwrap().digest, sync.digest);
+    assert_eq!(st.divergence.replica_only_signed, [PASSIVE]);
+    assert!(st.syslog_line().contains("[SUCCESS]"));
+    let ss = SenderStatus::load(&p.sender().status_path())
+        .unwrap()
+        .unwrap();
+    assert_eq!(ss.last_outcome, Some(SyncOutcome::Committed));
+    assert_eq!(ss.last_shipped.unwrap().digest, sync.digest);
+    let rs = ReceiverStatus::load(&p.b_state.join("incoming/receiver.status.json"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(rs.last_received.unwrap().digest, sync.digest);
+    assert_eq!(rs.last_sender.as_deref(), Some(ACTIVE));
+}
+
+#[test]
+fn sign_revoke_and_clean_each_reach_the_replica() {
+    let p = Pair::new(5);
+    p.sync_and_apply();
+    let reloads = p.reloads();
+
+    p.sign("new.example.com");
+    let (s, a) = p.sync_and_apply();
+    assert!(s
+        .changes
+        .added_paths()
+        .any(|x| x == "ca/signed/new.example.com.pem"));
+    assert!(a.live.written.contains(&"ca/serial".to_string()));
+    assert!(!a.reloaded, "no CRL change, no reload");
+    p.assert_converged(&[PASSIVE]);
+
+    // A revocation touches nothing in signed/ (the original module missed it).
+    p.revoke("node1.example.com");
+    let (s, a) = p.sync_and_apply();
+    assert_eq!(s.outcome, SyncOutcome::Committed);
+    assert!(s.changes.changed_paths().any(|x| x == "ca/ca_crl.pem"));
+    assert!(a.live.written.contains(&"ca/ca_crl.pem".to_string()));
+    assert!(a.reloaded);
+    assert_eq!(p.reloads(), reloads + 1);
+    p.assert_converged(&[PASSIVE]);
+
+    // The host CRL follows when the active's agent refreshes it.
+    p.refresh_host_crl();
+    let (_, a) = p.sync_and_apply();
+    assert_eq!(a.live.written, ["ssl/crl.pem"]);
+    assert!(a.reloaded);
+
+    p.clean("node2.example.com");
+    let (s, a) = p.sync_and_apply();
+    assert_eq!(
+        s.changes.removed_paths().collect::<Vec<_>>(),
+        ["ca/signed/node2.example.com.pem"]
+    );
+    assert_eq!(a.live.deleted, ["ca/signed/node2.example.com.pem"]);
+    assert!(!p.b_cadir.join("signed/node2.example.com.pem").exists());
+    p.assert_converged(&[PASSIVE]);
+    p.assert_host_files_untouched();
+}
+
+#[test]
+fn bytes_on_the_wire_follow_the_changes_not_the_tree() {
+    let p = Pair::new(2000);
+    let (full, _) = p.sync_and_apply();
+    assert!(full.stats.bytes_sent > 2000 * 1200, "{:?}", full.stats);
+
+    // No change: no content, a handful of frames.
+    let mut counter = None;
+    let (s, r) = p.sync_wrapped(|s| {
+        let (c, w, _) = Counting::new(s);
+        counter = Some(w);
+        c
+    });
+    assert_eq!(r.unwrap().outcome, ReceiveOutcome::NothingToDo);
+    let sent = s.unwrap();
+    let written = counter.unwrap().load(Ordering::Relaxed);
+    assert_eq!(sent.outcome, SyncOutcome::UpToDate);
+    assert_eq!(sent.stats.objects, 0);
+    assert_eq!(sent.stats.bytes_sent, written);
+    assert!(written < 512, "no-change sync wrote {written} bytes");
+
+    // One signing: bytes ~ the changed entries and contents.
+    let inventory_before = fs::metadata(p.a_cadir.join("inventory.txt")).unwrap().len();
+    p.sign("one-more.example.com");
+    let mut counter = None;
+    let (s, r) = p.sync_wrapped(|s| {
+        let (c, w, _) = Counting::new(s);
+        counter = Some(w);
+        c
+    });
+    let s = s.unwrap();
+    r.unwrap();
+    let written = counter.unwrap().load(Ordering::Relaxed);
+    let changed_entries = s.changes.len() as u64;
+    assert!(!s.stats.manifest_exchanged);
+    assert!(changed_entries <= 5, "{:?}", s.changes);
+    // Contents sent: the new certificate, serial, and only what was appended
+    // to inventory.txt (an EXTEND of the replica's copy).
+    let size = |f: &str| fs::metadata(p.a_cadir.join(f)).unwrap().len();
+    let appended = size("inventory.txt") - inventory_before;
+    assert_eq!(s.stats.objects, 3);
+    assert_eq!(s.stats.objects_extended, 1);
+    assert_eq!(
+        s.stats.object_bytes,
+        size("signed/one-more.example.com.pem") + size("serial") + appended
+    );
+    assert!(
+        written <= s.stats.object_bytes + 400 * changed_entries + 1024,
+        "one signing wrote {written} bytes for {changed_entries} entries and {} content bytes",
+        s.stats.object_bytes
+    );
+    assert!(
+        written * 500 < full.stats.bytes_sent,
+        "{written} vs {}",
+        full.stats.bytes_sent
+    );
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn a_dropped_connection_leaves_the_live_ca_alone_and_the_next_sync_completes() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    for i in 0..60 {
+        p.sign(&format!("burst{i}.example.com"));
+    }
+    let before = Pair::scan(&p.b_cadir);
+    let (s, r) = p.sync_wrapped(|s| {
+        CutAfter::new(s, 40_000, |s: &mut UnixStream| {
+            let _ = s.shutdown(Shutdown::Both);
+        })
+    });
+    assert_eq!(s.unwrap_err().kind(), ErrorKind::Network);
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::Network);
+    assert!(
+        p.incoming().is_empty(),
+        "nothing usable: {:?}",
+        p.incoming()
+    );
+    let a = p.apply();
+    assert!(a.staged.is_empty());
+    assert_eq!(Pair::scan(&p.b_cadir), before, "live CA unchanged");
+
+    let (s, a) = p.sync_and_apply();
+    assert_eq!(s.outcome, SyncOutcome::Committed);
+    assert_eq!(a.staged.len(), 1);
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn a_killed_receiver_leaves_a_partial_that_the_next_session_cleans() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    for i in 0..60 {
+        p.sign(&format!("burst{i}.example.com"));
+    }
+    let before = Pair::scan(&p.b_cadir);
+    let mut child = p.spawn_receiver();
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let stream = CutAfter::new(
+        pe_failover_core::protocol::Duplex::new(stdout, stdin),
+        40_000,
+        move |_| {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        },
+    );
+    let err = p.sender().sync(stream).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Network, "{err}");
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let left = p.incoming();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with(".partial"), "{left:?}");
+    let a = p.apply();
+    assert!(a.staged.is_empty(), "the applier never touches a .partial");
+    assert_eq!(Pair::scan(&p.b_cadir), before);
+
+    let (s, _, _) = p.sync_child();
+    assert_eq!(s.unwrap().outcome, SyncOutcome::Committed);
+    let left = p.incoming();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        !left[0].ends_with(".partial"),
+        "stale partial cleaned: {left:?}"
+    );
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn a_receiver_child_process_speaks_on_stdin_and_stdout() {
+    let p = Pair::new(10);
+    let (s, status, stderr) = p.sync_child();
+    let s = s.unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("Stored"), "{stderr}");
+    assert_eq!(s.outcome, SyncOutcome::Committed);
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+
+    p.sign("child.example.com");
+    let (s, status, _) = p.sync_child();
+    assert!(status.success());
+    assert_eq!(s.unwrap().stats.objects, 3, "cert, serial, inventory");
+    let (s, status, stderr) = p.sync_child();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("NothingToDo"), "{stderr}");
+    assert_eq!(s.unwrap().outcome, SyncOutcome::UpToDate);
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn damaged_contents_are_rejected_and_nothing_is_applied() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    p.sign("victim.example.com");
+    let before = Pair::scan(&p.b_cadir);
+    let (s, r) = p.sync_wrapped(FlipFirstData::new);
+    let r = r.unwrap_err();
+    assert_eq!(r.kind(), ErrorKind::Corrupt, "{r}");
+    assert!(r.to_string().contains("damaged in transit"), "{r}");
+    let s = s.unwrap_err();
+    assert_eq!(s.kind(), ErrorKind::Corrupt, "the sender hears why: {s}");
+    assert!(s.to_string().contains(PASSIVE), "{s}");
+    assert!(p.incoming().is_empty(), "{:?}", p.incoming());
+    assert!(p.apply().staged.is_empty());
+    assert_eq!(Pair::scan(&p.b_cadir), before);
+    let st = SenderStatus::load(&p.sender().status_path())
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.last_outcome, Some(SyncOutcome::Failed));
+    assert!(st.syslog_line().contains("[FAILURE]"));
+
+    // The next sync repairs it.
+    p.sync_and_apply();
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn an_empty_or_incomplete_source_is_refused_at_the_sender() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    let before = Pair::scan(&p.b_cadir);
+
+    // Emptied CA directory: the original module's --delete wiped replicas.
+    let saved = p.dir.path().join("saved-ca");
+    fs::rename(&p.a_cadir, &saved).unwrap();
+    fs::create_dir(&p.a_cadir).unwrap();
+    let (s, r) = p.sync_with(p.sender(), p.receiver());
+    let e = s.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    assert!(e.to_string().contains("empty or incomplete"), "{e}");
+    assert!(r.is_err());
+    fs::remove_dir(&p.a_cadir).unwrap();
+    fs::rename(&saved, &p.a_cadir).unwrap();
+
+    // A database-backed CA (PE 2025+): no ca_key.pem, or a passphrase file.
+    let key = p.a_cadir.join("ca_key.pem");
+    let saved_key = p.dir.path().join("saved-key");
+    fs::rename(&key, &saved_key).unwrap();
+    let e = p.sender().sync(UnixStream::pair().unwrap().0).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused);
+    assert!(e.to_string().contains("Puppet Enterprise 2025"), "{e}");
+    fs::rename(&saved_key, &key).unwrap();
+    fs::write(p.a_cadir.join(".private-key-passphrase"), "x").unwrap();
+    let e = p.set().scan().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused);
+    assert!(e.to_string().contains("database"), "{e}");
+    fs::remove_file(p.a_cadir.join(".private-key-passphrase")).unwrap();
+
+    assert!(p.incoming().is_empty());
+    p.apply();
+    assert_eq!(Pair::scan(&p.b_cadir), before);
+}
+
+#[test]
+fn replica_only_certificates_are_kept_and_reported() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    // The passive signs a certificate of its own.
+    fs::write(p.b_cadir.join("signed/local.example.com.pem"), "local cert").unwrap();
+    p.sign("remote.example.com");
+    let (_, a) = p.sync_and_apply();
+    assert_eq!(a.kept, ["b.example.com", "local.example.com"]);
+    assert!(p.b_cadir.join("signed/local.example.com.pem").exists());
+    let st = ReplicaStatus::load(&p.b_state.join("status.json"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        st.divergence.replica_only_signed,
+        ["b.example.com", "local.example.com"]
+    );
+    assert!(st.syslog_line().contains("local.example.com"));
+    p.assert_converged(&[PASSIVE, "local.example.com"]);
+
+    // A certificate the active cleaned goes; a stray file goes too.
+    fs::write(p.b_cadir.join("stray.txt"), "x").unwrap();
+    p.clean("remote.example.com");
+    let (_, a) = p.sync_and_apply();
+    assert!(a
+        .live
+        .deleted
+        .contains(&"ca/signed/remote.example.com.pem".to_string()));
+    assert!(a.live.deleted.contains(&"ca/stray.txt".to_string()));
+    assert!(p.b_cadir.join("signed/local.example.com.pem").exists());
+}
+
+#[test]
+fn mass_deletion_is_refused_unless_forced() {
+    let p = Pair::new(60);
+    p.sync_and_apply();
+    for i in 0..20 {
+        p.clean(&format!("node{i}.example.com"));
+    }
+    p.sync();
+    let e = p.applier().run().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    assert!(e.to_string().contains("would delete 20 of the"), "{e}");
+    assert!(e.to_string().contains("force"), "{e}");
+    assert!(p.b_cadir.join("signed/node0.example.com.pem").exists());
+    let st = ReplicaStatus::load(&p.b_state.join("status.json"))
+        .unwrap()
+        .unwrap();
+    assert!(!st.last_run_ok);
+    assert_eq!(st.last_error.unwrap().kind, "refused");
+    assert_ne!(st.staged.unwrap().digest, st.applied.unwrap().digest);
+
+    let a = p.applier().force(true).run().unwrap();
+    assert_eq!(a.live.deleted.len(), 20);
+    p.assert_converged(&[PASSIVE]);
+
+    // A snapshot without the CA key is never applied without force.
+    fs::remove_file(p.a_cadir.join("ca_key.pem")).unwrap();
+    fs::write(p.a_cadir.join("ca_key.pem.bak"), "x").unwrap();
+    let scan = p.set().scan();
+    assert_eq!(scan.unwrap_err().kind(), ErrorKind::Refused);
+}
+
+#[test]
+fn a_promoted_replica_is_fenced() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    p.sign("late.example.com");
+    fs::write(&p.role_file, "pe_failover_mode: active\n").unwrap();
+    let before = Pair::scan(&p.b_cadir);
+    let (s, r) = p.sync_with(p.sender(), p.receiver());
+    let s = s.unwrap_err();
+    assert_eq!(s.kind(), ErrorKind::Fenced, "{s}");
+    assert!(s.to_string().contains("promoted"), "{s}");
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::Fenced);
+    assert!(p.incoming().is_empty());
+    let st = SenderStatus::load(&p.sender().status_path())
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.last_error.unwrap().kind, "fenced");
+
+    // The applier on a promoted host leaves the live CA alone too.
+    let e = p.applier().run().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Fenced);
+    assert_eq!(Pair::scan(&p.b_cadir), before);
+
+    // Demoted again, replication resumes.
+    fs::write(&p.role_file, "passive").unwrap();
+    p.sync_and_apply();
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn a_replica_restored_from_an_old_backup_gets_a_manifest_exchange() {
+    let p = Pair::new(5);
+    p.sync_and_apply();
+    let backup = p.dir.path().join("state-backup");
+    copy_tree(&p.b_state, &backup);
+    for name in ["x1", "x2", "x3"] {
+        p.sign(&format!("{name}.example.com"));
+        p.sync_and_apply();
+    }
+    fs::remove_dir_all(&p.b_state).unwrap();
+    copy_tree(&backup, &p.b_state);
+
+    p.sign("after-restore.example.com");
+    let (s, a) = p.sync_and_apply();
+    assert!(s.stats.manifest_exchanged);
+    assert_eq!(s.outcome, SyncOutcome::Committed);
+    // Only what the restored replica lacks is sent.
+    assert_eq!(
+        s.changes.added.len(),
+        4,
+        "{:?}",
+        s.changes.added_paths().collect::<Vec<_>>()
+    );
+    assert_eq!(a.staged.len(), 1);
+    p.assert_converged(&[PASSIVE]);
+    // And the next sync is a plain delta again.
+    p.sign("later.example.com");
+    let (s, _) = p.sync_and_apply();
+    assert!(!s.stats.manifest_exchanged);
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+struct StopAfter {
+    left: std::sync::atomic::AtomicUsize,
+    token: CancelToken,
+}
+
+impl ApplyProgress for StopAfter {
+    fn live_entry(&self, _path: &str) {
+        if self.left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.token.cancel();
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_apply_converges_when_run_again() {
+    let p = Pair::new(30);
+    let token = CancelToken::new();
+    p.sync();
+    let e = p
+        .applier()
+        .cancel_token(token.clone())
+        .progress(StopAfter {
+            left: 7.into(),
+            token: token.clone(),
+        })
+        .run()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled);
+    // Half-applied: some files new, none torn, no temporary files left.
+    let written = fs::read_dir(p.b_cadir.join("signed")).unwrap().count();
+    assert!(written < 31, "{written}");
+    let leftovers: Vec<_> = walk(&p.b_cadir)
+        .into_iter()
+        .filter(|n| n.contains(".pe_failover-tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A crash could leave a temporary file behind: plant one.
+    fs::write(p.b_cadir.join(".pe_failover-tmp-0123"), "half").unwrap();
+
+    let a = p.apply();
+    assert_eq!(a.live.temp_removed, 1);
+    p.assert_converged(&[PASSIVE]);
+    // Idempotent: nothing left to do.
+    let a = p.apply();
+    assert!(
+        a.live.written.is_empty() && a.live.deleted.is_empty(),
+        "{:?}",
+        a.live
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        out.push(e.file_name().to_string_lossy().into_owned());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_transaction_damaged_at_rest_is_discarded_and_resent() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    p.sign("rest.example.com");
+    p.sync();
+    // Someone (the unprivileged transfer user?) alters a stored object.
+    let txn = p.incoming().pop().unwrap();
+    let objects = p.b_state.join("incoming").join(&txn).join("objects");
+    let obj = fs::read_dir(&objects)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::write(&obj, "tampered").unwrap();
+    let e = p.applier().run().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(p.incoming().is_empty());
+    // The sender's idea of the replica is now wrong: it exchanges manifests.
+    let (s, _) = p.sync_and_apply();
+    assert!(s.stats.manifest_exchanged);
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn noop_reports_the_changes_and_sends_no_content() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    p.sign("maybe.example.com");
+    let (s, r) = p.sync_with(p.sender().noop(true), p.receiver());
+    let s = s.unwrap();
+    assert_eq!(s.outcome, SyncOutcome::Noop);
+    assert_eq!(s.stats.objects, 0);
+    assert!(s
+        .changes
+        .added_paths()
+        .any(|x| x == "ca/signed/maybe.example.com.pem"));
+    assert_eq!(r.unwrap().outcome, ReceiveOutcome::NothingToDo);
+    assert!(p.incoming().is_empty());
+    let st = SenderStatus::load(&p.sender().status_path())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        st.last_outcome,
+        Some(SyncOutcome::Committed),
+        "noop leaves no trace"
+    );
+}
+
+#[test]
+fn the_cadir_is_detected_in_both_layouts() {
+    let p = Pair::new(1);
+    let ps = p.a_cadir.clone();
+    // Puppet 7+ layout with the migration symlink from ssl/ca.
+    p.symlink_old_cadir();
+    assert_eq!(
+        detect_cadir(&p.a_ssl, &ps).unwrap(),
+        fs::canonicalize(&ps).unwrap()
+    );
+    // Only the old layout.
+    let missing = p.dir.path().join("nowhere/ca");
+    assert_eq!(
+        detect_cadir(&p.a_ssl, &missing).unwrap(),
+        fs::canonicalize(&ps).unwrap()
+    );
+    // The symlinked root is followed, links inside are not.
+    let scan = ReplicatedSet::new(&p.a_ssl)
+        .puppetserver_cadir(&missing)
+        .scan()
+        .unwrap();
+    assert!(scan
+        .manifest
+        .get("ca/signed/node0.example.com.pem")
+        .is_some());
+    assert!(scan.manifest.get("ssl/crl.pem").is_some());
+    assert!(scan
+        .manifest
+        .entries()
+        .iter()
+        .all(|e| e.path.starts_with("ca") || e.path.starts_with("ssl")));
+    assert!(scan
+        .manifest
+        .get(&format!("ssl/private_keys/{ACTIVE}.pem"))
+        .is_none());
+    // Two real CA directories: refuse to guess.
+    let other = p.dir.path().join("other/ca");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("ca_crt.pem"), "x").unwrap();
+    let e = detect_cadir(&p.a_ssl, &other).unwrap_err();
+    assert!(e.to_string().contains("two CA directories"), "{e}");
+    // A cadir holding the ssl dir would ship host keys.
+    let e = ReplicatedSet::new(&p.a_ssl)
+        .cadir(p.dir.path().join("a"))
+        .scan()
+        .unwrap_err();
+    assert!(e.to_string().contains("private keys"), "{e}");
+}
+
+#[test]
+fn a_symlink_escaping_the_cadir_is_refused_at_the_sender() {
+    let p = Pair::new(1);
+    std::os::unix::fs::symlink("/etc/shadow", p.a_cadir.join("evil")).unwrap();
+    let e = p.set().scan().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnsafePath);
+    assert!(e.to_string().contains("evil"), "{e}");
+    fs::remove_file(p.a_cadir.join("evil")).unwrap();
+    std::os::unix::fs::symlink("ca_crt.pem", p.a_cadir.join("current.pem")).unwrap();
+    p.sync_and_apply();
+    assert_eq!(
+        fs::read_link(p.b_cadir.join("current.pem"))
+            .unwrap()
+            .to_str(),
+        Some("ca_crt.pem")
+    );
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn old_snapshots_are_pruned_and_unchanged_files_hard_linked() {
+    let p = Pair::new(5);
+    p.sync_and_apply();
+    for i in 0..12 {
+        p.sign(&format!("p{i}.example.com"));
+        p.sync();
+    }
+    let a = p.applier().keep_snapshots(3).run().unwrap();
+    assert_eq!(a.staged.len(), 12);
+    assert!(a.staged.iter().all(|s| s.copied <= 3), "{:?}", a.staged);
+    let snaps: Vec<_> = fs::read_dir(p.b_state.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "latest")
+        .collect();
+    // 3 newest, plus the one the live dirs were at before (protected).
+    assert_eq!(snaps.len(), 4, "{snaps:?}");
+    let latest = p.b_state.join("snapshots/latest/tree/ca/ca_crt.pem");
+    assert!(fs::metadata(latest).unwrap().nlink() >= 3);
+    p.assert_converged(&[PASSIVE]);
+}
+
+/// Runs the project's Ruby TestCA (`spec/support/test_ca.rb`); `None` when
+/// Ruby is not installed.
+fn test_ca(args: &[&std::ffi::OsStr]) -> Option<()> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../spec/support/test_ca.rb");
+    let out = std::process::Command::new("ruby")
+        .arg(script)
+        .args(args)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "test_ca.rb {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(())
+}
+
+fn openssl_verify(cadir: &std::path::Path, cert: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-crl_check")
+        .arg("-CAfile")
+        .arg(cadir.join("ca_crt.pem"))
+        .arg("-CRLfile")
+        .arg(cadir.join("ca_crl.pem"))
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn a_real_puppet_ca_made_by_the_ruby_helper_replicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let run = |args: Vec<std::ffi::OsString>| {
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        test_ca(&refs)
+    };
+    if run(vec![os("create"), a.clone().into()]).is_none() {
+        eprintln!("skipped: ruby is not installed");
+        return;
+    }
+    run(vec![
+        os("host-files"),
+        a.clone().into(),
+        os("master-a.test"),
+        a.join("ssl").into(),
+    ]);
+    run(vec![
+        os("create"),
+        b.clone().into(),
+        os("--ca-name"),
+        os("Puppet CA: b"),
+    ]);
+    run(vec![
+        os("host-files"),
+        b.clone().into(),
+        os("master-b.test"),
+        b.join("ssl").into(),
+    ]);
+    for n in ["agent1.test", "agent2.test"] {
+        run(vec![os("sign"), a.clone().into(), os(n)]);
+    }
+    let b_key_before = fs::read(b.join("ssl/private_keys/master-b.test.pem")).unwrap();
+
+    let set = || ReplicatedSet::new(a.join("ssl")).cadir(a.join("ca"));
+    let sender = || pe_failover_core::protocol::Sender::new(set(), PASSIVE, a.join("state"));
+    let receiver = || pe_failover_core::protocol::Receiver::new(b.join("state"));
+    let live = pe_failover_core::replset::CaPaths {
+        cadir: b.join("ca"),
+        ssldir: b.join("ssl"),
+    };
+    let apply = || {
+        pe_failover_core::apply::Applier::new(b.join("state"), live.clone())
+            .reload_command(["true"])
+            .run()
+            .unwrap()
+    };
+    let sync = || {
+        let (x, y) = UnixStream::pair().unwrap();
+        let r = receiver();
+        let h = std::thread::spawn(move || r.receive(y));
+        let s = sender().sync(x).unwrap();
+        h.join().unwrap().unwrap();
+        s
+    };
+
+    sync();
+    let report = apply();
+    assert_eq!(
+        report.kept,
+        ["master-b.test"],
+        "B's own certificate is kept"
+    );
+    let (ok, out) = openssl_verify(&b.join("ca"), &b.join("ca/signed/agent1.test.pem"));
+    assert!(ok, "{out}");
+
+    // Revoke on A: B's CRL revokes it too (nothing changed in signed/).
+    run(vec![os("revoke"), a.clone().into(), os("agent1.test")]);
+    let s = sync();
+    assert!(s.changes.added.is_empty() && s.changes.removed.is_empty());
+    let report = apply();
+    assert!(report.reloaded);
+    let (ok, out) = openssl_verify(&b.join("ca"), &b.join("ca/signed/agent1.test.pem"));
+    assert!(!ok && out.contains("revoked"), "{out}");
+
+    // Clean on A: gone on B.
+    run(vec![os("clean"), a.clone().into(), os("agent2.test")]);
+    sync();
+    let report = apply();
+    assert_eq!(report.live.deleted, ["ca/signed/agent2.test.pem"]);
+    let (ok, out) = openssl_verify(&b.join("ca"), &b.join("ca/signed/agent1.test.pem"));
+    assert!(!ok, "{out}");
+
+    // Same CA files on both sides; B's identity untouched.
+    for f in [
+        "ca_crt.pem",
+        "ca_key.pem",
+        "ca_crl.pem",
+        "serial",
+        "inventory.txt",
+    ] {
+        assert_eq!(
+            fs::read(a.join("ca").join(f)).unwrap(),
+            fs::read(b.join("ca").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert_eq!(
+        fs::read(b.join("ssl/private_keys/master-b.test.pem")).unwrap(),
+        b_key_before
+    );
+    assert!(!b.join("ssl/private_keys/master-a.test.pem").exists());
+    assert!(b.join("ssl/certs/master-b.test.pem").exists());
+}
+
+#[test]
+fn an_extension_is_verified_whole_by_the_applier() {
+    let p = Pair::new(20);
+    p.sync_and_apply();
+    p.sign("grown.example.com");
+    let s = p.sync();
+    assert_eq!(
+        s.stats.objects_extended, 1,
+        "inventory.txt grew: {:?}",
+        s.stats
+    );
+    let txn = p.incoming().pop().unwrap();
+    let objects = p.b_state.join("incoming").join(&txn).join("objects");
+    let suffix = fs::read_dir(&objects)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".suffix"))
+        .expect("a suffix object");
+    // Same length, other bytes: only the whole-content check can tell.
+    let mut bytes = fs::read(&suffix).unwrap();
+    bytes[0] ^= 0x01;
+    fs::write(&suffix, bytes).unwrap();
+    let e = p.applier().run().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("inventory.txt"), "{e}");
+    // Discarded; the next sync exchanges manifests and repairs.
+    let (s, _) = p.sync_and_apply();
+    assert!(s.stats.manifest_exchanged);
+    p.assert_converged(&[PASSIVE]);
+    // Untampered extensions apply.
+    p.sign("grown2.example.com");
+    let (s, a) = p.sync_and_apply();
+    assert_eq!(s.stats.objects_extended, 1);
+    assert_eq!(a.staged.len(), 1);
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn a_failing_reload_is_a_warning_not_a_rollback() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    p.revoke("node0.example.com");
+    p.sync();
+    let report = p
+        .applier()
+        .reload_command([
+            "sh",
+            "-c",
+            "echo 'Job for pe-puppetserver.service failed' >&2; exit 3",
+        ])
+        .run()
+        .unwrap();
+    assert!(!report.reloaded);
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let w = &report.warnings[0];
+    assert!(
+        w.contains("exit status: 3") && w.contains("Job for pe-puppetserver"),
+        "{w}"
+    );
+    assert!(report.live.written.contains(&"ca/ca_crl.pem".to_string()));
+    p.assert_converged(&[PASSIVE]);
+    let st = ReplicaStatus::load(&p.b_state.join("status.json"))
+        .unwrap()
+        .unwrap();
+    assert!(st.last_run_ok);
+    assert_eq!(st.warnings, report.warnings);
+    assert!(
+        st.syslog_line().contains("[WARNING]"),
+        "{}",
+        st.syslog_line()
+    );
+    // A missing reload command is reported the same way.
+    p.revoke("node1.example.com");
+    p.sync();
+    let report = p
+        .applier()
+        .reload_command(["/nonexistent/reload"])
+        .run()
+        .unwrap();
+    assert!(
+        report.warnings[0].contains("cannot run it"),
+        "{:?}",
+        report.warnings
+    );
+}
+
+#[test]
+fn a_replica_cadir_reached_through_the_migration_symlink_is_applied_to_the_real_directory() {
+    let p = Pair::new(3);
+    let link = p.b_ssl.join("ca");
+    std::os::unix::fs::symlink(&p.b_cadir, &link).unwrap();
+    fs::set_permissions(&p.b_cadir, fs::Permissions::from_mode(0o700)).unwrap();
+    p.sync();
+    let live = pe_failover_core::replset::CaPaths {
+        cadir: link.clone(),
+        ssldir: p.b_ssl.clone(),
+    };
+    let mut applier =
+        pe_failover_core::apply::Applier::new(&p.b_state, live).reload_command(["true"]);
+    if is_root() {
+        applier = applier.owner(Owner::Fixed {
+            uid: 4242,
+            gid: 4243,
+        });
+    }
+    applier.run().unwrap();
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let real = fs::metadata(&p.b_cadir).unwrap();
+    assert_eq!(
+        real.permissions().mode() & 0o7777,
+        0o750,
+        "the directory's mode, not the link's"
+    );
+    if is_root() {
+        assert_eq!((real.uid(), real.gid()), (4242, 4243));
+    }
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn the_receiver_runs_unprivileged_and_the_applier_as_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let nobody = (65534, 65534);
+    let p = Pair::new(3);
+    // The layout Puppet sets up: a root-owned state dir the transfer user
+    // can traverse, and an incoming/ that only the transfer user writes.
+    for d in [p.dir.path().to_path_buf(), p.dir.path().join("b")] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::create_dir_all(p.b_state.join("incoming")).unwrap();
+    fs::set_permissions(&p.b_state, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(p.b_state.join("incoming"), Some(nobody.0), Some(nobody.1)).unwrap();
+    fs::set_permissions(
+        p.b_state.join("incoming"),
+        fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+
+    let (s, status, stderr) = p.sync_child_as(Some(nobody));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(s.unwrap().outcome, SyncOutcome::Committed);
+    let txn = p.incoming().pop().unwrap();
+    let meta = fs::metadata(p.b_state.join("incoming").join(&txn)).unwrap();
+    assert_eq!(meta.uid(), nobody.0, "written by the transfer user");
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+    // Root-owned, private snapshots; the receiver reads only the published manifest.
+    let snaps = fs::metadata(p.b_state.join("snapshots")).unwrap();
+    assert_eq!(
+        (snaps.uid(), snaps.permissions().mode() & 0o777),
+        (0, 0o700)
+    );
+
+    p.sign("unprivileged.example.com");
+    let (s, status, stderr) = p.sync_child_as(Some(nobody));
+    assert!(status.success(), "{stderr}");
+    let s = s.unwrap();
+    assert!(
+        !s.stats.manifest_exchanged,
+        "the receiver read the staged manifest"
+    );
+    assert_eq!(s.stats.objects, 3);
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+}
