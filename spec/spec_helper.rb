@@ -26,6 +26,7 @@ FileUtils.mkdir_p(MODULES)
 end
 
 require_relative 'support/manifest_oracle'
+require_relative 'spec_helper_local' if File.exist?(File.join(__dir__, 'spec_helper_local.rb'))
 
 RSpec.configure do |c|
   c.module_path = MODULES
