@@ -134,7 +134,16 @@ class pe_failover::active (
     }
   }
   $host_keys = $given_keys.map |$host, $key| {
-    $parts = $key.strip.match(/\A(ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|ssh-rsa) ([A-Za-z0-9+\/]+={0,2})(?:\s+\S.*)?\z/)
+    # Type and key (its base64 starts with the encoded type name), then an
+    # optional comment on the same line.
+    $parts = $key.strip.match(Regexp([
+          '\A(ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]{43}',
+          '|ecdsa-sha2-nistp(?:256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY',
+          '|384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQ|521 AAAAE2VjZHNhLXNoYTItbmlzdHA1MjE)',
+          '[A-Za-z0-9+/]{100,}={0,2}',
+          '|ssh-rsa AAAAB3NzaC1yc2E[A-Za-z0-9+/]{200,}={0,2})',
+          '(?: [ -~]*)?\z',
+    ].join('')))
     if $parts =~ Undef {
       fail(@("MSG"/L))
         pe_failover::active: the passive_host_key of ${host} is not an SSH public key; \
@@ -142,7 +151,7 @@ class pe_failover::active (
         (the last two fields of `ssh-keyscan -t ed25519 ${host}`)
         |-MSG
     }
-    [$host, "${parts[1]} ${parts[2]}"]
+    [$host, $parts[1]]
   }.convert_to(Hash)
 
   $unpinned = $passives.filter |$host| { !($host in $host_keys) }
