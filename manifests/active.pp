@@ -1,6 +1,4 @@
-# @summary
-#   Makes this host the active primary: it ships its CA and classifier
-#   groups to the passive primaries.
+# @summary Makes this host the active primary: it ships its CA and classifier groups to the passives.
 #
 # What the class sets up, besides what the class `pe_failover` does:
 #

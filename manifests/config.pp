@@ -1,5 +1,4 @@
-# @summary
-#   This host's pe_failover configuration file and role facts file.
+# @summary This host's pe_failover configuration file and role facts file.
 #
 # Private: declared by `pe_failover::active` and `pe_failover::passive`.
 # The configuration is built here as a hash from the parameters of the class

@@ -1,6 +1,7 @@
-# @summary
-#   What both pe_failover roles share: the transfer user's group and home,
-#   the directories, the `pe_failover` command and the watcher service.
+# @summary What both pe_failover roles share: directories, the `pe_failover` command, the watcher service.
+#
+# It also creates the transfer user's group and home (the user itself is
+# declared by the role class, which decides its login shell).
 #
 # Declare `pe_failover::active` on the active primary or
 # `pe_failover::passive` on the passive one; each includes this class. Set
@@ -8,18 +9,29 @@
 # declaring this class before the role class. On its own this class writes
 # no configuration, so the watcher it starts has nothing to do.
 #
-# Layout with the defaults (`T` is the transfer group):
+# Layout with the defaults (`T` is the transfer group). What a role does
+# not use, it removes, so a role change leaves nothing of the other role.
 #
 # | path | owner:group | mode | role |
 # |---|---|---|---|
-# | `/opt/pe_failover` | root:root | 0755 | both |
+# | `/opt/pe_failover`, `bin/` | root:root | 0755 | both |
 # | `/opt/pe_failover/bin/pe_failover` (the command) | root:root | 0755 | both |
+# | `/opt/pe_failover/etc/` | root:T | 0750 | both |
 # | `/opt/pe_failover/etc/config.json` | root:T | 0640 | both |
-# | `/opt/pe_failover/home` (transfer user's home) | root:T | 0750 | both |
-# | `/opt/pe_failover/state` | root:T | 0750 | both |
-# | `/opt/pe_failover/state/snapshots` | root:root | 0700 | both |
-# | `/opt/pe_failover/state/incoming` | transfer user:T | 0700 | passive |
+# | `/opt/pe_failover/state/` | root:T | 0750 | both |
+# | `/opt/pe_failover/state/snapshots/` | root:root | 0700 | both |
+# | `/opt/pe_failover/state/incoming/` | transfer user:T | 0700 | passive |
+# | `/opt/pe_failover/home/` (transfer user's home) | root:T | 0750 | both |
+# | `/opt/pe_failover/home/.ssh/` | root:T | 0750 | passive |
+# | `/opt/pe_failover/home/.ssh/authorized_keys` | root:T | 0640 | passive |
+# | `/opt/pe_failover/ssh/` | root:root 0700 (active), root:T 0750 (passive) | | both |
 # | `/opt/pe_failover/ssh/id_ed25519` | root:root | 0600 | active |
+# | `/opt/pe_failover/ssh/id_ed25519.pub` | root:root | 0644 | active |
+# | `/opt/pe_failover/ssh/known_hosts` (pinned host keys) | root:root | 0644 | active |
+# | `/opt/pe_failover/ssh/known_hosts.d/<host>` (trusted on first use; directory 0700) | root:root | 0644 | active |
+# | `/opt/puppetlabs/facter/facts.d/pe_failover.yaml` | root:root | 0644 | both |
+# | `/etc/systemd/system/pe_failover.service` | root:root | 0644 | both |
+# | `/etc/cron.d/pe_failover` | root:root | 0644 | active |
 #
 # The state directory is not writable by the transfer user: the receiver it
 # runs (over SSH, unprivileged) writes only below `incoming/`, so it can
@@ -35,7 +47,7 @@
 #     service_provider => 'base',
 #   }
 #   class { 'pe_failover::passive':
-#     auth_key => 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... pe_failover@a.example.com',
+#     auth_key => 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDA4tlMBKkZjpzsHMsTKSGLotlVAVFV0Z/emA9Gou1Sk pe_failover@a.example.com',
 #   }
 #
 # @example Hiera: a longer CA retention and no classifier replication

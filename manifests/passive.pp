@@ -1,6 +1,4 @@
-# @summary
-#   Makes this host a passive primary: it receives the active's CA and
-#   classifier groups and applies them.
+# @summary Makes this host a passive primary: it receives the active's CA and classifier groups.
 #
 # What the class sets up, besides what the class `pe_failover` does:
 #

@@ -1,5 +1,4 @@
-# @summary
-#   The transfer user, with the login shell its role needs.
+# @summary The transfer user, with the login shell its role needs.
 #
 # Private: declared by `pe_failover::active` (a nologin shell) and
 # `pe_failover::passive` (a real shell, for sshd's forced command).

@@ -1,6 +1,4 @@
-# @summary An absolute path that is safe to write, unquoted, into a shell
-#   command, a systemd `ExecStart=`, a cron line and an sshd
-#   `command="..."` option.
+# @summary An absolute path safe to write unquoted into a shell, systemd, cron or sshd command line.
 #
 # Each component may hold letters, digits and `._+@=,-`: no spaces, quotes,
 # `$`, `%`, `\` or other characters that a shell, systemd or sshd would
