@@ -11,7 +11,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 # Debian packages the build, the tests and the demo need.
-DEB_PACKAGES := build-essential ruby ruby-dev rake libclang-dev pkg-config \
+DEB_PACKAGES := build-essential ruby ruby-dev rake libclang-dev pkg-config libssl-dev zlib1g-dev \
 	puppet-agent puppet-module-puppetlabs-stdlib puppet-lint metadata-json-lint puppet-strings \
 	ruby-rspec ruby-rspec-puppet ruby-puppetlabs-spec-helper ruby-rspec-puppet-facts \
 	ruby-puppet-resource-api ruby-webrick openssl openssh-server openssh-client rsync \
@@ -58,8 +58,7 @@ test: deps toolchain
 
 lint:
 	metadata-json-lint --strict-license metadata.json
-	@pp=$$(find manifests -name '*.pp' 2>/dev/null); \
-	if [ -n "$$pp" ]; then puppet-lint --fail-on-warnings $$pp; else echo "puppet-lint: no manifests yet"; fi
+	puppet-lint --fail-on-warnings manifests
 
 demo: compile
 	ruby spec/support/demo.rb
