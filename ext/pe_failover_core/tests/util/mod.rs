@@ -2,8 +2,8 @@
 //! [`sshd`]) a real OpenSSH server on 127.0.0.1.
 #![allow(dead_code)]
 
-pub mod sshd;
 pub mod emulator;
+pub mod sshd;
 
 use std::fs;
 use std::path::{Path, PathBuf};
