@@ -1,0 +1,279 @@
+//! pe_failover against `rsync -a --delete -e ssh`, on the same generated CA,
+//! over the same real OpenSSH server on 127.0.0.1, in one run.
+//!
+//! For each size (default 10,000 and 100,000 signed certificates) and each
+//! scenario, both tools run `PEF_BENCH_RUNS` times (default 5, 3 for full
+//! syncs of 100k) and the medians are printed side by side with their ratio:
+//!
+//! - full: an empty replica receives the whole CA;
+//! - no change: nothing changed since the last sync;
+//! - 10 signings + 1 revocation: the usual burst.
+//!
+//! "pe_failover" is the whole job: scan with the stat cache, SSH session to
+//! the forced command `pe_failover_receive`, verified staging of the
+//! transaction, then the applier (snapshot, live ssl directory updated file
+//! by file, made durable before the renames). rsync writes straight into its
+//! destination and does not flush it to disk, so the comparison favours it.
+//!
+//! `cargo bench -p pe_failover_core --bench vs_rsync` (env: PEF_BENCH_SIZES,
+//! e.g. `10000,100000`; PEF_BENCH_RUNS; PEF_BENCH_DIR, where the trees go).
+//! Needs root, `openssh-server`, `openssh-client` and `rsync`.
+
+#[path = "../tests/util/sshd.rs"]
+mod sshd;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pe_failover_core::apply::Applier;
+use pe_failover_core::protocol::Sender;
+use pe_failover_core::replset::{CaPaths, ReplicatedSet};
+use pe_failover_core::state::SyncOutcome;
+
+use sshd::{ClientKey, Sshd};
+
+/// One generated active CA and its two replicas (one per tool).
+struct Bench {
+    root: PathBuf,
+    serial: u64,
+    sshd: Sshd,
+    ours_key: ClientKey,
+    rsync_key: ClientKey,
+}
+
+impl Bench {
+    fn new(root: &Path, n: usize) -> Bench {
+        let sshd = Sshd::start();
+        let receiver = env!("CARGO_BIN_EXE_pe_failover_receive");
+        let ours_key = sshd.client(
+            "ours",
+            &format!("{receiver} --state {}", root.join("b/state").display()),
+        );
+        let rsync_key = sshd.client_key("rsync");
+        sshd.authorize_line(&rsync_key.public_line());
+        let mut b = Bench {
+            root: root.to_path_buf(),
+            serial: 2,
+            sshd,
+            ours_key,
+            rsync_key,
+        };
+        let ca = b.cadir();
+        fs::create_dir_all(ca.join("signed")).unwrap();
+        fs::create_dir_all(b.root.join("a/ssl/certs")).unwrap();
+        for (f, body) in [
+            ("ca_crt.pem", "CA CERT\n"),
+            ("ca_key.pem", "CA KEY\n"),
+            ("ca_crl.pem", "CRL\n"),
+            ("inventory.txt", ""),
+            ("serial", "0002\n"),
+        ] {
+            fs::write(ca.join(f), body).unwrap();
+        }
+        fs::write(b.root.join("a/ssl/crl.pem"), "CRL\n").unwrap();
+        fs::write(b.root.join("a/ssl/certs/ca.pem"), "CA CERT\n").unwrap();
+        for i in 0..n {
+            b.sign(&format!("node{i:06}.example.com"));
+        }
+        b
+    }
+
+    fn cadir(&self) -> PathBuf {
+        self.root.join("a/ca")
+    }
+
+    /// A signing as puppetserver does it: a new certificate, a line appended
+    /// to the inventory, the serial file rewritten.
+    fn sign(&mut self, name: &str) {
+        let ca = self.cadir();
+        fs::write(
+            ca.join(format!("signed/{name}.pem")),
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{name} {:#x}\n{}\n-----END CERTIFICATE-----\n",
+                self.serial,
+                "M".repeat(1300)
+            ),
+        )
+        .unwrap();
+        let mut inv = fs::OpenOptions::new()
+            .append(true)
+            .open(ca.join("inventory.txt"))
+            .unwrap();
+        writeln!(
+            inv,
+            "{:#06x} 2026-01-01T00:00:00UTC 2031-01-01T00:00:00UTC /CN={name}",
+            self.serial
+        )
+        .unwrap();
+        self.serial += 1;
+        fs::write(ca.join("serial"), format!("{:04X}\n", self.serial)).unwrap();
+    }
+
+    fn revoke(&mut self, name: &str) {
+        let path = self.cadir().join("ca_crl.pem");
+        let mut crl = fs::read_to_string(&path).unwrap();
+        crl.push_str(&format!("revoked {name}\n"));
+        fs::write(path, crl).unwrap();
+    }
+
+    /// pe_failover's sync over SSH plus the replica's apply.
+    fn ours(&self) -> SyncOutcome {
+        let set = ReplicatedSet::new(self.root.join("a/ssl"))
+            .cadir(self.cadir())
+            .cache_file(self.root.join("a/state/ca.scan"));
+        let sender = Sender::new(set, "b.example.com", self.root.join("a/state"))
+            .sender_host("a.example.com");
+        let t0 = Instant::now();
+        let session = self
+            .sshd
+            .target(&self.ours_key)
+            .connect()
+            .expect("ssh connect");
+        let channel = session.exec("pe_failover receive").expect("exec");
+        let t1 = Instant::now();
+        let report = sender.sync(channel).expect("sync");
+        let t2 = Instant::now();
+        let b = self.root.join("b");
+        fs::create_dir_all(b.join("ssl")).unwrap();
+        Applier::new(
+            b.join("state"),
+            CaPaths {
+                cadir: b.join("ca"),
+                ssldir: b.join("ssl"),
+            },
+        )
+        .reload_command(Vec::<String>::new())
+        .max_delete_share(1.0)
+        .run()
+        .expect("apply");
+        if std::env::var_os("PEF_BENCH_PHASES").is_some() {
+            eprintln!(
+                "  phases: connect {:?}, sync {:?}, apply {:?}",
+                t1 - t0,
+                t2 - t1,
+                t2.elapsed()
+            );
+        }
+        report.outcome
+    }
+
+    /// `rsync -a --delete` of the same cadir over the same sshd.
+    fn rsync(&self) {
+        let dest = self.root.join("r/ca");
+        fs::create_dir_all(&dest).unwrap();
+        let ssh = format!(
+            "ssh -p {} -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+            self.sshd.port(),
+            self.rsync_key.private.display(),
+            self.sshd.known_hosts().display()
+        );
+        let status = Command::new("rsync")
+            .arg("-a")
+            .arg("--delete")
+            .arg("-e")
+            .arg(ssh)
+            .arg(format!("{}/", self.cadir().display()))
+            .arg(format!(
+                "{}@127.0.0.1:{}/",
+                self.sshd.user(),
+                dest.display()
+            ))
+            .status()
+            .expect("run rsync");
+        assert!(status.success(), "rsync failed: {status}");
+    }
+
+    fn reset_replicas(&self) {
+        for d in ["a/state", "b", "r"] {
+            let _ = fs::remove_dir_all(self.root.join(d));
+        }
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn timed(f: impl FnOnce()) -> Duration {
+    let t = Instant::now();
+    f();
+    t.elapsed()
+}
+
+fn row(n: usize, scenario: &str, ours: Duration, rsync: Duration) {
+    println!(
+        "{:>8} {:<28} {:>12.1} {:>12.1} {:>9.1}x",
+        n,
+        scenario,
+        ours.as_secs_f64() * 1000.0,
+        rsync.as_secs_f64() * 1000.0,
+        rsync.as_secs_f64() / ours.as_secs_f64()
+    );
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("PEF_BENCH_SIZES")
+        .unwrap_or_else(|_| "10000,100000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let runs: usize = std::env::var("PEF_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let base: PathBuf = std::env::var("PEF_BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|_| std::env::temp_dir());
+
+    println!("pe_failover vs rsync -a --delete -e ssh, 127.0.0.1, medians (ms); ratio = rsync / pe_failover\n");
+    println!(
+        "{:>8} {:<28} {:>12} {:>12} {:>10}",
+        "certs", "scenario", "pe_failover", "rsync", "ratio"
+    );
+    for n in sizes {
+        let work = tempfile::tempdir_in(&base).expect("temp dir");
+        let mut b = Bench::new(work.path(), n);
+        let full_runs = if n >= 50_000 { runs.min(3) } else { runs };
+
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..full_runs {
+            b.reset_replicas();
+            ours.push(timed(|| assert_eq!(b.ours(), SyncOutcome::Committed)));
+            theirs.push(timed(|| b.rsync()));
+        }
+        row(n, "full", median(ours), median(theirs));
+
+        // Past the stat cache's racy window, as on a live CA between events.
+        thread::sleep(Duration::from_millis(2100));
+        b.ours();
+        b.rsync();
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            ours.push(timed(|| assert_eq!(b.ours(), SyncOutcome::UpToDate)));
+            theirs.push(timed(|| b.rsync()));
+        }
+        row(n, "no change", median(ours), median(theirs));
+
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            for i in 0..10 {
+                b.sign(&format!("burst{run}-{i}.example.com"));
+            }
+            b.revoke(&format!("node{run:06}.example.com"));
+            ours.push(timed(|| assert_eq!(b.ours(), SyncOutcome::Committed)));
+            theirs.push(timed(|| b.rsync()));
+        }
+        row(
+            n,
+            "10 signings + 1 revocation",
+            median(ours),
+            median(theirs),
+        );
+    }
+}
