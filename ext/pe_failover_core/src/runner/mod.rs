@@ -52,7 +52,7 @@ pub use status::{StatusEntry, StatusReport};
 pub use sync::{ReplicaOutcome, ReplicaSync, SyncRun};
 pub use watch::WatchSummary;
 
-use crate::apply::{ApplyReport, Applier, Owner};
+use crate::apply::{Applier, ApplyReport, Owner};
 use crate::cancel::CancelToken;
 use crate::config::{self, Config, ReplicaConfig};
 use crate::exclude::Excludes;

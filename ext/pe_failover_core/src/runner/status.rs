@@ -88,7 +88,8 @@ impl Runner {
                 }
                 for r in &self.config.replicas {
                     for kind in ["ca", "nc"] {
-                        let path = sender_status_path(&self.config.state_dir, &replica_key(r), kind);
+                        let path =
+                            sender_status_path(&self.config.state_dir, &replica_key(r), kind);
                         if kind == "nc" && !path.exists() {
                             continue;
                         }
@@ -185,12 +186,7 @@ impl Runner {
         entry
     }
 
-    fn passive_entries(
-        &self,
-        now: &Stamp,
-        stale: i64,
-        report: &mut StatusReport,
-    ) -> Result<()> {
+    fn passive_entries(&self, now: &Stamp, stale: i64, report: &mut StatusReport) -> Result<()> {
         let state = StateDir::new(&self.config.state_dir);
         // What arrives.
         let recv = ReceiverStatus::load(&state.receiver_status_file())?;
@@ -255,7 +251,8 @@ impl Runner {
         };
         match applied {
             None => report.problems.push(
-                "ca: never applied; run `pe_failover apply` or start the pe_failover watch service".into(),
+                "ca: never applied; run `pe_failover apply` or start the pe_failover watch service"
+                    .into(),
             ),
             Some(st) => {
                 let success = if st.last_run_ok {
@@ -293,7 +290,11 @@ impl Runner {
                     report.problems.push(format!(
                         "ca: staged {} but the live files are at {}; run `pe_failover apply`",
                         entry.staged_digest.as_deref().map(short).unwrap_or("-"),
-                        entry.applied_digest.as_deref().map(short).unwrap_or("nothing")
+                        entry
+                            .applied_digest
+                            .as_deref()
+                            .map(short)
+                            .unwrap_or("nothing")
                     ));
                 }
                 if !st.divergence.replica_only_signed.is_empty() {

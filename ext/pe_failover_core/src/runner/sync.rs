@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{advice, replica_key, replica_label, short, Runner, RECEIVE_COMMAND};
 use crate::config::ReplicaConfig;
 use crate::log::Status;
-use crate::protocol::{Sender, SyncReport};
+use crate::protocol::{is_source_changed, Sender, SyncReport};
 use crate::replset::{ReplicatedSet, SetScan};
 use crate::ssh::SshTarget;
 use crate::state::{sender_status_path, ErrorRecord, Role, SenderStatus, Stamp, SyncOutcome};
@@ -174,7 +174,7 @@ impl Runner {
 
     pub(crate) fn sync_replicas(&self, replicas: &[ReplicaConfig], noop: bool) -> Result<SyncRun> {
         let set = self.replicated_set()?;
-        let scan = match set.scan() {
+        let mut scan = match set.scan() {
             Ok(scan) => scan,
             Err(e) => {
                 let msg = format!(
@@ -212,7 +212,19 @@ impl Runner {
                 return Err(Error::cancelled());
             }
             let started = Instant::now();
-            let result = self.sync_one(&set, &scan, r, noop);
+            let mut result = self.sync_one(&set, &scan, r, noop);
+            // A busy CA: a file changed while it was sent. Scan again and
+            // ship the new state (a few times at most).
+            for _ in 0..3 {
+                match &result {
+                    Err(e) if is_source_changed(e) => {}
+                    _ => break,
+                }
+                scan = set.scan()?;
+                run.digest = Some(scan.manifest.digest());
+                run.entries = scan.manifest.len() as u64;
+                result = self.sync_one(&set, &scan, r, noop);
+            }
             let item = self.replica_result(r, result, noop, started.elapsed());
             run.ok &= item.ok;
             run.lines.push(self.log_replica(&item, noop));

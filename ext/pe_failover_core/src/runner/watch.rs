@@ -132,10 +132,7 @@ impl Runner {
     fn announce_fenced(&self) {
         for r in &self.config.replicas {
             if self.is_fenced_now(r) {
-                let at = self
-                    .fence_record(r)
-                    .map(|f| f.at.time)
-                    .unwrap_or_default();
+                let at = self.fence_record(r).map(|f| f.at.time).unwrap_or_default();
                 self.log(
                     "watch",
                     Status::Warning,
@@ -343,7 +340,10 @@ impl Runner {
                     self.log(
                         "watch",
                         Status::Failure,
-                        &format!("watching {} failed: {e}; watching again", incoming.display()),
+                        &format!(
+                            "watching {} failed: {e}; watching again",
+                            incoming.display()
+                        ),
                     );
                     std::thread::sleep(Duration::from_millis(500));
                     crate::fsutil::create_dir_if_missing(&incoming, 0o700)?;
@@ -360,9 +360,8 @@ impl Runner {
                 watcher = Watcher::new()?;
                 watcher.add_dir(&incoming)?;
             }
-            let relevant = batch.overflow
-                || batch.root_gone
-                || batch.paths.iter().any(|p| is_transaction(p));
+            let relevant =
+                batch.overflow || batch.root_gone || batch.paths.iter().any(|p| is_transaction(p));
             if !batch.is_empty() {
                 summary.batches += 1;
                 summary.events += batch.events;
