@@ -120,8 +120,7 @@ fn receive(ruby: &Ruby, config: String) -> Result<Value, Error> {
     guard(ruby, || {
         let token = CancelToken::new();
         let runner = load(ruby, &config, false)?.cancel_token(token.clone());
-        let report =
-            without_gvl(ruby, &token, move || runner.receive_stdio())?.into_ruby(ruby)?;
+        let report = without_gvl(ruby, &token, move || runner.receive_stdio())?.into_ruby(ruby)?;
         let mut value = serde_json::to_value(&report).unwrap_or_default();
         if let Some(map) = value.as_object_mut() {
             map.insert("ok".into(), true.into());
