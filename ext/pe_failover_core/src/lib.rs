@@ -10,7 +10,9 @@
 //!   over any `Read + Write` stream), [`stage`] (received transactions and
 //!   snapshots), [`apply`] (the live directories), [`state`] (roles and
 //!   status files).
-//! - [`classifier`]: Node Classifier group logic.
+//! - [`classifier`]: Node Classifier group logic; [`ncship`]: shipping the
+//!   active's groups through the same transport and applying them on the
+//!   passive.
 //!
 //! ```ignore
 //! use pe_failover_core::snapshot::Scanner;
@@ -39,6 +41,7 @@ pub mod error;
 pub mod exclude;
 mod fsutil;
 pub mod log;
+pub mod ncship;
 pub mod protocol;
 pub mod replset;
 pub mod snapshot;
