@@ -1095,10 +1095,12 @@ mod tests {
             target: None,
         };
         manifest_from_entries_of(Kind::Nc, vec![entry(NC_DUMP_FILE)]).unwrap();
-        for bad in ["ca/ca_key.pem", "other.json", "nc/groups.json"] {
+        for bad in ["ca_key.pem", "other.json", ".groups.json.tmp"] {
             let err = manifest_from_entries_of(Kind::Nc, vec![entry(bad)]).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::UnsafePath, "{bad}");
         }
+        // Nested paths fail earlier (no parent directory entry) or here.
+        assert!(manifest_from_entries_of(Kind::Nc, vec![entry("ca/ca_key.pem")]).is_err());
         let err = manifest_from_entries_of(Kind::Ca, vec![entry(NC_DUMP_FILE)]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::UnsafePath);
         let mut suid = entry(NC_DUMP_FILE);
