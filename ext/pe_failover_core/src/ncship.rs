@@ -291,16 +291,21 @@ impl NcOutbox {
     }
 
     /// Writes the dump of `groups` atomically (mode 0600), unless the file
-    /// already records the same canonical digest: then nothing is written.
+    /// already holds exactly these bytes (same canonical digest, and not
+    /// damaged): then nothing is written and the file keeps its time.
     pub fn write(&self, groups: &[classifier::Group]) -> Result<NcWrite> {
         let previous = self.current_digest();
         let (digest, bytes) = encode_dump(groups);
         if previous.as_deref() == Some(digest.as_str()) {
-            return Ok(NcWrite {
-                digest,
-                previous,
-                changed: false,
-            });
+            let same = fsutil::read_bounded(&self.dump_path(), NC_DUMP_LIMIT)
+                .is_ok_and(|old| old == bytes);
+            if same {
+                return Ok(NcWrite {
+                    digest,
+                    previous,
+                    changed: false,
+                });
+            }
         }
         fsutil::create_dir_if_missing(&self.dir, 0o700)?;
         write_atomically(&self.dump_path(), &bytes, NC_DUMP_MODE)?;
