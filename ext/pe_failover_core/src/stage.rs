@@ -27,6 +27,12 @@
 //!   apply.lock                      one applier at a time
 //! ```
 //!
+//! Node Classifier dumps ([`Kind::Nc`]) are staged with the same layout
+//! one level down, in `<state>/nc/` ([`StateDir::for_kind`]): their own
+//! `incoming/`, `snapshots/`, `staged.manifest.json` (the NC base digest),
+//! locks and `status.json` (an `NcStatus`), so the two kinds never mix.
+//! `<state>/nc/outgoing/` is the active primary's outbox (see `ncship`).
+//!
 //! Transactions form a chain: each names the digest it was computed
 //! against (its base), starting from the digest of `latest` (or none). The
 //! applier takes them in chain order; a transaction off the chain is stale

@@ -390,7 +390,18 @@ fn retention_keeps_the_newest_dumps() {
     for i in 0..5 {
         let mut groups = desired();
         groups[0].variables.insert("round".into(), json!(i));
-        site.ship_groups(&groups);
+        if i == 2 {
+            // The active lost its record of what it shipped (restored from
+            // a backup): the manifests are exchanged, under the NC rules.
+            fs::remove_file(
+                site.a_state
+                    .join(format!("replicas/{PASSIVE}/nc.manifest.json")),
+            )
+            .unwrap();
+        }
+        let sent = site.ship_groups(&groups);
+        assert_eq!(sent.stats.manifest_exchanged, i == 2, "round {i}");
+        assert_eq!(sent.outcome, SyncOutcome::Committed);
         let report = NcApplier::new(&site.b_state)
             .keep_dumps(2)
             .max_delete_share(1.0)

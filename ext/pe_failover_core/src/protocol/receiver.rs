@@ -67,6 +67,10 @@ pub struct ReceiveReport {
 /// removed. A promoted host (role file says `active`) answers `ERROR` of
 /// kind `fenced` and writes nothing.
 ///
+/// Both kinds are accepted: `ca` is staged in the state directory itself,
+/// `nc` (a set holding only `groups.json`) in `<state_dir>/nc/`, each with
+/// its own base digest, lock and `receiver.status.json`.
+///
 /// ```no_run
 /// use pe_failover_core::protocol::Receiver;
 ///
