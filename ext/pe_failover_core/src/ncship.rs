@@ -541,6 +541,10 @@ pub struct NcApplyReport {
     pub dump: Option<AppliedDump>,
     /// What the classifier sync did (diff, plan, calls).
     pub sync: Option<classifier::SyncReport>,
+    /// Classes the passive lacks for the dump's groups: why a run was
+    /// refused, or what `force` let through. The advice is
+    /// [`classifier::MISSING_CLASSES_ADVICE`].
+    pub missing_classes: Vec<classifier::MissingClass>,
     /// Warnings: forced guards, discarded transactions, nothing received.
     pub warnings: Vec<String>,
     /// Wall-clock duration.
@@ -734,6 +738,9 @@ impl NcApplier {
     /// Stages pending transactions and brings `passive` (this host's
     /// classifier) to the latest dump. Writes the status file whatever
     /// happens (a status that cannot be written becomes a warning).
+    ///
+    /// The report of a failed run is not returned; what it found is in the
+    /// status file ([`NcStatus`]: error, missing classes, warnings).
     pub fn run(&self, passive: &dyn ClassifierApi) -> Result<NcApplyReport> {
         let started = Instant::now();
         let mut report = NcApplyReport::default();
@@ -931,7 +938,23 @@ impl NcApplier {
             refresh_classes: true,
             check_classes: true,
         };
-        let synced = classifier::sync(passive, &dump.groups, &options)?;
+        let synced = match classifier::sync(passive, &dump.groups, &options) {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(e.kind(), ErrorKind::Refused | ErrorKind::Api) {
+                    // Refused for missing classes, or a write the classifier
+                    // rejected (forced through them): name the classes the
+                    // passive lacks in the status too (best effort, one
+                    // more read).
+                    if let Ok(catalog) = passive.class_catalog() {
+                        report.missing_classes =
+                            classifier::missing_classes(&dump.groups, &catalog);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        report.missing_classes = synced.missing_classes.clone();
         report.warnings.extend(synced.warnings.iter().cloned());
         if !synced.in_sync && !self.noop {
             report.warnings.push(format!(
@@ -991,18 +1014,17 @@ impl NcApplier {
                 at,
             });
         }
-        status.missing_classes.clear();
+        status.missing_classes = report
+            .missing_classes
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         if let Some(sync) = &report.sync {
             counts.created = sync.counts.created as u64;
             counts.updated = sync.counts.updated as u64;
             counts.deleted = sync.counts.deleted as u64;
             counts.imported = sync.counts.imported as u64;
             counts.writes = sync.counts.writes as u64;
-            status.missing_classes = sync
-                .missing_classes
-                .iter()
-                .map(ToString::to_string)
-                .collect();
             if sync.in_sync && !sync.noop {
                 let dump = report.dump.as_ref();
                 let same = status.applied.as_ref().map(|a| a.digest.as_str())

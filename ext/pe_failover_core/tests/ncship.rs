@@ -593,6 +593,48 @@ fn a_failure_in_the_middle_of_a_plan_is_repaired_by_the_next_run() {
 }
 
 #[test]
+fn missing_classes_are_named_with_advice_and_nothing_is_written() {
+    let mut site = site(&desired());
+    let mut groups = desired();
+    let agent = groups.iter_mut().find(|g| g.name == "PE Agent").unwrap();
+    agent
+        .classes
+        .insert("site::absent".into(), Default::default());
+    site.ship_groups(&groups);
+    site.passive.reset_stats();
+    let client = site.b_client();
+    let err = NcApplier::new(&site.b_state).run(&client).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("\"site::absent\""), "{msg}");
+    assert!(msg.contains("\"PE Agent\""), "{msg}");
+    assert!(msg.contains("update-classes"), "{msg}");
+    assert_eq!(site.passive.writes(), 0);
+    assert!(
+        api_routes(&mut site.passive)
+            .contains(&"POST /classifier-api/v1/update-classes".to_owned()),
+        "classes were refreshed before the check"
+    );
+    let status = ncship::nc_status(&site.b_state).unwrap().unwrap();
+    assert_eq!(
+        status.missing_classes,
+        ["group \"PE Agent\": class \"site::absent\" is missing from environment \"production\""]
+    );
+
+    // Forced: the write is attempted, and the classifier itself refuses the
+    // reference (missing-referents); the step is named and the class stays
+    // reported.
+    let err = NcApplier::new(&site.b_state)
+        .force(true)
+        .run(&client)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Api, "{err}");
+    assert!(err.to_string().contains("missing-referents"), "{err}");
+    let status = ncship::nc_status(&site.b_state).unwrap().unwrap();
+    assert_eq!(status.missing_classes.len(), 1);
+}
+
+#[test]
 fn nothing_received_yet_is_a_warning_not_a_call() {
     let mut site = site(&[]);
     site.passive.reset_stats();
