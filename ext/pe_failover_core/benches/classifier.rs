@@ -10,6 +10,11 @@
 //! It then compares the two ways of shipping one changed group: the planned
 //! calls versus one import-hierarchy call carrying the whole set.
 //!
+//! Finally the shipping path of `ncship`: the active's work per poll
+//! (parse the `GET /v1/groups` body, transform, encode the canonical dump),
+//! the passive's work per received dump (decode and verify it, diff against
+//! the live groups, plan), and the bytes of the dump file that travel.
+//!
 //! `cargo bench -p pe_failover_core --bench classifier` (env:
 //! PEF_BENCH_GROUPS, PEF_BENCH_RUNS).
 
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use pe_failover_core::classifier::{
     self, canonical_digest, import_hierarchy, parse_dump, transform, Group, OperationKind,
 };
+use pe_failover_core::ncship::{decode_dump, encode_dump};
 use serde_json::{json, Value};
 
 const MASTER1: &str = "master1.puppet.vm";
@@ -207,5 +213,40 @@ fn main() {
     println!(
         "| import-hierarchy (replace) | 1 | {} |",
         import.body_bytes()
+    );
+
+    // ncship: the whole path of one poll on A and one apply on B.
+    let (_, dump_bytes) = encode_dump(&one_changed);
+    let origin = std::path::Path::new("groups.json");
+    let t_encode = time(runs, || {
+        black_box(encode_dump(black_box(&one_changed)));
+    });
+    let t_decode = time(runs, || {
+        black_box(decode_dump(black_box(&dump_bytes), origin).unwrap());
+    });
+    let t_active = time(runs, || {
+        let fetched = parse_dump(black_box(&text)).unwrap();
+        let (out, _) = transform(&fetched, &mappings).unwrap();
+        black_box(encode_dump(&out));
+    });
+    let t_passive = time(runs, || {
+        let dump = decode_dump(black_box(&dump_bytes), origin).unwrap();
+        let d = classifier::diff(&dump.groups, black_box(&desired)).unwrap();
+        black_box(classifier::plan(&d).unwrap());
+    });
+    println!();
+    println!("ncship, one changed group:");
+    println!("| step | time | notes |");
+    println!("|---|---:|---|");
+    println!(
+        "| A: parse + transform + encode dump (one poll) | {t_active:.2?} | encode alone {t_encode:.2?} |"
+    );
+    println!(
+        "| B: decode + verify dump + diff + plan (one apply) | {t_passive:.2?} | decode + verify alone {t_decode:.2?}; {} call(s) |",
+        small_plan.operations.len()
+    );
+    println!(
+        "| dump file shipped | {} | whole file per change (no intra-file delta) |",
+        kib(dump_bytes.len())
     );
 }

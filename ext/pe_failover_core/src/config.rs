@@ -178,6 +178,9 @@ pub struct NcConfig {
     /// applying the minimal set of changes. Default: false.
     #[serde(default)]
     pub replace: bool,
+    /// Received group dumps kept on the passive. Default: 10.
+    #[serde(default = "default_keep")]
+    pub keep_dumps: usize,
 }
 
 impl Default for NcConfig {
@@ -390,6 +393,9 @@ impl Config {
                     "timeouts must be at least 1 second".into(),
                 );
             }
+        }
+        if self.nc.keep_dumps == 0 {
+            return bad("nc.keep_dumps", "must be at least 1".into());
         }
         if self.nc.interval == 0 {
             return bad("nc.interval", "must be at least 1 second".into());

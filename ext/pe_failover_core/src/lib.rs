@@ -10,7 +10,9 @@
 //!   over any `Read + Write` stream), [`stage`] (received transactions and
 //!   snapshots), [`apply`] (the live directories), [`state`] (roles and
 //!   status files).
-//! - [`classifier`]: Node Classifier group logic.
+//! - [`classifier`]: Node Classifier group logic; [`ncship`]: shipping the
+//!   active's groups through the same transport and applying them on the
+//!   passive.
 //! - [`runner`]: the commands (`sync`, `receive`, `apply`, `watch`,
 //!   `status`) driven by a [`config::Config`].
 //!
@@ -41,6 +43,7 @@ pub mod error;
 pub mod exclude;
 mod fsutil;
 pub mod log;
+pub mod ncship;
 pub mod protocol;
 pub mod replset;
 pub mod runner;

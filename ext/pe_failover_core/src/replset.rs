@@ -30,6 +30,7 @@ use crate::cache::write_atomically;
 use crate::cancel::CancelToken;
 use crate::exclude::Excludes;
 use crate::fsutil;
+use crate::protocol::Kind;
 use crate::snapshot::{
     mtime_ns, validate_relative_path, Entry, EntryKind, Manifest, ScanStats, Scanner,
 };
@@ -235,7 +236,14 @@ pub fn check_complete(manifest: &Manifest) -> Result<()> {
 /// a receiver enforces: safe relative paths ([`validate_relative_path`]), no
 /// duplicates, no entry below a symlink, only the replicated paths
 /// ([`is_allowed_path`]), and [`validate_manifest`].
-pub fn manifest_from_entries(mut entries: Vec<Entry>) -> Result<Manifest> {
+pub fn manifest_from_entries(entries: Vec<Entry>) -> Result<Manifest> {
+    manifest_from_entries_of(Kind::Ca, entries)
+}
+
+/// [`manifest_from_entries`] with the rules of `kind`: the CA rules above,
+/// or, for [`Kind::Nc`], those of [`crate::ncship::validate_nc_manifest`]
+/// (only the dump file, a plain file).
+pub fn manifest_from_entries_of(kind: Kind, mut entries: Vec<Entry>) -> Result<Manifest> {
     for e in &entries {
         validate_relative_path(&e.path)?;
     }
@@ -266,8 +274,24 @@ pub fn manifest_from_entries(mut entries: Vec<Entry>) -> Result<Manifest> {
         }
     }
     let manifest = Manifest::from_entries(entries)?;
-    validate_manifest(&manifest)?;
+    validate_manifest_of(kind, &manifest)?;
     Ok(manifest)
+}
+
+/// [`validate_manifest`] for `kind`.
+pub fn validate_manifest_of(kind: Kind, manifest: &Manifest) -> Result<()> {
+    match kind {
+        Kind::Ca => validate_manifest(manifest),
+        Kind::Nc => crate::ncship::validate_nc_manifest(manifest),
+    }
+}
+
+/// Whether `path` may appear in a replicated manifest of `kind`.
+pub fn is_allowed_path_of(kind: Kind, path: &str) -> bool {
+    match kind {
+        Kind::Ca => is_allowed_path(path),
+        Kind::Nc => crate::ncship::is_nc_path(path),
+    }
 }
 
 /// Checks the replication rules on a manifest: only replicated paths, the
@@ -404,6 +428,12 @@ pub fn manifest_file_digest(path: &Path) -> Option<String> {
 /// ([`manifest_from_entries`]) and its recorded digest. `Ok(None)` when the
 /// file does not exist; [`ErrorKind::Corrupt`] when it is not valid.
 pub fn load_manifest(path: &Path) -> Result<Option<Manifest>> {
+    load_manifest_of(Kind::Ca, path)
+}
+
+/// [`load_manifest`] with the rules of `kind` (see
+/// [`manifest_from_entries_of`]).
+pub fn load_manifest_of(kind: Kind, path: &Path) -> Result<Option<Manifest>> {
     let bytes = match fsutil::read_bounded(path, MANIFEST_FILE_LIMIT) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -421,7 +451,8 @@ pub fn load_manifest(path: &Path) -> Result<Option<Manifest>> {
     if file.format != MANIFEST_FILE_FORMAT {
         return Err(corrupt(format!("unknown format {}", file.format)));
     }
-    let manifest = manifest_from_entries(file.entries).map_err(|e| corrupt(e.to_string()))?;
+    let manifest =
+        manifest_from_entries_of(kind, file.entries).map_err(|e| corrupt(e.to_string()))?;
     let digest = manifest.digest();
     if digest != file.digest {
         return Err(corrupt(format!(

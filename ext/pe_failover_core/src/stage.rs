@@ -27,6 +27,12 @@
 //!   apply.lock                      one applier at a time
 //! ```
 //!
+//! Node Classifier dumps ([`Kind::Nc`]) are staged with the same layout
+//! one level down, in `<state>/nc/` ([`StateDir::for_kind`]): their own
+//! `incoming/`, `snapshots/`, `staged.manifest.json` (the NC base digest),
+//! locks and `status.json` (an `NcStatus`), so the two kinds never mix.
+//! `<state>/nc/outgoing/` is the active primary's outbox (see `ncship`).
+//!
 //! Transactions form a chain: each names the digest it was computed
 //! against (its base), starting from the digest of `latest` (or none). The
 //! applier takes them in chain order; a transaction off the chain is stale
@@ -43,10 +49,15 @@ use serde::{Deserialize, Serialize};
 use crate::cache::write_atomically;
 use crate::cancel::CancelToken;
 use crate::fsutil;
-use crate::replset::{load_manifest, save_manifest};
+use crate::protocol::Kind;
+use crate::replset::{load_manifest_of, save_manifest};
 use crate::snapshot::{is_sha256_hex, EntryKind, Manifest};
 use crate::state::Stamp;
 use crate::{Error, ErrorKind, Result};
+
+/// The subdirectory of the state directory holding the Node Classifier's
+/// staging (see [`StateDir::for_kind`]).
+pub const NC_SUBDIR: &str = "nc";
 
 /// Format number of transaction and snapshot metadata files.
 pub const META_FORMAT: u32 = 1;
@@ -59,15 +70,39 @@ const META_LIMIT: u64 = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateDir {
     root: PathBuf,
+    kind: Kind,
 }
 
 impl StateDir {
-    /// The state directory at `root`.
+    /// The CA state directory at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        StateDir { root: root.into() }
+        StateDir {
+            root: root.into(),
+            kind: Kind::Ca,
+        }
     }
 
-    /// The state directory itself.
+    /// The state directory of `kind` under the state directory `root`:
+    /// `root` itself for the CA, `root/nc` for Node Classifier dumps (same
+    /// layout, so the two kinds' transactions, snapshots, locks and status
+    /// files never mix).
+    pub fn for_kind(root: impl Into<PathBuf>, kind: Kind) -> Self {
+        let root = root.into();
+        match kind {
+            Kind::Ca => StateDir::new(root),
+            Kind::Nc => StateDir {
+                root: root.join(NC_SUBDIR),
+                kind,
+            },
+        }
+    }
+
+    /// What this directory stages.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The state directory itself (`<state>/nc` for [`Kind::Nc`]).
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -175,7 +210,7 @@ pub struct TxnMeta {
     pub format: u32,
     /// The transaction id (also the directory name).
     pub txn: String,
-    /// What is replicated (`"ca"`).
+    /// What is replicated (`"ca"` or `"nc"`).
     pub kind: String,
     /// The sending host, as it announced itself.
     pub sender: String,
@@ -242,7 +277,17 @@ impl PendingTxn {
     /// and a digest equal to the one in its metadata.
     pub fn load_manifest(&self) -> Result<Manifest> {
         let path = self.manifest_file();
-        let manifest = load_manifest(&path)?.ok_or_else(|| {
+        let kind = Kind::from_name(&self.meta.kind).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "transaction {} is of the unknown kind {:?}",
+                    self.meta.txn, self.meta.kind
+                ),
+            )
+            .with_path(&self.dir)
+        })?;
+        let manifest = load_manifest_of(kind, &path)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::Corrupt,
                 format!(
@@ -408,7 +453,7 @@ pub fn receiver_base(state: &StateDir, kind: &str) -> Result<Base> {
     // The applier may consume a transaction while we look: retry then.
     let mut last_err = None;
     for _ in 0..3 {
-        let staged = load_manifest(&state.staged_manifest()).unwrap_or(None);
+        let staged = load_manifest_of(state.kind(), &state.staged_manifest()).unwrap_or(None);
         let start = staged.as_ref().map(Manifest::digest);
         let txns = list_txns(state, kind)?.complete;
         let (order, _) = chain(start.as_deref(), &txns);
@@ -617,13 +662,14 @@ pub fn open_snapshot(state: &StateDir, digest: &str) -> Result<Option<Snapshot>>
         )
         .with_path(&meta_path)
     })?;
-    let manifest = load_manifest(&dir.join("manifest.json"))?.ok_or_else(|| {
-        Error::new(
-            ErrorKind::Corrupt,
-            format!("snapshot {} has no manifest", dir.display()),
-        )
-        .with_path(&dir)
-    })?;
+    let manifest =
+        load_manifest_of(state.kind(), &dir.join("manifest.json"))?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("snapshot {} has no manifest", dir.display()),
+            )
+            .with_path(&dir)
+        })?;
     if meta.digest != digest || manifest.digest() != digest {
         return Err(Error::new(
             ErrorKind::Corrupt,

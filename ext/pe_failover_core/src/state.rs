@@ -8,6 +8,9 @@
 //!   `<state>/incoming/receiver.status.json`.
 //! - On the active primary the sender writes one [`SenderStatus`] per replica
 //!   and kind to `<state>/replicas/<replica>/<kind>.status.json`.
+//! - On a passive primary the Node Classifier applier writes [`NcStatus`] to
+//!   `<state>/nc/status.json` ([`nc_status_path`]); its receiver writes a
+//!   [`ReceiverStatus`] of kind `nc` to `<state>/nc/incoming/receiver.status.json`.
 //!
 //! Both are replaced atomically, carry a `format` number (1), and record
 //! times twice: RFC 3339 in UTC for people, Unix seconds for arithmetic
@@ -485,6 +488,151 @@ impl SenderStatus {
             }
         }
     }
+}
+
+/// Counters of the last Node Classifier apply on a passive primary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NcApplyCounts {
+    /// Groups in the applied dump.
+    pub groups: u64,
+    /// Transactions staged in this run.
+    pub txns_applied: u64,
+    /// Transactions discarded in this run (corrupt, or not on the chain).
+    pub txns_discarded: u64,
+    /// Groups created.
+    pub created: u64,
+    /// Update calls (temporary renames included).
+    pub updated: u64,
+    /// Groups deleted.
+    pub deleted: u64,
+    /// `import-hierarchy` calls.
+    pub imported: u64,
+    /// Every write call made to the classifier (0 when nothing changed).
+    pub writes: u64,
+}
+
+/// The status of a passive primary's Node Classifier replication, written
+/// by the NC applier to `<state>/nc/status.json` after every run (the CA's
+/// is [`ReplicaStatus`]).
+///
+/// Digests are the canonical digests of the groups
+/// (`classifier::canonical_digest`), the same the active primary reports
+/// when it prepares a dump, so the two sides can be compared directly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NcStatus {
+    /// Schema version ([`STATUS_FORMAT`]).
+    pub format: u32,
+    /// This host's role when the status was written.
+    pub role: Option<Role>,
+    /// Always `"nc"`.
+    pub kind: String,
+    /// The newest dump staged from received transactions (groups digest,
+    /// transaction, time).
+    pub staged: Option<DigestAt>,
+    /// The dump the live classifier was last brought to.
+    pub applied: Option<DigestAt>,
+    /// The classifier written to (`<host>:<port>`).
+    pub classifier: Option<String>,
+    /// Complete transactions waiting for the applier.
+    pub pending_txns: u64,
+    /// When the applier last ran.
+    pub last_run: Option<Stamp>,
+    /// Whether the last run succeeded.
+    pub last_run_ok: bool,
+    /// When a run last succeeded.
+    pub last_success: Option<Stamp>,
+    /// Counters of the last run.
+    pub counts: NcApplyCounts,
+    /// Classes the passive lacks (`group: class in environment`), reported
+    /// by the last run (refused, or forced through).
+    pub missing_classes: Vec<String>,
+    /// Warnings of the last run (forced guards, discarded transactions).
+    pub warnings: Vec<String>,
+    /// The last error, kept after later successes; compare its time with
+    /// `last_run`.
+    pub last_error: Option<ErrorRecord>,
+}
+
+impl NcStatus {
+    /// An empty status.
+    pub fn new() -> NcStatus {
+        NcStatus {
+            format: STATUS_FORMAT,
+            role: None,
+            kind: "nc".into(),
+            staged: None,
+            applied: None,
+            classifier: None,
+            pending_txns: 0,
+            last_run: None,
+            last_run_ok: false,
+            last_success: None,
+            counts: NcApplyCounts::default(),
+            missing_classes: Vec::new(),
+            warnings: Vec::new(),
+            last_error: None,
+        }
+    }
+
+    /// Reads a status file; `Ok(None)` when there is none yet.
+    pub fn load(path: &Path) -> Result<Option<NcStatus>> {
+        load_json(path)
+    }
+
+    /// Replaces the status file atomically (mode 0644).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        save_json(path, self)
+    }
+
+    /// Seconds since the last successful run at `now`, if there was one.
+    pub fn lag_seconds(&self, now: &Stamp) -> Option<i64> {
+        self.last_success.as_ref().map(|s| now.unix - s.unix)
+    }
+
+    /// The syslog line for the last run:
+    /// `PE_FAILOVER: nc_apply ---> [SUCCESS|FAILURE|WARNING] <message>`.
+    pub fn syslog_line(&self) -> String {
+        if !self.last_run_ok {
+            let msg = self
+                .last_error
+                .as_ref()
+                .map(|e| e.message.as_str())
+                .unwrap_or("failed");
+            return syslog_line("nc_apply", Level::Failure, msg);
+        }
+        let applied = self
+            .applied
+            .as_ref()
+            .map(|a| short(&a.digest))
+            .unwrap_or("none");
+        let mut msg = format!(
+            "nc at {applied}: {} groups, {} created, {} updated, {} deleted, {} imported",
+            self.counts.groups,
+            self.counts.created,
+            self.counts.updated,
+            self.counts.deleted,
+            self.counts.imported
+        );
+        if self.warnings.is_empty() {
+            syslog_line("nc_apply", Level::Success, &msg)
+        } else {
+            msg.push_str("; ");
+            msg.push_str(&self.warnings.join("; "));
+            syslog_line("nc_apply", Level::Warning, &msg)
+        }
+    }
+}
+
+impl Default for NcStatus {
+    fn default() -> Self {
+        NcStatus::new()
+    }
+}
+
+/// The Node Classifier status file of a passive primary whose state
+/// directory is `state_dir`: `<state_dir>/nc/status.json`.
+pub fn nc_status_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("nc").join("status.json")
 }
 
 /// The path of the sender status file for `replica` and `kind` under the

@@ -10,7 +10,7 @@
 //!
 //! | type | name | payload | limit |
 //! |---|---|---|---|
-//! | 1 | `HELLO` | JSON `{protocol:"pe_failover", version, kind, sender, txn}` | 64 KiB |
+//! | 1 | `HELLO` | JSON `{protocol:"pe_failover", version, kind ("ca"\|"nc"), sender, txn}` | 64 KiB |
 //! | 2 | `WELCOME` | JSON `{version, base: digest\|null, role, host}` | 64 KiB |
 //! | 3 | `ERROR` | JSON `{kind, message}` (either side; ends the session) | 64 KiB |
 //! | 4 | `MANIFEST_REQUEST` | empty | 64 KiB |
@@ -58,6 +58,13 @@
 //! SHA-256 and length; the applier, which can read the previous snapshot,
 //! checks the SHA-256 of the whole.
 //!
+//! The same conversation carries both kinds ([`Kind`]): the CA's
+//! replicated set, or the Node Classifier dump (a set holding only the
+//! file `groups.json`, see [`crate::ncship`]). Each kind has its own staging
+//! namespace on the receiver ([`crate::stage::StateDir::for_kind`]), its
+//! own base digest and its own per-replica files on the sender; fencing is
+//! the same for both.
+//!
 //! The receiver validates everything before it writes anything usable (see
 //! [`Receiver`]); the sender keeps, per replica, the last manifest it
 //! shipped, so that the normal case needs no manifest exchange.
@@ -95,7 +102,8 @@ pub const DATA_CHUNK: usize = 256 * 1024;
 pub enum Kind {
     /// The Puppet CA (the `replset` module's set).
     Ca,
-    /// Node Classifier groups (not carried by this version yet).
+    /// Node Classifier groups: one canonical dump file (see the `ncship`
+    /// module), staged under `<state>/nc/`, apart from the CA.
     Nc,
 }
 
@@ -105,6 +113,15 @@ impl Kind {
         match self {
             Kind::Ca => "ca",
             Kind::Nc => "nc",
+        }
+    }
+
+    /// The kind named `name` (`"ca"` or `"nc"`), if any.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        match name {
+            "ca" => Some(Kind::Ca),
+            "nc" => Some(Kind::Nc),
+            _ => None,
         }
     }
 }

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::cancel::CancelToken;
 use crate::fsutil::{self, FileLock};
-use crate::replset::{is_allowed_path, manifest_from_entries};
+use crate::replset::{is_allowed_path_of, manifest_from_entries_of};
 use crate::snapshot::{is_sha256_hex, validate_relative_path, Entry, EntryKind};
 use crate::stage::{
     clean_partials, receiver_base, validate_txn_id, Base, Extension, StateDir, TxnMeta, TxnWriter,
@@ -66,6 +66,10 @@ pub struct ReceiveReport {
 /// that says what was wrong; the transaction's `.partial` directory is
 /// removed. A promoted host (role file says `active`) answers `ERROR` of
 /// kind `fenced` and writes nothing.
+///
+/// Both kinds are accepted: `ca` is staged in the state directory itself,
+/// `nc` (a set holding only `groups.json`) in `<state_dir>/nc/`, each with
+/// its own base digest, lock and `receiver.status.json`.
 ///
 /// ```no_run
 /// use pe_failover_core::protocol::Receiver;
@@ -162,16 +166,19 @@ impl Receiver {
         let mut conn = Conn::new(stream, self.limits, "the sender");
         let mut session = Session {
             sender: None,
+            kind: None,
             stats: Stats::default(),
         };
         let result = self.session(&mut conn, &mut session);
         session.stats.bytes_sent = conn.sent();
         session.stats.bytes_received = conn.received();
         session.stats.elapsed = started.elapsed();
-        let status_path = self.state.receiver_status_file();
+        let kind = session.kind.unwrap_or(Kind::Ca);
+        let state = StateDir::for_kind(self.state.root(), kind);
+        let status_path = state.receiver_status_file();
         let mut status = ReceiverStatus::load(&status_path)
             .unwrap_or(None)
-            .unwrap_or_else(|| ReceiverStatus::new(Kind::Ca.as_str()));
+            .unwrap_or_else(|| ReceiverStatus::new(kind.as_str()));
         let result = match result {
             Ok(mut report) => {
                 report.stats = session.stats;
@@ -200,7 +207,7 @@ impl Receiver {
         };
         // Only once the state directory exists (a fenced or malformed
         // session may not have created it).
-        if self.state.incoming().is_dir() {
+        if state.incoming().is_dir() {
             let _ = status.save(&status_path);
         }
         result
@@ -228,12 +235,14 @@ impl Receiver {
         let sender = sanitize_host(&hello.sender);
         session.sender = Some(sender.clone());
         validate_txn_id(&hello.txn)?;
-        if hello.kind != Kind::Ca.as_str() {
-            return Err(violation(format!(
-                "this receiver does not accept replication of kind {:?} (only \"ca\")",
+        let kind = Kind::from_name(&hello.kind).ok_or_else(|| {
+            violation(format!(
+                "this receiver does not accept replication of kind {:?} (only \"ca\" and \"nc\"); install the same pe_failover version on both primaries",
                 hello.kind
-            )));
-        }
+            ))
+        })?;
+        session.kind = Some(kind);
+        let state = StateDir::for_kind(self.state.root(), kind);
         let host = self.host.clone().unwrap_or_else(local_hostname);
 
         // Fencing: a promoted host takes nothing from its old primary.
@@ -265,14 +274,10 @@ impl Receiver {
             }
         }
 
-        fsutil::ensure_dir(&self.state.incoming(), 0o700)?;
-        let _lock = FileLock::acquire(
-            &self.state.receive_lock(),
-            self.lock_wait,
-            "receive session",
-        )?;
-        let partials_removed = clean_partials(&self.state)?;
-        let base = receiver_base(&self.state, Kind::Ca.as_str())?;
+        fsutil::ensure_dir(&state.incoming(), 0o700)?;
+        let _lock = FileLock::acquire(&state.receive_lock(), self.lock_wait, "receive session")?;
+        let partials_removed = clean_partials(&state)?;
+        let base = receiver_base(&state, kind.as_str())?;
         conn.send_json(
             FrameType::Welcome,
             &Welcome {
@@ -322,8 +327,15 @@ impl Receiver {
                 }
                 _ => {
                     let head: DeltaHead = conn.parse(&frame)?;
-                    let (dir, digest) =
-                        self.receive_delta(conn, &hello.txn, &report.sender, &base, head, session)?;
+                    let (dir, digest) = self.receive_delta(
+                        conn,
+                        &state,
+                        &hello.txn,
+                        &report.sender,
+                        &base,
+                        head,
+                        session,
+                    )?;
                     report.outcome = ReceiveOutcome::Stored;
                     report.digest = Some(digest);
                     report.txn_dir = Some(dir);
@@ -333,9 +345,11 @@ impl Receiver {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn receive_delta<S: Read + Write>(
         &self,
         conn: &mut Conn<S>,
+        state: &StateDir,
         txn: &str,
         sender: &str,
         base: &Base,
@@ -343,6 +357,7 @@ impl Receiver {
         session: &mut Session,
     ) -> Result<(PathBuf, String)> {
         let limits = self.limits;
+        let kind = state.kind();
         if head.base != base.digest {
             return Err(violation(format!(
                 "the delta was computed against {}, but this replica holds {}; sync again",
@@ -380,7 +395,7 @@ impl Receiver {
         // Every path on its own first, for precise messages.
         let mut seen: FxHashSet<&str> = FxHashSet::default();
         for e in &upserts {
-            check_path(&e.path)?;
+            check_path(kind, &e.path)?;
             if !seen.insert(e.path.as_str()) {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
@@ -402,7 +417,7 @@ impl Receiver {
             .collect();
         let mut removed: FxHashSet<&str> = FxHashSet::default();
         for path in &removes {
-            check_path(path)?;
+            check_path(kind, path)?;
             if seen.contains(path.as_str()) || !removed.insert(path.as_str()) {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
@@ -425,7 +440,7 @@ impl Receiver {
                 limits.max_entries
             )));
         }
-        let manifest = manifest_from_entries(entries.into_values().cloned().collect())?;
+        let manifest = manifest_from_entries_of(kind, entries.into_values().cloned().collect())?;
         let digest = manifest.digest();
         if digest != head.digest {
             return Err(Error::new(
@@ -464,7 +479,7 @@ impl Receiver {
                 limits.max_txn_bytes
             )));
         }
-        let mut writer = TxnWriter::create(&self.state, txn)?;
+        let mut writer = TxnWriter::create(state, txn)?;
         conn.send(FrameType::Want, &want)?;
         conn.flush()?;
 
@@ -529,7 +544,7 @@ impl Receiver {
         let meta = TxnMeta {
             format: META_FORMAT,
             txn: txn.to_string(),
-            kind: Kind::Ca.as_str().into(),
+            kind: kind.as_str().into(),
             sender: sender.to_string(),
             base: base.digest.clone(),
             digest: digest.clone(),
@@ -596,16 +611,21 @@ fn be_u64(bytes: &[u8]) -> u64 {
 
 struct Session {
     sender: Option<String>,
+    kind: Option<Kind>,
     stats: Stats,
 }
 
-/// A path of a delta: safe and replicated.
-fn check_path(path: &str) -> Result<()> {
+/// A path of a delta: safe and replicated for `kind`.
+fn check_path(kind: Kind, path: &str) -> Result<()> {
     validate_relative_path(path)?;
-    if !is_allowed_path(path) {
+    if !is_allowed_path_of(kind, path) {
+        let allowed = match kind {
+            Kind::Ca => "only ca/..., ssl/crl.pem and ssl/certs/ca.pem are replicated",
+            Kind::Nc => "a Node Classifier transaction may only hold the dump file groups.json",
+        };
         return Err(Error::new(
             ErrorKind::UnsafePath,
-            format!("unsafe path {path:?}: only ca/..., ssl/crl.pem and ssl/certs/ca.pem are replicated"),
+            format!("unsafe path {path:?}: {allowed}"),
         ));
     }
     Ok(())

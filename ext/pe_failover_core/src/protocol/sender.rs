@@ -15,8 +15,9 @@ use super::{
 use crate::cancel::CancelToken;
 use crate::diff::{diff, Changeset};
 use crate::fsutil;
+use crate::ncship::NcOutbox;
 use crate::replset::{
-    load_manifest, manifest_file_digest, manifest_from_entries, save_manifest, ReplicatedSet,
+    load_manifest_of, manifest_file_digest, manifest_from_entries_of, save_manifest, ReplicatedSet,
     SetScan,
 };
 use crate::snapshot::{is_sha256_hex, Entry, EntryKind, Manifest};
@@ -82,15 +83,35 @@ pub struct SyncReport {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// The same sender ships the Node Classifier dump: see [`Sender::nc`].
 #[derive(Clone, Debug)]
 pub struct Sender {
-    set: ReplicatedSet,
+    source: Source,
     replica: String,
     state_dir: PathBuf,
     host: Option<String>,
     noop: bool,
     cancel: CancelToken,
     limits: Limits,
+}
+
+/// What a sender ships.
+#[derive(Clone, Debug)]
+enum Source {
+    /// The CA's replicated set.
+    Ca(ReplicatedSet),
+    /// The Node Classifier dump directory.
+    Nc(NcOutbox),
+}
+
+impl Source {
+    fn kind(&self) -> Kind {
+        match self {
+            Source::Ca(_) => Kind::Ca,
+            Source::Nc(_) => Kind::Nc,
+        }
+    }
 }
 
 impl Sender {
@@ -104,10 +125,37 @@ impl Sender {
         replica: impl Into<String>,
         state_dir: impl Into<PathBuf>,
     ) -> Self {
+        Sender::with_source(Source::Ca(set), replica.into(), state_dir.into())
+    }
+
+    /// A sender of the Node Classifier dump in `outbox` (written by
+    /// [`crate::ncship::nc_prepare`]) to the replica named `replica`, with
+    /// the per-replica files `replicas/<replica>/nc.manifest.json` and
+    /// `replicas/<replica>/nc.status.json` under `state_dir`. The replica
+    /// stages it apart from the CA. Same defaults as [`Sender::new`].
+    ///
+    /// ```no_run
+    /// use std::os::unix::net::UnixStream;
+    /// use pe_failover_core::ncship::NcOutbox;
+    /// use pe_failover_core::protocol::Sender;
+    ///
+    /// # fn main() -> pe_failover_core::Result<()> {
+    /// # let stream = UnixStream::connect("/run/example.sock").unwrap();
+    /// let outbox = NcOutbox::in_state_dir("/opt/pe_failover/state");
+    /// let report = Sender::nc(outbox, "b.example.com", "/opt/pe_failover/state").sync(stream)?;
+    /// println!("{:?}", report.outcome);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn nc(outbox: NcOutbox, replica: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        Sender::with_source(Source::Nc(outbox), replica.into(), state_dir.into())
+    }
+
+    fn with_source(source: Source, replica: String, state_dir: PathBuf) -> Self {
         Sender {
-            set,
-            replica: replica.into(),
-            state_dir: state_dir.into(),
+            source,
+            replica,
+            state_dir,
             host: None,
             noop: false,
             cancel: CancelToken::new(),
@@ -132,8 +180,15 @@ impl Sender {
     /// is told and keeps nothing.
     pub fn cancel_token(mut self, token: CancelToken) -> Self {
         self.cancel = token.clone();
-        self.set = self.set.cancel_token(token);
+        if let Source::Ca(set) = self.source {
+            self.source = Source::Ca(set.cancel_token(token));
+        }
         self
+    }
+
+    /// What this sender ships.
+    pub fn kind(&self) -> Kind {
+        self.source.kind()
     }
 
     /// Bounds enforced on what the receiver sends. Default: [`Limits::default`].
@@ -147,20 +202,29 @@ impl Sender {
         self.state_dir
             .join("replicas")
             .join(&self.replica)
-            .join(format!("{}.manifest.json", Kind::Ca.as_str()))
+            .join(format!("{}.manifest.json", self.kind().as_str()))
     }
 
     /// The sender status file of the replica.
     pub fn status_path(&self) -> PathBuf {
-        sender_status_path(&self.state_dir, &self.replica, Kind::Ca.as_str())
+        sender_status_path(&self.state_dir, &self.replica, self.kind().as_str())
     }
 
-    /// Scans the set and syncs it over `stream`. A scan that fails or is
-    /// refused (database-backed, empty or incomplete CA) sends nothing but
-    /// an `ERROR` frame. Records the outcome in the status file.
+    /// Scans the set (or reads the NC dump) and syncs it over `stream`. A
+    /// scan that fails or is refused (database-backed, empty or incomplete
+    /// CA; no NC dump prepared) sends nothing but an `ERROR` frame. Records
+    /// the outcome in the status file.
     pub fn sync<S: Read + Write>(&self, stream: S) -> Result<SyncReport> {
-        match self.set.scan() {
-            Ok(scan) => self.sync_scanned(&scan, stream),
+        let scanned = match &self.source {
+            Source::Ca(set) => set
+                .scan()
+                .map(|scan| (scan.manifest, Resolver::Ca(scan.paths))),
+            Source::Nc(outbox) => outbox
+                .scan()
+                .map(|manifest| (manifest, Resolver::Nc(outbox.dir().to_path_buf()))),
+        };
+        match scanned {
+            Ok((manifest, resolver)) => self.sync_manifest(&manifest, &resolver, stream),
             Err(e) => {
                 let mut conn = Conn::new(stream, self.limits, "the receiver");
                 conn.send_error(&e);
@@ -172,14 +236,31 @@ impl Sender {
         }
     }
 
-    /// Syncs an existing scan over `stream` (several replicas can share one
-    /// scan). Records the outcome in the status file.
+    /// Syncs an existing CA scan over `stream` (several replicas can share
+    /// one scan). Records the outcome in the status file. A sender made with
+    /// [`Sender::nc`] refuses ([`ErrorKind::InvalidInput`]): use
+    /// [`sync`](Self::sync).
     pub fn sync_scanned<S: Read + Write>(&self, scan: &SetScan, stream: S) -> Result<SyncReport> {
+        if self.kind() != Kind::Ca {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a CA scan was given to the Node Classifier sender; call sync() instead",
+            ));
+        }
+        self.sync_manifest(&scan.manifest, &Resolver::Ca(scan.paths.clone()), stream)
+    }
+
+    fn sync_manifest<S: Read + Write>(
+        &self,
+        manifest: &Manifest,
+        resolver: &Resolver,
+        stream: S,
+    ) -> Result<SyncReport> {
         let started = Instant::now();
         let result = validate_replica_name(&self.replica).and_then(|()| {
             let mut conn = Conn::new(stream, self.limits, "the receiver");
             let mut stats = Stats::default();
-            let result = self.converse(&mut conn, scan, &mut stats);
+            let result = self.converse(&mut conn, manifest, resolver, &mut stats);
             stats.bytes_sent = conn.sent();
             stats.bytes_received = conn.received();
             stats.elapsed = started.elapsed();
@@ -219,10 +300,11 @@ impl Sender {
     fn converse<S: Read + Write>(
         &self,
         conn: &mut Conn<S>,
-        scan: &SetScan,
+        current: &Manifest,
+        resolver: &Resolver,
         stats: &mut Stats,
     ) -> Result<SyncReport> {
-        let current = &scan.manifest;
+        let kind = self.kind();
         let digest = current.digest();
         let txn = new_txn_id();
         stats.entries = current.len() as u64;
@@ -230,7 +312,7 @@ impl Sender {
         let hello = Hello {
             protocol: PROTOCOL_NAME.into(),
             version: PROTOCOL_VERSION,
-            kind: Kind::Ca.as_str().into(),
+            kind: kind.as_str().into(),
             sender: self.host.clone().unwrap_or_else(local_hostname),
             txn: txn.clone(),
         };
@@ -253,7 +335,7 @@ impl Sender {
         let base: Manifest = match welcome.base.as_deref() {
             None => Manifest::default(),
             Some(b) if b == digest => current.clone(),
-            Some(b) => match load_manifest(&shipped_path).unwrap_or(None) {
+            Some(b) => match load_manifest_of(kind, &shipped_path).unwrap_or(None) {
                 Some(m) if m.digest() == b => m,
                 _ => {
                     stats.manifest_exchanged = true;
@@ -264,7 +346,7 @@ impl Sender {
         let changes = diff(&base, current);
         let mut report = SyncReport {
             replica: self.replica.clone(),
-            kind: Kind::Ca,
+            kind,
             outcome: SyncOutcome::UpToDate,
             txn: txn.clone(),
             base: welcome.base.clone(),
@@ -331,7 +413,7 @@ impl Sender {
                 continue;
             }
             self.cancel.check().inspect_err(|e| conn.send_error(e))?;
-            let source = scan.paths.resolve(path).ok_or_else(|| {
+            let source = resolver.resolve(path).ok_or_else(|| {
                 Error::new(
                     ErrorKind::Internal,
                     format!("no source file for manifest path {path}"),
@@ -394,7 +476,7 @@ impl Sender {
             &mut budget,
             "manifest entries",
         )?;
-        let manifest = manifest_from_entries(entries).map_err(|e| {
+        let manifest = manifest_from_entries_of(self.kind(), entries).map_err(|e| {
             violation(format!(
                 "the receiver's manifest is not valid: {}",
                 e.message()
@@ -547,7 +629,7 @@ impl Sender {
         let path = self.status_path();
         let mut status = SenderStatus::load(&path)
             .unwrap_or(None)
-            .unwrap_or_else(|| SenderStatus::new(&self.replica, Kind::Ca.as_str()));
+            .unwrap_or_else(|| SenderStatus::new(&self.replica, self.kind().as_str()));
         let now = Stamp::now();
         status.last_attempt = Some(now.clone());
         match result {
@@ -580,6 +662,21 @@ impl Sender {
             }
         }
         status.save(&path)
+    }
+}
+
+/// Where the files of a manifest are read from.
+enum Resolver {
+    Ca(crate::replset::CaPaths),
+    Nc(PathBuf),
+}
+
+impl Resolver {
+    fn resolve(&self, rel: &str) -> Option<PathBuf> {
+        match self {
+            Resolver::Ca(paths) => paths.resolve(rel),
+            Resolver::Nc(dir) => crate::ncship::is_nc_path(rel).then(|| dir.join(rel)),
+        }
     }
 }
 
