@@ -1,0 +1,192 @@
+# frozen_string_literal: true
+
+# Two primaries in a sandbox on this machine (spec/support/sandbox.rb): the
+# module tarball is built and installed with `puppet module install`, then
+# `puppet apply` sets up master A as active and master B as passive, every
+# path, user and service pointing into the sandbox, and a second apply of
+# each must change nothing. A's transfer key reaches B's sshd only as the
+# forced receiver command. Promotion of B and demotion of A (the face, then
+# the swapped classes), and the failback, leave nothing stale and are
+# idempotent too. Replication itself (sign, revoke and clean on A, B's ssl
+# dir following, fencing) runs once the native runner is in the module.
+# Finally the host outside the sandbox is what it was: no user, group,
+# cron entry, unit or default path was created.
+#
+# Needs root (sshd, files owned by root), OpenSSH and a built extension
+# (`rake build` runs `rake compile`).
+
+require 'json'
+require 'open3'
+require 'tmpdir'
+require_relative '../support/sandbox'
+
+ROOT = File.expand_path('../..', __dir__) unless defined?(ROOT)
+
+RSpec.describe 'two primaries in a sandbox', :acceptance, order: :defined do
+  metadata = JSON.parse(File.read(File.join(ROOT, 'metadata.json')))
+  # PE_FAILOVER_TARBALL: use an already built tarball instead of `rake build`.
+  prebuilt = ENV.fetch('PE_FAILOVER_TARBALL', nil)
+  tarball = prebuilt || File.join(ROOT, 'pkg', "#{metadata['name']}-#{metadata['version']}.tar.gz")
+
+  before(:all) do
+    skip 'needs root (sshd, files owned by root)' unless Process.uid.zero?
+    skip 'needs OpenSSH (apt-get install openssh-server openssh-client)' unless File.executable?('/usr/sbin/sshd')
+
+    @host_before = PeFailoverSpec::Sandbox.host_state
+    unless prebuilt
+      out, status = Open3.capture2e('rake', 'build', chdir: ROOT)
+      raise "rake build failed:\n#{out}" unless status.success?
+    end
+
+    @sb = PeFailoverSpec::Sandbox.new(root: Dir.mktmpdir('pe_failover-two-masters'))
+    @sb.install_module(tarball)
+    @sb.make_ca(certs: 3, key_bits: 1024)
+    @sb.start_sshd(@sb.b)
+    @sb.start_sshd(@sb.a) # for the time A is the passive
+    @runner = @sb.runner?
+  end
+
+  after(:all) { @sb&.cleanup }
+
+  let(:sb) { @sb }
+  let(:a) { @sb.a }
+  let(:b) { @sb.b }
+
+  def apply!(master, manifest, expect_code)
+    code, out, = sb.apply(master, manifest)
+    expect(code).to eq(expect_code), "puppet apply on #{master.name} exited #{code}, expected #{expect_code}:\n#{out}"
+    out
+  end
+
+  def role_of(master)
+    [JSON.parse(File.read(master.config))['role'], File.read(master.facts_file)[%r{pe_failover_mode: "(\w+)"}, 1]]
+  end
+
+  # What belongs to only one role on disk.
+  def active_only(m) = [m.public_key, m.cron_file, m.path('opt', 'pe_failover', 'ssh', 'id_ed25519')]
+  def passive_only(m) = [m.authorized_keys, m.path('opt', 'pe_failover', 'state', 'incoming')]
+
+  it 'sets up A as active and B as passive with puppet apply; a second apply of each changes nothing' do
+    out = apply!(a, sb.active_manifest, 2)
+    expect(out).to include('pe_failover transfer key]/returns: executed successfully')
+    expect(File.read(a.public_key)).to start_with('ssh-ed25519 ')
+    expect(File.read(a.path('opt', 'pe_failover', 'ssh', 'known_hosts')))
+      .to eq("[127.0.0.1]:#{sb.sshd(b).port} #{sb.sshd(b).host_key_line}\n")
+    expect(File.read(a.cron_file)).to include("root #{a.wrapper} sync --config #{a.config}")
+    expect(JSON.parse(File.read(a.config))).to include('role' => 'active', 'certname' => a.certname, 'state_dir' => a.state_dir)
+    expect(File.read(a.facts_file)).to include(%(pe_failover_mode: "active"\npe_failover_passive_master: "127.0.0.1"\n))
+    # The wrapper runs the installed module's CLI with this Ruby.
+    expect(File.read(a.wrapper)).to include("-I #{sb.module_lib} #{sb.module_lib}/puppet_x/pe_failover/cli.rb")
+
+    apply!(b, sb.passive_manifest, 2)
+    expect(File.read(b.authorized_keys))
+      .to eq(%(restrict,command="#{b.wrapper} receive --config #{b.config}" #{File.read(a.public_key).strip}\n))
+    expect(role_of(b)).to eq(%w[passive passive])
+
+    apply!(a, sb.active_manifest, 0)
+    apply!(b, sb.passive_manifest, 0)
+  end
+
+  it "lets A's transfer key into B's sshd, with B's host key pinned, and only as the receiver" do
+    code, out = sb.ssh(a, b, 'echo not-the-receiver; id')
+    expect(out).not_to include('not-the-receiver')
+    expect(out).not_to include('uid=')
+    expect(out).not_to match(%r{Host key verification failed|Permission denied})
+    expect(File.read(sb.sshd(b).log_path)).to match(%r{Accepted publickey for root from 127\.0\.0\.1 .* ED25519})
+    # Without the runner the receiver refuses at once; either way the key ran
+    # nothing but the forced command.
+    expect(code).not_to eq(0) unless @runner
+  end
+
+  it 'reports status through the installed face: never synced on A, nothing applied on B' do
+    skip 'the runner ships and writes the status files; without it both sides are empty' if @runner
+
+    code, out, = sb.face(a, 'status', '--render-as', 'json')
+    expect(code).to eq(1)
+    expect(JSON.parse(out)).to include('role' => 'active', 'healthy' => false, 'problems' => ['ca to 127.0.0.1: never synced'])
+    code, out, = sb.face(b, 'status', '--render-as', 'json')
+    expect(code).to eq(1)
+    expect(JSON.parse(out)).to include('role' => 'passive', 'problems' => ['ca: nothing applied yet'])
+  end
+
+  it "replicates sign, revoke and clean on A into B's ssl dir (sync and watch)" do
+    pending 'needs the native runner (branch runner): cli.rb sync/receive/apply' unless @runner
+
+    sb.ca.sign('new-agent.example.com')
+    sb.ca.revoke('agent000.example.com')
+    sb.ca.clean('agent001.example.com')
+    code, out = sb.command(a, 'sync', '--config', a.config)
+    expect(code).to eq(0), out
+    code, out = sb.command(b, 'apply', '--config', b.config)
+    expect(code).to eq(0), out
+    expect(File).to exist(File.join(b.cadir, 'signed', 'new-agent.example.com.pem'))
+    expect(File).not_to exist(File.join(b.cadir, 'signed', 'agent001.example.com.pem'))
+    expect(File.read(File.join(b.cadir, 'ca_crl.pem'))).to eq(File.read(File.join(a.cadir, 'ca_crl.pem')))
+    expect(File.read(File.join(b.ssldir, 'certs', "#{b.certname}.pem"))).not_to eq(File.read(File.join(a.ssldir, 'certs', "#{a.certname}.pem")))
+  end
+
+  it "replicates group edits on A's classifier to B's" do
+    pending 'needs classifier shipping (branch ncship), not merged yet'
+    raise 'NC shipping is not in this branch'
+  end
+
+  it 'promotes B and demotes A with the face, effective at once, then with the swapped classes' do
+    code, out, err = sb.face(b, 'promote')
+    expect([code, err]).to eq([0, '']), out
+    expect(out).to include("#{b.certname}: role passive -> active", 'fenced', 'pe_failover::active')
+    expect(role_of(b)).to eq(%w[active active])
+
+    code, out, = sb.face(a, 'demote')
+    expect(code).to eq(0), out
+    expect(out).to include('stopped: 127.0.0.1', 'pe_failover::passive')
+    expect(role_of(a)).to eq(%w[passive passive])
+    expect(JSON.parse(File.read(a.config))['replicas']).to eq([])
+
+    if @runner
+      code, out = sb.command(a, 'sync', '--config', a.config)
+      expect(out).not_to include('committed'), out # a demoted A ships nothing
+    end
+
+    # The classes complete the swap: B ships to A's sshd, A accepts B's key.
+    apply!(b, sb.active_manifest(b, a), 2)
+    apply!(a, sb.passive_manifest(a, b), 2)
+    (active_only(a) + passive_only(b)).each { |p| expect(File).not_to exist(p), "stale after the swap: #{p}" }
+    (active_only(b).first(1) + passive_only(a)).each { |p| expect(File).to exist(p) }
+    expect(File.read(a.authorized_keys)).to include(File.read(b.public_key).strip)
+    apply!(b, sb.active_manifest(b, a), 0)
+    apply!(a, sb.passive_manifest(a, b), 0)
+
+    code, out = sb.ssh(b, a, 'echo not-the-receiver')
+    expect(out).not_to include('not-the-receiver')
+    expect(File.read(sb.sshd(a).log_path)).to include('Accepted publickey for root')
+    expect(code).not_to eq(0) unless @runner
+  end
+
+  it 'fences both ways: the promoted B refuses A, and A, once passive, refuses nothing from B' do
+    pending 'needs the native runner (branch runner): the receiver and the sender' unless @runner
+
+    code, out = sb.ssh(a, b, '', input: '')
+    expect([code, out]).not_to eq([0, ''])
+    code, out = sb.command(b, 'sync', '--config', b.config)
+    expect(code).to eq(0), out
+  end
+
+  it 'fails back: A active and B passive again, idempotent, nothing stale' do
+    expect(sb.face(a, 'promote')[0]).to eq(0)
+    expect(sb.face(b, 'demote')[0]).to eq(0)
+    apply!(a, sb.active_manifest, 2)
+    apply!(b, sb.passive_manifest, 2)
+    (active_only(b) + passive_only(a)).each { |p| expect(File).not_to exist(p), "stale after failback: #{p}" }
+    expect(role_of(a)).to eq(%w[active active])
+    expect(role_of(b)).to eq(%w[passive passive])
+    apply!(a, sb.active_manifest, 0)
+    apply!(b, sb.passive_manifest, 0)
+    code, out = sb.ssh(a, b, 'echo not-the-receiver')
+    expect(out).not_to include('not-the-receiver')
+    expect(code).not_to eq(0) unless @runner
+  end
+
+  it 'created nothing outside the sandbox: no user, group, cron entry, unit or default path' do
+    expect(PeFailoverSpec::Sandbox.host_state).to eq(@host_before)
+  end
+end
