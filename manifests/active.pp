@@ -89,7 +89,7 @@ class pe_failover::active (
   Variant[Stdlib::Host, Array[Stdlib::Host, 1]] $passive_master,
   Optional[Variant[String[1], Hash[Stdlib::Host, String[1], 1]]] $passive_host_key = undef,
   Boolean $trust_on_first_use = false,
-  Stdlib::Port $ssh_port = 22,
+  Integer[1, 65535] $ssh_port = 22,
   Integer[1] $connect_timeout = 10,
   Integer[1] $io_timeout = 30,
   Optional[Hash[Stdlib::Host, Stdlib::Host]] $nc_hostnames = undef,

@@ -401,6 +401,22 @@ RSpec.describe 'pe_failover::active' do
       it { is_expected.to compile.and_raise_error(%r{nc_hostnames rewrites a\.example\.com into itself}) }
     end
 
+    {
+      ssh_port: 0,
+      connect_timeout: 0,
+      io_timeout: -1,
+      node_group_environment: '',
+      trust_on_first_use: 'yes',
+      nc_hostnames: { 'a.example.com' => 'not a host' },
+      active_group_classes: { 'role::x' => 'not a hash' },
+    }.each do |param, value|
+      context "with #{param} => #{value.inspect}" do
+        let(:params) { { passive_master: 'b.example.com', passive_host_key: PeFailoverSpec::Classes::HOST_KEY_B, param => value } }
+
+        it { is_expected.to compile.and_raise_error(%r{parameter '#{param}'}) }
+      end
+    end
+
     context 'with a relative base_dir' do
       let(:pre_condition) { "class { 'pe_failover': base_dir => 'opt/pe_failover' }" }
 
