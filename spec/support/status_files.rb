@@ -45,7 +45,7 @@ module PeFailoverSpec
 
     # A ReplicaStatus (the applier's) on the passive.
     def applier(dir, kind: 'ca', run: nil, ok: true, staged: 'cd' * 32, applied: 'cd' * 32, last_error: nil, kept: [])
-      name = kind == 'ca' ? 'status.json' : "#{kind}.status.json"
+      name = kind == 'ca' ? 'status.json' : File.join(kind, 'status.json')
       write_json(File.join(dir, 'state', name),
                  'format' => 1, 'role' => 'passive', 'kind' => kind,
                  'staged' => staged && { 'digest' => staged, 'txn' => 't1', 'at' => stamp(run || 0) },

@@ -15,8 +15,8 @@ module PuppetX
     # | file | written by | on |
     # |---|---|---|
     # | `replicas/<replica>/<kind>.status.json` | sender | active |
-    # | `status.json` (kind `ca`), `<kind>.status.json` | applier | passive |
-    # | `incoming/receiver.status.json` | receiver | passive |
+    # | `status.json` (CA), `nc/status.json` (classifier) | appliers | passive |
+    # | `incoming/receiver.status.json`, `nc/incoming/receiver.status.json` | receivers | passive |
     #
     # {Status.read} never raises for a missing or unreadable status file:
     # it reports the problem and marks the entry unhealthy. It raises
@@ -120,21 +120,21 @@ module PuppetX
       def read_passive(status, cfg, state_dir, now)
         host = cfg['certname'] || 'this host'
         status['replicas'][host] = {}
-        receiver_path = File.join(state_dir, 'incoming', 'receiver.status.json')
-        receiver, receiver_error = load_status(receiver_path)
         kinds(cfg).each do |kind|
-          path = File.join(state_dir, kind == 'ca' ? 'status.json' : "#{kind}.status.json")
+          # The CA's files sit at the top of the state directory, each
+          # other kind's in its own subdirectory.
+          base = kind == 'ca' ? state_dir : File.join(state_dir, kind)
+          path = File.join(base, 'status.json')
           file, error = load_status(path)
+          receiver, receiver_error = load_status(File.join(base, 'incoming', 'receiver.status.json'))
           detail = applier_detail(file, now)
-          receiver_kind = receiver && receiver['kind'] == kind ? receiver : nil
-          if receiver_kind
-            detail['received'] = digest_at(receiver_kind['last_received'])
-            detail['sender'] = receiver_kind['last_sender']
+          if receiver
+            detail['received'] = digest_at(receiver['last_received'])
+            detail['sender'] = receiver['last_sender']
           end
-          problem = error || applier_problem(kind, file, receiver_kind)
+          problem = error || receiver_error || applier_problem(kind, file, receiver)
           finish(status, host, kind, detail, problem, path)
         end
-        status['problems'] << receiver_error if receiver_error
       end
 
       # Records one replica/kind: its details, its table row, its problem.
@@ -186,7 +186,9 @@ module PuppetX
       def applier_detail(file, now)
         return { 'last_success' => nil, 'seconds_since_success' => nil, 'last_error' => nil } if file.nil?
 
-        ok = file['last_run_ok'] ? file['last_run'] : nil
+        # The classifier's status records its last success; the CA's only
+        # whether its last run succeeded.
+        ok = file.key?('last_success') ? file['last_success'] : (file['last_run_ok'] ? file['last_run'] : nil)
         {
           'last_success' => stamp_time(ok),
           'seconds_since_success' => age(ok, now),
@@ -196,6 +198,7 @@ module PuppetX
           'applied' => digest_at(file['applied']),
           'pending_txns' => file['pending_txns'],
           'replica_only_signed' => Array(file.dig('divergence', 'replica_only_signed')),
+          'missing_classes' => Array(file['missing_classes']),
           'warnings' => Array(file['warnings']),
           'last_error' => error_record(file['last_error']),
         }

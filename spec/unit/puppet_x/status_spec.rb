@@ -94,6 +94,21 @@ RSpec.describe PuppetX::PeFailover::Status do
     end
   end
 
+  it "reads a passive's classifier status from the nc subdirectory, with its own last success" do
+    config = files.config(dir, role: 'passive', certname: 'b.example.com', nc: true)
+    files.applier(dir, run: now.to_i - 3)
+    files.write_json(File.join(dir, 'state', 'nc', 'status.json'),
+                     'format' => 1, 'role' => 'passive', 'kind' => 'nc', 'staged' => nil,
+                     'applied' => { 'digest' => 'ff' * 32, 'at' => files.stamp(now.to_i - 100) },
+                     'pending_txns' => 0, 'last_run' => files.stamp(now.to_i - 10), 'last_run_ok' => false,
+                     'last_success' => files.stamp(now.to_i - 100), 'missing_classes' => ['All Nodes: role::x in production'],
+                     'warnings' => [], 'last_error' => files.error('refused', 'B lacks class role::x', now.to_i - 10))
+    status = read(config)
+    expect(status['replicas']['b.example.com']['nc']).to include('applied' => 'ff' * 32, 'seconds_since_success' => 100,
+                                                                 'missing_classes' => ['All Nodes: role::x in production'])
+    expect(status['problems']).to eq(['nc: last apply failed: B lacks class role::x'])
+  end
+
   it 'raises a clear error for a missing or broken configuration' do
     expect { read(File.join(dir, 'nope.json')) }
       .to raise_error(PuppetX::PeFailover::InvalidInputError, %r{nope\.json: no such configuration file \(is pe_failover::active})
