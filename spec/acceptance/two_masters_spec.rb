@@ -109,20 +109,50 @@ RSpec.describe 'two primaries in a sandbox', :acceptance, order: :defined do
     expect(JSON.parse(out)).to include('role' => 'passive', 'problems' => ['ca: nothing applied yet'])
   end
 
-  it "replicates sign, revoke and clean on A into B's ssl dir (sync and watch)" do
+  # Sync from `from`, apply on `to`; returns the outputs.
+  def replicate(from, to)
+    code, sync_out = sb.command(from, 'sync', '--config', from.config)
+    expect(code).to eq(0), "sync on #{from.name}:\n#{sync_out}"
+    code, apply_out = sb.command(to, 'apply', '--config', to.config)
+    expect(code).to eq(0), "apply on #{to.name}:\n#{apply_out}"
+    [sync_out, apply_out]
+  end
+
+  # A sync from `from` that must be refused by its fenced replica.
+  def expect_fenced(from, to)
+    before = Dir.children(File.join(to.cadir, 'signed')).sort
+    code, out = sb.command(from, 'sync', '--config', from.config)
+    expect(code).not_to eq(0), "a sync from #{from.name} to the promoted #{to.name} succeeded:\n#{out}"
+    expect(out).to match(%r{fenced|promoted}i)
+    expect(Dir.children(File.join(to.cadir, 'signed')).sort).to eq(before)
+  end
+
+  it "replicates sign, revoke and clean on A into B's ssl dir (sync, then watch --once)" do
     pending 'needs the native runner (branch runner): cli.rb sync/receive/apply' unless @runner
 
     sb.ca.sign('new-agent.example.com')
     sb.ca.revoke('agent000.example.com')
     sb.ca.clean('agent001.example.com')
-    code, out = sb.command(a, 'sync', '--config', a.config)
-    expect(code).to eq(0), out
-    code, out = sb.command(b, 'apply', '--config', b.config)
-    expect(code).to eq(0), out
+    replicate(a, b)
     expect(File).to exist(File.join(b.cadir, 'signed', 'new-agent.example.com.pem'))
     expect(File).not_to exist(File.join(b.cadir, 'signed', 'agent001.example.com.pem'))
-    expect(File.read(File.join(b.cadir, 'ca_crl.pem'))).to eq(File.read(File.join(a.cadir, 'ca_crl.pem')))
-    expect(File.read(File.join(b.ssldir, 'certs', "#{b.certname}.pem"))).not_to eq(File.read(File.join(a.ssldir, 'certs', "#{a.certname}.pem")))
+    %w[ca_crl.pem serial inventory.txt ca_crt.pem ca_key.pem].each do |f|
+      expect(File.read(File.join(b.cadir, f))).to eq(File.read(File.join(a.cadir, f))), f
+    end
+    # B's own identity is its own.
+    expect(File.read(File.join(b.ssldir, 'certs', "#{b.certname}.pem"))).to eq(sb.ca.certificate(b.certname).to_pem)
+
+    sb.ca.sign('watched-agent.example.com')
+    code, out = sb.command(a, 'sync', '--config', a.config)
+    expect(code).to eq(0), out
+    code, out = sb.command(b, 'watch', '--config', b.config, '--once')
+    expect(code).to eq(0), out
+    expect(File).to exist(File.join(b.cadir, 'signed', 'watched-agent.example.com.pem'))
+
+    code, out, = sb.face(a, 'status', '--render-as', 'json')
+    expect(code).to eq(0), out
+    code, out, = sb.face(b, 'status', '--render-as', 'json')
+    expect(code).to eq(0), out
   end
 
   it "replicates group edits on A's classifier to B's" do
@@ -130,22 +160,22 @@ RSpec.describe 'two primaries in a sandbox', :acceptance, order: :defined do
     raise 'NC shipping is not in this branch'
   end
 
-  it 'promotes B and demotes A with the face, effective at once, then with the swapped classes' do
+  it 'promotes B and demotes A with the face, effective at once (fencing), then with the swapped classes' do
     code, out, err = sb.face(b, 'promote')
     expect([code, err]).to eq([0, '']), out
     expect(out).to include("#{b.certname}: role passive -> active", 'fenced', 'pe_failover::active')
     expect(role_of(b)).to eq(%w[active active])
+    if @runner
+      sb.ca.sign('after-promotion.example.com') # A, not yet demoted, still tries
+      expect_fenced(a, b)
+    end
 
     code, out, = sb.face(a, 'demote')
     expect(code).to eq(0), out
     expect(out).to include('stopped: 127.0.0.1', 'pe_failover::passive')
     expect(role_of(a)).to eq(%w[passive passive])
     expect(JSON.parse(File.read(a.config))['replicas']).to eq([])
-
-    if @runner
-      code, out = sb.command(a, 'sync', '--config', a.config)
-      expect(out).not_to include('committed'), out # a demoted A ships nothing
-    end
+    expect(sb.command(a, 'sync', '--config', a.config)[0]).not_to eq(0) if @runner # a passive ships nothing
 
     # The classes complete the swap: B ships to A's sshd, A accepts B's key.
     apply!(b, sb.active_manifest(b, a), 2)
@@ -160,19 +190,18 @@ RSpec.describe 'two primaries in a sandbox', :acceptance, order: :defined do
     expect(out).not_to include('not-the-receiver')
     expect(File.read(sb.sshd(a).log_path)).to include('Accepted publickey for root')
     expect(code).not_to eq(0) unless @runner
+    next unless @runner
+
+    # B, now active, signs with the shared CA (in B's cadir) and ships to A.
+    b_ca = PeFailoverSpec::TestCA.open(b.ssldir)
+    b_ca.sign('signed-on-b.example.com')
+    replicate(b, a)
+    expect(File).to exist(File.join(a.cadir, 'signed', 'signed-on-b.example.com.pem'))
   end
 
-  it 'fences both ways: the promoted B refuses A, and A, once passive, refuses nothing from B' do
-    pending 'needs the native runner (branch runner): the receiver and the sender' unless @runner
-
-    code, out = sb.ssh(a, b, '', input: '')
-    expect([code, out]).not_to eq([0, ''])
-    code, out = sb.command(b, 'sync', '--config', b.config)
-    expect(code).to eq(0), out
-  end
-
-  it 'fails back: A active and B passive again, idempotent, nothing stale' do
+  it 'fails back: A active and B passive again (fencing the other way first), idempotent, nothing stale' do
     expect(sb.face(a, 'promote')[0]).to eq(0)
+    expect_fenced(b, a) if @runner # the promoted A refuses B
     expect(sb.face(b, 'demote')[0]).to eq(0)
     apply!(a, sb.active_manifest, 2)
     apply!(b, sb.passive_manifest, 2)
@@ -184,6 +213,7 @@ RSpec.describe 'two primaries in a sandbox', :acceptance, order: :defined do
     code, out = sb.ssh(a, b, 'echo not-the-receiver')
     expect(out).not_to include('not-the-receiver')
     expect(code).not_to eq(0) unless @runner
+    replicate(a, b) if @runner
   end
 
   it 'created nothing outside the sandbox: no user, group, cron entry, unit or default path' do
