@@ -351,6 +351,7 @@ pub struct Applier {
     delete_allowance: u64,
     force: bool,
     reload: Vec<String>,
+    role: Option<Role>,
     role_file: Option<PathBuf>,
     excludes: Excludes,
     cancel: CancelToken,
@@ -370,6 +371,7 @@ impl std::fmt::Debug for Applier {
             .field("delete_allowance", &self.delete_allowance)
             .field("force", &self.force)
             .field("reload", &self.reload)
+            .field("role", &self.role)
             .field("role_file", &self.role_file)
             .finish_non_exhaustive()
     }
@@ -399,6 +401,7 @@ impl Applier {
             delete_allowance: 5,
             force: false,
             reload: DEFAULT_RELOAD.iter().map(|s| s.to_string()).collect(),
+            role: None,
             role_file: None,
             excludes: Excludes::default(),
             cancel: CancelToken::new(),
@@ -451,6 +454,13 @@ impl Applier {
         S: Into<String>,
     {
         self.reload = argv.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// This host's role, as the configuration file says; `active` is fenced
+    /// (checked before any role file). Default: none.
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = Some(role);
         self
     }
 
@@ -519,6 +529,15 @@ impl Applier {
         report: &mut ApplyReport,
         latest_seen: &mut Option<(SnapshotMeta, u64)>,
     ) -> Result<()> {
+        if self.role == Some(Role::Active) {
+            return Err(Error::new(
+                ErrorKind::Fenced,
+                format!(
+                    "this host's configuration says role active, so the applier leaves its live CA alone; transactions stay in {} until it is demoted to passive",
+                    self.state.incoming().display()
+                ),
+            ));
+        }
         if let Some(path) = &self.role_file {
             if Role::read(path)? == Some(Role::Active) {
                 return Err(Error::new(
@@ -1014,9 +1033,10 @@ impl Applier {
             .unwrap_or(None)
             .unwrap_or_else(|| ReplicaStatus::new("ca"));
         status.format = crate::state::STATUS_FORMAT;
-        status.role = match &self.role_file {
-            Some(p) => Role::read(p).ok().flatten(),
-            None => None,
+        status.role = match (&self.role, &self.role_file) {
+            (Some(r), _) => Some(*r),
+            (None, Some(p)) => Role::read(p).ok().flatten(),
+            (None, None) => None,
         };
         let latest = latest.or_else(|| {
             latest_snapshot(&self.state)

@@ -11,6 +11,8 @@
 //!   snapshots), [`apply`] (the live directories), [`state`] (roles and
 //!   status files).
 //! - [`classifier`]: Node Classifier group logic.
+//! - [`runner`]: the commands (`sync`, `receive`, `apply`, `watch`,
+//!   `status`) driven by a [`config::Config`].
 //!
 //! ```ignore
 //! use pe_failover_core::snapshot::Scanner;
@@ -41,6 +43,7 @@ mod fsutil;
 pub mod log;
 pub mod protocol;
 pub mod replset;
+pub mod runner;
 pub mod snapshot;
 pub mod ssh;
 pub mod stage;

@@ -139,9 +139,22 @@ module PuppetX
         return 0 if o[:help]
 
         daemonize(o[:pidfile]) if o[:daemonize]
-        Replication.watch(config: o[:config], once: o[:once] || false)
-        0
+        summary = begin
+          Replication.watch(config: o[:config], once: o[:once] || false)
+        rescue SignalException => e
+          # Ctrl-C, or systemd stopping the service: a normal end.
+          raise unless STOP_SIGNALS.include?(e.signo)
+
+          nil
+        end
+        return 0 if summary.nil?
+
+        Array(summary['lines']).last(5).each { |l| @err.puts l } if o[:once]
+        summary['ok'] ? 0 : 1
       end
+
+      # Signals that stop `watch` cleanly.
+      STOP_SIGNALS = [Signal.list['INT'], Signal.list['TERM']].freeze
 
       def cmd_status(argv)
         o = parse(argv, 'status', '--json' => ['print the status as JSON', :json, ->(_) { true }])
@@ -238,15 +251,19 @@ module PuppetX
       # @return [String]
       def render(status)
         head = "pe_failover on #{status['host']} (#{status['role']}): #{status['healthy'] ? 'HEALTHY' : 'UNHEALTHY'}"
-        rows = [%w[KIND PEER STATE LAST\ SUCCESS AGE DIGEST LAST\ ERROR]]
+        rows = [%w[KIND WHAT PEER STATE LAST\ SUCCESS AGE DIGEST LAST\ ERROR]]
         Array(status['entries']).each do |e|
-          rows << [e['kind'], e['peer'] || '-', e['healthy'] ? 'ok' : 'FAIL', e['last_success'] || 'never',
+          rows << [e['kind'], e['component'] || '-', e['peer'] || '-', e['healthy'] ? 'ok' : 'FAIL', e['last_success'] || 'never',
                    age(e['age_seconds']), short(e['digest']), error_text(e['last_error'])]
         end
         widths = rows.transpose.map { |col| col.map { |c| c.to_s.size }.max }
         table = rows.map { |r| r.each_with_index.map { |c, i| c.to_s.ljust(widths[i]) }.join('  ').rstrip }
         problems = Array(status['problems']).map { |p| "  - #{p}" }
-        ([head, ''] + table + (problems.empty? ? [] : ['', 'problems:'] + problems)).join("\n")
+        warnings = Array(status['warnings']).map { |w| "  - #{w}" }
+        lines = [head, ''] + table
+        lines += ['', 'problems:'] + problems unless problems.empty?
+        lines += ['', 'warnings:'] + warnings unless warnings.empty?
+        lines.join("\n")
       end
 
       def age(seconds)

@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! pe_failover_receive --state DIR [--role-file FILE] [--host NAME]
+//! pe_failover_receive --config FILE
 //! ```
+//!
+//! With `--config`, everything comes from the configuration file (state
+//! directory, role for fencing, host name), as `pe_failover receive` does.
 //!
 //! This is the entry point an SSH forced command execs on the passive
 //! primary (`restrict,command="pe_failover_receive --state ..."`), and what
@@ -14,18 +18,21 @@ use std::process::ExitCode;
 
 use pe_failover_core::protocol::Receiver;
 
-const USAGE: &str = "usage: pe_failover_receive --state DIR [--role-file FILE] [--host NAME]";
+const USAGE: &str =
+    "usage: pe_failover_receive --state DIR [--role-file FILE] [--host NAME] | --config FILE";
 
 fn main() -> ExitCode {
     let mut state = None;
     let mut role_file = None;
     let mut host = None;
+    let mut config = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let slot = match arg.as_str() {
             "--state" => &mut state,
             "--role-file" => &mut role_file,
             "--host" => &mut host,
+            "--config" => &mut config,
             "-h" | "--help" => {
                 eprintln!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -42,6 +49,22 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Some(path) = config {
+        let runner = match pe_failover_core::runner::Runner::load(&path) {
+            Ok(r) => r.logger(pe_failover_core::log::Logger::new(true, Some(false))),
+            Err(e) => {
+                eprintln!("pe_failover_receive: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match runner.receive_stdio() {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pe_failover_receive: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let Some(state) = state else {
         eprintln!("pe_failover_receive: --state is required\n{USAGE}");

@@ -73,7 +73,7 @@ use serde::{Deserialize, Serialize};
 
 pub use frame::{encode_frame, FrameType, HEADER_LEN};
 pub use receiver::{ReceiveOutcome, ReceiveReport, Receiver};
-pub use sender::{Sender, SyncReport};
+pub use sender::{is_source_changed, Sender, SyncReport};
 
 use crate::{Error, ErrorKind, Result};
 

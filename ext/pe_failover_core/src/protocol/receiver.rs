@@ -82,6 +82,7 @@ pub struct ReceiveReport {
 #[derive(Clone, Debug)]
 pub struct Receiver {
     state: StateDir,
+    role: Option<Role>,
     role_file: Option<PathBuf>,
     host: Option<String>,
     limits: Limits,
@@ -97,6 +98,7 @@ impl Receiver {
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
         Receiver {
             state: StateDir::new(state_dir),
+            role: None,
             role_file: None,
             host: None,
             limits: Limits::default(),
@@ -110,6 +112,14 @@ impl Receiver {
     /// session is refused too. A missing file means passive.
     pub fn role_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.role_file = Some(path.into());
+        self
+    }
+
+    /// This host's role, as the configuration file says: when `active`,
+    /// every session is refused with `fenced` (checked before any role
+    /// file). Default: none (the role file decides).
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = Some(role);
         self
     }
 
@@ -227,6 +237,14 @@ impl Receiver {
         let host = self.host.clone().unwrap_or_else(local_hostname);
 
         // Fencing: a promoted host takes nothing from its old primary.
+        if self.role == Some(Role::Active) {
+            return Err(Error::new(
+                ErrorKind::Fenced,
+                format!(
+                    "{host} has been promoted to active (its configuration says role active) and refuses transactions from {sender}, so that its old primary cannot overwrite it; stop replication on {sender} (or demote {host} first)"
+                ),
+            ));
+        }
         if let Some(path) = &self.role_file {
             match Role::read(path) {
                 Ok(Some(Role::Active)) => {

@@ -26,6 +26,15 @@ use crate::state::{
 };
 use crate::{Error, ErrorKind, Result};
 
+/// The words of the error a sync ends with when a source file changed
+/// while it was being sent (a busy CA): a fresh scan and another sync fix it.
+pub(crate) const SOURCE_CHANGED: &str = "changed while it was being sent";
+
+/// Whether `err` says a source file changed while it was being sent.
+pub fn is_source_changed(err: &Error) -> bool {
+    err.kind() == ErrorKind::Io && err.message().contains(SOURCE_CHANGED)
+}
+
 /// Files at least this large that only grew are sent as `EXTEND`.
 const EXTEND_MIN: u64 = 1024;
 
@@ -414,7 +423,7 @@ impl Sender {
             Error::new(
                 ErrorKind::Io,
                 format!(
-                    "{} changed while it was being sent; the transaction was abandoned, and the next sync ships the new contents",
+                    "{} {SOURCE_CHANGED}; the transaction was abandoned, and the next sync ships the new contents",
                     source.display()
                 ),
             )

@@ -4,6 +4,7 @@
 //! `lib/puppet_x/pe_failover/` wraps them with keyword arguments and docs.
 
 mod classifier;
+mod replication;
 mod snapshot;
 
 use magnus::{function, prelude::*, Error, RModule, Ruby};
@@ -18,6 +19,7 @@ pub fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_module_function("_selftest_panic", function!(selftest_panic, 1))?;
     snapshot::init(&native)?;
     classifier::init(ruby, &native)?;
+    replication::init(&native)?;
     Ok(())
 }
 

@@ -1,0 +1,551 @@
+//! `sync`: one scan of the replicated set, shipped to each replica over SSH.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{advice, replica_key, replica_label, short, Runner, RECEIVE_COMMAND};
+use crate::config::ReplicaConfig;
+use crate::log::Status;
+use crate::protocol::{is_source_changed, Sender, SyncReport};
+use crate::replset::{ReplicatedSet, SetScan};
+use crate::ssh::SshTarget;
+use crate::state::{sender_status_path, ErrorRecord, Role, SenderStatus, Stamp, SyncOutcome};
+use crate::{Error, ErrorKind, Result};
+
+/// Interval of SSH keepalives during a sync.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// How one replica's sync ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaOutcome {
+    /// A transaction was committed on the replica.
+    Committed,
+    /// The replica already held the current state.
+    UpToDate,
+    /// Noop: the changes were computed, nothing was sent.
+    Noop,
+    /// The replica was promoted and refused this host.
+    Fenced,
+    /// The sync failed (see `error`).
+    Failed,
+}
+
+/// One replica's part of a [`SyncRun`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaSync {
+    /// The replica's host, as configured.
+    pub host: String,
+    /// Its SSH port.
+    pub port: u16,
+    /// Whether it holds (or, in noop, was compared with) the current state.
+    pub ok: bool,
+    /// How it ended.
+    pub outcome: ReplicaOutcome,
+    /// Entries added, changed or removed (to be, in noop).
+    pub changes: u64,
+    /// Paths added.
+    pub added: Vec<String>,
+    /// Paths changed.
+    pub changed: Vec<String>,
+    /// Paths removed.
+    pub removed: Vec<String>,
+    /// The digest the replica held before.
+    pub base: Option<String>,
+    /// The digest shipped (the active's).
+    pub digest: Option<String>,
+    /// File contents transferred.
+    pub objects: u64,
+    /// Bytes written to the connection.
+    pub bytes_sent: u64,
+    /// Duration in milliseconds.
+    pub elapsed_ms: u64,
+    /// The error, when it failed: `{kind, message}`.
+    pub error: Option<ErrorRecord>,
+    /// What to do about the error.
+    pub advice: Option<String>,
+    /// Problems that did not fail the sync.
+    pub warnings: Vec<String>,
+}
+
+/// What [`Runner::sync`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncRun {
+    /// Whether every replica synced.
+    pub ok: bool,
+    /// Noop mode.
+    pub noop: bool,
+    /// Digest of this host's replicated set.
+    pub digest: Option<String>,
+    /// Entries in the replicated set.
+    pub entries: u64,
+    /// Summary, one line per replica, as logged.
+    pub lines: Vec<String>,
+    /// Per replica.
+    pub replicas: Vec<ReplicaSync>,
+    /// Classifier shipping (not part of this command yet; the `nc` engine
+    /// fills it). Always `None` here.
+    pub nc: Option<serde_json::Value>,
+}
+
+/// `<state>/replicas/<replica>/fenced.json`: the replica refused this
+/// host as fenced while the configuration had `config_digest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FenceRecord {
+    pub config_digest: String,
+    pub at: Stamp,
+    pub message: String,
+}
+
+impl Runner {
+    pub(crate) fn fence_path(&self, r: &ReplicaConfig) -> PathBuf {
+        self.config
+            .state_dir
+            .join("replicas")
+            .join(replica_key(r))
+            .join("fenced.json")
+    }
+
+    /// The fence record of `r`, if one exists (whatever configuration it
+    /// was made under).
+    pub(crate) fn fence_record(&self, r: &ReplicaConfig) -> Option<FenceRecord> {
+        let bytes = std::fs::read(self.fence_path(r)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Whether the watcher must leave `r` alone: it refused this host as
+    /// fenced under the configuration in force now.
+    pub(crate) fn is_fenced_now(&self, r: &ReplicaConfig) -> bool {
+        self.fence_record(r)
+            .is_some_and(|f| f.config_digest == self.config_digest)
+    }
+
+    fn replicated_set(&self) -> Result<ReplicatedSet> {
+        let c = &self.config.ca;
+        let mut set = ReplicatedSet::new(&c.ssldir)
+            .excludes(self.excludes()?)
+            .cache_file(self.config.state_dir.join("ca.scan"))
+            .cancel_token(self.cancel.clone());
+        if let Some(cadir) = &c.cadir {
+            set = set.cadir(cadir);
+        }
+        Ok(set)
+    }
+
+    /// The replicas `only` selects: all when `None`, else the one whose
+    /// host (or `host:port`) it names.
+    pub(crate) fn select(&self, only: Option<&str>) -> Result<Vec<ReplicaConfig>> {
+        let all = &self.config.replicas;
+        match only {
+            None => Ok(all.clone()),
+            Some(name) => {
+                let found: Vec<ReplicaConfig> = all
+                    .iter()
+                    .filter(|r| r.host == name || replica_label(r) == name)
+                    .cloned()
+                    .collect();
+                if found.is_empty() {
+                    let known: Vec<String> = all.iter().map(replica_label).collect();
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "{name} is not a replica in the configuration (replicas: {}); add it to `replicas` first",
+                            if known.is_empty() { "none".into() } else { known.join(", ") }
+                        ),
+                    ));
+                }
+                Ok(found)
+            }
+        }
+    }
+
+    /// Scans the replicated set once and ships it to every replica (or the
+    /// one named by `replica`). In noop mode computes and reports the
+    /// changes without sending content or writing state. One replica
+    /// failing does not stop the others; the run reports `ok: false`.
+    pub fn sync(&self, replica: Option<&str>, noop: bool) -> Result<SyncRun> {
+        self.require_role(Role::Active, "sync")?;
+        let replicas = self.select(replica)?;
+        self.sync_replicas(&replicas, noop)
+    }
+
+    pub(crate) fn sync_replicas(&self, replicas: &[ReplicaConfig], noop: bool) -> Result<SyncRun> {
+        let set = self.replicated_set()?;
+        let mut scan = match set.scan() {
+            Ok(scan) => scan,
+            Err(e) => {
+                let msg = format!(
+                    "cannot read this host's CA, nothing was shipped: {e}; {}",
+                    advice(&e, None, &self.config)
+                );
+                self.log("sync", Status::Failure, &msg);
+                if !noop {
+                    for r in replicas {
+                        self.record_failure(r, &e);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let mut run = SyncRun {
+            ok: true,
+            noop,
+            digest: Some(scan.manifest.digest()),
+            entries: scan.manifest.len() as u64,
+            lines: Vec::new(),
+            replicas: Vec::new(),
+            nc: None,
+        };
+        if replicas.is_empty() {
+            let line = self.log(
+                "sync",
+                Status::Warning,
+                "no replicas are configured; add one to `replicas` in the configuration",
+            );
+            run.lines.push(line);
+        }
+        for r in replicas {
+            if self.cancel.is_cancelled() {
+                return Err(Error::cancelled());
+            }
+            let started = Instant::now();
+            let mut result = self.sync_one(&set, &scan, r, noop);
+            // A busy CA: a file changed while it was sent. Scan again and
+            // ship the new state (a few times at most).
+            for _ in 0..3 {
+                match &result {
+                    Err(e) if is_source_changed(e) => {}
+                    _ => break,
+                }
+                scan = set.scan()?;
+                run.digest = Some(scan.manifest.digest());
+                run.entries = scan.manifest.len() as u64;
+                result = self.sync_one(&set, &scan, r, noop);
+            }
+            let item = self.replica_result(r, result, noop, started.elapsed());
+            run.ok &= item.ok;
+            run.lines.push(self.log_replica(&item, noop));
+            run.replicas.push(item);
+        }
+        Ok(run)
+    }
+
+    fn target(&self, r: &ReplicaConfig) -> SshTarget {
+        SshTarget::new(&r.host, &r.user)
+            .port(r.port)
+            .private_key(&r.identity_file)
+            .known_hosts(&r.known_hosts)
+            .connect_timeout(Duration::from_secs(r.connect_timeout))
+            .io_timeout(Duration::from_secs(r.io_timeout))
+            .keepalive_interval(Some(KEEPALIVE))
+            .cancel_token(self.cancel.clone())
+    }
+
+    fn sync_one(
+        &self,
+        set: &ReplicatedSet,
+        scan: &SetScan,
+        r: &ReplicaConfig,
+        noop: bool,
+    ) -> Result<SyncReport> {
+        let label = replica_label(r);
+        let host_err = |e: Error| {
+            if e.host().is_some() {
+                e
+            } else {
+                e.with_host(label.clone())
+            }
+        };
+        let mut sender_ran = false;
+        let result = (|| {
+            let session = self.target(r).connect().map_err(host_err)?;
+            let mut channel = session.exec(RECEIVE_COMMAND).map_err(host_err)?;
+            let sender = Sender::new(set.clone(), replica_key(r), &self.config.state_dir)
+                .sender_host(self.config.certname.clone())
+                .noop(noop)
+                .cancel_token(self.cancel.clone());
+            let show = self.progress && io::stderr().is_terminal();
+            sender_ran = true;
+            let result = sender.sync_scanned(scan, Progress::new(&mut channel, &label, show));
+            // The receiver's stderr explains a failure its ERROR frame
+            // could not (it died, or never spoke the protocol).
+            let finished = channel.finish();
+            let stderr = channel.stderr();
+            match result {
+                Ok(report) => {
+                    if let Ok(code) = finished {
+                        if code != 0 {
+                            let mut report = report;
+                            report.warnings.push(format!(
+                                "the receiver on {label} exited with status {code}: {}",
+                                stderr.trim()
+                            ));
+                            return Ok(report);
+                        }
+                    }
+                    Ok(report)
+                }
+                Err(e) => {
+                    let stderr = stderr.trim();
+                    if matches!(e.kind(), ErrorKind::Network | ErrorKind::Protocol)
+                        && !stderr.is_empty()
+                        && !e.message().contains(stderr)
+                    {
+                        let tail: String = stderr
+                            .chars()
+                            .rev()
+                            .take(600)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect();
+                        Err(Error::new(
+                            e.kind(),
+                            format!("{} (the receiver said: {tail})", e.message()),
+                        )
+                        .with_host(label.clone()))
+                    } else {
+                        Err(e)
+                    }
+                }
+            }
+        })();
+        // Failures before the protocol started never reached the sender's
+        // status file; record them here.
+        if let Err(e) = &result {
+            if !noop && !sender_ran {
+                self.record_failure(r, e);
+            }
+        }
+        result
+    }
+
+    /// Records a failed attempt in the sender status file of `r`.
+    pub(crate) fn record_failure(&self, r: &ReplicaConfig, err: &Error) {
+        let key = replica_key(r);
+        let path = sender_status_path(&self.config.state_dir, &key, "ca");
+        let mut status = SenderStatus::load(&path)
+            .unwrap_or(None)
+            .unwrap_or_else(|| SenderStatus::new(&key, "ca"));
+        status.last_attempt = Some(Stamp::now());
+        status.last_outcome = Some(SyncOutcome::Failed);
+        status.last_error = Some(ErrorRecord::from_error(err));
+        status.last_counts = Default::default();
+        if let Some(dir) = path.parent() {
+            let _ = crate::fsutil::create_dir_if_missing(dir, 0o700);
+        }
+        let _ = status.save(&path);
+    }
+
+    fn replica_result(
+        &self,
+        r: &ReplicaConfig,
+        result: Result<SyncReport>,
+        noop: bool,
+        elapsed: Duration,
+    ) -> ReplicaSync {
+        let mut item = ReplicaSync {
+            host: r.host.clone(),
+            port: r.port,
+            ok: false,
+            outcome: ReplicaOutcome::Failed,
+            changes: 0,
+            added: Vec::new(),
+            changed: Vec::new(),
+            removed: Vec::new(),
+            base: None,
+            digest: None,
+            objects: 0,
+            bytes_sent: 0,
+            elapsed_ms: elapsed.as_millis() as u64,
+            error: None,
+            advice: None,
+            warnings: Vec::new(),
+        };
+        match result {
+            Ok(rep) => {
+                item.ok = true;
+                item.outcome = match rep.outcome {
+                    SyncOutcome::Committed => ReplicaOutcome::Committed,
+                    SyncOutcome::Noop => ReplicaOutcome::Noop,
+                    _ => ReplicaOutcome::UpToDate,
+                };
+                item.changes = rep.changes.len() as u64;
+                item.added = rep.changes.added_paths().map(String::from).collect();
+                item.changed = rep.changes.changed_paths().map(String::from).collect();
+                item.removed = rep.changes.removed_paths().map(String::from).collect();
+                item.base = rep.base;
+                item.digest = Some(rep.digest);
+                item.objects = rep.stats.objects;
+                item.bytes_sent = rep.stats.bytes_sent;
+                item.warnings = rep.warnings;
+                if !noop {
+                    let _ = std::fs::remove_file(self.fence_path(r));
+                }
+            }
+            Err(e) => {
+                if e.kind() == ErrorKind::Fenced {
+                    item.outcome = ReplicaOutcome::Fenced;
+                    if !noop {
+                        let record = FenceRecord {
+                            config_digest: self.config_digest.clone(),
+                            at: Stamp::now(),
+                            message: e.to_string(),
+                        };
+                        let path = self.fence_path(r);
+                        if let Ok(bytes) = serde_json::to_vec_pretty(&record) {
+                            if let Some(dir) = path.parent() {
+                                let _ = crate::fsutil::create_dir_if_missing(dir, 0o700);
+                            }
+                            let _ = crate::cache::write_atomically(&path, &bytes, 0o644);
+                        }
+                    }
+                }
+                item.advice = Some(advice(&e, Some(r), &self.config));
+                item.error = Some(ErrorRecord::from_error(&e));
+            }
+        }
+        item
+    }
+
+    fn log_replica(&self, item: &ReplicaSync, noop: bool) -> String {
+        let label = if item.port == crate::ssh::DEFAULT_PORT {
+            item.host.clone()
+        } else {
+            format!("{}:{}", item.host, item.port)
+        };
+        let digest = item.digest.as_deref().map(short).unwrap_or("-");
+        let counts = format!(
+            "{} added, {} changed, {} removed",
+            item.added.len(),
+            item.changed.len(),
+            item.removed.len()
+        );
+        match item.outcome {
+            ReplicaOutcome::Committed => {
+                let mut msg = format!(
+                    "ca to {label}: committed {digest} ({counts}; {} files, {} bytes sent in {} ms); {label} applies it next",
+                    item.objects, item.bytes_sent, item.elapsed_ms
+                );
+                let status = if item.warnings.is_empty() {
+                    Status::Success
+                } else {
+                    msg.push_str("; ");
+                    msg.push_str(&item.warnings.join("; "));
+                    Status::Warning
+                };
+                self.log("sync", status, &msg)
+            }
+            ReplicaOutcome::UpToDate => self.log(
+                "sync",
+                Status::Success,
+                &format!("ca to {label}: already up to date at {digest}"),
+            ),
+            ReplicaOutcome::Noop => {
+                let what = if item.changes == 0 {
+                    "nothing would change".to_string()
+                } else {
+                    let mut paths: Vec<String> = Vec::new();
+                    paths.extend(item.added.iter().map(|p| format!("+{p}")));
+                    paths.extend(item.changed.iter().map(|p| format!("~{p}")));
+                    paths.extend(item.removed.iter().map(|p| format!("-{p}")));
+                    let more = paths.len().saturating_sub(10);
+                    paths.truncate(10);
+                    let mut s = format!("would ship {counts}: {}", paths.join(" "));
+                    if more > 0 {
+                        s.push_str(&format!(" and {more} more"));
+                    }
+                    s
+                };
+                let _ = noop;
+                // Noop leaves no trace in syslog: only the report line.
+                crate::log::format_line(
+                    "sync",
+                    Status::Success,
+                    &format!("ca to {label} (noop): {what}"),
+                )
+            }
+            ReplicaOutcome::Fenced | ReplicaOutcome::Failed => {
+                let err = item
+                    .error
+                    .as_ref()
+                    .map(|e| e.message.as_str())
+                    .unwrap_or("failed");
+                self.log(
+                    "sync",
+                    Status::Failure,
+                    &format!(
+                        "ca to {label} failed: {err}; {}",
+                        item.advice.as_deref().unwrap_or("")
+                    ),
+                )
+            }
+        }
+    }
+}
+
+/// The SSH channel, counting bytes and showing them on a terminal.
+struct Progress<'a, S> {
+    inner: S,
+    label: &'a str,
+    show: bool,
+    sent: u64,
+    last: Instant,
+    shown: bool,
+}
+
+impl<'a, S> Progress<'a, S> {
+    fn new(inner: S, label: &'a str, show: bool) -> Self {
+        Progress {
+            inner,
+            label,
+            show,
+            sent: 0,
+            last: Instant::now(),
+            shown: false,
+        }
+    }
+
+    fn tick(&mut self) {
+        if self.show && self.last.elapsed() >= Duration::from_millis(250) {
+            self.last = Instant::now();
+            self.shown = true;
+            let _ = write!(
+                io::stderr(),
+                "\r  {}: {:.1} MiB sent ",
+                self.label,
+                self.sent as f64 / (1024.0 * 1024.0)
+            );
+        }
+    }
+}
+
+impl<S> Drop for Progress<'_, S> {
+    fn drop(&mut self) {
+        if self.shown {
+            let _ = write!(io::stderr(), "\r\x1b[K");
+        }
+    }
+}
+
+impl<S: Read> Read for Progress<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<S: Write> Write for Progress<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sent += n as u64;
+        self.tick();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

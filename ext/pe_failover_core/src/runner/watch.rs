@@ -1,0 +1,396 @@
+//! `watch`: the long-running loop of each host.
+//!
+//! - Active: inotify on the cadir and the two ssl files, debounced; one sync
+//!   round per batch (a scan, then each replica), a full round every
+//!   `verify_interval`, failed replicas retried every `retry_interval`.
+//!   The first round, at start, is a full sync: whatever changed while no
+//!   watcher ran is shipped then.
+//! - Passive: inotify on `incoming/`; an apply for every batch that brings a
+//!   complete transaction, at start, and every `verify_interval` (which
+//!   also repairs drift of the live files).
+//!
+//! Both reload the configuration file when it changes (and switch loops
+//! when the role changed), and stop when the cancel token is tripped.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{replica_key, replica_label, Runner};
+use crate::config::ReplicaConfig;
+use crate::log::Status;
+use crate::state::Role;
+use crate::watch::{Batch, Watcher};
+use crate::{ErrorKind, Result};
+
+/// Longest wait between two checks of the configuration file.
+const CONFIG_CHECK: Duration = Duration::from_secs(2);
+
+/// What [`Runner::watch`] did before it stopped.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WatchSummary {
+    /// False when the last round failed.
+    pub ok: bool,
+    /// The role the loop ran as last.
+    pub role: String,
+    /// Whether it stopped because it was cancelled.
+    pub cancelled: bool,
+    /// Sync rounds (active) or apply runs (passive).
+    pub rounds: u64,
+    /// Rounds caused by change batches.
+    pub batch_rounds: u64,
+    /// Change batches seen.
+    pub batches: u64,
+    /// Raw change events coalesced into those batches.
+    pub events: u64,
+    /// Rounds or replica syncs that failed.
+    pub failures: u64,
+    /// The last log lines.
+    pub lines: Vec<String>,
+}
+
+enum Exit {
+    Done,
+    RoleChanged,
+}
+
+impl Runner {
+    /// Runs until the cancel token is tripped (or, with `once`, handles
+    /// what is pending and returns): on the active, syncs on every change
+    /// of the CA; on the passive, applies every transaction that arrives.
+    /// Failures are logged and retried, never returned; errors are
+    /// returned only when the loop cannot start (no inotify, no cadir).
+    pub fn watch(&self, once: bool) -> Result<WatchSummary> {
+        let mut me = self.clone();
+        let mut summary = WatchSummary {
+            ok: true,
+            ..WatchSummary::default()
+        };
+        loop {
+            summary.role = me.role().as_str().into();
+            me.log(
+                "watch",
+                Status::Success,
+                &format!(
+                    "started as {} on {}{}",
+                    me.role().as_str(),
+                    me.config.certname,
+                    if once { " (once)" } else { "" }
+                ),
+            );
+            let exit = match me.role() {
+                Role::Active => me.watch_active(once, &mut summary)?,
+                Role::Passive => me.watch_passive(once, &mut summary)?,
+            };
+            match exit {
+                Exit::RoleChanged => continue,
+                Exit::Done => break,
+            }
+        }
+        summary.cancelled = me.cancel.is_cancelled();
+        let lines = me.log_lines();
+        summary.lines = lines[lines.len().saturating_sub(50)..].to_vec();
+        me.log(
+            "watch",
+            Status::Success,
+            &format!(
+                "stopped: {} rounds ({} for {} change batches of {} events), {} failures",
+                summary.rounds,
+                summary.batch_rounds,
+                summary.batches,
+                summary.events,
+                summary.failures
+            ),
+        );
+        Ok(summary)
+    }
+
+    fn ca_watcher(&self) -> Result<Watcher> {
+        let paths = self.ca_paths()?;
+        let mut w = Watcher::new()?;
+        w.add_tree(&paths.cadir)?;
+        w.add_dir(&paths.ssldir)?;
+        let certs = paths.ssldir.join("certs");
+        if certs.is_dir() {
+            w.add_dir(&certs)?;
+        }
+        Ok(w)
+    }
+
+    /// The replicas the watcher may contact now.
+    fn eligible(&self) -> Vec<ReplicaConfig> {
+        self.config
+            .replicas
+            .iter()
+            .filter(|r| !self.is_fenced_now(r))
+            .cloned()
+            .collect()
+    }
+
+    fn announce_fenced(&self) {
+        for r in &self.config.replicas {
+            if self.is_fenced_now(r) {
+                let at = self.fence_record(r).map(|f| f.at.time).unwrap_or_default();
+                self.log(
+                    "watch",
+                    Status::Warning,
+                    &format!(
+                        "not contacting {}: it refused this host as fenced (promoted) at {at}; it is retried once the configuration file changes",
+                        replica_label(r)
+                    ),
+                );
+            }
+        }
+    }
+
+    /// One sync round to `replicas`; updates the retry schedule.
+    fn sync_round(
+        &self,
+        replicas: &[ReplicaConfig],
+        retry_at: &mut HashMap<String, Instant>,
+        summary: &mut WatchSummary,
+    ) {
+        if replicas.is_empty() {
+            return;
+        }
+        summary.rounds += 1;
+        let retry = Duration::from_secs(self.config.watch.retry_interval);
+        match self.sync_replicas(replicas, false) {
+            Ok(run) => {
+                summary.ok = run.ok;
+                for (r, item) in replicas.iter().zip(&run.replicas) {
+                    let key = replica_key(r);
+                    if item.ok || item.outcome == super::ReplicaOutcome::Fenced {
+                        retry_at.remove(&key);
+                    } else {
+                        retry_at.insert(key, Instant::now() + retry);
+                    }
+                    if !item.ok {
+                        summary.failures += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                summary.ok = false;
+                if e.kind() != ErrorKind::Cancelled {
+                    summary.failures += 1;
+                }
+                for r in replicas {
+                    retry_at.insert(replica_key(r), Instant::now() + retry);
+                }
+            }
+        }
+    }
+
+    fn watch_active(&mut self, once: bool, summary: &mut WatchSummary) -> Result<Exit> {
+        if self.config.replicas.is_empty() {
+            self.log(
+                "watch",
+                Status::Warning,
+                "no replicas are configured; watching anyway (add one to `replicas`)",
+            );
+        }
+        // Watch first, so that changes during the first round are seen.
+        let mut watcher = self.ca_watcher()?;
+        self.announce_fenced();
+        let mut retry_at: HashMap<String, Instant> = HashMap::new();
+        let eligible = self.eligible();
+        self.sync_round(&eligible, &mut retry_at, summary);
+        if once {
+            return Ok(Exit::Done);
+        }
+        let verify = Duration::from_secs(self.config.watch.verify_interval);
+        let mut next_verify = Instant::now() + verify;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(Exit::Done);
+            }
+            if self.reload_if_changed() {
+                if self.role() != Role::Active {
+                    return Ok(Exit::RoleChanged);
+                }
+                match self.ca_watcher() {
+                    Ok(w) => watcher = w,
+                    Err(e) => {
+                        self.log("watch", Status::Failure, &format!("{e}"));
+                    }
+                }
+                self.announce_fenced();
+                retry_at.clear();
+                let eligible = self.eligible();
+                self.sync_round(&eligible, &mut retry_at, summary);
+                next_verify = Instant::now() + verify;
+                continue;
+            }
+            let now = Instant::now();
+            let due = retry_at
+                .values()
+                .copied()
+                .chain(std::iter::once(next_verify))
+                .min()
+                .unwrap_or(next_verify);
+            let timeout = due.saturating_duration_since(now).min(CONFIG_CHECK);
+            let batch = match watcher.wait(self.config.debounce(), Some(timeout), &self.cancel) {
+                Ok(b) => b,
+                Err(e) if e.kind() == ErrorKind::Cancelled => return Ok(Exit::Done),
+                Err(e) => {
+                    self.log(
+                        "watch",
+                        Status::Failure,
+                        &format!("watching the CA failed: {e}; watching again"),
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
+                    watcher = self.ca_watcher()?;
+                    Batch {
+                        overflow: true,
+                        ..Batch::default()
+                    }
+                }
+            };
+            if batch.root_gone {
+                // The cadir was replaced (a restore, a migration): watch the
+                // new one.
+                watcher = self.ca_watcher()?;
+            }
+            let now = Instant::now();
+            let mut targets: Vec<ReplicaConfig> = Vec::new();
+            let eligible = self.eligible();
+            if !batch.is_empty() {
+                summary.batches += 1;
+                summary.events += batch.events;
+                targets = eligible
+                    .iter()
+                    .filter(|r| retry_at.get(&replica_key(r)).is_none_or(|t| *t <= now))
+                    .cloned()
+                    .collect();
+                if !targets.is_empty() {
+                    summary.batch_rounds += 1;
+                }
+            }
+            if now >= next_verify {
+                targets = eligible.clone();
+                next_verify = now + verify;
+            }
+            for r in &eligible {
+                let key = replica_key(r);
+                if retry_at.get(&key).is_some_and(|t| *t <= now)
+                    && !targets.iter().any(|t| replica_key(t) == key)
+                {
+                    targets.push(r.clone());
+                }
+            }
+            self.sync_round(&targets, &mut retry_at, summary);
+        }
+    }
+
+    fn apply_round(&self, summary: &mut WatchSummary) -> Option<Duration> {
+        summary.rounds += 1;
+        match self.apply(false) {
+            Ok(_) => {
+                summary.ok = true;
+                None
+            }
+            Err(e) => {
+                summary.ok = false;
+                if e.kind() == ErrorKind::Cancelled {
+                    return None;
+                }
+                summary.failures += 1;
+                // A refused apply needs a person: do not hammer the log.
+                let secs = if e.kind() == ErrorKind::Refused {
+                    self.config.watch.verify_interval
+                } else {
+                    self.config.watch.retry_interval
+                };
+                Some(Duration::from_secs(secs))
+            }
+        }
+    }
+
+    fn watch_passive(&mut self, once: bool, summary: &mut WatchSummary) -> Result<Exit> {
+        let incoming = self.config.state_dir.join("incoming");
+        crate::fsutil::create_dir_if_missing(&incoming, 0o700)?;
+        let mut watcher = Watcher::new()?;
+        watcher.add_dir(&incoming)?;
+        let mut retry_at = self.apply_round(summary).map(|d| Instant::now() + d);
+        if once {
+            return Ok(Exit::Done);
+        }
+        let verify = Duration::from_secs(self.config.watch.verify_interval);
+        let mut next_verify = Instant::now() + verify;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(Exit::Done);
+            }
+            if self.reload_if_changed() {
+                if self.role() != Role::Passive {
+                    return Ok(Exit::RoleChanged);
+                }
+                retry_at = Some(Instant::now());
+            }
+            let now = Instant::now();
+            let due = retry_at.map_or(next_verify, |r| r.min(next_verify));
+            let timeout = due.saturating_duration_since(now).min(CONFIG_CHECK);
+            let batch = match watcher.wait(self.config.debounce(), Some(timeout), &self.cancel) {
+                Ok(b) => b,
+                Err(e) if e.kind() == ErrorKind::Cancelled => return Ok(Exit::Done),
+                Err(e) => {
+                    self.log(
+                        "watch",
+                        Status::Failure,
+                        &format!(
+                            "watching {} failed: {e}; watching again",
+                            incoming.display()
+                        ),
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
+                    crate::fsutil::create_dir_if_missing(&incoming, 0o700)?;
+                    watcher = Watcher::new()?;
+                    watcher.add_dir(&incoming)?;
+                    Batch {
+                        overflow: true,
+                        ..Batch::default()
+                    }
+                }
+            };
+            if batch.root_gone {
+                crate::fsutil::create_dir_if_missing(&incoming, 0o700)?;
+                watcher = Watcher::new()?;
+                watcher.add_dir(&incoming)?;
+            }
+            let relevant =
+                batch.overflow || batch.root_gone || batch.paths.iter().any(|p| is_transaction(p));
+            if !batch.is_empty() {
+                summary.batches += 1;
+                summary.events += batch.events;
+            }
+            let now = Instant::now();
+            let periodic = now >= next_verify;
+            let retry = retry_at.is_some_and(|t| t <= now);
+            if relevant || periodic || retry {
+                if relevant {
+                    summary.batch_rounds += 1;
+                }
+                if periodic {
+                    next_verify = now + verify;
+                }
+                retry_at = self.apply_round(summary).map(|d| Instant::now() + d);
+            }
+        }
+    }
+}
+
+/// Whether a path under `incoming/` names a complete transaction (not a
+/// `.partial`, the receiver's status file, its lock or a temporary file).
+fn is_transaction(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.')
+        && !name.ends_with(".partial")
+        && !name.ends_with(".json")
+        && !name.ends_with(".lock")
+        && !name.contains(".tmp")
+}
