@@ -14,7 +14,7 @@ module PuppetX
     #
     # | file | written by | on |
     # |---|---|---|
-    # | `replicas/<replica>/<kind>.status.json` | sender | active |
+    # | `replicas/<host>[_<port>]/<kind>.status.json` | sender | active |
     # | `status.json` (CA), `nc/status.json` (classifier) | appliers | passive |
     # | `incoming/receiver.status.json`, `nc/incoming/receiver.status.json` | receivers | passive |
     #
@@ -102,12 +102,17 @@ module PuppetX
 
       # The active side: one sender status per replica and kind.
       def read_active(status, cfg, state_dir, now, max_age)
-        replicas = Array(cfg['replicas']).map { |r| r['host'].to_s }
+        replicas = Array(cfg['replicas'])
         status['problems'] << 'no replicas configured: nothing is replicated' if replicas.empty?
-        replicas.each do |replica|
+        replicas.each do |r|
+          # As the core names them: `host`, or `host:port` (directory
+          # `host_port`) when the port is not 22.
+          port = (r['port'] || 22).to_i
+          replica = port == 22 ? r['host'].to_s : "#{r['host']}:#{port}"
+          key = port == 22 ? r['host'].to_s : "#{r['host']}_#{port}"
           status['replicas'][replica] = {}
           kinds(cfg).each do |kind|
-            path = File.join(state_dir, 'replicas', replica, "#{kind}.status.json")
+            path = File.join(state_dir, 'replicas', key, "#{kind}.status.json")
             file, error = load_status(path)
             detail = sender_detail(file, now)
             problem = error || sender_problem(replica, kind, file, detail, max_age)

@@ -109,6 +109,16 @@ RSpec.describe PuppetX::PeFailover::Status do
     expect(status['problems']).to eq(['nc: last apply failed: B lacks class role::x'])
   end
 
+  it 'names a replica on another SSH port host:port, and finds its files where the core writes them (host_port)' do
+    config = files.write_json(File.join(dir, 'etc', 'config.json'),
+                              'role' => 'active', 'certname' => 'a.example.com', 'state_dir' => File.join(dir, 'state'),
+                              'replicas' => [{ 'host' => '127.0.0.1', 'port' => 2222 }], 'nc' => { 'enabled' => false })
+    files.sender(dir, '127.0.0.1_2222', 'ca', success: now.to_i - 1)
+    status = read(config)
+    expect(status).to include('healthy' => true)
+    expect(status['replicas'].keys).to eq(['127.0.0.1:2222'])
+  end
+
   it 'raises a clear error for a missing or broken configuration' do
     expect { read(File.join(dir, 'nope.json')) }
       .to raise_error(PuppetX::PeFailover::InvalidInputError, %r{nope\.json: no such configuration file \(is pe_failover::active})
