@@ -364,6 +364,12 @@ class pe_failover::active (
     }
   }
 
+  # The watcher syncs as soon as it starts: its key and the pinned host
+  # keys come first.
+  if $pe_failover::manage_service {
+    [Exec['pe_failover transfer key'], File[$identity_file, $known_hosts]] -> Service[$pe_failover::service_name]
+  }
+
   # What only a passive has: gone once this host is active.
   file { $pe_failover::authorized_keys_path:
     ensure => absent,

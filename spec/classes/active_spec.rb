@@ -143,6 +143,16 @@ RSpec.describe 'pe_failover::active' do
     end
   end
 
+  context 'with the watcher service managed' do
+    let(:facts) { PeFailoverSpec::Classes.facts(on_supported_os['redhat-8-x86_64']) }
+    let(:params) { { passive_master: 'b.example.com', passive_host_key: PeFailoverSpec::Classes::HOST_KEY_B } }
+
+    it 'starts it only once the transfer key and the pinned host keys exist' do
+      is_expected.to contain_service('pe_failover')
+        .that_requires(['Exec[pe_failover transfer key]', 'File[/opt/pe_failover/ssh/id_ed25519]', 'File[/opt/pe_failover/ssh/known_hosts]'])
+    end
+  end
+
   context 'with the passive on another SSH port' do
     let(:facts) { PeFailoverSpec::Classes.facts(on_supported_os['redhat-8-x86_64']) }
     let(:params) { super().merge(ssh_port: 2222) }
