@@ -150,9 +150,15 @@ RSpec.describe 'two primaries in a sandbox', :acceptance, order: :defined do
     # B's own identity is its own.
     expect(File.read(File.join(b.ssldir, 'certs', "#{b.certname}.pem"))).to eq(sb.ca.certificate(b.certname).to_pem)
 
+    # The face, installed with the module: diff shows what is pending, sync ships it.
     sb.ca.sign('watched-agent.example.com')
-    code, out = sb.command(a, 'sync', '--config', a.config)
-    expect(code).to eq(0), out
+    code, out, err = sb.face(a, 'diff', '--render-as', 'json')
+    expect(code).to eq(0), out + err
+    expect(JSON.parse(out)).to include('ok' => true)
+    expect(File).not_to exist(File.join(b.cadir, 'signed', 'watched-agent.example.com.pem'))
+    code, out, err = sb.face(a, 'sync')
+    expect(code).to eq(0), out + err
+    expect(out).to include('PE_FAILOVER: sync ---> [SUCCESS]')
     code, out = sb.command(b, 'watch', '--config', b.config, '--once')
     expect(code).to eq(0), out
     expect(File).to exist(File.join(b.cadir, 'signed', 'watched-agent.example.com.pem'))

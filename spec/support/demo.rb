@@ -123,20 +123,37 @@ begin
   fail!("the transfer key ran a command of its choice:\n#{out}") if out.include?('got-a-shell')
   detail format('ssh exited %d in %.2fs; sshd accepted the key, ran the forced receiver, not `id`', code, secs)
 
-  if sb.runner?
-    say 'On A: signing a new agent, revoking one, cleaning another; then `pe_failover sync`'
+  runner = sb.runner?
+  if runner
+    say 'First sync, A -> B: `pe_failover sync` on A, `pe_failover apply` on B (the baseline)'
+    (code, out), secs = timed { sb.command(a, 'sync', '--config', a.config) }
+    fail!("sync failed:\n#{out}") unless code.zero?
+    detail format('sync %.2fs: %s', secs, out.strip)
+    (code, out), secs = timed { sb.command(b, 'apply', '--config', b.config) }
+    fail!("apply on B failed:\n#{out}") unless code.zero?
+    detail format('apply %.2fs: %s', secs, out.strip)
+
+    say 'Starting the watchers (service ensure => running, pid-file provider)'
+    [[a, sb.active_manifest(service: 'running')], [b, sb.passive_manifest(service: 'running')]].each do |m, manifest|
+      _, secs = apply(sb, m, manifest, expect: 2)
+      detail format('%s: watcher pid %s (%.1fs)', m.name, File.read(m.pidfile).strip, secs)
+    end
+
+    say 'On A: signing a new agent, revoking one, cleaning another; nobody runs anything else'
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
     sb.ca.sign('new-agent.example.com')
     sb.ca.revoke('agent000.example.com')
     sb.ca.clean('agent001.example.com')
-    (code, out), secs = timed { sb.command(a, 'sync', '--config', a.config) }
-    fail!("sync failed:\n#{out}") unless code.zero?
-    detail format('%.2fs: %s', secs, out.strip)
-    (code, out), secs = timed { sb.command(b, 'apply', '--config', b.config) }
-    fail!("apply on B failed:\n#{out}") unless code.zero?
-    detail format('B applied it in %.2fs: %s', secs, out.strip)
-    arrived = File.exist?(File.join(b.cadir, 'signed', 'new-agent.example.com.pem'))
-    same_crl = File.read(File.join(b.cadir, 'ca_crl.pem')) == File.read(File.join(a.cadir, 'ca_crl.pem'))
-    detail "B's signed/new-agent.example.com.pem present: #{arrived}; B's CRL equals A's: #{same_crl}"
+    arrived = lambda do
+      File.exist?(File.join(b.cadir, 'signed', 'new-agent.example.com.pem')) &&
+        !File.exist?(File.join(b.cadir, 'signed', 'agent001.example.com.pem')) &&
+        File.read(File.join(b.cadir, 'ca_crl.pem')) == File.read(File.join(a.cadir, 'ca_crl.pem'))
+    end
+    sleep 0.02 until arrived.call || Process.clock_gettime(Process::CLOCK_MONOTONIC) - started > 30
+    fail!("B did not follow A within 30 s:\n#{sb.face(a, 'status')[1]}") unless arrived.call
+    lag = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+    detail format('%.2fs after the last change, B had signed/new-agent.example.com.pem, no agent001, and A\'s CRL', lag)
+    detail "B's own certificate and key (#{b.certname}) were not touched"
   else
     say 'What the next sync would ship (the shipping runner is not in this build yet)'
     baseline = File.join(sb.root, 'cadir-before')
@@ -156,6 +173,10 @@ begin
   code, out, = sb.face(b, 'promote')
   fail!("promote failed:\n#{out}") unless code.zero?
   detail "B: #{out}"
+  if runner
+    code, out = sb.command(a, 'sync', '--config', a.config)
+    detail "A, not demoted yet, tries to sync (exit #{code}): #{out.strip.lines.last(2).join(' ')}"
+  end
   code, out, = sb.face(a, 'demote')
   fail!("demote failed:\n#{out}") unless code.zero?
   detail "A: #{out}"
@@ -166,6 +187,15 @@ begin
     changed, secs = apply(sb, m, manifest, expect: [0, 2])
     detail format('%s: %d resources changed (%.1fs)%s', m.name, changed.size, secs,
                   changed.empty? ? ': the face had already written what the class writes' : ": #{changed.join(', ')}")
+  end
+
+  if runner
+    say 'After the failback, one sync from A and one apply on B clear the fencing errors'
+    [[a, 'sync'], [b, 'apply']].each do |m, cmd|
+      (code, out), secs = timed { sb.command(m, cmd, '--config', m.config) }
+      fail!("#{cmd} on #{m.name} failed:\n#{out}") unless code.zero?
+      detail format('%s %s (%.2fs): %s', m.name, cmd, secs, out.strip)
+    end
   end
 
   say 'Status: `puppet pe_failover status` on each primary (exit 1 means unhealthy)'

@@ -116,7 +116,7 @@ module PuppetX
             file, error = load_status(path)
             detail = sender_detail(file, now)
             problem = error || sender_problem(replica, kind, file, detail, max_age)
-            finish(status, replica, kind, detail, problem, path)
+            finish(status, replica, kind, detail, problem, path, component: 'sync')
           end
         end
       end
@@ -138,24 +138,30 @@ module PuppetX
             detail['sender'] = receiver['last_sender']
           end
           problem = error || receiver_error || applier_problem(kind, file, receiver)
-          finish(status, host, kind, detail, problem, path)
+          finish(status, host, kind, detail, problem, path, component: 'apply', peer: detail['sender'])
         end
       end
 
-      # Records one replica/kind: its details, its table row, its problem.
-      def finish(status, replica, kind, detail, problem, path)
+      # Records one replica/kind: its details, its table row (the shape of
+      # the core's status entries), its problem. The row shows the last
+      # error only while it is newer than the last success; the details
+      # keep it for inspection.
+      def finish(status, replica, kind, detail, problem, path, component:, peer: nil)
         detail['status_file'] = path
         detail['healthy'] = problem.nil?
         status['replicas'][replica][kind] = detail
         status['problems'] << problem if problem
+        error = detail['last_error']
+        current = error && (detail['last_success'].nil? || error['time'].to_s > detail['last_success'].to_s)
         status['entries'] << {
           'kind' => kind,
-          'peer' => replica,
+          'component' => component,
+          'peer' => peer || replica,
           'healthy' => problem.nil?,
           'last_success' => detail['last_success'],
           'age_seconds' => detail['seconds_since_success'],
           'digest' => detail['applied'] || detail['shipped'],
-          'last_error' => detail['last_error'],
+          'last_error' => current ? error : nil,
         }
       end
 

@@ -36,7 +36,7 @@ RSpec.describe 'puppet pe_failover (face)' do
       code, out, err = puppet('status', '--config_file', config)
       expect([code, err]).to eq([0, ''])
       expect(out).to start_with("pe_failover on a.example.com (active): HEALTHY\n")
-      expect(out).to match(%r{^ca\s+b\.example\.com\s+ok\s+\S+Z\s+\d+s\s+abababababab\s+-$})
+      expect(out).to match(%r{^ca\s+sync\s+b\.example\.com\s+ok\s+\S+Z\s+\d+s\s+abababababab\s+-$})
     end
 
     it 'renders data as JSON and exits 1 when unhealthy' do
