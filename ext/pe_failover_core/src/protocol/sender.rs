@@ -29,10 +29,13 @@ use crate::{Error, ErrorKind, Result};
 /// The words of the error a sync ends with when a source file changed
 /// while it was being sent (a busy CA): a fresh scan and another sync fix it.
 pub(crate) const SOURCE_CHANGED: &str = "changed while it was being sent";
+/// The same, for a file that got shorter.
+pub(crate) const SOURCE_SHRANK: &str = "shrank while it was being sent";
 
 /// Whether `err` says a source file changed while it was being sent.
 pub fn is_source_changed(err: &Error) -> bool {
-    err.kind() == ErrorKind::Io && err.message().contains(SOURCE_CHANGED)
+    err.kind() == ErrorKind::Io
+        && (err.message().contains(SOURCE_CHANGED) || err.message().contains(SOURCE_SHRANK))
 }
 
 /// Files at least this large that only grew are sent as `EXTEND`.
@@ -515,7 +518,7 @@ impl Sender {
                     return Err(Error::new(
                         ErrorKind::Io,
                         format!(
-                            "{} shrank while it was being sent; the transaction was abandoned, and the next sync ships the new contents",
+                            "{} {SOURCE_SHRANK}; the transaction was abandoned, and the next sync ships the new contents",
                             source.display()
                         ),
                     )

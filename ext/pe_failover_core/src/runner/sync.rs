@@ -220,7 +220,11 @@ impl Runner {
                     Err(e) if is_source_changed(e) => {}
                     _ => break,
                 }
-                scan = set.scan()?;
+                match set.scan() {
+                    Ok(fresh) => scan = fresh,
+                    // Still busy: the failure stands; the next round retries.
+                    Err(_) => break,
+                }
                 run.digest = Some(scan.manifest.digest());
                 run.entries = scan.manifest.len() as u64;
                 result = self.sync_one(&set, &scan, r, noop);
