@@ -31,15 +31,14 @@ Puppet::Face.define(:pe_failover, '1.0.0') do
     summary 'Show replication health: per replica and kind, last success, age, digests, last error.'
     description <<-TEXT
       On the active primary: the last sync to each replica of the CA (and of
-      the classifier groups when enabled); stale after --max_age seconds
-      without success. On a passive primary: the digests staged and applied,
+      the classifier groups once they are shipped); stale after --max_age
+      seconds without success. On a passive primary: the digests staged and applied,
       and the last error of the receiver and the applier.
     TEXT
     returns 'A hash: host, role, healthy, replicas (name => kind => details), entries, problems.'
     instance_eval(&config_option)
     option '--max_age SECONDS' do
-      summary 'Seconds after which the last successful sync counts as stale.'
-      default_to { PuppetX::PeFailover::Status::DEFAULT_MAX_AGE }
+      summary 'Seconds after which the last successful CA sync counts as stale (default: twice the verify interval plus 60).'
     end
     examples <<-TEXT
       $ puppet pe_failover status
@@ -47,7 +46,8 @@ Puppet::Face.define(:pe_failover, '1.0.0') do
     TEXT
 
     when_invoked do |options|
-      PuppetX::PeFailover::Status.read(config: options[:config_file], max_age: Integer(options[:max_age]))
+      max_age = options[:max_age].nil? ? nil : Integer(options[:max_age])
+      PuppetX::PeFailover::Status.read(config: options[:config_file], max_age: max_age)
     end
 
     when_rendering :console do |status|

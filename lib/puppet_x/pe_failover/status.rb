@@ -26,10 +26,13 @@ module PuppetX
       DEFAULT_CONFIG = '/opt/pe_failover/etc/config.json'
       # Default state directory when the configuration names none.
       DEFAULT_STATE_DIR = '/opt/pe_failover/state'
-      # Default age, in seconds, beyond which an active's last successful
-      # sync counts as stale. The cron fallback runs every 15 minutes and the
-      # watcher verifies every 5, so an hour without success means trouble.
-      DEFAULT_MAX_AGE = 3600
+      # Seconds between the watcher's verifications when the configuration
+      # names none; an active's last successful CA sync is stale after two
+      # of them plus a minute (as `pe_failover status` judges it).
+      DEFAULT_VERIFY_INTERVAL = 300
+      # Seconds between classifier polls when the configuration names none;
+      # the classifier is stale after two polls plus a minute.
+      DEFAULT_NC_INTERVAL = 60
       # Schema version of the status files this reader understands.
       FORMAT = 1
 
@@ -63,13 +66,14 @@ module PuppetX
       #
       # @param config [String] configuration file
       # @param now [Time] the time ages are measured at
-      # @param max_age [Integer] seconds after which an active's last
-      #   successful sync is stale
+      # @param max_age [Integer, nil] seconds after which an active's last
+      #   successful CA sync is stale; nil: twice the watcher's verify
+      #   interval plus a minute
       # @return [Hash] `'host'`, `'role'`, `'config'`, `'state_dir'`,
       #   `'healthy'`, `'replicas'` (name => kind => details), `'entries'`
       #   (one row per replica and kind, the shape `pe_failover status`
       #   prints) and `'problems'` (sentences)
-      def read(config: default_config, now: Time.now, max_age: DEFAULT_MAX_AGE)
+      def read(config: default_config, now: Time.now, max_age: nil)
         cfg = load_config(config)
         role = cfg['role'].to_s
         state_dir = cfg['state_dir'] || DEFAULT_STATE_DIR
@@ -100,8 +104,11 @@ module PuppetX
         nc.fetch('enabled', true) ? %w[ca nc] : %w[ca]
       end
 
-      # The active side: one sender status per replica and kind.
+      # The active side: one sender status per replica and kind. The
+      # classifier's appears once classifier shipping has written it.
       def read_active(status, cfg, state_dir, now, max_age)
+        max_age ||= 2 * Integer(cfg.dig('watch', 'verify_interval') || DEFAULT_VERIFY_INTERVAL) + 60
+        nc_max_age = 2 * Integer(cfg.dig('nc', 'interval') || DEFAULT_NC_INTERVAL) + 60
         replicas = Array(cfg['replicas'])
         status['problems'] << 'no replicas configured: nothing is replicated' if replicas.empty?
         replicas.each do |r|
@@ -113,9 +120,11 @@ module PuppetX
           status['replicas'][replica] = {}
           kinds(cfg).each do |kind|
             path = File.join(state_dir, 'replicas', key, "#{kind}.status.json")
+            next if kind == 'nc' && !File.exist?(path)
+
             file, error = load_status(path)
             detail = sender_detail(file, now)
-            problem = error || sender_problem(replica, kind, file, detail, max_age)
+            problem = error || sender_problem(replica, kind, file, detail, kind == 'nc' ? nc_max_age : max_age)
             finish(status, replica, kind, detail, problem, path, component: 'sync')
           end
         end
@@ -130,6 +139,8 @@ module PuppetX
           # other kind's in its own subdirectory.
           base = kind == 'ca' ? state_dir : File.join(state_dir, kind)
           path = File.join(base, 'status.json')
+          next if kind == 'nc' && !File.exist?(path) && !File.exist?(File.join(base, 'incoming'))
+
           file, error = load_status(path)
           receiver, receiver_error = load_status(File.join(base, 'incoming', 'receiver.status.json'))
           detail = applier_detail(file, now)

@@ -42,9 +42,7 @@ RSpec.describe PuppetX::PeFailover::Status do
       expect(status['healthy']).to be(false)
       expect(status['problems']).to eq([
                                          'ca to b.example.com: last sync failed: b.example.com has been promoted',
-                                         'nc to b.example.com: never synced',
-                                         'ca to c.example.com: last success 7200s ago (2027-01-15T06:00:00Z), more than 3600s',
-                                         'nc to c.example.com: never synced',
+                                         'ca to c.example.com: last success 7200s ago (2027-01-15T06:00:00Z), more than 660s',
                                        ])
       expect(status['replicas']['b.example.com']['ca']['last_error'])
         .to eq('kind' => 'fenced', 'message' => 'b.example.com has been promoted', 'time' => '2027-01-15T07:59:59Z')
@@ -117,6 +115,20 @@ RSpec.describe PuppetX::PeFailover::Status do
     status = read(config)
     expect(status).to include('healthy' => true)
     expect(status['replicas'].keys).to eq(['127.0.0.1:2222'])
+  end
+
+  it "judges staleness by the configuration's intervals, and shows the classifier only once it is shipped" do
+    config = files.write_json(File.join(dir, 'etc', 'config.json'),
+                              'role' => 'active', 'certname' => 'a.example.com', 'state_dir' => File.join(dir, 'state'),
+                              'replicas' => [{ 'host' => 'b.example.com' }], 'watch' => { 'verify_interval' => 30 },
+                              'nc' => { 'enabled' => true, 'interval' => 10 })
+    files.sender(dir, 'b.example.com', 'ca', success: now.to_i - 100)
+    expect(read(config)['problems']).to eq([]) # 100 s < 2 * 30 + 60
+    expect(read(config)['replicas']['b.example.com'].keys).to eq(['ca'])
+    files.sender(dir, 'b.example.com', 'ca', success: now.to_i - 130)
+    files.sender(dir, 'b.example.com', 'nc', success: now.to_i - 81)
+    expect(read(config)['problems']).to eq(['ca to b.example.com: last success 130s ago (2027-01-15T07:57:50Z), more than 120s',
+                                            'nc to b.example.com: last success 81s ago (2027-01-15T07:58:39Z), more than 80s'])
   end
 
   it 'raises a clear error for a missing or broken configuration' do
