@@ -78,7 +78,9 @@
 #   the CA (honouring noop) besides the watcher and the cron entry.
 # @param manage_node_groups
 #   Manage the three pe_failover classifier groups on this host's
-#   classifier (they reach the passives with the other groups).
+#   classifier (they reach the passives with the other groups). The
+#   classifier and client certificate are those of the command:
+#   `pe_failover::nc_server`, `nc_cert`, `nc_key`, `nc_cacert`.
 # @param node_group_environment
 #   Environment of the three groups.
 # @param active_group_classes
@@ -336,8 +338,17 @@ class pe_failover::active (
   }
 
   if $manage_node_groups {
+    # The same classifier and client identity as the command's.
+    $ssldir = $pe_failover::ssldir
+    $classifier = {
+      'server' => $pe_failover::nc_server.lest || { "https://${certname}:4433" },
+      'cert'   => $pe_failover::nc_cert.lest || { "${ssldir}/certs/${certname}.pem" },
+      'key'    => $pe_failover::nc_key.lest || { "${ssldir}/private_keys/${certname}.pem" },
+      'cacert' => $pe_failover::nc_cacert.lest || { "${ssldir}/certs/ca.pem" },
+    }
     pe_failover_node_group { 'pe_failover':
       ensure      => present,
+      *           => $classifier,
       parent      => 'All Nodes',
       environment => $node_group_environment,
       rule        => ['and', ['~', ['fact', 'pe_failover_mode'], '^(active|passive)$']],
@@ -346,6 +357,7 @@ class pe_failover::active (
     }
     pe_failover_node_group { 'pe_failover-active':
       ensure      => present,
+      *           => $classifier,
       parent      => 'pe_failover',
       environment => $node_group_environment,
       rule        => ['and', ['=', ['fact', 'pe_failover_mode'], 'active']],
@@ -355,6 +367,7 @@ class pe_failover::active (
     }
     pe_failover_node_group { 'pe_failover-passive':
       ensure      => present,
+      *           => $classifier,
       parent      => 'pe_failover',
       environment => $node_group_environment,
       rule        => ['and', ['=', ['fact', 'pe_failover_mode'], 'passive']],

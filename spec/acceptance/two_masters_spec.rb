@@ -42,9 +42,10 @@ RSpec.describe 'two primaries in a sandbox', :acceptance, order: :defined do
 
     @sb = PeFailoverSpec::Sandbox.new(root: Dir.mktmpdir('pe_failover-two-masters'))
     @sb.install_module(tarball)
-    @sb.make_ca(certs: 3, key_bits: 1024)
+    @sb.make_ca(certs: 3) # 2048-bit: rustls refuses a 1024-bit RSA CA
     @sb.start_sshd(@sb.b)
     @sb.start_sshd(@sb.a) # for the time A is the passive
+    @sb.start_classifiers
     @runner = @sb.runner?
   end
 
@@ -79,6 +80,9 @@ RSpec.describe 'two primaries in a sandbox', :acceptance, order: :defined do
     expect(File.read(a.facts_file)).to include(%(pe_failover_mode: "active"\npe_failover_passive_master: "127.0.0.1"\n))
     # The wrapper runs the installed module's CLI with this Ruby.
     expect(File.read(a.wrapper)).to include("-I #{sb.module_lib} #{sb.module_lib}/puppet_x/pe_failover/cli.rb")
+    # The classification groups, on A's own classifier (through its API, with A's certificate).
+    expect(sb.group_names(a)).to eq(['All Nodes', 'pe_failover', 'pe_failover-active', 'pe_failover-passive'])
+    expect(sb.group_names(b)).to eq(['All Nodes'])
 
     apply!(b, sb.passive_manifest, 2)
     expect(File.read(b.authorized_keys))
@@ -219,6 +223,7 @@ RSpec.describe 'two primaries in a sandbox', :acceptance, order: :defined do
     expect(File.read(a.authorized_keys)).to include(File.read(b.public_key).strip)
     apply!(b, sb.active_manifest(b, a), 0)
     apply!(a, sb.passive_manifest(a, b), 0)
+    expect(sb.group_names(b)).to eq(['All Nodes', 'pe_failover', 'pe_failover-active', 'pe_failover-passive'])
 
     code, out = sb.ssh(b, a, 'echo not-the-receiver')
     expect(out).not_to include('not-the-receiver')

@@ -97,6 +97,11 @@ begin
   sb.start_sshd(b)
   detail "port #{sb.sshd(b).port}, host key #{sb.sshd(b).host_key_fingerprint}"
 
+  say 'Starting a Node Classifier (the API emulator, HTTPS with client certificates) for each primary'
+  _, secs = timed { sb.start_classifiers }
+  sb.classifiers.each { |name, nc| detail "#{name}: #{nc.base_url}, allowlist: its own certname" }
+  detail format('(%.1fs)', secs)
+
   say 'puppet apply on A: class pe_failover::active (passive_master => B, its host key pinned)'
   changed, secs = apply(sb, a, sb.active_manifest, expect: 2)
   detail format('%.1fs, %d resources changed, among them:', secs, changed.size)
@@ -105,6 +110,7 @@ begin
   detail "  #{a.config}: role active, replica 127.0.0.1:#{sb.sshd(b).port}"
   detail "  #{a.cron_file}: #{File.read(a.cron_file).lines.grep(%r{sync}).first.strip}"
   detail "  #{a.facts_file}: #{File.read(a.facts_file).lines.grep(%r{mode}).first.strip}"
+  detail "  A's classifier, through its API: #{sb.group_names(a).join(', ')}"
 
   say "puppet apply on B: class pe_failover::passive (auth_key => A's public key)"
   changed, secs = apply(sb, b, sb.passive_manifest, expect: 2)

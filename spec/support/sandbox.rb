@@ -95,6 +95,11 @@ module PeFailoverSpec
       run!('puppet', 'module', 'install', '--ignore-dependencies', '--target-dir', @modules, tarball, *puppet_args(@a))
     end
 
+    # The names of the groups on master m's classifier, as m itself sees them.
+    def group_names(m)
+      @classifiers.fetch(m.name).client(m.certname).get('/classifier-api/v1/groups').json.map { |g| g['name'] }.sort
+    end
+
     # The installed module's lib directory.
     def module_lib = File.join(@modules, 'pe_failover', 'lib')
 
@@ -132,8 +137,8 @@ module PeFailoverSpec
       [status.exitstatus, out]
     end
 
-    # Starts a classifier emulator for each primary (its certname and
-    # `client` allowed in).
+    # Starts a classifier emulator for each primary (its own certname
+    # allowed in); the active then manages its pe_failover groups there.
     def start_classifiers
       [@a, @b].each do |m|
         @classifiers[m.name] = NcEmulatorProcess.new(dir: m.path('classifier'), ca: @ca, server_name: m.certname,
@@ -194,7 +199,7 @@ module PeFailoverSpec
           ca_group         => '#{Etc.getgrgid(0).name}',
           reload_command   => ['true'],
           nc_enabled       => #{nc},
-          #{nc && @classifiers[m.name] ? "nc_server        => '#{@classifiers[m.name].base_url}'," : ''}
+          #{@classifiers[m.name] ? "nc_server        => '#{@classifiers[m.name].base_url}'," : ''}
           log_syslog       => false,
         }
       PP
@@ -209,7 +214,7 @@ module PeFailoverSpec
           ssh_port           => #{sshd(to).port},
           nc_hostnames       => { '#{m.certname}' => '#{to.certname}' },
           sync_on_run        => #{sync_on_run},
-          manage_node_groups => false,
+          manage_node_groups => #{@classifiers.key?(m.name)},
         }
       PP
     end
