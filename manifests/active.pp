@@ -78,7 +78,9 @@
 #   the CA (honouring noop) besides the watcher and the cron entry.
 # @param manage_node_groups
 #   Manage the three pe_failover classifier groups on this host's
-#   classifier (they reach the passives with the other groups).
+#   classifier (they reach the passives with the other groups). The
+#   classifier and client certificate are those of the command:
+#   `pe_failover::nc_server`, `nc_cert`, `nc_key`, `nc_cacert`.
 # @param node_group_environment
 #   Environment of the three groups.
 # @param active_group_classes
@@ -89,7 +91,7 @@ class pe_failover::active (
   Variant[Stdlib::Host, Array[Stdlib::Host, 1]] $passive_master,
   Optional[Variant[String[1], Hash[Stdlib::Host, String[1], 1]]] $passive_host_key = undef,
   Boolean $trust_on_first_use = false,
-  Stdlib::Port $ssh_port = 22,
+  Integer[1, 65535] $ssh_port = 22,
   Integer[1] $connect_timeout = 10,
   Integer[1] $io_timeout = 30,
   Optional[Hash[Stdlib::Host, Stdlib::Host]] $nc_hostnames = undef,
@@ -336,8 +338,17 @@ class pe_failover::active (
   }
 
   if $manage_node_groups {
+    # The same classifier and client identity as the command's.
+    $ssldir = $pe_failover::ssldir
+    $classifier = {
+      'server' => $pe_failover::nc_server.lest || { "https://${certname}:4433" },
+      'cert'   => $pe_failover::nc_cert.lest || { "${ssldir}/certs/${certname}.pem" },
+      'key'    => $pe_failover::nc_key.lest || { "${ssldir}/private_keys/${certname}.pem" },
+      'cacert' => $pe_failover::nc_cacert.lest || { "${ssldir}/certs/ca.pem" },
+    }
     pe_failover_node_group { 'pe_failover':
       ensure      => present,
+      *           => $classifier,
       parent      => 'All Nodes',
       environment => $node_group_environment,
       rule        => ['and', ['~', ['fact', 'pe_failover_mode'], '^(active|passive)$']],
@@ -346,6 +357,7 @@ class pe_failover::active (
     }
     pe_failover_node_group { 'pe_failover-active':
       ensure      => present,
+      *           => $classifier,
       parent      => 'pe_failover',
       environment => $node_group_environment,
       rule        => ['and', ['=', ['fact', 'pe_failover_mode'], 'active']],
@@ -355,6 +367,7 @@ class pe_failover::active (
     }
     pe_failover_node_group { 'pe_failover-passive':
       ensure      => present,
+      *           => $classifier,
       parent      => 'pe_failover',
       environment => $node_group_environment,
       rule        => ['and', ['=', ['fact', 'pe_failover_mode'], 'passive']],
@@ -362,6 +375,12 @@ class pe_failover::active (
       variables   => {},
       require     => Pe_failover_node_group['pe_failover'],
     }
+  }
+
+  # The watcher syncs as soon as it starts: its key and the pinned host
+  # keys come first.
+  if $pe_failover::manage_service {
+    [Exec['pe_failover transfer key'], File[$identity_file, $known_hosts]] -> Service[$pe_failover::service_name]
   }
 
   # What only a passive has: gone once this host is active.

@@ -143,6 +143,47 @@ RSpec.describe 'pe_failover::active' do
     end
   end
 
+  context 'with the watcher service managed' do
+    let(:facts) { PeFailoverSpec::Classes.facts(on_supported_os['redhat-8-x86_64']) }
+    let(:params) { { passive_master: 'b.example.com', passive_host_key: PeFailoverSpec::Classes::HOST_KEY_B } }
+
+    it 'starts it only once the transfer key and the pinned host keys exist' do
+      is_expected.to contain_service('pe_failover')
+        .that_requires(['Exec[pe_failover transfer key]', 'File[/opt/pe_failover/ssh/id_ed25519]', 'File[/opt/pe_failover/ssh/known_hosts]'])
+    end
+  end
+
+  context 'with the classifier settings of the class pe_failover' do
+    let(:facts) { PeFailoverSpec::Classes.facts(on_supported_os['redhat-8-x86_64']) }
+    let(:pre_condition) do
+      "class { 'pe_failover': ssldir => '/sb/ssl', nc_server => 'https://127.0.0.1:4433', nc_cacert => '/sb/ca.pem' }"
+    end
+    let(:params) { { passive_master: 'b.example.com', passive_host_key: PeFailoverSpec::Classes::HOST_KEY_B } }
+
+    it 'manages its groups on the classifier the command talks to, with the same identity' do
+      %w[pe_failover pe_failover-active pe_failover-passive].each do |group|
+        is_expected.to contain_pe_failover_node_group(group).with(
+          server: 'https://127.0.0.1:4433', cert: '/sb/ssl/certs/a.example.com.pem',
+          key: '/sb/ssl/private_keys/a.example.com.pem', cacert: '/sb/ca.pem',
+        )
+      end
+      nc = PeFailoverSpec::Classes.config(catalogue)['nc']
+      expect(nc).to include('server' => 'https://127.0.0.1:4433', 'cert' => '/sb/ssl/certs/a.example.com.pem', 'cacert' => '/sb/ca.pem')
+    end
+  end
+
+  context 'with the default classifier' do
+    let(:facts) { PeFailoverSpec::Classes.facts(on_supported_os['redhat-8-x86_64']) }
+    let(:params) { { passive_master: 'b.example.com', passive_host_key: PeFailoverSpec::Classes::HOST_KEY_B } }
+
+    it "uses this host's certname and Puppet ssl files" do
+      is_expected.to contain_pe_failover_node_group('pe_failover').with(
+        server: 'https://a.example.com:4433', cert: '/etc/puppetlabs/puppet/ssl/certs/a.example.com.pem',
+        cacert: '/etc/puppetlabs/puppet/ssl/certs/ca.pem',
+      )
+    end
+  end
+
   context 'with the passive on another SSH port' do
     let(:facts) { PeFailoverSpec::Classes.facts(on_supported_os['redhat-8-x86_64']) }
     let(:params) { super().merge(ssh_port: 2222) }
@@ -399,6 +440,22 @@ RSpec.describe 'pe_failover::active' do
       let(:params) { super().merge(nc_hostnames: { 'a.example.com' => 'a.example.com' }) }
 
       it { is_expected.to compile.and_raise_error(%r{nc_hostnames rewrites a\.example\.com into itself}) }
+    end
+
+    {
+      ssh_port: 0,
+      connect_timeout: 0,
+      io_timeout: -1,
+      node_group_environment: '',
+      trust_on_first_use: 'yes',
+      nc_hostnames: { 'a.example.com' => 'not a host' },
+      active_group_classes: { 'role::x' => 'not a hash' },
+    }.each do |param, value|
+      context "with #{param} => #{value.inspect}" do
+        let(:params) { { passive_master: 'b.example.com', passive_host_key: PeFailoverSpec::Classes::HOST_KEY_B, param => value } }
+
+        it { is_expected.to compile.and_raise_error(%r{parameter '#{param}'}) }
+      end
     end
 
     context 'with a relative base_dir' do

@@ -94,4 +94,37 @@ RSpec.describe 'a role change on one node', type: :host do
     expect(other_role_leftovers(active, passive, ['/opt/pe_failover/ssh/id_ed25519'])).to eq(['/opt/pe_failover/ssh/id_ed25519'])
     expect(other_role_leftovers(passive, active, ['/opt/pe_failover/state/incoming'])).to eq(['/opt/pe_failover/state/incoming'])
   end
+
+  # Every supported OS, and the sandbox layout with the pid-file service
+  # (no systemd): a swap either way leaves nothing of the other role.
+  SANDBOX = <<~PP
+    class { 'pe_failover':
+      base_dir         => '/sb/opt/pe_failover',
+      facts_dir        => '/sb/facts.d',
+      unit_dir         => '/sb/systemd',
+      cron_file        => '/sb/cron.d/pe_failover',
+      pidfile          => '/sb/run/pe_failover.pid',
+      service_provider => 'base',
+    }
+  PP
+
+  on_supported_os.each do |os, os_facts|
+    context "on #{os}" do
+      let(:facts) { PeFailoverSpec::Classes.facts(os_facts) }
+
+      [['', 'the default layout'], [SANDBOX, 'a sandbox with the base service provider']].each do |base, layout|
+        it "swaps both ways without leftovers (#{layout})" do
+          active = compile_role(base + ACTIVE)
+          passive = compile_role(base + PASSIVE)
+          expect(other_role_leftovers(active, passive)).to eq([])
+          expect(other_role_leftovers(passive, active)).to eq([])
+          expect(PeFailoverSpec::Classes.files(passive)).not_to include(a_string_starting_with('/opt/')) unless base.empty?
+          [active, passive].each do |cat|
+            expect(cat.resource('Service', 'pe_failover')[:provider].to_s).to eq(base.empty? ? 'systemd' : 'base')
+            expect(PeFailoverSpec::Classes.files(cat)['/sb/systemd/pe_failover.service']).to eq('absent') unless base.empty?
+          end
+        end
+      end
+    end
+  end
 end

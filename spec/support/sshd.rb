@@ -63,7 +63,10 @@ module PeFailoverSpec
 
     # dir: working directory (created). user: the only user allowed in (the
     # current one by default). config: extra sshd_config lines.
-    def initialize(dir:, user: Etc.getpwuid(Process.euid).name, config: [])
+    # authorized_keys: the AuthorizedKeysFile sshd reads (default
+    # `dir/authorized_keys`, created empty); give another path to let sshd
+    # read a file someone else writes, such as the module's.
+    def initialize(dir:, user: Etc.getpwuid(Process.euid).name, config: [], authorized_keys: nil)
       [SSHD, SSH_KEYGEN].each do |tool|
         next if File.executable?(tool)
 
@@ -76,10 +79,13 @@ module PeFailoverSpec
       @user = user
       @extra_config = config
       @host_key = File.join(@dir, 'ssh_host_ed25519_key')
-      @authorized_keys = File.join(@dir, 'authorized_keys')
+      @own_authorized_keys = authorized_keys.nil?
+      @authorized_keys = authorized_keys ? File.expand_path(authorized_keys) : File.join(@dir, 'authorized_keys')
       @known_hosts = File.join(@dir, 'known_hosts')
       @log_path = File.join(@dir, 'sshd.log')
       keygen(@host_key, 'pe_failover test sshd') unless File.exist?(@host_key)
+      return unless @own_authorized_keys
+
       File.write(@authorized_keys, '') unless File.exist?(@authorized_keys)
       File.chmod(0o644, @authorized_keys)
     end

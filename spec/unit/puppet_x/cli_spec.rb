@@ -7,7 +7,8 @@ require_relative '../../support/replication_pair'
 
 # The real CLI, as units, cron and the SSH forced command run it, against a
 # real sshd whose forced command is the CLI's own `receive`.
-RSpec.describe 'pe_failover CLI (lib/puppet_x/pe_failover/cli.rb)' do
+# The examples share one pair and build on each other's state: run them in order.
+RSpec.describe 'pe_failover CLI (lib/puppet_x/pe_failover/cli.rb)', order: :defined do
   before(:all) do
     @tmp = Dir.mktmpdir('pe_failover_cli')
     @pair = PeFailoverSpec::ReplicationPair.new(@tmp).start
