@@ -7,7 +7,11 @@
 //!
 //! - full: an empty replica receives the whole CA;
 //! - no change: nothing changed since the last sync;
-//! - 10 signings + 1 revocation: the usual burst.
+//! - 10 signings + 1 revocation: the usual burst;
+//! - lag: with both watchers running (`Runner::watch`, the module's default
+//!   debounce of 150 ms), the time from a signing on the active to the
+//!   certificate's arrival, complete, in the replica's live CA directory
+//!   (`PEF_BENCH_LAG` signings, default 20, one every 300 ms); p50 and p90.
 //!
 //! "pe_failover" is the whole job: scan with the stat cache, SSH session to
 //! the forced command `pe_failover_receive`, verified staging of the
@@ -30,8 +34,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use pe_failover_core::apply::Applier;
+use pe_failover_core::cancel::CancelToken;
+use pe_failover_core::log::Logger;
 use pe_failover_core::protocol::Sender;
 use pe_failover_core::replset::{CaPaths, ReplicatedSet};
+use pe_failover_core::runner::Runner;
 use pe_failover_core::state::SyncOutcome;
 
 use sshd::{ClientKey, Sshd};
@@ -187,6 +194,56 @@ impl Bench {
         assert!(status.success(), "rsync failed: {status}");
     }
 
+    /// Writes the two watchers' configurations (the replica `b` is the one
+    /// `ours` fills) and returns (active, passive) runners.
+    fn runners(&self) -> (Runner, Runner) {
+        let watch = serde_json::json!({
+            "debounce_ms": 150, "max_delay_ms": 1000, "verify_interval": 3600, "retry_interval": 1
+        });
+        let log = serde_json::json!({ "syslog": false, "stderr": false });
+        let active = serde_json::json!({
+            "role": "active",
+            "certname": "a.example.com",
+            "state_dir": self.root.join("a/state"),
+            "ca": { "ssldir": self.root.join("a/ssl"), "cadir": self.cadir() },
+            "replicas": [{
+                "host": "127.0.0.1",
+                "port": self.sshd.port(),
+                "user": self.sshd.user(),
+                "identity_file": self.ours_key.private,
+                "known_hosts": self.sshd.known_hosts(),
+            }],
+            "nc": { "enabled": false },
+            "watch": watch,
+            "log": log,
+        });
+        let b = self.root.join("b");
+        let passive = serde_json::json!({
+            "role": "passive",
+            "certname": "b.example.com",
+            "state_dir": b.join("state"),
+            "ca": {
+                "ssldir": b.join("ssl"),
+                "cadir": b.join("ca"),
+                "owner": "root",
+                "group": "root",
+                "reload_command": ["true"],
+                "max_delete_share": 1.0
+            },
+            "nc": { "enabled": false },
+            "watch": watch,
+            "log": log,
+        });
+        let load = |name: &str, v: &serde_json::Value| {
+            let path = self.root.join(name);
+            fs::write(&path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+            Runner::load(&path)
+                .expect("config")
+                .logger(Logger::silent())
+        };
+        (load("active.json", &active), load("passive.json", &passive))
+    }
+
     fn reset_replicas(&self) {
         for d in ["a/state", "b", "r"] {
             let _ = fs::remove_dir_all(self.root.join(d));
@@ -216,6 +273,61 @@ fn row(n: usize, scenario: &str, ours: Duration, rsync: Duration) {
     );
 }
 
+fn percentile(mut v: Vec<Duration>, p: usize) -> Duration {
+    v.sort();
+    v[(v.len() * p / 100).min(v.len() - 1)]
+}
+
+/// Signing-to-applied lag with both watchers running.
+fn lag(b: &mut Bench, n: usize, signings: usize) {
+    let (active, passive) = b.runners();
+    let watch = |runner: Runner| {
+        let token = CancelToken::new();
+        let r = runner.cancel_token(token.clone());
+        (token, thread::spawn(move || r.watch(false)))
+    };
+    let (b_token, b_watch) = watch(passive);
+    let (a_token, a_watch) = watch(active);
+    let live = b.root.join("b/ca");
+    let mut lags = Vec::new();
+    for i in 0..signings {
+        thread::sleep(Duration::from_millis(300));
+        let name = format!("lag{i}.example.com");
+        let t = Instant::now();
+        b.sign(&name);
+        let want = fs::read(b.cadir().join(format!("signed/{name}.pem"))).unwrap();
+        let target = live.join(format!("signed/{name}.pem"));
+        while fs::read(&target).ok().as_deref() != Some(&want[..]) {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{name} did not reach the replica within 60 s"
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+        lags.push(t.elapsed());
+    }
+    a_token.cancel();
+    b_token.cancel();
+    a_watch.join().unwrap().expect("active watcher");
+    b_watch.join().unwrap().expect("passive watcher");
+    println!(
+        "{:>8} {:<28} {:>12.1} {:>12} {:>10}",
+        n,
+        format!("lag p50 ({signings} signings)"),
+        median(lags.clone()).as_secs_f64() * 1000.0,
+        "-",
+        "-"
+    );
+    println!(
+        "{:>8} {:<28} {:>12.1} {:>12} {:>10}",
+        n,
+        "lag p90",
+        percentile(lags, 90).as_secs_f64() * 1000.0,
+        "-",
+        "-"
+    );
+}
+
 fn main() {
     let sizes: Vec<usize> = std::env::var("PEF_BENCH_SIZES")
         .unwrap_or_else(|_| "10000,100000".into())
@@ -226,6 +338,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5)
+        .max(1);
+    let lag_signings: usize = std::env::var("PEF_BENCH_LAG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
         .max(1);
     let base: PathBuf = std::env::var("PEF_BENCH_DIR")
         .map(Into::into)
