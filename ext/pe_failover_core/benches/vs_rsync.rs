@@ -392,5 +392,7 @@ fn main() {
             median(ours),
             median(theirs),
         );
+
+        lag(&mut b, n, lag_signings);
     }
 }
