@@ -107,13 +107,17 @@ impl Drop for Scratch {
 /// specifics).
 pub(crate) fn nc_advice(err: &Error, replica: Option<&ReplicaConfig>, config: &Config) -> String {
     match err.kind() {
-        ErrorKind::Network | ErrorKind::Timeout if replica.is_none() => format!(
-            "check that the console services (classifier at {}) run on this host and that nc.cert/nc.key/nc.cacert are right; the CA is replicated regardless",
-            config.nc_server()
-        ),
         ErrorKind::InvalidInput if !config.nc.enabled => {
             "set nc.enabled (class parameter nc_enabled) to replicate classifier groups".into()
         }
+        ErrorKind::Refused | ErrorKind::Fenced | ErrorKind::Cancelled | ErrorKind::PermissionDenied => {
+            advice(err, replica, config)
+        }
+        _ if replica.is_none() => format!(
+            "check that the console services (classifier at {}) run on this host and that nc.cert, nc.key and nc.cacert are right; the CA is replicated regardless, and the watcher tries again in {} s",
+            config.nc_server(),
+            config.nc.interval
+        ),
         _ => advice(err, replica, config),
     }
 }
