@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pe_failover_core::classifier::{
-    self, canonical_digest, parse_dump, update_operation, ClassifierApi, Group,
-};
+use pe_failover_core::classifier::{self, canonical_digest, parse_dump, update_operation, Group};
 use pe_failover_core::log::Logger;
 use pe_failover_core::runner::{ReplicaOutcome, Runner};
 use serde_json::json;
