@@ -310,3 +310,26 @@ fn a_classifier_failure_does_not_block_the_ca_and_nc_false_skips_it() {
     assert_eq!(run.nc.as_ref().unwrap().replicas[0].outcome, "noop");
     assert!(!site.path("a_state/nc/outgoing/groups.json").exists());
 }
+
+#[test]
+fn watch_once_ships_and_applies_the_groups_with_the_ca() {
+    let site = Site::new();
+    let summary = site.active().watch(true).unwrap();
+    assert!(summary.ok, "{:#?}", summary.lines);
+    assert_eq!(summary.failures, 0, "{:#?}", summary.lines);
+    assert!(site.path("a_state/nc/outgoing/groups.json").is_file());
+    let summary = site.passive().watch(true).unwrap();
+    assert!(summary.ok, "{:#?}", summary.lines);
+    assert!(summary
+        .lines
+        .iter()
+        .any(|l| l.contains("nc: classifier brought to groups")));
+    assert_eq!(
+        canonical_digest(&site.passive_nc.groups()),
+        canonical_digest(&desired())
+    );
+    assert_eq!(
+        files(&site.ca.dir().join("ca")),
+        files(&site.path("b_ssl/ca"))
+    );
+}
