@@ -333,3 +333,65 @@ fn watch_once_ships_and_applies_the_groups_with_the_ca() {
         files(&site.path("b_ssl/ca"))
     );
 }
+
+fn spawn_watch(
+    runner: Runner,
+) -> (
+    pe_failover_core::cancel::CancelToken,
+    std::thread::JoinHandle<pe_failover_core::runner::WatchSummary>,
+) {
+    let token = pe_failover_core::cancel::CancelToken::new();
+    let r = runner.cancel_token(token.clone());
+    let h = std::thread::spawn(move || r.watch(false).expect("watch starts"));
+    (token, h)
+}
+
+#[test]
+fn running_watchers_poll_the_classifier_and_ship_only_changes() {
+    let mut site = Site::new();
+    let (a_stop, a_watch) = spawn_watch(site.active());
+    let (b_stop, b_watch) = spawn_watch(site.passive());
+    let wait_until = |what: &str, f: &mut dyn FnMut() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let want = canonical_digest(&desired());
+    wait_until("the first groups reach B", &mut || {
+        canonical_digest(&site.passive_nc.groups()) == want
+    });
+
+    // Quiet polls (nc.interval is 1 s) open no SSH session.
+    let logins = site.sshd.log().matches("Accepted publickey").count();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(
+        site.sshd.log().matches("Accepted publickey").count(),
+        logins,
+        "an unchanged classifier ships nothing"
+    );
+
+    // An edit on A follows within a poll or two.
+    let a = site.active_nc.client("client.test").build().unwrap();
+    let current = a.groups().unwrap();
+    let agent = current.iter().find(|g| g.name == "PE Agent").unwrap();
+    let mut edited = agent.clone();
+    edited
+        .variables
+        .insert("pe_failover_test".into(), json!("watched"));
+    a.execute(&update_operation(agent, &edited).unwrap())
+        .unwrap();
+    let passive_nc = &mut site.passive_nc;
+    wait_until("the edit reaches B", &mut || {
+        passive_nc.groups().iter().any(|g| {
+            g.name == "PE Agent" && g.variables.get("pe_failover_test") == Some(&json!("watched"))
+        })
+    });
+
+    a_stop.cancel();
+    b_stop.cancel();
+    let (a_sum, b_sum) = (a_watch.join().unwrap(), b_watch.join().unwrap());
+    assert_eq!(a_sum.failures, 0, "{:#?}", a_sum.lines);
+    assert_eq!(b_sum.failures, 0, "{:#?}", b_sum.lines);
+}
