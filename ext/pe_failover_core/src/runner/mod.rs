@@ -10,6 +10,13 @@
 //! | [`Runner::status`] | both | aggregates the status files into one [`StatusReport`] |
 //! | [`pin_host_key`] | active | records a replica's SSH host key (explicit trust on first use) |
 //!
+//! With `nc.enabled`, `sync` also ships the classifier groups (after the
+//! CA, one SSH session per replica and kind), `apply` also brings the
+//! passive's classifier to the groups received (after the CA), `watch`
+//! polls the active's classifier every `nc.interval` seconds and `status`
+//! reports the passive's classifier. A classifier failure never blocks the
+//! CA, nor the reverse.
+//!
 //! Every outcome is logged as `PE_FAILOVER: <component> ---> [SUCCESS|FAILURE|WARNING] ...`
 //! naming the host or file and what to do next; the lines are also kept
 //! (see [`Runner::log_lines`]) and returned in the reports.
