@@ -293,14 +293,14 @@ impl Runner {
     /// the latest snapshot, with the configuration's owner, group, guards,
     /// exclusions and reload command. Refuses (`fenced`) on an active host.
     pub fn apply(&self, force: bool) -> Result<ApplyRun> {
-        self.require_role(Role::Passive, "apply")?;
-        let result = self.applier(force).and_then(|applier| applier.run());
-        // The classifier after the CA, whatever the CA's outcome.
-        let nc = self
-            .config
-            .nc
-            .enabled
-            .then(|| self.apply_nc(force, false, None));
+        let allowed = self.require_role(Role::Passive, "apply");
+        let nc_allowed = allowed.is_ok();
+        let result = allowed
+            .and_then(|()| self.applier(force))
+            .and_then(|applier| applier.run());
+        // The classifier after the CA, whatever the CA's outcome (but never
+        // on a host that refuses to apply).
+        let nc = (nc_allowed && self.config.nc.enabled).then(|| self.apply_nc(force, false, None));
         match result {
             Ok(report) => {
                 let mut lines = vec![self.log_apply(&report)];

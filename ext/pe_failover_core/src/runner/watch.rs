@@ -345,11 +345,26 @@ impl Runner {
                 summary.ok = true;
                 None
             }
-            Ok(_) => {
+            Ok(run) => {
                 // The classifier part failed (logged); the CA is applied.
+                // Retry at the classifier's pace, or (refused: it needs a
+                // person) at the verification interval.
                 summary.ok = false;
                 summary.failures += 1;
-                Some(Duration::from_secs(self.config.watch.retry_interval))
+                let refused = run
+                    .nc
+                    .as_ref()
+                    .and_then(|nc| nc.error.as_ref())
+                    .is_some_and(|e| e.kind == ErrorKind::Refused.as_str());
+                let secs = if refused {
+                    self.config.watch.verify_interval
+                } else {
+                    self.config
+                        .nc
+                        .interval
+                        .max(self.config.watch.retry_interval)
+                };
+                Some(Duration::from_secs(secs))
             }
             Err(e) => {
                 summary.ok = false;
