@@ -19,7 +19,7 @@
 #   the fact `pe_failover_mode`.
 #
 # A host that was passive is cleaned up in the same run: its authorized
-# key and `incoming` directory are removed, so the old primary can no
+# key and `incoming` and `nc/incoming` directories are removed, so the old primary can no
 # longer send it anything.
 #
 # To pin a passive's host key, read it on a trusted path, for example
@@ -387,7 +387,7 @@ class pe_failover::active (
   file { $pe_failover::authorized_keys_path:
     ensure => absent,
   }
-  file { [$pe_failover::home_ssh_dir, $pe_failover::incoming_dir]:
+  file { [$pe_failover::home_ssh_dir, $pe_failover::incoming_dir, $pe_failover::nc_incoming_dir]:
     ensure => absent,
     force  => true,
   }

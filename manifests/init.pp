@@ -21,6 +21,8 @@
 # | `/opt/pe_failover/state/` | root:T | 0750 | both |
 # | `/opt/pe_failover/state/snapshots/` | root:root | 0700 | both |
 # | `/opt/pe_failover/state/incoming/` | transfer user:T | 0700 | passive |
+# | `/opt/pe_failover/state/nc/` (classifier groups) | root:T | 0750 | both |
+# | `/opt/pe_failover/state/nc/incoming/` | transfer user:T | 0700 | passive |
 # | `/opt/pe_failover/home/` (transfer user's home) | root:T | 0750 | both |
 # | `/opt/pe_failover/home/.ssh/` | root:T | 0750 | passive |
 # | `/opt/pe_failover/home/.ssh/authorized_keys` | root:T | 0640 | passive |
@@ -34,7 +36,8 @@
 # | `/etc/cron.d/pe_failover` | root:root | 0644 | active |
 #
 # The state directory is not writable by the transfer user: the receiver it
-# runs (over SSH, unprivileged) writes only below `incoming/`, so it can
+# runs (over SSH, unprivileged) writes only below `incoming/` and
+# `nc/incoming/`, so it can
 # never plant a link where the root applier works.
 #
 # @example Everything in a sandbox, without systemd
@@ -240,6 +243,8 @@ class pe_failover (
   $state_path = $state_dir.lest || { "${base_dir}/state" }
   $incoming_dir = "${state_path}/incoming"
   $snapshots_dir = "${state_path}/snapshots"
+  $nc_dir = "${state_path}/nc"
+  $nc_incoming_dir = "${nc_dir}/incoming"
   $home = $transfer_home.lest || { "${base_dir}/home" }
   $home_ssh_dir = "${home}/.ssh"
   $authorized_keys_path = $authorized_keys_file.lest || { "${home_ssh_dir}/authorized_keys" }
@@ -277,7 +282,7 @@ class pe_failover (
       ;
     [$base_dir, $bin_dir]:
       ;
-    [$etc_dir, $home, $state_path]:
+    [$etc_dir, $home, $state_path, $nc_dir]:
       group => $transfer_group,
       mode  => '0750',
       ;

@@ -6,7 +6,8 @@
 #   the single line
 #   `restrict,command="<base_dir>/bin/pe_failover receive --config <config>"[,from="<sources>"] <key>`,
 #   so the key can do nothing but hand transactions to the receiver;
-# * the `incoming` directory the receiver writes to (transfer user, 0700);
+# * the `incoming` and `nc/incoming` directories the receiver writes to
+#   (transfer user, 0700);
 # * the configuration (`role: passive`) and the facts file
 #   (`pe_failover_mode: passive`).
 #
@@ -89,7 +90,7 @@ class pe_failover::passive (
       ;
     [$pe_failover::ssh_dir, $pe_failover::home_ssh_dir]:
       ;
-    $pe_failover::incoming_dir:
+    [$pe_failover::incoming_dir, $pe_failover::nc_incoming_dir]:
       owner => $pe_failover::transfer_user,
       mode  => '0700',
       ;

@@ -9,8 +9,9 @@
 # the swapped classes), and the failback, leave nothing stale and are
 # idempotent too. Replication itself (sign, revoke and clean on A, B's ssl
 # dir following, watch --once, status, fencing both ways) runs when the
-# native runner is in the module (it is pending otherwise); classifier
-# replication is pending until the ncship branch is merged.
+# native runner is in the module (it is pending otherwise), and so does
+# classifier replication (A's groups, host names rewritten, reach B's
+# classifier emulator through sync and apply).
 # Finally the host outside the sandbox is what it was: no user, group,
 # cron entry, unit or default path was created.
 #
@@ -193,9 +194,41 @@ RSpec.describe 'two primaries in a sandbox', :acceptance, order: :defined do
   end
 
   it "replicates group edits on A's classifier to B's" do
-    pending 'needs classifier shipping (branch ncship), not merged into this branch yet; ' \
-            'the sandbox runs with nc_enabled => false until then'
-    raise 'NC shipping is not in this branch'
+    pending 'needs the native runner (branch runner): cli.rb sync/receive/apply' unless @runner
+    a_nc = sb.classifiers.fetch(a.name).client(a.certname)
+    b_nc = sb.classifiers.fetch(b.name)
+    # B's classifier knows the classes A's groups use (update-classes).
+    catalog = Hash.new { |h, k| h[k] = {} }
+    a_nc.get('/classifier-api/v1/groups').json.each do |g|
+      (g['classes'] || {}).each { |c, params| catalog[g['environment']][c] = params.keys.to_h { |p| [p, nil] } }
+    end
+    b_nc.stage_classes(catalog)
+    apply!(a, sb.active_manifest(nc: true), 2)
+    apply!(b, sb.passive_manifest(nc: true), 2)
+    expect(File.stat(File.join(b.state_dir, 'nc', 'incoming')).mode & 0o7777).to eq(0o700)
+
+    sync_out, apply_out = replicate(a, b)
+    expect(sync_out).to match(%r{SUCCESS.*nc to 127\.0\.0\.1:\d+: committed})
+    expect(apply_out).to match(%r{SUCCESS.*nc: classifier brought to groups})
+    expect(sb.group_names(b)).to eq(sb.group_names(a))
+    b_groups = b_nc.client(b.certname).get('/classifier-api/v1/groups').json
+    expect(JSON.generate(b_groups)).not_to include(a.certname)
+
+    # An edit on A's classifier follows; a second round changes nothing.
+    group = a_nc.get('/classifier-api/v1/groups').json.find { |g| g['name'] == 'pe_failover' }
+    res = a_nc.post("/classifier-api/v1/groups/#{group['id']}", { 'variables' => { 'pe_failover_edit' => 'on a' } })
+    expect(res.status).to be < 300
+    sync_out, = replicate(a, b)
+    expect(sync_out).to match(%r{nc to .*: committed})
+    edited = b_nc.client(b.certname).get('/classifier-api/v1/groups').json.find { |g| g['name'] == 'pe_failover' }
+    expect(edited['variables']).to include('pe_failover_edit' => 'on a')
+    sync_out, apply_out = replicate(a, b)
+    expect(sync_out).to match(%r{nc to .*: already up to date})
+    expect(apply_out).to match(%r{nc: classifier already holds groups})
+
+    # Back to the CA only, as the other examples expect.
+    apply!(a, sb.active_manifest, 2)
+    apply!(b, sb.passive_manifest, 2)
   end
 
   it 'promotes B and demotes A with the face, effective at once (fencing), then with the swapped classes' do

@@ -139,6 +139,7 @@ RSpec.describe 'pe_failover::active' do
         is_expected.to contain_file('/opt/pe_failover/home/.ssh/authorized_keys').with_ensure('absent')
         is_expected.to contain_file('/opt/pe_failover/home/.ssh').with(ensure: 'absent', force: true)
         is_expected.to contain_file('/opt/pe_failover/state/incoming').with(ensure: 'absent', force: true)
+        is_expected.to contain_file('/opt/pe_failover/state/nc/incoming').with(ensure: 'absent', force: true)
       end
     end
   end

@@ -32,6 +32,8 @@ RSpec.describe 'pe_failover::passive' do
         '/opt/pe_failover/ssh' => ['root', 'pe-transfer', '0750'],
         '/opt/pe_failover/home/.ssh' => ['root', 'pe-transfer', '0750'],
         '/opt/pe_failover/state/incoming' => ['pe-transfer', 'pe-transfer', '0700'],
+        '/opt/pe_failover/state/nc' => ['root', 'pe-transfer', '0750'],
+        '/opt/pe_failover/state/nc/incoming' => ['pe-transfer', 'pe-transfer', '0700'],
       }.each do |dir, (owner, group, mode)|
         it "creates #{dir} #{owner}:#{group} #{mode}" do
           is_expected.to contain_file(dir).with(ensure: 'directory', owner: owner, group: group, mode: mode)
@@ -142,6 +144,8 @@ RSpec.describe 'pe_failover::passive' do
         content: "restrict,command=\"/srv/sb/pe_failover/bin/pe_failover receive --config /srv/sb/pe_failover/etc/config.json\" #{key}\n"
       )
       is_expected.to contain_file('/srv/sb/state/incoming').with(owner: 'xfer', group: 'xfergrp', mode: '0700')
+      is_expected.to contain_file('/srv/sb/state/nc').with(owner: 'root', group: 'xfergrp', mode: '0750')
+      is_expected.to contain_file('/srv/sb/state/nc/incoming').with(owner: 'xfer', group: 'xfergrp', mode: '0700')
       is_expected.to contain_user('xfer').with(gid: 'xfergrp', home: '/srv/sb/pe_failover/home')
       expect(config_json('/srv/sb/pe_failover/etc/config.json')['state_dir']).to eq('/srv/sb/state')
       paths = PeFailoverSpec::Classes.files(catalogue).keys

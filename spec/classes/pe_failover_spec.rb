@@ -24,6 +24,7 @@ RSpec.describe 'pe_failover' do
         '/opt/pe_failover/home' => ['root', 'pe-transfer', '0750'],
         '/opt/pe_failover/state' => ['root', 'pe-transfer', '0750'],
         '/opt/pe_failover/state/snapshots' => ['root', 'root', '0700'],
+        '/opt/pe_failover/state/nc' => ['root', 'pe-transfer', '0750'],
       }.each do |dir, (owner, group, mode)|
         it "creates #{dir} #{owner}:#{group} #{mode}" do
           is_expected.to contain_file(dir).with(ensure: 'directory', owner: owner, group: group, mode: mode)

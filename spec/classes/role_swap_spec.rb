@@ -67,7 +67,8 @@ RSpec.describe 'a role change on one node', type: :host do
     passive = compile_role(PASSIVE)
     active = compile_role(ACTIVE)
     only_passive = created(passive) - created(active)
-    expect(only_passive).to include('/opt/pe_failover/home/.ssh/authorized_keys', '/opt/pe_failover/state/incoming')
+    expect(only_passive).to include('/opt/pe_failover/home/.ssh/authorized_keys', '/opt/pe_failover/state/incoming',
+                                    '/opt/pe_failover/state/nc/incoming')
     expect(other_role_leftovers(passive, active)).to eq([])
   end
 

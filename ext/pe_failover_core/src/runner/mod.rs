@@ -10,6 +10,13 @@
 //! | [`Runner::status`] | both | aggregates the status files into one [`StatusReport`] |
 //! | [`pin_host_key`] | active | records a replica's SSH host key (explicit trust on first use) |
 //!
+//! With `nc.enabled`, `sync` also ships the classifier groups (after the
+//! CA, one SSH session per replica and kind), `apply` also brings the
+//! passive's classifier to the groups received (after the CA), `watch`
+//! polls the active's classifier every `nc.interval` seconds and `status`
+//! reports the passive's classifier. A classifier failure never blocks the
+//! CA, nor the reverse.
+//!
 //! Every outcome is logged as `PE_FAILOVER: <component> ---> [SUCCESS|FAILURE|WARNING] ...`
 //! naming the host or file and what to do next; the lines are also kept
 //! (see [`Runner::log_lines`]) and returned in the reports.
@@ -35,6 +42,7 @@
 //! # }
 //! ```
 
+mod nc;
 mod status;
 mod sync;
 mod watch;
@@ -48,6 +56,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use nc::{NcApplyRun, NcReplicaSync, NcSyncRun};
 pub use status::{StatusEntry, StatusReport};
 pub use sync::{ReplicaOutcome, ReplicaSync, SyncRun};
 pub use watch::WatchSummary;
@@ -284,17 +293,27 @@ impl Runner {
     /// the latest snapshot, with the configuration's owner, group, guards,
     /// exclusions and reload command. Refuses (`fenced`) on an active host.
     pub fn apply(&self, force: bool) -> Result<ApplyRun> {
-        let result = self.require_role(Role::Passive, "apply").and_then(|()| {
-            let applier = self.applier(force)?;
-            applier.run()
-        });
+        let allowed = self.require_role(Role::Passive, "apply");
+        let nc_allowed = allowed.is_ok();
+        let result = allowed
+            .and_then(|()| self.applier(force))
+            .and_then(|applier| applier.run());
+        // The classifier after the CA, whatever the CA's outcome (but never
+        // on a host that refuses to apply).
+        let nc = (nc_allowed && self.config.nc.enabled).then(|| self.apply_nc(force, false, None));
         match result {
             Ok(report) => {
-                let line = self.log_apply(&report);
+                let mut lines = vec![self.log_apply(&report)];
+                let mut ok = true;
+                if let Some(nc) = &nc {
+                    ok = nc.ok;
+                    lines.extend(nc.lines.iter().cloned());
+                }
                 Ok(ApplyRun {
-                    ok: true,
-                    lines: vec![line],
+                    ok,
+                    lines,
                     report,
+                    nc,
                 })
             }
             Err(e) => {
@@ -402,12 +421,14 @@ impl Runner {
 /// What [`Runner::apply`] did.
 #[derive(Clone, Debug, Serialize)]
 pub struct ApplyRun {
-    /// Always true (failures are errors).
+    /// True unless the classifier part failed (CA failures are errors).
     pub ok: bool,
     /// Summary lines, as logged.
     pub lines: Vec<String>,
     /// The applier's report.
     pub report: ApplyReport,
+    /// The classifier part (when `nc.enabled`).
+    pub nc: Option<NcApplyRun>,
 }
 
 /// A host key pinned by [`pin_host_key`].

@@ -307,6 +307,87 @@ impl Runner {
             }
         }
         report.entries.push(entry);
+        self.passive_nc_entry(now, report)
+    }
+
+    /// The classifier entry of a passive: from `nc/status.json`, when
+    /// `nc.enabled` or when the file exists.
+    fn passive_nc_entry(&self, now: &Stamp, report: &mut StatusReport) -> Result<()> {
+        let status = crate::ncship::nc_status(&self.config.state_dir)?;
+        if !self.config.nc.enabled && status.is_none() {
+            return Ok(());
+        }
+        let stale =
+            2 * self.config.watch.verify_interval as i64 + 2 * self.config.nc.interval as i64 + 60;
+        let mut entry = StatusEntry {
+            kind: "nc".into(),
+            component: "apply".into(),
+            peer: None,
+            healthy: false,
+            last_success: None,
+            age_seconds: None,
+            digest: None,
+            staged_digest: None,
+            applied_digest: None,
+            pending_txns: None,
+            outcome: None,
+            fenced: false,
+            last_error: None,
+        };
+        match status {
+            None => report.problems.push(
+                "nc: classifier groups never applied; check that the active primary ships them (nc.enabled there) and run `pe_failover apply`".into(),
+            ),
+            Some(st) => {
+                entry.peer = st.classifier.clone();
+                entry.last_success = st.last_success.as_ref().map(|s| s.time.clone());
+                entry.age_seconds = st.last_success.as_ref().map(|s| age(s, now));
+                entry.applied_digest = st.applied.as_ref().map(|d| d.digest.clone());
+                entry.staged_digest = st.staged.as_ref().map(|d| d.digest.clone());
+                entry.digest = entry.applied_digest.clone();
+                entry.pending_txns = Some(st.pending_txns);
+                entry.outcome = Some(if st.last_run_ok { "applied" } else { "failed" }.into());
+                entry.last_error = if st.last_run_ok {
+                    None
+                } else {
+                    st.last_error.clone()
+                };
+                let behind = entry.staged_digest.is_some() && entry.applied_digest != entry.staged_digest;
+                let is_stale = entry.age_seconds.is_none_or(|a| a > stale);
+                entry.healthy = st.last_run_ok && !behind && !is_stale;
+                if !st.last_run_ok {
+                    let err = st.last_error.as_ref();
+                    let message = err.map(|e| e.message.as_str()).unwrap_or("failed");
+                    let kind_name = err.map(|e| e.kind.as_str()).unwrap_or("io");
+                    let next = super::nc::nc_advice(
+                        &Error::new(kind_from_name(kind_name), message),
+                        None,
+                        &self.config,
+                    );
+                    report
+                        .problems
+                        .push(format!("nc: the last apply failed: {message}; {next}"));
+                    if !st.missing_classes.is_empty() {
+                        report.problems.push(format!(
+                            "nc: classes missing on this host: {}",
+                            st.missing_classes.join(", ")
+                        ));
+                    }
+                } else if behind {
+                    report.problems.push(format!(
+                        "nc: staged groups {} but the classifier holds {}; run `pe_failover apply`",
+                        entry.staged_digest.as_deref().map(short).unwrap_or("-"),
+                        entry.applied_digest.as_deref().map(short).unwrap_or("nothing")
+                    ));
+                } else if is_stale {
+                    report.problems.push(format!(
+                        "nc: no successful classifier apply for more than {stale} s; check the pe_failover watch service"
+                    ));
+                }
+                report.warnings.extend(st.warnings.iter().map(|w| format!("nc: {w}")));
+            }
+        }
+        report.entries.push(entry);
         Ok(())
     }
 }

@@ -86,9 +86,8 @@ pub struct SyncRun {
     pub lines: Vec<String>,
     /// Per replica.
     pub replicas: Vec<ReplicaSync>,
-    /// Classifier shipping (not part of this command yet; the `nc` engine
-    /// fills it). Always `None` here.
-    pub nc: Option<serde_json::Value>,
+    /// Classifier shipping (when `nc.enabled`, or asked for).
+    pub nc: Option<super::NcSyncRun>,
 }
 
 /// `<state>/replicas/<replica>/fenced.json`: the replica refused this
@@ -167,9 +166,55 @@ impl Runner {
     /// changes without sending content or writing state. One replica
     /// failing does not stop the others; the run reports `ok: false`.
     pub fn sync(&self, replica: Option<&str>, noop: bool) -> Result<SyncRun> {
+        self.sync_with_nc(replica, noop, None)
+    }
+
+    /// [`Runner::sync`], then the classifier groups (each replica over its
+    /// own SSH session) when `nc` says so (`None`: when `nc.enabled`). A CA
+    /// failure does not stop the groups, nor the reverse; when the
+    /// classifier part ran, a CA that could not be read is reported in the
+    /// run (`ok: false`) rather than as an error.
+    pub fn sync_with_nc(
+        &self,
+        replica: Option<&str>,
+        noop: bool,
+        nc: Option<bool>,
+    ) -> Result<SyncRun> {
         self.require_role(Role::Active, "sync")?;
         let replicas = self.select(replica)?;
-        self.sync_replicas(&replicas, noop)
+        let ca = self.sync_replicas(&replicas, noop);
+        if !self.nc_wanted(nc) {
+            return ca;
+        }
+        if matches!(&ca, Err(e) if e.kind() == ErrorKind::Cancelled) {
+            return ca;
+        }
+        let nc_run = self.sync_nc(&replicas, noop, false, &[]);
+        match ca {
+            Ok(mut run) => {
+                run.ok &= nc_run.ok;
+                run.lines.extend(nc_run.lines.iter().cloned());
+                run.nc = Some(nc_run);
+                Ok(run)
+            }
+            Err(e) => {
+                let mut lines = vec![crate::log::format_line(
+                    "sync",
+                    Status::Failure,
+                    &format!("ca not shipped: {e}; {}", advice(&e, None, &self.config)),
+                )];
+                lines.extend(nc_run.lines.iter().cloned());
+                Ok(SyncRun {
+                    ok: false,
+                    noop,
+                    digest: None,
+                    entries: 0,
+                    lines,
+                    replicas: Vec::new(),
+                    nc: Some(nc_run),
+                })
+            }
+        }
     }
 
     pub(crate) fn sync_replicas(&self, replicas: &[ReplicaConfig], noop: bool) -> Result<SyncRun> {
@@ -237,7 +282,7 @@ impl Runner {
         Ok(run)
     }
 
-    fn target(&self, r: &ReplicaConfig) -> SshTarget {
+    pub(crate) fn target(&self, r: &ReplicaConfig) -> SshTarget {
         SshTarget::new(&r.host, &r.user)
             .port(r.port)
             .private_key(&r.identity_file)

@@ -8,6 +8,10 @@
 //! - Passive: inotify on `incoming/`; an apply for every batch that brings a
 //!   complete transaction, at start, and every `verify_interval` (which
 //!   also repairs drift of the live files).
+//! - With `nc.enabled`, the active also polls its classifier every
+//!   `nc.interval` seconds and ships the groups only when they changed
+//!   (and retries replicas whose last attempt failed); the passive also
+//!   watches `nc/incoming/` and applies the groups after the CA.
 //!
 //! Both reload the configuration file when it changes (and switch loops
 //! when the role changed), and stop when the cancel token is tripped.
@@ -184,6 +188,39 @@ impl Runner {
         }
     }
 
+    /// One classifier round: prepares the dump and ships it to `replicas`
+    /// when it changed (or to every one of them with `all`, and to those
+    /// whose last attempt failed). Returns the replicas to retry.
+    fn nc_round(
+        &self,
+        replicas: &[ReplicaConfig],
+        all: bool,
+        retry: &[String],
+        summary: &mut WatchSummary,
+    ) -> Vec<String> {
+        if !self.config.nc.enabled || replicas.is_empty() {
+            return Vec::new();
+        }
+        let run = self.sync_nc(replicas, false, !all, retry);
+        let mut failed: Vec<String> = Vec::new();
+        if run.prepared.is_none() {
+            summary.failures += 1;
+            // Nothing was shipped: everyone pending stays pending.
+            return retry.to_vec();
+        }
+        for item in &run.replicas {
+            if !item.ok && item.outcome != "fenced" {
+                summary.failures += 1;
+                failed.push(if item.port == crate::ssh::DEFAULT_PORT {
+                    item.host.clone()
+                } else {
+                    format!("{}_{}", item.host, item.port)
+                });
+            }
+        }
+        failed
+    }
+
     fn watch_active(&mut self, once: bool, summary: &mut WatchSummary) -> Result<Exit> {
         if self.config.replicas.is_empty() {
             self.log(
@@ -198,11 +235,14 @@ impl Runner {
         let mut retry_at: HashMap<String, Instant> = HashMap::new();
         let eligible = self.eligible();
         self.sync_round(&eligible, &mut retry_at, summary);
+        let mut nc_retry = self.nc_round(&eligible, true, &[], summary);
         if once {
             return Ok(Exit::Done);
         }
         let verify = Duration::from_secs(self.config.watch.verify_interval);
         let mut next_verify = Instant::now() + verify;
+        let nc_every = |me: &Runner| Duration::from_secs(me.config.nc.interval.max(1));
+        let mut next_nc = Instant::now() + nc_every(self);
         loop {
             if self.cancel.is_cancelled() {
                 return Ok(Exit::Done);
@@ -221,14 +261,27 @@ impl Runner {
                 retry_at.clear();
                 let eligible = self.eligible();
                 self.sync_round(&eligible, &mut retry_at, summary);
+                nc_retry = self.nc_round(&eligible, true, &[], summary);
                 next_verify = Instant::now() + verify;
+                next_nc = Instant::now() + nc_every(self);
                 continue;
             }
             let now = Instant::now();
+            if self.config.nc.enabled && now >= next_nc {
+                let eligible = self.eligible();
+                nc_retry = self.nc_round(&eligible, false, &nc_retry, summary);
+                next_nc = Instant::now() + nc_every(self);
+            }
+            let now = Instant::now();
+            let nc_due = if self.config.nc.enabled {
+                next_nc
+            } else {
+                next_verify
+            };
             let due = retry_at
                 .values()
                 .copied()
-                .chain(std::iter::once(next_verify))
+                .chain([next_verify, nc_due])
                 .min()
                 .unwrap_or(next_verify);
             let timeout = due.saturating_duration_since(now).min(CONFIG_CHECK);
@@ -288,9 +341,30 @@ impl Runner {
     fn apply_round(&self, summary: &mut WatchSummary) -> Option<Duration> {
         summary.rounds += 1;
         match self.apply(false) {
-            Ok(_) => {
+            Ok(run) if run.ok => {
                 summary.ok = true;
                 None
+            }
+            Ok(run) => {
+                // The classifier part failed (logged); the CA is applied.
+                // Retry at the classifier's pace, or (refused: it needs a
+                // person) at the verification interval.
+                summary.ok = false;
+                summary.failures += 1;
+                let refused = run
+                    .nc
+                    .as_ref()
+                    .and_then(|nc| nc.error.as_ref())
+                    .is_some_and(|e| e.kind == ErrorKind::Refused.as_str());
+                let secs = if refused {
+                    self.config.watch.verify_interval
+                } else {
+                    self.config
+                        .nc
+                        .interval
+                        .max(self.config.watch.retry_interval)
+                };
+                Some(Duration::from_secs(secs))
             }
             Err(e) => {
                 summary.ok = false;
@@ -311,9 +385,21 @@ impl Runner {
 
     fn watch_passive(&mut self, once: bool, summary: &mut WatchSummary) -> Result<Exit> {
         let incoming = self.config.state_dir.join("incoming");
-        crate::fsutil::create_dir_if_missing(&incoming, 0o700)?;
-        let mut watcher = Watcher::new()?;
-        watcher.add_dir(&incoming)?;
+        let nc_incoming = self.config.state_dir.join("nc").join("incoming");
+        let passive_watcher = |me: &Runner| -> Result<Watcher> {
+            crate::fsutil::create_dir_if_missing(&incoming, 0o700)?;
+            let mut watcher = Watcher::new()?;
+            watcher.add_dir(&incoming)?;
+            if me.config.nc.enabled {
+                if let Some(nc) = nc_incoming.parent() {
+                    crate::fsutil::create_dir_if_missing(nc, 0o755)?;
+                }
+                crate::fsutil::create_dir_if_missing(&nc_incoming, 0o700)?;
+                watcher.add_dir(&nc_incoming)?;
+            }
+            Ok(watcher)
+        };
+        let mut watcher = passive_watcher(self)?;
         let mut retry_at = self.apply_round(summary).map(|d| Instant::now() + d);
         if once {
             return Ok(Exit::Done);
@@ -328,6 +414,7 @@ impl Runner {
                 if self.role() != Role::Passive {
                     return Ok(Exit::RoleChanged);
                 }
+                watcher = passive_watcher(self)?;
                 retry_at = Some(Instant::now());
             }
             let now = Instant::now();
@@ -346,9 +433,7 @@ impl Runner {
                         ),
                     );
                     std::thread::sleep(Duration::from_millis(500));
-                    crate::fsutil::create_dir_if_missing(&incoming, 0o700)?;
-                    watcher = Watcher::new()?;
-                    watcher.add_dir(&incoming)?;
+                    watcher = passive_watcher(self)?;
                     Batch {
                         overflow: true,
                         ..Batch::default()
@@ -356,9 +441,7 @@ impl Runner {
                 }
             };
             if batch.root_gone {
-                crate::fsutil::create_dir_if_missing(&incoming, 0o700)?;
-                watcher = Watcher::new()?;
-                watcher.add_dir(&incoming)?;
+                watcher = passive_watcher(self)?;
             }
             let relevant =
                 batch.overflow || batch.root_gone || batch.paths.iter().any(|p| is_transaction(p));

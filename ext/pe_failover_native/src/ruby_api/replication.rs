@@ -10,6 +10,7 @@ use std::time::Duration;
 use magnus::{function, prelude::*, Error, RModule, Ruby, Value};
 use pe_failover_core::cancel::CancelToken;
 use pe_failover_core::log::Logger;
+use pe_failover_core::ncship;
 use pe_failover_core::runner::{self, Runner};
 use serde::Serialize;
 
@@ -23,6 +24,8 @@ pub fn init(native: &RModule) -> Result<(), Error> {
     native.define_module_function("_watch", function!(watch, 2))?;
     native.define_module_function("_status", function!(status, 1))?;
     native.define_module_function("_pin_host_key", function!(pin_host_key, 3))?;
+    native.define_module_function("_nc_dump", function!(nc_dump, 2))?;
+    native.define_module_function("_nc_apply", function!(nc_apply, 4))?;
     Ok(())
 }
 
@@ -94,22 +97,26 @@ fn json_to_ruby(ruby: &Ruby, v: &serde_json::Value) -> Result<Value, Error> {
 
 /// `_sync(config, replica_or_nil, noop, nc_or_nil)` → Hash `{ok, noop,
 /// digest, entries, lines, replicas: [{host, port, ok, outcome, changes,
-/// added, changed, removed, ...}], nc}`. `nc` is accepted for the
-/// classifier engine and ignored here (the report's `nc` is nil).
+/// added, changed, removed, ...}], nc}`. `nc`: nil ships classifier
+/// groups when the configuration enables them, true/false forces it on or
+/// off; the report's `nc` is then `{ok, noop, prepared, error, advice,
+/// replicas: [{host, port, ok, outcome, ...}], lines}` (nil when off).
 fn sync(
     ruby: &Ruby,
     config: String,
     replica: Option<String>,
     noop: bool,
-    _nc: Option<bool>,
+    nc: Option<bool>,
 ) -> Result<Value, Error> {
     guard(ruby, || {
         let token = CancelToken::new();
         let runner = load(ruby, &config, false)?
             .cancel_token(token.clone())
             .progress(true);
-        let run = without_gvl(ruby, &token, move || runner.sync(replica.as_deref(), noop))?
-            .into_ruby(ruby)?;
+        let run = without_gvl(ruby, &token, move || {
+            runner.sync_with_nc(replica.as_deref(), noop, nc)
+        })?
+        .into_ruby(ruby)?;
         to_value(ruby, &run)
     })
 }
@@ -175,5 +182,56 @@ fn pin_host_key(ruby: &Ruby, host: String, port: u16, known_hosts: String) -> Re
         })?
         .into_ruby(ruby)?;
         to_value(ruby, &key)
+    })
+}
+
+/// `_nc_dump(config, transformed)` → String: this host's classifier groups
+/// as pretty JSON (an array, the shape of `GET /v1/groups`), as the
+/// classifier returns them or with `nc.hostnames` applied.
+fn nc_dump(ruby: &Ruby, config: String, transformed: bool) -> Result<Value, Error> {
+    guard(ruby, || {
+        let token = CancelToken::new();
+        let runner = load(ruby, &config, false)?;
+        let form = if transformed {
+            ncship::DumpForm::Transformed
+        } else {
+            ncship::DumpForm::Raw
+        };
+        let json = without_gvl(ruby, &token, move || ncship::nc_dump(runner.config(), form))?
+            .into_ruby(ruby)?;
+        Ok(ruby.str_new(&json).as_value())
+    })
+}
+
+/// `_nc_apply(config, noop, replace, force)` → Hash `{ok, lines, report,
+/// error, advice}`: brings this host's classifier to the latest dump
+/// received (with `noop`: the diff and plan, nothing written; what
+/// `pe_failover nc diff` prints). `replace` uses one import-hierarchy call
+/// (or the configuration's `nc.replace` when false).
+fn nc_apply(
+    ruby: &Ruby,
+    config: String,
+    noop: bool,
+    replace: bool,
+    force: bool,
+) -> Result<Value, Error> {
+    guard(ruby, || {
+        let token = CancelToken::new();
+        let runner = load(ruby, &config, false)?.cancel_token(token.clone());
+        if !runner.config().nc.enabled {
+            return Err(to_ruby(
+                ruby,
+                pe_failover_core::Error::new(
+                    pe_failover_core::ErrorKind::InvalidInput,
+                    "Node Classifier replication is disabled in the configuration (nc.enabled is false); enable it (class parameter nc_enabled) to apply groups",
+                ),
+            ));
+        }
+        let replace = if replace { Some(true) } else { None };
+        let run = without_gvl(ruby, &token, move || {
+            Ok::<_, pe_failover_core::Error>(runner.apply_nc(force, noop, replace))
+        })?
+        .into_ruby(ruby)?;
+        to_value(ruby, &run)
     })
 }
