@@ -64,7 +64,7 @@ demo: compile
 	ruby spec/support/demo.rb
 
 bench: compile
-	$(CARGO) bench -p pe_failover_core --bench scan
+	$(CARGO) bench -p pe_failover_core --bench scan --bench replicate --bench vs_rsync --bench classifier
 
 package: compile
 	rake build
