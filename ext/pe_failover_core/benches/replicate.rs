@@ -13,12 +13,15 @@
 //! over SSH is done elsewhere.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "util/fake_ca.rs"]
+mod fake_ca;
+
+use fake_ca::FakeCa;
 use pe_failover_core::apply::Applier;
 use pe_failover_core::protocol::{Receiver, Sender, SyncReport};
 use pe_failover_core::replset::{CaPaths, ReplicatedSet};
@@ -26,49 +29,13 @@ use pe_failover_core::state::SyncOutcome;
 
 struct Bench {
     root: PathBuf,
-    serial: u64,
+    ca: FakeCa,
 }
 
 impl Bench {
-    fn a_cadir(&self) -> PathBuf {
-        self.root.join("a/ca")
-    }
-
-    fn sign(&mut self, name: &str) {
-        let ca = self.a_cadir();
-        fs::write(
-            ca.join(format!("signed/{name}.pem")),
-            format!(
-                "-----BEGIN CERTIFICATE-----\n{name} {:#x}\n{}\n-----END CERTIFICATE-----\n",
-                self.serial,
-                "M".repeat(1300)
-            ),
-        )
-        .unwrap();
-        let mut inv = fs::OpenOptions::new()
-            .append(true)
-            .open(ca.join("inventory.txt"))
-            .unwrap();
-        writeln!(
-            inv,
-            "{:#06x} 2026-01-01T00:00:00UTC 2031-01-01T00:00:00UTC /CN={name}",
-            self.serial
-        )
-        .unwrap();
-        self.serial += 1;
-        fs::write(ca.join("serial"), format!("{:04X}\n", self.serial)).unwrap();
-    }
-
-    fn revoke(&mut self, name: &str) {
-        let path = self.a_cadir().join("ca_crl.pem");
-        let mut crl = fs::read_to_string(&path).unwrap();
-        crl.push_str(&format!("revoked {name}\n"));
-        fs::write(path, crl).unwrap();
-    }
-
     fn sender(&self) -> Sender {
-        let set = ReplicatedSet::new(self.root.join("a/ssl"))
-            .cadir(self.a_cadir())
+        let set = ReplicatedSet::new(self.ca.ssldir())
+            .cadir(self.ca.cadir())
             .cache_file(self.root.join("a/state/ca.scan"));
         Sender::new(set, "b.example.com", self.root.join("a/state")).sender_host("a.example.com")
     }
@@ -122,25 +89,8 @@ fn main() {
     let work = tempfile::tempdir_in(base).expect("temp dir");
     let mut b = Bench {
         root: work.path().to_path_buf(),
-        serial: 2,
+        ca: FakeCa::create(work.path(), n),
     };
-    let ca = b.a_cadir();
-    fs::create_dir_all(ca.join("signed")).unwrap();
-    fs::create_dir_all(b.root.join("a/ssl/certs")).unwrap();
-    for (f, body) in [
-        ("ca_crt.pem", "CA CERT\n"),
-        ("ca_key.pem", "CA KEY\n"),
-        ("ca_crl.pem", "CRL\n"),
-        ("inventory.txt", ""),
-        ("serial", "0002\n"),
-    ] {
-        fs::write(ca.join(f), body).unwrap();
-    }
-    fs::write(b.root.join("a/ssl/crl.pem"), "CRL\n").unwrap();
-    fs::write(b.root.join("a/ssl/certs/ca.pem"), "CA CERT\n").unwrap();
-    for i in 0..n {
-        b.sign(&format!("node{i:06}.example.com"));
-    }
     println!("replicate: {n} signed certificates, {runs} runs per scenario, medians\n");
     println!(
         "{:<30} {:>12} {:>14} {:>10} {:>12}",
@@ -211,9 +161,9 @@ fn main() {
     let mut applies = Vec::new();
     for run in 0..runs {
         for i in 0..10 {
-            b.sign(&format!("burst{run}-{i}.example.com"));
+            b.ca.sign(&format!("burst{run}-{i}.example.com"));
         }
-        b.revoke(&format!("node{run:06}.example.com"));
+        b.ca.revoke(&format!("node{run:06}.example.com"));
         let t = Instant::now();
         let r = b.sync(&replica.join("state"));
         times.push(t.elapsed());

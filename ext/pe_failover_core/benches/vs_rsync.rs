@@ -23,11 +23,12 @@
 //! e.g. `10000,100000`; PEF_BENCH_RUNS; PEF_BENCH_DIR, where the trees go).
 //! Needs root, `openssh-server`, `openssh-client` and `rsync`.
 
+#[path = "util/fake_ca.rs"]
+mod fake_ca;
 #[path = "../tests/util/sshd.rs"]
 mod sshd;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -41,12 +42,13 @@ use pe_failover_core::replset::{CaPaths, ReplicatedSet};
 use pe_failover_core::runner::Runner;
 use pe_failover_core::state::SyncOutcome;
 
+use fake_ca::FakeCa;
 use sshd::{ClientKey, Sshd};
 
 /// One generated active CA and its two replicas (one per tool).
 struct Bench {
     root: PathBuf,
-    serial: u64,
+    ca: FakeCa,
     sshd: Sshd,
     ours_key: ClientKey,
     rsync_key: ClientKey,
@@ -62,75 +64,19 @@ impl Bench {
         );
         let rsync_key = sshd.client_key("rsync");
         sshd.authorize_line(&rsync_key.public_line());
-        let mut b = Bench {
+        Bench {
             root: root.to_path_buf(),
-            serial: 2,
+            ca: FakeCa::create(root, n),
             sshd,
             ours_key,
             rsync_key,
-        };
-        let ca = b.cadir();
-        fs::create_dir_all(ca.join("signed")).unwrap();
-        fs::create_dir_all(b.root.join("a/ssl/certs")).unwrap();
-        for (f, body) in [
-            ("ca_crt.pem", "CA CERT\n"),
-            ("ca_key.pem", "CA KEY\n"),
-            ("ca_crl.pem", "CRL\n"),
-            ("inventory.txt", ""),
-            ("serial", "0002\n"),
-        ] {
-            fs::write(ca.join(f), body).unwrap();
         }
-        fs::write(b.root.join("a/ssl/crl.pem"), "CRL\n").unwrap();
-        fs::write(b.root.join("a/ssl/certs/ca.pem"), "CA CERT\n").unwrap();
-        for i in 0..n {
-            b.sign(&format!("node{i:06}.example.com"));
-        }
-        b
-    }
-
-    fn cadir(&self) -> PathBuf {
-        self.root.join("a/ca")
-    }
-
-    /// A signing as puppetserver does it: a new certificate, a line appended
-    /// to the inventory, the serial file rewritten.
-    fn sign(&mut self, name: &str) {
-        let ca = self.cadir();
-        fs::write(
-            ca.join(format!("signed/{name}.pem")),
-            format!(
-                "-----BEGIN CERTIFICATE-----\n{name} {:#x}\n{}\n-----END CERTIFICATE-----\n",
-                self.serial,
-                "M".repeat(1300)
-            ),
-        )
-        .unwrap();
-        let mut inv = fs::OpenOptions::new()
-            .append(true)
-            .open(ca.join("inventory.txt"))
-            .unwrap();
-        writeln!(
-            inv,
-            "{:#06x} 2026-01-01T00:00:00UTC 2031-01-01T00:00:00UTC /CN={name}",
-            self.serial
-        )
-        .unwrap();
-        self.serial += 1;
-        fs::write(ca.join("serial"), format!("{:04X}\n", self.serial)).unwrap();
-    }
-
-    fn revoke(&mut self, name: &str) {
-        let path = self.cadir().join("ca_crl.pem");
-        let mut crl = fs::read_to_string(&path).unwrap();
-        crl.push_str(&format!("revoked {name}\n"));
-        fs::write(path, crl).unwrap();
     }
 
     /// pe_failover's sync over SSH plus the replica's apply.
     fn ours(&self) -> SyncOutcome {
-        let set = ReplicatedSet::new(self.root.join("a/ssl"))
-            .cadir(self.cadir())
+        let set = ReplicatedSet::new(self.ca.ssldir())
+            .cadir(self.ca.cadir())
             .cache_file(self.root.join("a/state/ca.scan"));
         let sender = Sender::new(set, "b.example.com", self.root.join("a/state"))
             .sender_host("a.example.com");
@@ -183,7 +129,7 @@ impl Bench {
             .arg("--delete")
             .arg("-e")
             .arg(ssh)
-            .arg(format!("{}/", self.cadir().display()))
+            .arg(format!("{}/", self.ca.cadir().display()))
             .arg(format!(
                 "{}@127.0.0.1:{}/",
                 self.sshd.user(),
@@ -205,7 +151,7 @@ impl Bench {
             "role": "active",
             "certname": "a.example.com",
             "state_dir": self.root.join("a/state"),
-            "ca": { "ssldir": self.root.join("a/ssl"), "cadir": self.cadir() },
+            "ca": { "ssldir": self.ca.ssldir(), "cadir": self.ca.cadir() },
             "replicas": [{
                 "host": "127.0.0.1",
                 "port": self.sshd.port(),
@@ -294,8 +240,8 @@ fn lag(b: &mut Bench, n: usize, signings: usize) {
         thread::sleep(Duration::from_millis(300));
         let name = format!("lag{i}.example.com");
         let t = Instant::now();
-        b.sign(&name);
-        let want = fs::read(b.cadir().join(format!("signed/{name}.pem"))).unwrap();
+        b.ca.sign(&name);
+        let want = fs::read(b.ca.cadir().join(format!("signed/{name}.pem"))).unwrap();
         let target = live.join(format!("signed/{name}.pem"));
         while fs::read(&target).ok().as_deref() != Some(&want[..]) {
             assert!(
@@ -380,9 +326,9 @@ fn main() {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for run in 0..runs {
             for i in 0..10 {
-                b.sign(&format!("burst{run}-{i}.example.com"));
+                b.ca.sign(&format!("burst{run}-{i}.example.com"));
             }
-            b.revoke(&format!("node{run:06}.example.com"));
+            b.ca.revoke(&format!("node{run:06}.example.com"));
             ours.push(timed(|| assert_eq!(b.ours(), SyncOutcome::Committed)));
             theirs.push(timed(|| b.rsync()));
         }

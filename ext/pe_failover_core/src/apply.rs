@@ -54,7 +54,7 @@ use crate::replset::{
 use crate::snapshot::{mtime_ns, Entry, EntryKind, Manifest, Scanner};
 use crate::stage::{
     build_snapshot, chain, latest_snapshot, list_txns, open_snapshot, prune_snapshots,
-    switch_latest, Snapshot, SnapshotMeta, StateDir,
+    switch_latest, PendingTxn, Snapshot, SnapshotMeta, StateDir,
 };
 use crate::state::{ApplyCounts, DigestAt, Divergence, ErrorRecord, ReplicaStatus, Role, Stamp};
 use crate::{Error, ErrorKind, Result};
@@ -115,6 +115,43 @@ pub struct DiscardedTxn {
     pub txn: String,
     /// Why.
     pub reason: String,
+}
+
+/// The received transactions of `kind` that extend the chain from `start`
+/// (the digest of the latest snapshot), and their order. Broken
+/// transactions and stale ones (computed against a digest not on the chain)
+/// are removed and recorded in `discarded`.
+pub(crate) fn pending_chain(
+    state: &StateDir,
+    kind: &str,
+    start: Option<&str>,
+    discarded: &mut Vec<DiscardedTxn>,
+) -> Result<(Vec<PendingTxn>, Vec<usize>)> {
+    let listing = list_txns(state, kind)?;
+    for broken in listing.broken {
+        fsutil::remove_any(&broken.dir)?;
+        discarded.push(DiscardedTxn {
+            txn: broken
+                .dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default(),
+            reason: broken.error.to_string(),
+        });
+    }
+    let txns = listing.complete;
+    let (order, stale) = chain(start, &txns);
+    for i in stale {
+        fsutil::remove_any(&txns[i].dir)?;
+        discarded.push(DiscardedTxn {
+            txn: txns[i].meta.txn.clone(),
+            reason: format!(
+                "stale: computed against {}, which is not on this replica's chain",
+                txns[i].meta.base.as_deref().unwrap_or("nothing")
+            ),
+        });
+    }
+    Ok((txns, order))
 }
 
 /// What one apply did to the live directories, by manifest path.
@@ -556,31 +593,9 @@ impl Applier {
 
         // 1. Stage transactions.
         let mut latest = latest_snapshot(&self.state)?;
-        let listing = list_txns(&self.state, "ca")?;
-        let txns = listing.complete;
-        for broken in listing.broken {
-            fsutil::remove_any(&broken.dir)?;
-            report.discarded.push(DiscardedTxn {
-                txn: broken
-                    .dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default(),
-                reason: broken.error.to_string(),
-            });
-        }
         let start = latest.as_ref().map(|s| s.meta.digest.clone());
-        let (order, stale) = chain(start.as_deref(), &txns);
-        for i in stale {
-            fsutil::remove_any(&txns[i].dir)?;
-            report.discarded.push(DiscardedTxn {
-                txn: txns[i].meta.txn.clone(),
-                reason: format!(
-                    "stale: computed against {}, which is not on this replica's chain",
-                    txns[i].meta.base.as_deref().unwrap_or("nothing")
-                ),
-            });
-        }
+        let (txns, order) =
+            pending_chain(&self.state, "ca", start.as_deref(), &mut report.discarded)?;
         let mut failure = None;
         for (n, &i) in order.iter().enumerate() {
             let txn = &txns[i];

@@ -61,7 +61,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::apply::{DiscardedTxn, StagedTxn};
+use crate::apply::{pending_chain, DiscardedTxn, StagedTxn};
 use crate::cache::write_atomically;
 use crate::cancel::CancelToken;
 use crate::classifier::{
@@ -73,8 +73,7 @@ use crate::fsutil::{self, FileLock};
 use crate::protocol::Kind;
 use crate::snapshot::{is_sha256_hex, Entry, EntryKind, Manifest};
 use crate::stage::{
-    build_snapshot, chain, latest_snapshot, list_txns, prune_snapshots, switch_latest, Snapshot,
-    StateDir,
+    build_snapshot, latest_snapshot, list_txns, prune_snapshots, switch_latest, Snapshot, StateDir,
 };
 use crate::state::{nc_status_path, DigestAt, ErrorRecord, NcApplyCounts, NcStatus, Role, Stamp};
 use crate::{Error, ErrorKind, Result};
@@ -815,31 +814,13 @@ impl NcApplier {
 
         // 1. Stage the chain of received transactions.
         let mut latest = latest_snapshot(&self.state)?;
-        let listing = list_txns(&self.state, Kind::Nc.as_str())?;
-        let txns = listing.complete;
-        for broken in listing.broken {
-            fsutil::remove_any(&broken.dir)?;
-            report.discarded.push(DiscardedTxn {
-                txn: broken
-                    .dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default(),
-                reason: broken.error.to_string(),
-            });
-        }
         let start = latest.as_ref().map(|s| s.meta.digest.clone());
-        let (order, stale) = chain(start.as_deref(), &txns);
-        for i in stale {
-            fsutil::remove_any(&txns[i].dir)?;
-            report.discarded.push(DiscardedTxn {
-                txn: txns[i].meta.txn.clone(),
-                reason: format!(
-                    "stale: computed against {}, which is not on this replica's chain",
-                    txns[i].meta.base.as_deref().unwrap_or("nothing")
-                ),
-            });
-        }
+        let (txns, order) = pending_chain(
+            &self.state,
+            Kind::Nc.as_str(),
+            start.as_deref(),
+            &mut report.discarded,
+        )?;
         let mut failure = None;
         for (n, &i) in order.iter().enumerate() {
             let txn = &txns[i];
