@@ -160,6 +160,37 @@ begin
     lag = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
     detail format('%.2fs after the last change, B had signed/new-agent.example.com.pem, no agent001, and A\'s CRL', lag)
     detail "B's own certificate and key (#{b.certname}) were not touched"
+
+    say "Classifier groups: turning on their replication (nc_enabled => true), then editing a group on A"
+    a_nc = sb.classifiers.fetch(a.name).client(a.certname)
+    b_nc = sb.classifiers.fetch(b.name)
+    # B's classifier must know the classes A's groups use (as after a code deploy and a class refresh).
+    catalog = Hash.new { |h, k| h[k] = {} }
+    a_nc.get('/classifier-api/v1/groups').json.each do |g|
+      (g['classes'] || {}).each { |c, params| catalog[g['environment']][c] = params.keys.to_h { |k| [k, nil] } }
+    end
+    b_nc.stage_classes(catalog)
+    [[a, sb.active_manifest(nc: true)], [b, sb.passive_manifest(nc: true)]].each do |m, manifest|
+      changed, secs = apply(sb, m, manifest, expect: [0, 2])
+      detail format('%s: %d resources changed (%.1fs)', m.name, changed.size, secs)
+    end
+    group = a_nc.get('/classifier-api/v1/groups').json.find { |g| g['name'] == 'pe_failover' }
+    a_nc.post("/classifier-api/v1/groups/#{group['id']}", { 'variables' => { 'demo_server' => "#{a.certname}:8140" } })
+    detail "A: variable demo_server => '#{a.certname}:8140' set on group pe_failover through A's classifier API"
+    (sync, apply_b), secs = timed do
+      [sb.command(a, 'sync', '--config', a.config), sb.command(b, 'apply', '--config', b.config)]
+    end
+    [[a, sync], [b, apply_b]].each do |m, (code, out)|
+      fail!("#{m.name}: exit #{code}\n#{out}") unless code.zero?
+      out.lines.grep(%r{PE_FAILOVER: (nc |\w+ ---> \[\w+\] nc\b)}).each { |l| detail "#{m.name}: #{l.strip}" }
+    end
+    b_groups = b_nc.client(b.certname).get('/classifier-api/v1/groups').json
+    edited = b_groups.find { |g| g['name'] == 'pe_failover' }
+    value = edited && edited.dig('variables', 'demo_server')
+    fail!("the edit did not reach B's classifier rewritten (demo_server: #{value.inspect})") unless value == "#{b.certname}:8140"
+    detail format("B's classifier has the edit as demo_server => '%s' (sync on A + apply on B: %.2fs); none of its %d groups names %s",
+                  value, secs, b_groups.size, a.certname)
+    fail!("A's certname is still in B's groups") if JSON.generate(b_groups).include?(a.certname)
   else
     say 'What the next sync would ship (the shipping runner is not in this build yet)'
     baseline = File.join(sb.root, 'cadir-before')
