@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{advice, replica_key, replica_label, short, Runner, RECEIVE_COMMAND};
+use super::{advice, replica_key, short, Runner};
 use crate::config::{Config, ReplicaConfig};
 use crate::log::Status;
 use crate::ncship::{self, NcApplier, NcApplyReport, NcOutbox, NcPrepared};
 use crate::protocol::{Sender, SyncReport};
-use crate::state::{sender_status_path, ErrorRecord, SenderStatus, Stamp, SyncOutcome};
+use crate::state::{ErrorRecord, SyncOutcome};
 use crate::{Error, ErrorKind, Result};
 
 /// One replica's part of an [`NcSyncRun`].
@@ -231,82 +231,13 @@ impl Runner {
     }
 
     fn sync_nc_one(&self, outbox: &NcOutbox, r: &ReplicaConfig, noop: bool) -> Result<SyncReport> {
-        let label = replica_label(r);
-        let host_err = |e: Error| {
-            if e.host().is_some() {
-                e
-            } else {
-                e.with_host(label.clone())
-            }
-        };
-        let mut sender_ran = false;
-        let result = (|| {
-            let session = self.target(r).connect().map_err(host_err)?;
-            let mut channel = session.exec(RECEIVE_COMMAND).map_err(host_err)?;
-            let sender = Sender::nc(outbox.clone(), replica_key(r), &self.config.state_dir)
+        self.ship(r, noop, "nc", |channel, _| {
+            Sender::nc(outbox.clone(), replica_key(r), &self.config.state_dir)
                 .sender_host(self.config.certname.clone())
                 .noop(noop)
-                .cancel_token(self.cancel.clone());
-            sender_ran = true;
-            let result = sender.sync(&mut channel);
-            let finished = channel.finish();
-            let stderr = channel.stderr();
-            match result {
-                Ok(mut report) => {
-                    if let Ok(code) = finished {
-                        if code != 0 {
-                            report.warnings.push(format!(
-                                "the receiver on {label} exited with status {code}: {}",
-                                stderr.trim()
-                            ));
-                        }
-                    }
-                    Ok(report)
-                }
-                Err(e) => {
-                    let stderr = stderr.trim();
-                    if matches!(e.kind(), ErrorKind::Network | ErrorKind::Protocol)
-                        && !stderr.is_empty()
-                        && !e.message().contains(stderr)
-                    {
-                        let tail: String = {
-                            let chars: Vec<char> = stderr.chars().collect();
-                            chars[chars.len().saturating_sub(600)..].iter().collect()
-                        };
-                        Err(Error::new(
-                            e.kind(),
-                            format!("{} (the receiver said: {tail})", e.message()),
-                        )
-                        .with_host(label.clone()))
-                    } else {
-                        Err(e)
-                    }
-                }
-            }
-        })();
-        if let Err(e) = &result {
-            if !noop && !sender_ran {
-                self.record_failure_kind(r, e, "nc");
-            }
-        }
-        result
-    }
-
-    /// Records a failed attempt in the `kind` sender status file of `r`.
-    pub(crate) fn record_failure_kind(&self, r: &ReplicaConfig, err: &Error, kind: &str) {
-        let key = replica_key(r);
-        let path = sender_status_path(&self.config.state_dir, &key, kind);
-        let mut status = SenderStatus::load(&path)
-            .unwrap_or(None)
-            .unwrap_or_else(|| SenderStatus::new(&key, kind));
-        status.last_attempt = Some(Stamp::now());
-        status.last_outcome = Some(SyncOutcome::Failed);
-        status.last_error = Some(ErrorRecord::from_error(err));
-        status.last_counts = Default::default();
-        if let Some(dir) = path.parent() {
-            let _ = crate::fsutil::create_dir_if_missing(dir, 0o700);
-        }
-        let _ = status.save(&path);
+                .cancel_token(self.cancel.clone())
+                .sync(channel)
+        })
     }
 
     fn nc_replica_result(

@@ -43,6 +43,27 @@ pub struct StatusEntry {
     pub last_error: Option<ErrorRecord>,
 }
 
+impl StatusEntry {
+    /// An entry of `kind` and `component` with nothing known yet (unhealthy).
+    fn new(kind: &str, component: &str) -> StatusEntry {
+        StatusEntry {
+            kind: kind.into(),
+            component: component.into(),
+            peer: None,
+            healthy: false,
+            last_success: None,
+            age_seconds: None,
+            digest: None,
+            staged_digest: None,
+            applied_digest: None,
+            pending_txns: None,
+            outcome: None,
+            fenced: false,
+            last_error: None,
+        }
+    }
+}
+
 /// Replication health of this host.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusReport {
@@ -121,19 +142,8 @@ impl Runner {
     ) -> StatusEntry {
         let label = replica_label(r);
         let mut entry = StatusEntry {
-            kind: kind.into(),
-            component: "sync".into(),
             peer: Some(label.clone()),
-            healthy: false,
-            last_success: None,
-            age_seconds: None,
-            digest: None,
-            staged_digest: None,
-            applied_digest: None,
-            pending_txns: None,
-            outcome: None,
-            fenced: false,
-            last_error: None,
+            ..StatusEntry::new(kind, "sync")
         };
         let fence = if kind == "ca" {
             self.fence_record(r)
@@ -190,21 +200,7 @@ impl Runner {
         let state = StateDir::new(&self.config.state_dir);
         // What arrives.
         let recv = ReceiverStatus::load(&state.receiver_status_file())?;
-        let mut entry = StatusEntry {
-            kind: "ca".into(),
-            component: "receive".into(),
-            peer: None,
-            healthy: false,
-            last_success: None,
-            age_seconds: None,
-            digest: None,
-            staged_digest: None,
-            applied_digest: None,
-            pending_txns: None,
-            outcome: None,
-            fenced: false,
-            last_error: None,
-        };
+        let mut entry = StatusEntry::new("ca", "receive");
         match &recv {
             None => report.problems.push(
                 "ca: nothing received yet; check that the active primary lists this host in its replicas and that its watch service runs".into(),
@@ -235,19 +231,8 @@ impl Runner {
         // What is applied.
         let applied = ReplicaStatus::load(&state.status_file())?;
         let mut entry = StatusEntry {
-            kind: "ca".into(),
-            component: "apply".into(),
             peer: recv.as_ref().and_then(|r| r.last_sender.clone()),
-            healthy: false,
-            last_success: None,
-            age_seconds: None,
-            digest: None,
-            staged_digest: None,
-            applied_digest: None,
-            pending_txns: None,
-            outcome: None,
-            fenced: false,
-            last_error: None,
+            ..StatusEntry::new("ca", "apply")
         };
         match applied {
             None => report.problems.push(
@@ -319,21 +304,7 @@ impl Runner {
         }
         let stale =
             2 * self.config.watch.verify_interval as i64 + 2 * self.config.nc.interval as i64 + 60;
-        let mut entry = StatusEntry {
-            kind: "nc".into(),
-            component: "apply".into(),
-            peer: None,
-            healthy: false,
-            last_success: None,
-            age_seconds: None,
-            digest: None,
-            staged_digest: None,
-            applied_digest: None,
-            pending_txns: None,
-            outcome: None,
-            fenced: false,
-            last_error: None,
-        };
+        let mut entry = StatusEntry::new("nc", "apply");
         match status {
             None => report.problems.push(
                 "nc: classifier groups never applied; check that the active primary ships them (nc.enabled there) and run `pe_failover apply`".into(),

@@ -11,7 +11,7 @@ use crate::config::ReplicaConfig;
 use crate::log::Status;
 use crate::protocol::{is_source_changed, Sender, SyncReport};
 use crate::replset::{ReplicatedSet, SetScan};
-use crate::ssh::SshTarget;
+use crate::ssh::{Channel, SshTarget};
 use crate::state::{sender_status_path, ErrorRecord, Role, SenderStatus, Stamp, SyncOutcome};
 use crate::{Error, ErrorKind, Result};
 
@@ -229,7 +229,7 @@ impl Runner {
                 self.log("sync", Status::Failure, &msg);
                 if !noop {
                     for r in replicas {
-                        self.record_failure(r, &e);
+                        self.record_failure(r, &e, "ca");
                     }
                 }
                 return Err(e);
@@ -300,6 +300,29 @@ impl Runner {
         r: &ReplicaConfig,
         noop: bool,
     ) -> Result<SyncReport> {
+        self.ship(r, noop, "ca", |channel, label| {
+            let sender = Sender::new(set.clone(), replica_key(r), &self.config.state_dir)
+                .sender_host(self.config.certname.clone())
+                .noop(noop)
+                .cancel_token(self.cancel.clone());
+            let show = self.progress && io::stderr().is_terminal();
+            sender.sync_scanned(scan, Progress::new(channel, label, show))
+        })
+    }
+
+    /// Opens an SSH session to `r`, starts the receiver and runs `send`
+    /// over the channel (given the replica's label). The receiver's stderr
+    /// explains a failure its `ERROR` frame could not (it died, or never
+    /// spoke the protocol), so it is added to network and protocol errors;
+    /// failures before the protocol started never reached the sender's
+    /// status file and are recorded in the `kind` status here.
+    pub(crate) fn ship(
+        &self,
+        r: &ReplicaConfig,
+        noop: bool,
+        kind: &str,
+        send: impl FnOnce(&mut Channel, &str) -> Result<SyncReport>,
+    ) -> Result<SyncReport> {
         let label = replica_label(r);
         let host_err = |e: Error| {
             if e.host().is_some() {
@@ -312,73 +335,53 @@ impl Runner {
         let result = (|| {
             let session = self.target(r).connect().map_err(host_err)?;
             let mut channel = session.exec(RECEIVE_COMMAND).map_err(host_err)?;
-            let sender = Sender::new(set.clone(), replica_key(r), &self.config.state_dir)
-                .sender_host(self.config.certname.clone())
-                .noop(noop)
-                .cancel_token(self.cancel.clone());
-            let show = self.progress && io::stderr().is_terminal();
             sender_ran = true;
-            let result = sender.sync_scanned(scan, Progress::new(&mut channel, &label, show));
-            // The receiver's stderr explains a failure its ERROR frame
-            // could not (it died, or never spoke the protocol).
+            let result = send(&mut channel, &label);
             let finished = channel.finish();
             let stderr = channel.stderr();
+            let stderr = stderr.trim();
             match result {
-                Ok(report) => {
+                Ok(mut report) => {
                     if let Ok(code) = finished {
                         if code != 0 {
-                            let mut report = report;
                             report.warnings.push(format!(
-                                "the receiver on {label} exited with status {code}: {}",
-                                stderr.trim()
+                                "the receiver on {label} exited with status {code}: {stderr}"
                             ));
-                            return Ok(report);
                         }
                     }
                     Ok(report)
                 }
-                Err(e) => {
-                    let stderr = stderr.trim();
+                Err(e)
                     if matches!(e.kind(), ErrorKind::Network | ErrorKind::Protocol)
                         && !stderr.is_empty()
-                        && !e.message().contains(stderr)
-                    {
-                        let tail: String = stderr
-                            .chars()
-                            .rev()
-                            .take(600)
-                            .collect::<Vec<_>>()
-                            .into_iter()
-                            .rev()
-                            .collect();
-                        Err(Error::new(
-                            e.kind(),
-                            format!("{} (the receiver said: {tail})", e.message()),
-                        )
-                        .with_host(label.clone()))
-                    } else {
-                        Err(e)
-                    }
+                        && !e.message().contains(stderr) =>
+                {
+                    let skip = stderr.chars().count().saturating_sub(600);
+                    let tail: String = stderr.chars().skip(skip).collect();
+                    Err(Error::new(
+                        e.kind(),
+                        format!("{} (the receiver said: {tail})", e.message()),
+                    )
+                    .with_host(label.clone()))
                 }
+                Err(e) => Err(e),
             }
         })();
-        // Failures before the protocol started never reached the sender's
-        // status file; record them here.
         if let Err(e) = &result {
             if !noop && !sender_ran {
-                self.record_failure(r, e);
+                self.record_failure(r, e, kind);
             }
         }
         result
     }
 
-    /// Records a failed attempt in the sender status file of `r`.
-    pub(crate) fn record_failure(&self, r: &ReplicaConfig, err: &Error) {
+    /// Records a failed attempt in the `kind` sender status file of `r`.
+    pub(crate) fn record_failure(&self, r: &ReplicaConfig, err: &Error, kind: &str) {
         let key = replica_key(r);
-        let path = sender_status_path(&self.config.state_dir, &key, "ca");
+        let path = sender_status_path(&self.config.state_dir, &key, kind);
         let mut status = SenderStatus::load(&path)
             .unwrap_or(None)
-            .unwrap_or_else(|| SenderStatus::new(&key, "ca"));
+            .unwrap_or_else(|| SenderStatus::new(&key, kind));
         status.last_attempt = Some(Stamp::now());
         status.last_outcome = Some(SyncOutcome::Failed);
         status.last_error = Some(ErrorRecord::from_error(err));
