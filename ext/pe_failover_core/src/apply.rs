@@ -53,8 +53,8 @@ use crate::replset::{
 };
 use crate::snapshot::{mtime_ns, Entry, EntryKind, Manifest, Scanner};
 use crate::stage::{
-    build_snapshot, chain, latest_snapshot, list_txns, open_snapshot, prune_snapshots,
-    switch_latest, PendingTxn, Snapshot, SnapshotMeta, StateDir,
+    build_snapshot, chain, latest_snapshot, latest_snapshot_meta, list_txns, open_snapshot,
+    prune_snapshots, republish_staged, switch_latest, PendingTxn, Snapshot, SnapshotMeta, StateDir,
 };
 use crate::state::{ApplyCounts, DigestAt, Divergence, ErrorRecord, ReplicaStatus, Role, Stamp};
 use crate::{Error, ErrorKind, Result};
@@ -102,8 +102,8 @@ pub struct StagedTxn {
     pub txn: String,
     /// Digest of the snapshot built from it.
     pub digest: String,
-    /// Files hard-linked from the previous snapshot.
-    pub linked: u64,
+    /// Files whose contents the snapshot store already held.
+    pub reused: u64,
     /// Files copied and verified.
     pub copied: u64,
 }
@@ -194,6 +194,10 @@ pub struct ApplyReport {
     pub warnings: Vec<String>,
     /// Snapshots removed by pruning.
     pub pruned: Vec<String>,
+    /// Whether the whole live CA was compared with the snapshot (so
+    /// [`kept`](Self::kept) lists every replica-only certificate), rather
+    /// than only the paths the new transactions changed.
+    pub verified: bool,
     /// Wall-clock duration.
     pub elapsed: Duration,
 }
@@ -395,6 +399,7 @@ pub struct Applier {
     progress: Arc<dyn ApplyProgress>,
     lock_wait: Duration,
     racy_window: Option<Duration>,
+    verify: bool,
 }
 
 impl std::fmt::Debug for Applier {
@@ -410,6 +415,7 @@ impl std::fmt::Debug for Applier {
             .field("reload", &self.reload)
             .field("role", &self.role)
             .field("role_file", &self.role_file)
+            .field("verify", &self.verify)
             .finish_non_exhaustive()
     }
 }
@@ -427,7 +433,8 @@ impl Applier {
     /// directories `live`. Defaults: [`Owner::Inherit`], keep 10 snapshots,
     /// refuse to delete more than 10 % of the live CA files (5 files are
     /// always allowed), not forced, reload with [`DEFAULT_RELOAD`], no role
-    /// file, no exclusions, waits up to 60 s for another applier.
+    /// file, no exclusions, waits up to 60 s for another applier, compares
+    /// only what the new transactions changed (see [`verify`](Self::verify)).
     pub fn new(state_dir: impl Into<PathBuf>, live: CaPaths) -> Self {
         Applier {
             state: StateDir::new(state_dir),
@@ -445,7 +452,22 @@ impl Applier {
             progress: Arc::new(NoProgress),
             lock_wait: Duration::from_secs(60),
             racy_window: None,
+            verify: false,
         }
+    }
+
+    /// Whether to compare the whole live CA with the latest snapshot (and
+    /// repair every difference, report replica-only certificates) instead
+    /// of only the paths the new transactions changed. Without it, an apply
+    /// with nothing new touches nothing, and one with new transactions reads
+    /// only the live files they change: drift elsewhere (a file edited by
+    /// hand on the replica) waits for the next verifying run (the watcher's
+    /// start, its `verify_interval`, a retry, or `pe_failover apply`). An
+    /// interrupted apply, a first one and a forced one always compare
+    /// everything.
+    pub fn verify(mut self, yes: bool) -> Self {
+        self.verify = yes;
+        self
     }
 
     /// Who owns written files. Default: [`Owner::Inherit`].
@@ -592,10 +614,37 @@ impl Applier {
         let mut record = self.load_record()?;
 
         // 1. Stage transactions.
-        let mut latest = latest_snapshot(&self.state)?;
-        let start = latest.as_ref().map(|s| s.meta.digest.clone());
+        let latest_meta = latest_snapshot_meta(&self.state)?;
+        let start = latest_meta.as_ref().map(|m| m.digest.clone());
         let (txns, order) =
             pending_chain(&self.state, "ca", start.as_deref(), &mut report.discarded)?;
+        let applied = record.applied.as_ref().map(|a| a.digest.as_str());
+        if order.is_empty()
+            && !self.verify
+            && record.in_progress.is_none()
+            && start.is_some()
+            && applied == start.as_deref()
+            && self.state.staged_manifest().exists()
+        {
+            // Nothing new, and the live files were brought to the latest
+            // snapshot: nothing to read.
+            for d in &report.discarded {
+                report
+                    .warnings
+                    .push(format!("discarded transaction {}: {}", d.txn, d.reason));
+            }
+            report.staged_digest = start.clone();
+            report.applied_digest = start;
+            *latest_seen = latest_meta.map(|m| {
+                let n = m.entries;
+                (m, n)
+            });
+            return Ok(());
+        }
+        let mut latest = latest_snapshot(&self.state)?;
+        republish_staged(&self.state, latest.as_ref())?;
+        // The snapshot the chain started from (often the one applied).
+        let mut before: Option<Snapshot> = None;
         let mut failure = None;
         for (n, &i) in order.iter().enumerate() {
             let txn = &txns[i];
@@ -607,10 +656,13 @@ impl Applier {
                     report.staged.push(StagedTxn {
                         txn: txn.meta.txn.clone(),
                         digest: snap.meta.digest.clone(),
-                        linked: stats.linked,
+                        reused: stats.reused,
                         copied: stats.copied,
                     });
-                    latest = Some(snap);
+                    let old = latest.replace(snap);
+                    if before.is_none() {
+                        before = old;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::Cancelled => return Err(e),
                 Err(e) => {
@@ -657,13 +709,14 @@ impl Applier {
             report.applied_digest = record.applied.as_ref().map(|a| a.digest.clone());
             return failure.map_or(Ok(()), Err);
         };
-        self.apply_live(&target, &mut record, report)?;
+        self.apply_live(&target, before, &mut record, report)?;
         failure.map_or(Ok(()), Err)
     }
 
     fn apply_live(
         &self,
         target: &Snapshot,
+        before: Option<Snapshot>,
         record: &mut AppliedRecord,
         report: &mut ApplyReport,
     ) -> Result<()> {
@@ -688,24 +741,65 @@ impl Applier {
         .into_iter()
         .flatten()
         .collect();
+        let mut before = before;
         let previous: Vec<Snapshot> = previous_digests
             .iter()
             .filter(|d| **d != digest)
-            .filter_map(|d| open_snapshot(&self.state, d).ok().flatten())
+            .filter_map(|d| match before.take_if(|b| b.meta.digest == *d) {
+                Some(b) => Some(b),
+                None => open_snapshot(&self.state, d).ok().flatten(),
+            })
             .collect();
         let mut previous_refs: Vec<&Manifest> = previous.iter().map(|s| &s.manifest).collect();
         if previous_digests.contains(&digest) {
             previous_refs.push(&target.manifest);
         }
         let paths = self.resolved_live()?;
-        let live = self.scan_live(&paths)?;
-        let plan = plan_live(
-            &target.manifest,
+        // The live files were brought to the snapshot last applied, and
+        // nothing was interrupted: only the paths changed since can differ.
+        let applied = record.applied.as_ref().map(|a| a.digest.as_str());
+        let delta_from = previous
+            .iter()
+            .find(|s| Some(s.meta.digest.as_str()) == applied)
+            .filter(|_| {
+                !self.verify && !self.force && record.in_progress.is_none() && paths.cadir.is_dir()
+            });
+        let (live, restricted, live_files) = match delta_from {
+            Some(prev) => {
+                let changed = changed_paths(&prev.manifest, &target.manifest);
+                let live = self.stat_live(&paths, &changed)?;
+                let restricted = Manifest::from_entries(
+                    changed
+                        .iter()
+                        .filter_map(|p| target.manifest.get(p).cloned())
+                        .collect(),
+                )?;
+                let excluded = |p: &str| {
+                    p.strip_prefix("ca/")
+                        .is_none_or(|rel| self.excludes.is_excluded(rel))
+                };
+                let files = prev
+                    .manifest
+                    .entries()
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::File && !excluded(&e.path))
+                    .count() as u64;
+                (live, Some(restricted), Some(files))
+            }
+            None => (self.scan_live(&paths)?, None, None),
+        };
+        report.verified = restricted.is_none();
+        let mut plan = plan_live(
+            restricted.as_ref().unwrap_or(&target.manifest),
             &live,
             &previous_refs,
             &self.excludes,
             self.owner,
         )?;
+        if let Some(n) = live_files {
+            // The deletion guard's base: the live CA's files, as applied.
+            plan.live_files = n;
+        }
         report.kept = plan
             .kept
             .iter()
@@ -840,6 +934,35 @@ impl Applier {
         Manifest::from_entries(entries)
     }
 
+    /// The live entries at the manifest paths `paths_of` (those that exist),
+    /// files hashed: the live side of a plan restricted to them.
+    fn stat_live(&self, paths: &CaPaths, rels: &[&str]) -> Result<Manifest> {
+        let mut entries = Vec::new();
+        for (i, rel) in rels.iter().enumerate() {
+            if i % 256 == 0 {
+                self.cancel.check()?;
+            }
+            if *rel == SSL_ROOT || *rel == SSL_CERTS {
+                entries.push(synthetic(rel));
+                continue;
+            }
+            let Some(abs) = paths.resolve(rel) else {
+                continue;
+            };
+            let meta = match fs::symlink_metadata(&abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("stat", &abs, e)),
+            };
+            if meta.is_dir() {
+                entries.push(entry_of(rel, &meta, EntryKind::Dir));
+            } else if let Some(e) = live_file_entry(&abs, rel)? {
+                entries.push(e);
+            }
+        }
+        Manifest::from_entries(entries)
+    }
+
     /// Carries out `plan`; returns whether a CRL was written.
     fn execute(
         &self,
@@ -898,8 +1021,8 @@ impl Applier {
                 let owner = self.owner_for(&dest, existing);
                 match e.kind {
                     EntryKind::File => {
-                        let src = target.path_of(&e.path);
                         let sha = e.sha256.as_deref().unwrap_or_default();
+                        let src = target.object_path(sha);
                         let file = fsutil::copy_verified(
                             &src,
                             &tmp,
@@ -907,7 +1030,14 @@ impl Applier {
                             sha,
                             e.size,
                             &format!("snapshot {}", target.meta.digest),
-                        )?;
+                        )
+                        .inspect_err(|err| {
+                            if err.kind() == ErrorKind::Corrupt {
+                                // Named by its SHA-256, so garbage: a resent
+                                // transaction stores it again.
+                                let _ = fs::remove_file(&src);
+                            }
+                        })?;
                         temps.push((tmp.clone(), dest, e));
                         if let Some((uid, gid)) = owner {
                             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
@@ -1054,10 +1184,10 @@ impl Applier {
             (None, None) => None,
         };
         let latest = latest.or_else(|| {
-            latest_snapshot(&self.state)
-                .ok()
-                .flatten()
-                .map(|s| (s.meta, s.manifest.len() as u64))
+            latest_snapshot_meta(&self.state).ok().flatten().map(|m| {
+                let n = m.entries;
+                (m, n)
+            })
         });
         if let Some((meta, _)) = &latest {
             status.staged = Some(DigestAt {
@@ -1084,7 +1214,7 @@ impl Applier {
             dirs_removed: report.live.dirs_removed.len() as u64,
             kept: report.kept.len() as u64,
         };
-        if err.is_none() || !report.kept.is_empty() {
+        if (err.is_none() && report.verified) || !report.kept.is_empty() {
             status.divergence = Divergence {
                 replica_only_signed: report.kept.clone(),
             };
@@ -1095,6 +1225,64 @@ impl Applier {
         }
         status.save(&path)
     }
+}
+
+/// The paths whose entries differ between two manifests (added, removed or
+/// changed in any field), with their parent directories (so the subsets are
+/// manifests too), in path order.
+fn changed_paths<'a>(old: &'a Manifest, new: &'a Manifest) -> Vec<&'a str> {
+    let mut out = differing_paths(old, new);
+    let mut parents: Vec<&str> = Vec::new();
+    for p in &out {
+        let mut rest = *p;
+        while let Some((parent, _)) = rest.rsplit_once('/') {
+            parents.push(parent);
+            rest = parent;
+        }
+    }
+    out.extend(parents);
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn differing_paths<'a>(old: &'a Manifest, new: &'a Manifest) -> Vec<&'a str> {
+    let (mut a, mut b) = (
+        old.entries().iter().peekable(),
+        new.entries().iter().peekable(),
+    );
+    let mut out = Vec::new();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(x), None) => {
+                out.push(x.path.as_str());
+                a.next();
+            }
+            (None, Some(y)) => {
+                out.push(y.path.as_str());
+                b.next();
+            }
+            (Some(x), Some(y)) => match x.path.cmp(&y.path) {
+                std::cmp::Ordering::Less => {
+                    out.push(x.path.as_str());
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push(y.path.as_str());
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if x != y {
+                        out.push(x.path.as_str());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+    out
 }
 
 fn synthetic(path: &str) -> Entry {

@@ -198,7 +198,6 @@ pub fn decode_dump(bytes: &[u8], origin: &Path) -> Result<NcDump> {
 /// Reads and verifies the dump of a staged snapshot: the file's SHA-256
 /// against the snapshot's manifest, then [`decode_dump`].
 fn snapshot_dump(snapshot: &Snapshot) -> Result<NcDump> {
-    let path = snapshot.path_of(NC_DUMP_FILE);
     let entry = snapshot.manifest.get(NC_DUMP_FILE).ok_or_else(|| {
         Error::new(
             ErrorKind::Refused,
@@ -209,9 +208,12 @@ fn snapshot_dump(snapshot: &Snapshot) -> Result<NcDump> {
         )
         .with_path(&snapshot.dir)
     })?;
+    let path = snapshot.object_path(entry.sha256.as_deref().unwrap_or_default());
     let bytes = fsutil::read_bounded(&path, NC_DUMP_LIMIT)?;
     let sha = hex::encode(Sha256::digest(&bytes));
     if Some(sha.as_str()) != entry.sha256.as_deref() {
+        // Stored contents are named by their SHA-256: these are garbage.
+        let _ = std::fs::remove_file(&path);
         return Err(Error::new(
             ErrorKind::Corrupt,
             format!(
@@ -840,7 +842,7 @@ impl NcApplier {
                     report.staged.push(StagedTxn {
                         txn: txn.meta.txn.clone(),
                         digest: snap.meta.digest.clone(),
-                        linked: stats.linked,
+                        reused: stats.reused,
                         copied: stats.copied,
                     });
                     latest = Some(snap);

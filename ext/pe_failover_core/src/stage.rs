@@ -13,14 +13,16 @@
 //!     receiver.status.json          ReceiverStatus
 //!     receive.lock                  one receiver at a time
 //!   snapshots/                      the applier's (root), 0700
+//!     objects/<sh>/<sha256>         the content store: every file content of every
+//!                                   kept snapshot, once, named by its SHA-256
+//!                                   (`<sh>` = its first two hex digits), 0600
+//!     objects/gc.json               prunings since the store was last swept
 //!     <digest>/
-//!       meta.json                   SnapshotMeta: digest, seq, txn, created
-//!       manifest.json
-//!       tree/ca/..., tree/ssl/...   files with their recorded modes, dirs 0700,
-//!                                   unchanged files hard-linked to the previous snapshot
+//!       meta.json                   SnapshotMeta: digest, seq, txn, created, entries
+//!       manifest.json               paths, kinds, modes, owners and SHA-256s
 //!     <digest>.partial/             a snapshot being built
 //!     latest -> <digest>            switched atomically (symlink + rename)
-//!   staged.manifest.json            manifest of `latest`, readable by the receiver
+//!   staged.manifest.json            manifest of `latest` (a hard link to it), readable by the receiver
 //!   applied.json                    the snapshot the live directories were brought to
 //!   status.json                     ReplicaStatus (see the `state` module)
 //!   live.scan                       stat cache of the live cadir
@@ -33,6 +35,12 @@
 //! locks and `status.json` (an `NcStatus`), so the two kinds never mix.
 //! `<state>/nc/outgoing/` is the active primary's outbox (see `ncship`).
 //!
+//! A snapshot is its manifest: the contents live once in the content store,
+//! so building a snapshot costs the contents that changed plus one manifest
+//! file, and removing one costs two files. Pruning sweeps the store (removes
+//! contents no remaining snapshot names) every [`GC_EVERY`] removals, and at
+//! every removal for the Node Classifier, whose few contents are large.
+//!
 //! Transactions form a chain: each names the digest it was computed
 //! against (its base), starting from the digest of `latest` (or none). The
 //! applier takes them in chain order; a transaction off the chain is stale
@@ -40,17 +48,17 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::write_atomically;
 use crate::cancel::CancelToken;
 use crate::fsutil;
 use crate::protocol::Kind;
-use crate::replset::{load_manifest_of, save_manifest};
+use crate::replset::{load_manifest_of, manifest_file_digest, save_manifest};
 use crate::snapshot::{is_sha256_hex, EntryKind, Manifest};
 use crate::state::Stamp;
 use crate::{Error, ErrorKind, Result};
@@ -64,6 +72,9 @@ pub const META_FORMAT: u32 = 1;
 
 /// Largest metadata file read from a transaction or snapshot.
 const META_LIMIT: u64 = 64 * 1024;
+
+/// Snapshot removals between two sweeps of the CA's content store.
+pub const GC_EVERY: u64 = 16;
 
 /// The paths of a passive primary's state directory (layout in the
 /// [module documentation](self)).
@@ -140,6 +151,19 @@ impl StateDir {
     /// `snapshots/<digest>/`.
     pub fn snapshot_dir(&self, digest: &str) -> PathBuf {
         self.snapshots().join(digest)
+    }
+
+    /// `snapshots/objects/`: the content store.
+    pub fn objects(&self) -> PathBuf {
+        self.snapshots().join("objects")
+    }
+
+    /// `snapshots/objects/<first two hex digits>/<sha256>`: where the
+    /// content store keeps the contents with SHA-256 `sha256`.
+    pub fn object_path(&self, sha256: &str) -> PathBuf {
+        self.objects()
+            .join(sha256.get(..2).unwrap_or("00"))
+            .join(sha256)
     }
 
     /// `snapshots/latest`.
@@ -433,50 +457,91 @@ pub fn chain(start: Option<&str>, txns: &[PendingTxn]) -> (Vec<usize>, Vec<usize
     (order, rest)
 }
 
-/// What a receiver holds for a kind: the digest new transactions build on
-/// and its manifest.
+/// What a receiver holds for a kind: the digest new transactions build on,
+/// and where its manifest is (read only when a session needs it, see
+/// [`Base::manifest`]).
 #[derive(Clone, Debug)]
 pub struct Base {
     /// The digest (none: nothing received yet).
     pub digest: Option<String>,
-    /// The manifest with that digest (empty when none).
-    pub manifest: Manifest,
     /// Complete transactions waiting for the applier on the way to it.
     pub pending: usize,
+    source: BaseSource,
+}
+
+#[derive(Clone, Debug)]
+enum BaseSource {
+    Nothing,
+    Staged(PathBuf),
+    /// A pending transaction, and `staged.manifest.json` (where its manifest
+    /// is once the applier has staged it).
+    Txn(Box<PendingTxn>, PathBuf),
+}
+
+impl Base {
+    /// The manifest with digest [`digest`](Self::digest) (empty when none),
+    /// read and checked. A pending transaction the applier staged in the
+    /// meantime is read from `staged.manifest.json` instead.
+    pub fn manifest(&self, kind: Kind) -> Result<Manifest> {
+        let staged = |path: &Path| -> Result<Manifest> {
+            let manifest = load_manifest_of(kind, path)?.unwrap_or_default();
+            if Some(manifest.digest()) != self.digest {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "{} no longer holds the manifest with digest {} this session started from; sync again",
+                        path.display(),
+                        self.digest.as_deref().unwrap_or("(none)")
+                    ),
+                )
+                .with_path(path));
+            }
+            Ok(manifest)
+        };
+        match &self.source {
+            BaseSource::Nothing => Ok(Manifest::default()),
+            BaseSource::Staged(path) => staged(path),
+            BaseSource::Txn(txn, path) => txn.load_manifest().or_else(|e| {
+                if txn.dir.exists() {
+                    Err(e)
+                } else {
+                    staged(path)
+                }
+            }),
+        }
+    }
 }
 
 /// The receiver's base: the end of the chain of pending transactions that
-/// starts at the staged snapshot (`staged.manifest.json`), or the staged
-/// snapshot itself. A staged manifest that cannot be read counts as none, so
-/// the sender ships everything again.
+/// starts at the staged snapshot (the digest recorded in
+/// `staged.manifest.json`), or the staged snapshot itself. Only digests
+/// are read here; a staged manifest without a readable digest counts as
+/// none, so the sender ships everything again.
 pub fn receiver_base(state: &StateDir, kind: &str) -> Result<Base> {
-    // The applier may consume a transaction while we look: retry then.
-    let mut last_err = None;
-    for _ in 0..3 {
-        let staged = load_manifest_of(state.kind(), &state.staged_manifest()).unwrap_or(None);
-        let start = staged.as_ref().map(Manifest::digest);
-        let txns = list_txns(state, kind)?.complete;
-        let (order, _) = chain(start.as_deref(), &txns);
-        let Some(&head) = order.last() else {
-            let manifest = staged.unwrap_or_default();
-            return Ok(Base {
-                digest: start,
-                manifest,
-                pending: 0,
-            });
-        };
-        match txns[head].load_manifest() {
-            Ok(manifest) => {
-                return Ok(Base {
-                    digest: Some(txns[head].meta.digest.clone()),
-                    manifest,
-                    pending: order.len(),
-                })
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::Internal, "no base")))
+    let staged_path = state.staged_manifest();
+    let start = manifest_file_digest(&staged_path);
+    let txns = list_txns(state, kind)?.complete;
+    let (order, _) = chain(start.as_deref(), &txns);
+    let Some(&head) = order.last() else {
+        return Ok(Base {
+            source: match start {
+                Some(_) => BaseSource::Staged(staged_path),
+                None => BaseSource::Nothing,
+            },
+            digest: start,
+            pending: 0,
+        });
+    };
+    let pending = order.len();
+    let txn = txns
+        .into_iter()
+        .nth(head)
+        .expect("the chain indexes the list");
+    Ok(Base {
+        digest: Some(txn.meta.digest.clone()),
+        pending,
+        source: BaseSource::Txn(Box::new(txn), state.staged_manifest()),
+    })
 }
 
 /// Writes one transaction into `incoming/<txn>.partial/` and renames it to
@@ -592,6 +657,9 @@ pub struct SnapshotMeta {
     pub txn: Option<String>,
     /// When it was built.
     pub created: Stamp,
+    /// Entries in its manifest.
+    #[serde(default)]
+    pub entries: u64,
 }
 
 /// A complete snapshot.
@@ -603,17 +671,32 @@ pub struct Snapshot {
     pub dir: PathBuf,
     /// Its manifest.
     pub manifest: Manifest,
+    /// The content store (`snapshots/objects/`).
+    objects: PathBuf,
 }
 
 impl Snapshot {
-    /// Where the snapshot keeps the manifest path `rel`.
-    pub fn path_of(&self, rel: &str) -> PathBuf {
-        self.dir.join("tree").join(rel)
+    /// Where the content store keeps the contents of the file `rel` of the
+    /// manifest; `None` when `rel` is not a file of it.
+    pub fn path_of(&self, rel: &str) -> Option<PathBuf> {
+        let sha = self
+            .manifest
+            .get(rel)
+            .filter(|e| e.kind == EntryKind::File)?
+            .sha256
+            .as_deref()?;
+        Some(self.object_path(sha))
+    }
+
+    /// Where the content store keeps the contents with SHA-256 `sha256`.
+    pub fn object_path(&self, sha256: &str) -> PathBuf {
+        self.objects
+            .join(sha256.get(..2).unwrap_or("00"))
+            .join(sha256)
     }
 }
 
-/// The snapshot `latest` points to, if any.
-pub fn latest_snapshot(state: &StateDir) -> Result<Option<Snapshot>> {
+fn read_link_digest(state: &StateDir) -> Result<Option<String>> {
     let link = state.latest_link();
     let target = match fs::read_link(&link) {
         Ok(t) => t,
@@ -631,7 +714,16 @@ pub fn latest_snapshot(state: &StateDir) -> Result<Option<Snapshot>> {
         )
         .with_path(&link));
     }
+    Ok(Some(digest))
+}
+
+/// The snapshot `latest` points to, if any.
+pub fn latest_snapshot(state: &StateDir) -> Result<Option<Snapshot>> {
+    let Some(digest) = read_link_digest(state)? else {
+        return Ok(None);
+    };
     open_snapshot(state, &digest)?.map(Some).ok_or_else(|| {
+        let link = state.latest_link();
         Error::new(
             ErrorKind::Corrupt,
             format!(
@@ -643,8 +735,18 @@ pub fn latest_snapshot(state: &StateDir) -> Result<Option<Snapshot>> {
     })
 }
 
-/// The complete snapshot with `digest`, if there is one.
-pub fn open_snapshot(state: &StateDir, digest: &str) -> Result<Option<Snapshot>> {
+/// The metadata of the snapshot `latest` points to (without reading its
+/// manifest), if any.
+pub fn latest_snapshot_meta(state: &StateDir) -> Result<Option<SnapshotMeta>> {
+    match read_link_digest(state)? {
+        Some(digest) => snapshot_meta(state, &digest),
+        None => Ok(None),
+    }
+}
+
+/// The metadata of the snapshot with `digest` (its manifest is not read),
+/// if there is a complete one.
+pub fn snapshot_meta(state: &StateDir, digest: &str) -> Result<Option<SnapshotMeta>> {
     if !is_sha256_hex(digest) {
         return Ok(None);
     }
@@ -662,6 +764,22 @@ pub fn open_snapshot(state: &StateDir, digest: &str) -> Result<Option<Snapshot>>
         )
         .with_path(&meta_path)
     })?;
+    if meta.digest != digest {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("snapshot {} does not match its name", dir.display()),
+        )
+        .with_path(&dir));
+    }
+    Ok(Some(meta))
+}
+
+/// The complete snapshot with `digest`, if there is one.
+pub fn open_snapshot(state: &StateDir, digest: &str) -> Result<Option<Snapshot>> {
+    let Some(meta) = snapshot_meta(state, digest)? else {
+        return Ok(None);
+    };
+    let dir = state.snapshot_dir(digest);
     let manifest =
         load_manifest_of(state.kind(), &dir.join("manifest.json"))?.ok_or_else(|| {
             Error::new(
@@ -670,7 +788,7 @@ pub fn open_snapshot(state: &StateDir, digest: &str) -> Result<Option<Snapshot>>
             )
             .with_path(&dir)
         })?;
-    if meta.digest != digest || manifest.digest() != digest {
+    if manifest.digest() != digest {
         return Err(Error::new(
             ErrorKind::Corrupt,
             format!("snapshot {} does not match its name", dir.display()),
@@ -681,24 +799,29 @@ pub fn open_snapshot(state: &StateDir, digest: &str) -> Result<Option<Snapshot>>
         meta,
         dir,
         manifest,
+        objects: state.objects(),
     }))
 }
 
 /// Counters of building one snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct BuildStats {
-    /// Files hard-linked from the previous snapshot.
-    pub linked: u64,
-    /// Files copied (and verified) from the transaction or the previous snapshot.
+    /// Files whose contents the content store already held.
+    pub reused: u64,
+    /// Contents added to the store (copied and verified from the
+    /// transaction, or the held contents plus a received suffix).
     pub copied: u64,
-    /// Bytes copied.
+    /// Bytes added to the store.
     pub bytes_copied: u64,
 }
 
 /// Builds `snapshots/<digest>/` for `txn` on top of `prev`: re-verifies the
-/// transaction's manifest, copies (and re-hashes) its objects, hard-links
-/// unchanged contents from `prev`. Builds in `<digest>.partial/` and renames
-/// when complete and durable. An existing complete snapshot is reused.
+/// transaction's manifest, adds the contents the store lacks (copied from
+/// the transaction and re-hashed; an extension is the held contents plus the
+/// received suffix, re-hashed whole), then writes the manifest. The new
+/// contents are durable before they get their names, and the snapshot is
+/// built in `<digest>.partial/` and renamed when complete and durable. An
+/// existing complete snapshot is reused.
 pub(crate) fn build_snapshot(
     state: &StateDir,
     prev: Option<&Snapshot>,
@@ -713,115 +836,121 @@ pub(crate) fn build_snapshot(
     if let Some(existing) = open_snapshot(state, &digest)? {
         return Ok((existing, stats));
     }
-    let partial = snapshots.join(format!("{digest}.partial"));
-    fsutil::remove_any(&partial)?;
-    let tree = partial.join("tree");
-    fsutil::ensure_dir(&tree, 0o700)?;
+    let objects = state.objects();
+    fsutil::ensure_dir(&objects, 0o700)?;
 
-    // Contents the previous snapshot has, by digest.
-    let mut have: FxHashMap<&str, (&str, u32)> = FxHashMap::default();
-    if let Some(p) = prev {
-        for e in p.manifest.entries() {
-            if let (EntryKind::File, Some(sha)) = (e.kind, e.sha256.as_deref()) {
-                have.entry(sha).or_insert((e.path.as_str(), e.mode));
-            }
-        }
-    }
-    let objects = txn.dir.join("objects");
-    let objects_ok = fs::symlink_metadata(&objects).is_ok_and(|m| m.is_dir());
+    // The previous snapshot's contents are in the store: pruning never
+    // sweeps what a remaining snapshot names.
+    let held: FxHashSet<&str> = prev
+        .map(|p| {
+            p.manifest
+                .entries()
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .filter_map(|e| e.sha256.as_deref())
+                .collect()
+        })
+        .unwrap_or_default();
+    let txn_objects = txn.dir.join("objects");
+    let objects_ok = fs::symlink_metadata(&txn_objects).is_ok_and(|m| m.is_dir());
 
+    // New contents: written under temporary names, synced, then named.
+    let mut new: Vec<(PathBuf, PathBuf)> = Vec::new();
     let result = (|| -> Result<()> {
-        let mut copies = Vec::new();
-        let mut dirs = vec![tree.clone()];
+        let mut seen: FxHashSet<&str> = FxHashSet::default();
+        let mut fanout: Vec<PathBuf> = Vec::new();
         for (i, e) in manifest.entries().iter().enumerate() {
             if i % 256 == 0 {
                 cancel.check()?;
             }
-            let dst = tree.join(&e.path);
-            match e.kind {
-                EntryKind::Dir => {
-                    fs::create_dir(&dst).map_err(|err| Error::io("create directory", &dst, err))?;
-                    fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                        .map_err(|err| Error::io("set permissions of", &dst, err))?;
-                    dirs.push(dst);
-                }
-                EntryKind::Symlink => {
-                    let target = e.target.as_deref().unwrap_or_default();
-                    symlink(target, &dst).map_err(|err| Error::io("create symlink", &dst, err))?;
-                }
-                EntryKind::File => {
-                    let sha = e.sha256.as_deref().unwrap_or_default();
-                    let what = format!("transaction {}, {}", txn.meta.txn, e.path);
-                    let from_prev = prev
-                        .and_then(|p| have.get(sha).map(|(path, mode)| (p.path_of(path), *mode)));
-                    if let Some((src, mode)) = &from_prev {
-                        if *mode == e.mode && fs::hard_link(src, &dst).is_ok() {
-                            stats.linked += 1;
-                            continue;
-                        }
-                    }
-                    let object = txn.object_file(sha);
-                    let extension = txn.meta.extensions.iter().find(|x| x.sha256 == sha);
-                    let sources: Vec<PathBuf> = if objects_ok
-                        && fs::symlink_metadata(&object).is_ok()
-                    {
-                        vec![object]
-                    } else if let (true, Some(x)) = (objects_ok, extension) {
-                        // The previous snapshot's contents plus the suffix.
-                        let base = prev.and_then(|p| {
-                            have.get(x.base_sha256.as_str())
-                                .map(|(path, _)| p.path_of(path))
-                        });
-                        let Some(base) = base else {
-                            return Err(Error::new(
-                                ErrorKind::Corrupt,
-                                format!(
-                                    "{what}: it extends contents (SHA-256 {}) the previous snapshot does not hold",
-                                    x.base_sha256
-                                ),
-                            )
-                            .with_path(&txn.dir));
-                        };
-                        vec![base, txn.suffix_file(sha)]
-                    } else if let Some((src, _)) = from_prev {
-                        vec![src]
-                    } else {
-                        return Err(Error::new(
-                            ErrorKind::Corrupt,
-                            format!(
-                                "{what}: the contents (SHA-256 {sha}) are neither in the transaction nor in the previous snapshot"
-                            ),
-                        )
-                        .with_path(&txn.dir));
-                    };
-                    let parts: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
-                    fsutil::concat_verified(&parts, &dst, e.mode & 0o777, sha, e.size, &what)?;
-                    stats.copied += 1;
-                    stats.bytes_copied += e.size;
-                    copies.push(dst);
-                }
+            let (EntryKind::File, Some(sha)) = (e.kind, e.sha256.as_deref()) else {
+                continue;
+            };
+            if held.contains(sha) || !seen.insert(sha) {
+                stats.reused += 1;
+                continue;
             }
+            let dst = state.object_path(sha);
+            if fs::symlink_metadata(&dst).is_ok_and(|m| m.is_file()) {
+                // Kept from an older snapshot (verified when it was added).
+                stats.reused += 1;
+                continue;
+            }
+            let what = format!("transaction {}, {}", txn.meta.txn, e.path);
+            let object = txn.object_file(sha);
+            let extension = txn.meta.extensions.iter().find(|x| x.sha256 == sha);
+            let sources: Vec<PathBuf> = if objects_ok && fs::symlink_metadata(&object).is_ok() {
+                vec![object]
+            } else if let (true, Some(x)) = (objects_ok, extension) {
+                // The held contents plus the suffix.
+                let base = state.object_path(&x.base_sha256);
+                if !held.contains(x.base_sha256.as_str()) && fs::symlink_metadata(&base).is_err() {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "{what}: it extends contents (SHA-256 {}) the previous snapshot does not hold",
+                            x.base_sha256
+                        ),
+                    )
+                    .with_path(&txn.dir));
+                }
+                vec![base, txn.suffix_file(sha)]
+            } else {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "{what}: the contents (SHA-256 {sha}) are neither in the transaction nor in the previous snapshot"
+                    ),
+                )
+                .with_path(&txn.dir));
+            };
+            let dir = dst.parent().unwrap_or(&objects).to_path_buf();
+            if !fanout.contains(&dir) {
+                fsutil::ensure_dir(&dir, 0o700)?;
+                fanout.push(dir.clone());
+            }
+            let tmp = dir.join(format!(".tmp.{}", fsutil::random_hex(8)));
+            let parts: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
+            new.push((tmp.clone(), dst));
+            fsutil::concat_verified(&parts, &tmp, 0o600, sha, e.size, &what)?;
+            stats.copied += 1;
+            stats.bytes_copied += e.size;
         }
-        save_manifest(&partial.join("manifest.json"), &manifest, 0o600)?;
-        let seq = prev.map(|p| p.meta.seq + 1).unwrap_or(1);
+        let temps: Vec<PathBuf> = new.iter().map(|(t, _)| t.clone()).collect();
+        fsutil::sync_new_files(&temps, &objects)?;
+        for (tmp, dst) in &new {
+            fs::rename(tmp, dst).map_err(|err| Error::io("rename into place", dst, err))?;
+        }
+        for d in &fanout {
+            fsutil::fsync_dir(d)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for (tmp, _) in &new {
+            let _ = fs::remove_file(tmp);
+        }
+        return Err(e);
+    }
+
+    let partial = snapshots.join(format!("{digest}.partial"));
+    fsutil::remove_any(&partial)?;
+    fsutil::ensure_dir(&partial, 0o700)?;
+    let result = (|| -> Result<()> {
+        // 0644: `staged.manifest.json` is a hard link to it, for the receiver.
+        save_manifest(&partial.join("manifest.json"), &manifest, 0o644)?;
         let meta = SnapshotMeta {
             format: META_FORMAT,
             digest: digest.clone(),
-            seq,
+            seq: prev.map(|p| p.meta.seq + 1).unwrap_or(1),
             txn: Some(txn.meta.txn.clone()),
             created: Stamp::now(),
+            entries: manifest.len() as u64,
         };
         let bytes = serde_json::to_vec_pretty(&meta)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
         write_atomically(&partial.join("meta.json"), &bytes, 0o600)?;
-        if !fsutil::sync_new_files(&copies, &partial)? {
-            // Per-file syncs do not cover the new directory entries.
-            for d in &dirs {
-                fsutil::fsync_dir(d)?;
-            }
-        }
-        fsutil::fsync_dir(&partial)?;
-        Ok(())
+        fsutil::fsync_dir(&partial)
     })();
     if let Err(e) = result {
         let _ = fsutil::remove_any(&partial);
@@ -830,13 +959,21 @@ pub(crate) fn build_snapshot(
     let dir = state.snapshot_dir(&digest);
     fs::rename(&partial, &dir).map_err(|e| Error::io("rename into place", &dir, e))?;
     fsutil::fsync_dir(&snapshots)?;
-    let snap = open_snapshot(state, &digest)?.ok_or_else(|| {
+    let meta = snapshot_meta(state, &digest)?.ok_or_else(|| {
         Error::new(
             ErrorKind::Internal,
             format!("snapshot {} vanished after it was built", dir.display()),
         )
     })?;
-    Ok((snap, stats))
+    Ok((
+        Snapshot {
+            meta,
+            dir,
+            manifest,
+            objects,
+        },
+        stats,
+    ))
 }
 
 /// Points `snapshots/latest` at `digest` atomically (a new symlink renamed
@@ -851,12 +988,56 @@ pub(crate) fn switch_latest(state: &StateDir, snapshot: &Snapshot) -> Result<()>
         return Err(Error::io("switch", &link, e));
     }
     fsutil::fsync_dir(&snapshots)?;
-    save_manifest(&state.staged_manifest(), &snapshot.manifest, 0o644)
+    publish_staged(state, snapshot)
+}
+
+/// Makes `staged.manifest.json` the manifest of `snapshot`: a hard link to
+/// the snapshot's own file (root's, 0644) renamed into place, or a copy
+/// where a link cannot be made.
+fn publish_staged(state: &StateDir, snapshot: &Snapshot) -> Result<()> {
+    let staged = state.staged_manifest();
+    let tmp = state
+        .root()
+        .join(format!(".staged.{}", fsutil::random_hex(4)));
+    let source = snapshot.dir.join("manifest.json");
+    let linked = fs::metadata(&source).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o644)
+        && fs::hard_link(&source, &tmp).is_ok();
+    if linked {
+        if let Err(e) = fs::rename(&tmp, &staged) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("rename into place", &staged, e));
+        }
+        return fsutil::fsync_dir(state.root());
+    }
+    save_manifest(&staged, &snapshot.manifest, 0o644)
+}
+
+/// Publishes the latest snapshot's manifest as `staged.manifest.json` again
+/// when the published one is missing or is another (an interrupted switch,
+/// a file removed by hand). Cheap when it is right: one read of the
+/// recorded digest.
+pub(crate) fn republish_staged(state: &StateDir, latest: Option<&Snapshot>) -> Result<()> {
+    if let Some(snap) = latest {
+        if manifest_file_digest(&state.staged_manifest()).as_deref()
+            != Some(snap.meta.digest.as_str())
+        {
+            publish_staged(state, snap)?;
+        }
+    }
+    Ok(())
+}
+
+/// The sweep counter of the content store (`snapshots/objects/gc.json`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct GcRecord {
+    /// Snapshots removed since the last sweep.
+    removed_since: u64,
 }
 
 /// Removes snapshots beyond the newest `keep` (by sequence number), never
 /// one whose digest is in `protect`, and every leftover `.partial` or
-/// temporary link. Returns the removed digests.
+/// temporary link. Sweeps the content store when due (see the
+/// [module documentation](self)). Returns the removed digests.
 pub(crate) fn prune_snapshots(
     state: &StateDir,
     keep: usize,
@@ -879,8 +1060,8 @@ pub(crate) fn prune_snapshots(
         if !is_sha256_hex(&name) {
             continue;
         }
-        let seq = match open_snapshot(state, &name) {
-            Ok(Some(s)) => s.meta.seq,
+        let seq = match snapshot_meta(state, &name) {
+            Ok(Some(m)) => m.seq,
             // Unreadable snapshots are the first to go.
             _ => 0,
         };
@@ -895,6 +1076,73 @@ pub(crate) fn prune_snapshots(
         }
         fsutil::remove_any(&state.snapshot_dir(&name))?;
         removed.push(name);
+    }
+    if !removed.is_empty() {
+        let path = state.objects().join("gc.json");
+        let mut record: GcRecord = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        record.removed_since += removed.len() as u64;
+        if state.kind() == Kind::Nc || record.removed_since >= GC_EVERY {
+            sweep_objects(state)?;
+            record.removed_since = 0;
+        }
+        if state.objects().is_dir() {
+            let bytes = serde_json::to_vec(&record).map_err(|e| {
+                Error::new(ErrorKind::Internal, format!("cannot encode gc.json: {e}"))
+            })?;
+            write_atomically(&path, &bytes, 0o600)?;
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes from the content store every content no complete snapshot
+/// names, and temporary files of interrupted builds; returns how many files
+/// were removed. A snapshot whose manifest cannot be read stops the sweep
+/// (nothing is removed): what it needs cannot be known.
+pub(crate) fn sweep_objects(state: &StateDir) -> Result<u64> {
+    let snapshots = state.snapshots();
+    let mut named: FxHashSet<String> = FxHashSet::default();
+    for item in fs::read_dir(&snapshots).map_err(|e| Error::io("list", &snapshots, e))? {
+        let item = item.map_err(|e| Error::io("list", &snapshots, e))?;
+        let name = item.file_name().to_string_lossy().to_string();
+        if !is_sha256_hex(&name) {
+            continue;
+        }
+        let Some(snap) = open_snapshot(state, &name)? else {
+            continue;
+        };
+        named.extend(
+            snap.manifest
+                .entries()
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .filter_map(|e| e.sha256.clone()),
+        );
+    }
+    let objects = state.objects();
+    let reader = match fs::read_dir(&objects) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("list", &objects, e)),
+    };
+    let mut removed = 0;
+    for fan in reader {
+        let fan = fan.map_err(|e| Error::io("list", &objects, e))?;
+        if !fan.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = fan.path();
+        for item in fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
+            let item = item.map_err(|e| Error::io("list", &dir, e))?;
+            let name = item.file_name().to_string_lossy().to_string();
+            if !named.contains(&name) {
+                fsutil::remove_any(&item.path())?;
+                removed += 1;
+            }
+        }
     }
     Ok(removed)
 }

@@ -11,6 +11,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 
+use sha2::Digest;
+
 use pair::{Counting, CutAfter, FlipFirstData, Pair, ACTIVE, PASSIVE};
 use pe_failover_core::apply::{ApplyProgress, Owner};
 use pe_failover_core::cancel::CancelToken;
@@ -67,25 +69,31 @@ fn first_full_sync_replaces_the_ca_and_keeps_host_files() {
     assert!(apply.reloaded);
     assert_eq!(p.reloads(), 1);
 
-    // Snapshots: 0700 directories, files with their modes, `latest` link.
+    // Snapshots: a manifest per snapshot, contents once in the 0700
+    // content store under their SHA-256, `latest` link.
     let latest = fs::read_link(p.b_state.join("snapshots/latest")).unwrap();
     assert_eq!(latest.to_str().unwrap(), sync.digest);
     let snap = p.b_state.join("snapshots").join(&sync.digest);
+    assert!(snap.join("manifest.json").is_file());
+    let objects = p.b_state.join("snapshots/objects");
     assert_eq!(
-        fs::metadata(snap.join("tree/ca/signed"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
+        fs::metadata(&objects).unwrap().permissions().mode() & 0o777,
         0o700
     );
+    let key = fs::read(p.a_cadir.join("ca_key.pem")).unwrap();
+    let key_sha = hex::encode(sha2::Sha256::digest(&key));
+    let stored = objects.join(&key_sha[..2]).join(&key_sha);
+    assert_eq!(fs::read(&stored).unwrap(), key);
     assert_eq!(
-        fs::metadata(snap.join("tree/ca/ca_key.pem"))
+        fs::metadata(&stored).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The receiver reads the staged manifest: the snapshot's own file.
+    assert_eq!(
+        fs::metadata(p.b_state.join("staged.manifest.json"))
             .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o640
+            .ino(),
+        fs::metadata(snap.join("manifest.json")).unwrap().ino()
     );
     assert!(p.incoming().is_empty(), "{:?}", p.incoming());
 
@@ -381,7 +389,15 @@ fn replica_only_certificates_are_kept_and_reported() {
     // The passive signs a certificate of its own.
     fs::write(p.b_cadir.join("signed/local.example.com.pem"), "local cert").unwrap();
     p.sign("remote.example.com");
+    // An apply of new transactions reads only the paths they change: the
+    // local certificate is left alone, but not looked at.
     let (_, a) = p.sync_and_apply();
+    assert!(!a.verified);
+    assert!(a.kept.is_empty(), "{:?}", a.kept);
+    assert!(p.b_cadir.join("signed/local.example.com.pem").exists());
+    // A verifying apply compares everything and reports it.
+    let a = p.applier().verify(true).run().unwrap();
+    assert!(a.verified);
     assert_eq!(a.kept, ["b.example.com", "local.example.com"]);
     assert!(p.b_cadir.join("signed/local.example.com.pem").exists());
     let st = ReplicaStatus::load(&p.b_state.join("status.json"))
@@ -394,15 +410,23 @@ fn replica_only_certificates_are_kept_and_reported() {
     assert!(st.syslog_line().contains("local.example.com"));
     p.assert_converged(&[PASSIVE, "local.example.com"]);
 
-    // A certificate the active cleaned goes; a stray file goes too.
+    // A certificate the active cleaned goes; a stray file goes at the next
+    // verifying apply. The divergence found by the last verification stays
+    // reported in between.
     fs::write(p.b_cadir.join("stray.txt"), "x").unwrap();
     p.clean("remote.example.com");
     let (_, a) = p.sync_and_apply();
-    assert!(a
-        .live
-        .deleted
-        .contains(&"ca/signed/remote.example.com.pem".to_string()));
-    assert!(a.live.deleted.contains(&"ca/stray.txt".to_string()));
+    assert_eq!(a.live.deleted, ["ca/signed/remote.example.com.pem"]);
+    assert!(p.b_cadir.join("stray.txt").exists());
+    let st = ReplicaStatus::load(&p.b_state.join("status.json"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        st.divergence.replica_only_signed,
+        ["b.example.com", "local.example.com"]
+    );
+    let a = p.applier().verify(true).run().unwrap();
+    assert_eq!(a.live.deleted, ["ca/stray.txt"]);
     assert!(p.b_cadir.join("signed/local.example.com.pem").exists());
 }
 
@@ -690,9 +714,11 @@ fn a_symlink_escaping_the_cadir_is_refused_at_the_sender() {
 }
 
 #[test]
-fn old_snapshots_are_pruned_and_unchanged_files_hard_linked() {
+fn old_snapshots_are_pruned_and_unchanged_contents_stored_once() {
     let p = Pair::new(5);
     p.sync_and_apply();
+    let inventory0 = fs::read(p.a_cadir.join("inventory.txt")).unwrap();
+    let inventory0_sha = hex::encode(sha2::Sha256::digest(&inventory0));
     for i in 0..12 {
         p.sign(&format!("p{i}.example.com"));
         p.sync();
@@ -703,12 +729,39 @@ fn old_snapshots_are_pruned_and_unchanged_files_hard_linked() {
     let snaps: Vec<_> = fs::read_dir(p.b_state.join("snapshots"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "latest")
+        .filter(|n| n.len() == 64)
         .collect();
     // 3 newest, plus the one the live dirs were at before (protected).
     assert_eq!(snaps.len(), 4, "{snaps:?}");
-    let latest = p.b_state.join("snapshots/latest/tree/ca/ca_crt.pem");
-    assert!(fs::metadata(latest).unwrap().nlink() >= 3);
+    let store = p.b_state.join("snapshots/objects");
+    let old_inventory = store.join(&inventory0_sha[..2]).join(&inventory0_sha);
+    // 9 snapshots removed: the store is swept every 16 removals.
+    assert!(old_inventory.is_file());
+    for i in 0..8 {
+        p.sign(&format!("q{i}.example.com"));
+        p.sync();
+    }
+    let a = p.applier().keep_snapshots(3).run().unwrap();
+    assert_eq!(a.pruned.len(), 8, "{:?}", a.pruned);
+    // Swept: contents no remaining snapshot names are gone, the others stay.
+    assert!(!old_inventory.exists());
+    let count = |dir: &std::path::Path| {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+            .map(|e| fs::read_dir(e.unwrap().path()).unwrap().count())
+            .sum::<usize>()
+    };
+    let stored = count(&store);
+    p.assert_converged(&[PASSIVE]);
+    let latest = p.applier().verify(true).run().unwrap();
+    assert!(latest.live.written.is_empty(), "{:?}", latest.live);
+    assert_eq!(count(&store), stored);
+    // Unchanged contents are stored once: ca_crt.pem's object serves every
+    // snapshot.
+    let crt = fs::read(p.a_cadir.join("ca_crt.pem")).unwrap();
+    let crt_sha = hex::encode(sha2::Sha256::digest(&crt));
+    assert!(store.join(&crt_sha[..2]).join(&crt_sha).is_file());
     p.assert_converged(&[PASSIVE]);
 }
 

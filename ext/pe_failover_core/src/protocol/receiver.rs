@@ -315,14 +315,15 @@ impl Receiver {
                         return Err(violation("the sender asked for the manifest twice"));
                     }
                     session.stats.manifest_exchanged = true;
+                    let manifest = base.manifest(kind)?;
                     conn.send_json(
                         FrameType::ManifestHead,
                         &ManifestHead {
-                            digest: base.manifest.digest(),
-                            entries: base.manifest.len() as u64,
+                            digest: manifest.digest(),
+                            entries: manifest.len() as u64,
                         },
                     )?;
-                    send_batches(conn, FrameType::Entries, base.manifest.entries())?;
+                    send_batches(conn, FrameType::Entries, manifest.entries())?;
                     conn.flush()?;
                 }
                 _ => {
@@ -409,8 +410,8 @@ impl Receiver {
                 )));
             }
         }
-        let mut entries: FxHashMap<&str, &Entry> = base
-            .manifest
+        let base_manifest = base.manifest(kind)?;
+        let mut entries: FxHashMap<&str, &Entry> = base_manifest
             .entries()
             .iter()
             .map(|e| (e.path.as_str(), e))
@@ -454,8 +455,7 @@ impl Receiver {
         session.stats.entries = manifest.len() as u64;
 
         // The objects: want those whose contents this replica lacks.
-        let have: FxHashSet<&str> = base
-            .manifest
+        let have: FxHashSet<&str> = base_manifest
             .entries()
             .iter()
             .filter_map(|e| e.sha256.as_deref())
@@ -506,7 +506,7 @@ impl Receiver {
                 let base_sha = hex::encode(&p[40..72]);
                 let base_size = be_u64(&p[72..80]);
                 let suffix_sha = hex::encode(&p[80..112]);
-                let held = base.manifest.get(path).is_some_and(|e| {
+                let held = base_manifest.get(path).is_some_and(|e| {
                     e.kind == EntryKind::File
                         && e.sha256.as_deref() == Some(base_sha.as_str())
                         && e.size == base_size

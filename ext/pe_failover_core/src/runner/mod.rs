@@ -292,11 +292,20 @@ impl Runner {
     /// Stages received transactions and brings the live ssl directory to
     /// the latest snapshot, with the configuration's owner, group, guards,
     /// exclusions and reload command. Refuses (`fenced`) on an active host.
+    /// Compares the whole live CA with the snapshot ([`Applier::verify`]).
     pub fn apply(&self, force: bool) -> Result<ApplyRun> {
+        self.apply_with(force, true)
+    }
+
+    /// [`apply`](Self::apply); with `verify` false, only the paths the new
+    /// transactions change are compared (the watcher's rounds between
+    /// verifications).
+    pub(crate) fn apply_with(&self, force: bool, verify: bool) -> Result<ApplyRun> {
         let allowed = self.require_role(Role::Passive, "apply");
         let nc_allowed = allowed.is_ok();
         let result = allowed
             .and_then(|()| self.applier(force))
+            .map(|applier| applier.verify(verify))
             .and_then(|applier| applier.run());
         // The classifier after the CA, whatever the CA's outcome (but never
         // on a host that refuses to apply).

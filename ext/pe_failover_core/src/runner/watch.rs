@@ -6,8 +6,11 @@
 //!   The first round, at start, is a full sync: whatever changed while no
 //!   watcher ran is shipped then.
 //! - Passive: inotify on `incoming/`; an apply for every batch that brings a
-//!   complete transaction, at start, and every `verify_interval` (which
-//!   also repairs drift of the live files).
+//!   complete transaction (comparing only the live paths it changes), and a
+//!   verifying apply (the whole live CA, which repairs drift) at start, on
+//!   retries and every `verify_interval`. Transactions appear by one atomic
+//!   rename and one apply takes every pending one, so the passive waits at
+//!   most [`PASSIVE_DEBOUNCE`] for more events, not the active's debounce.
 //! - With `nc.enabled`, the active also polls its classifier every
 //!   `nc.interval` seconds and ships the groups only when they changed
 //!   (and retries replicas whose last attempt failed); the passive also
@@ -28,6 +31,9 @@ use crate::log::Status;
 use crate::state::Role;
 use crate::watch::{Batch, Watcher};
 use crate::{ErrorKind, Result};
+
+/// The longest the passive's watcher waits for more events after one.
+pub const PASSIVE_DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Longest wait between two checks of the configuration file.
 const CONFIG_CHECK: Duration = Duration::from_secs(2);
@@ -338,9 +344,12 @@ impl Runner {
         }
     }
 
-    fn apply_round(&self, summary: &mut WatchSummary) -> Option<Duration> {
+    /// One apply; `verify` compares the whole live CA (at start, on the
+    /// verification tick and on retries), otherwise only what new
+    /// transactions change.
+    fn apply_round(&self, summary: &mut WatchSummary, verify: bool) -> Option<Duration> {
         summary.rounds += 1;
-        match self.apply(false) {
+        match self.apply_with(false, verify) {
             Ok(run) if run.ok => {
                 summary.ok = true;
                 None
@@ -400,7 +409,7 @@ impl Runner {
             Ok(watcher)
         };
         let mut watcher = passive_watcher(self)?;
-        let mut retry_at = self.apply_round(summary).map(|d| Instant::now() + d);
+        let mut retry_at = self.apply_round(summary, true).map(|d| Instant::now() + d);
         if once {
             return Ok(Exit::Done);
         }
@@ -420,7 +429,14 @@ impl Runner {
             let now = Instant::now();
             let due = retry_at.map_or(next_verify, |r| r.min(next_verify));
             let timeout = due.saturating_duration_since(now).min(CONFIG_CHECK);
-            let batch = match watcher.wait(self.config.debounce(), Some(timeout), &self.cancel) {
+            let batch = match watcher.wait(
+                crate::watch::Debounce {
+                    quiet: self.config.debounce().quiet.min(PASSIVE_DEBOUNCE),
+                    max_delay: self.config.debounce().max_delay.min(PASSIVE_DEBOUNCE),
+                },
+                Some(timeout),
+                &self.cancel,
+            ) {
                 Ok(b) => b,
                 Err(e) if e.kind() == ErrorKind::Cancelled => return Ok(Exit::Done),
                 Err(e) => {
@@ -459,7 +475,9 @@ impl Runner {
                 if periodic {
                     next_verify = now + verify;
                 }
-                retry_at = self.apply_round(summary).map(|d| Instant::now() + d);
+                retry_at = self
+                    .apply_round(summary, periodic || retry)
+                    .map(|d| Instant::now() + d);
             }
         }
     }
