@@ -162,7 +162,11 @@ pub(crate) fn concat_verified(
     let result = (|| {
         let mut hasher = Sha256::new();
         let mut total = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
+        // One byte more than expected is enough to notice a longer source.
+        let len = usize::try_from(size.saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .min(64 * 1024);
+        let mut buf = vec![0u8; len];
         'sources: for (input, src) in inputs.iter_mut() {
             loop {
                 let n = match input.read(&mut buf) {

@@ -858,7 +858,7 @@ pub(crate) fn build_snapshot(
     let mut new: Vec<(PathBuf, PathBuf)> = Vec::new();
     let result = (|| -> Result<()> {
         let mut seen: FxHashSet<&str> = FxHashSet::default();
-        let mut fanout: Vec<PathBuf> = Vec::new();
+        let mut fanout: FxHashSet<PathBuf> = FxHashSet::default();
         for (i, e) in manifest.entries().iter().enumerate() {
             if i % 256 == 0 {
                 cancel.check()?;
@@ -907,7 +907,7 @@ pub(crate) fn build_snapshot(
             let dir = dst.parent().unwrap_or(&objects).to_path_buf();
             if !fanout.contains(&dir) {
                 fsutil::ensure_dir(&dir, 0o700)?;
-                fanout.push(dir.clone());
+                fanout.insert(dir.clone());
             }
             let tmp = dir.join(format!(".tmp.{}", fsutil::random_hex(8)));
             let parts: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
