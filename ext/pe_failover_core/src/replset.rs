@@ -684,7 +684,7 @@ impl ReplicatedSet {
         let mut entries: Vec<Entry> = Vec::with_capacity(inner.len() + 5);
         entries.push(entry_from_meta(CA_ROOT, &root_meta, EntryKind::Dir));
         entries.extend(Vec::from(inner).into_iter().map(|mut e| {
-            e.path.insert_str(0, "ca/");
+            e.path = format!("ca/{}", e.path);
             e
         }));
         entries.push(synthetic_dir(SSL_ROOT));
