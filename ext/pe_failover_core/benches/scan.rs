@@ -5,6 +5,10 @@
 //! same tree: `sha256sum` over every file (the hashing work of a first scan)
 //! and `find -printf` of the stat fields (the floor for a re-scan).
 //!
+//! The same tree, as a replicated manifest (`ca/...`), is then saved and
+//! loaded as a manifest file (`replset::save_manifest` / `load_manifest`),
+//! and its digest computed from scratch.
+//!
 //! `cargo bench -p pe_failover_core --bench scan` (env: PEF_BENCH_FILES,
 //! PEF_BENCH_RUNS, PEF_BENCH_DIR).
 
@@ -13,7 +17,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pe_failover_core::snapshot::Scanner;
+use pe_failover_core::replset::{load_manifest, manifest_from_entries, save_manifest};
+use pe_failover_core::snapshot::{Entry, EntryKind, Manifest, Scanner};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -133,6 +138,39 @@ fn main() {
         sh("find . -printf '%p %s %T@ %C@ %i %m %U %G\\n'", &root)
     });
 
+    // The tree as a replicated manifest, saved and loaded as a file.
+    let scanned = Scanner::new(&root).scan().unwrap().manifest;
+    let mut entries: Vec<Entry> = vec![Entry {
+        path: "ca".into(),
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime_ns: 0,
+        sha256: None,
+        target: None,
+    }];
+    entries.extend(Vec::from(scanned).into_iter().map(|mut e| {
+        e.path.insert_str(0, "ca/");
+        e
+    }));
+    let manifest = manifest_from_entries(entries.clone()).unwrap();
+    let manifest_file = work.path().join("ca.manifest.json");
+    let digest = time(runs, || {
+        // A fresh manifest each time: the digest is remembered once computed.
+        let m = Manifest::from_entries(entries.clone()).unwrap();
+        std::hint::black_box(m.digest());
+    });
+    let save = time(runs, || {
+        save_manifest(&manifest_file, &manifest, 0o600).unwrap();
+    });
+    let load = time(runs, || {
+        let m = load_manifest(&manifest_file).unwrap().unwrap();
+        assert_eq!(m.len(), manifest.len());
+    });
+    let file_size = fs::metadata(&manifest_file).unwrap().len();
+
     println!("scan of {n} files, median of {runs} runs (2 cores)");
     println!("| what | time | anchor | anchor time | ratio |");
     println!("|---|---:|---|---:|---:|");
@@ -142,6 +180,11 @@ fn main() {
     }
     println!("| re-scan, unchanged, stat cache | {warm:.2?} | `find -printf` (stat only) | {find_stat:.2?} | {:.2}x |", find_stat.as_secs_f64() / warm.as_secs_f64());
     println!("| re-scan, 1 file changed | {one_changed:.2?} | | | |");
+    println!(
+        "manifest of {} entries: file {:.1} MB, save {save:.2?}, load (checked) {load:.2?}; from_entries + digest {digest:.2?}",
+        manifest.len(),
+        file_size as f64 / 1e6
+    );
     println!(
         "first scan / unchanged re-scan = {:.1}x (page cache warm)",
         cold.as_secs_f64() / warm.as_secs_f64()

@@ -13,7 +13,6 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use rustc_hash::FxHashMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -88,10 +87,59 @@ impl CacheEntry {
     }
 }
 
+/// Bytes of the stat fields of one record: size, mtime, ctime, inode,
+/// device, each a little-endian 64-bit integer.
+const FIELDS: usize = 40;
+/// Bytes of the hex digest of one record.
+const SHA_HEX: usize = 64;
+
+/// Where one record lives in [`StatCache::buf`]: the path bytes at
+/// `start..start + path_len`, followed by [`FIELDS`] bytes of stat fields and
+/// [`SHA_HEX`] bytes of digest.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    start: usize,
+    path_len: usize,
+}
+
 /// A map from relative path to [`CacheEntry`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// A loaded cache is not unpacked into one allocation per file: it keeps the
+/// file's bytes and a path-sorted index of the records in them, so loading
+/// 100,000 entries costs one read, one checksum and one pass over the index.
+#[derive(Clone, Default)]
 pub struct StatCache {
-    entries: FxHashMap<String, CacheEntry>,
+    /// Records (see [`Slot`]), from the cache file and from [`insert`](Self::insert).
+    buf: Vec<u8>,
+    /// One slot per file, sorted by path bytes, no path twice.
+    slots: Vec<Slot>,
+}
+
+impl std::fmt::Debug for StatCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatCache")
+            .field("entries", &self.slots.len())
+            .finish()
+    }
+}
+
+impl PartialEq for StatCache {
+    fn eq(&self, other: &Self) -> bool {
+        self.slots.len() == other.slots.len()
+            && self
+                .slots
+                .iter()
+                .zip(&other.slots)
+                .all(|(a, b)| self.record(*a) == other.record(*b))
+    }
+}
+
+impl Eq for StatCache {}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
 }
 
 impl StatCache {
@@ -110,7 +158,7 @@ impl StatCache {
                 )
             }
         };
-        match StatCache::decode(&bytes, root) {
+        match StatCache::decode(bytes, root) {
             Ok(cache) => (cache, CacheStatus::Loaded),
             Err(why) => (
                 StatCache::default(),
@@ -121,32 +169,85 @@ impl StatCache {
 
     /// An empty cache with room for `n` files.
     pub fn with_capacity(n: usize) -> StatCache {
-        let mut entries = FxHashMap::default();
-        entries.reserve(n);
-        StatCache { entries }
+        StatCache {
+            buf: Vec::with_capacity(n.saturating_mul(48 + FIELDS + SHA_HEX)),
+            slots: Vec::with_capacity(n),
+        }
+    }
+
+    fn path_of(&self, slot: Slot) -> &[u8] {
+        &self.buf[slot.start..slot.start + slot.path_len]
+    }
+
+    /// The whole record of `slot`: path, stat fields, digest.
+    fn record(&self, slot: Slot) -> &[u8] {
+        &self.buf[slot.start..slot.start + slot.path_len + FIELDS + SHA_HEX]
+    }
+
+    fn find(&self, path: &[u8]) -> std::result::Result<usize, usize> {
+        self.slots.binary_search_by(|s| self.path_of(*s).cmp(path))
     }
 
     /// The digest cached for `path`, if the cached stat fields equal `key`'s.
     pub fn lookup(&self, path: &str, key: &CacheEntry) -> Option<&str> {
-        self.entries
-            .get(path)
-            .filter(|e| e.same_file_as(key))
-            .map(|e| e.sha256.as_str())
+        let slot = self.slots[self.find(path.as_bytes()).ok()?];
+        let fields = &self.buf[slot.start + slot.path_len..][..FIELDS + SHA_HEX];
+        let cached = CacheEntry {
+            size: le_u64(&fields[0..]),
+            mtime_ns: le_u64(&fields[8..]) as i64,
+            ctime_ns: le_u64(&fields[16..]) as i64,
+            ino: le_u64(&fields[24..]),
+            dev: le_u64(&fields[32..]),
+            sha256: String::new(),
+        };
+        if !cached.same_file_as(key) {
+            return None;
+        }
+        // A record with a malformed digest is never trusted: the file is
+        // hashed again.
+        std::str::from_utf8(&fields[FIELDS..])
+            .ok()
+            .filter(|sha| is_sha256_hex(sha))
     }
 
-    /// Adds or replaces the entry for `path`.
+    /// Adds or replaces the entry for `path`. Entries added in path order
+    /// (as a scan produces them) cost O(1) each. An entry whose digest is not
+    /// 64 lowercase hex digits is not cached (it could never be trusted).
     pub fn insert(&mut self, path: String, entry: CacheEntry) {
-        self.entries.insert(path, entry);
+        if !is_sha256_hex(&entry.sha256) {
+            return;
+        }
+        let at = match self.slots.last() {
+            Some(last) if self.path_of(*last) < path.as_bytes() => Err(self.slots.len()),
+            None => Err(0),
+            Some(_) => self.find(path.as_bytes()),
+        };
+        let slot = Slot {
+            start: self.buf.len(),
+            path_len: path.len(),
+        };
+        self.buf.extend_from_slice(path.as_bytes());
+        self.buf.extend_from_slice(&entry.size.to_le_bytes());
+        self.buf.extend_from_slice(&entry.mtime_ns.to_le_bytes());
+        self.buf.extend_from_slice(&entry.ctime_ns.to_le_bytes());
+        self.buf.extend_from_slice(&entry.ino.to_le_bytes());
+        self.buf.extend_from_slice(&entry.dev.to_le_bytes());
+        self.buf.extend_from_slice(entry.sha256.as_bytes());
+        match at {
+            // The old record stays in `buf`, unreferenced.
+            Ok(i) => self.slots[i] = slot,
+            Err(i) => self.slots.insert(i, slot),
+        }
     }
 
     /// Number of cached files.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.slots.len()
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.slots.is_empty()
     }
 
     /// Writes the cache for `root` to `path` atomically: a temporary file in
@@ -157,33 +258,31 @@ impl StatCache {
     }
 
     fn encode(&self, root: &Path) -> Vec<u8> {
-        let mut paths: Vec<&String> = self.entries.keys().collect();
-        paths.sort();
-        let mut out = Vec::with_capacity(64 + paths.len() * 120);
-        out.extend_from_slice(MAGIC);
         let root = root.to_string_lossy();
+        let records: usize = self
+            .slots
+            .iter()
+            .map(|s| 8 + s.path_len + FIELDS + SHA_HEX)
+            .sum();
+        let mut out = Vec::with_capacity(MAGIC.len() + 8 + root.len() + 8 + records + 32);
+        out.extend_from_slice(MAGIC);
         put_bytes(&mut out, root.as_bytes());
-        out.extend_from_slice(&(paths.len() as u64).to_le_bytes());
-        for path in paths {
-            let e = &self.entries[path];
-            put_bytes(&mut out, path.as_bytes());
-            out.extend_from_slice(&e.size.to_le_bytes());
-            out.extend_from_slice(&e.mtime_ns.to_le_bytes());
-            out.extend_from_slice(&e.ctime_ns.to_le_bytes());
-            out.extend_from_slice(&e.ino.to_le_bytes());
-            out.extend_from_slice(&e.dev.to_le_bytes());
-            out.extend_from_slice(e.sha256.as_bytes());
+        out.extend_from_slice(&(self.slots.len() as u64).to_le_bytes());
+        for slot in &self.slots {
+            out.extend_from_slice(&(slot.path_len as u64).to_le_bytes());
+            out.extend_from_slice(self.record(*slot));
         }
         let sum = Sha256::digest(&out);
         out.extend_from_slice(&sum);
         out
     }
 
-    fn decode(bytes: &[u8], root: &Path) -> std::result::Result<StatCache, String> {
+    fn decode(mut bytes: Vec<u8>, root: &Path) -> std::result::Result<StatCache, String> {
         if bytes.len() < MAGIC.len() + 32 || !bytes.starts_with(MAGIC) {
             return Err("not a pe_failover stat cache".into());
         }
-        let (body, sum) = bytes.split_at(bytes.len() - 32);
+        let body_len = bytes.len() - 32;
+        let (body, sum) = bytes.split_at(body_len);
         if Sha256::digest(body).as_slice() != sum {
             return Err("checksum mismatch (truncated or corrupt)".into());
         }
@@ -196,35 +295,30 @@ impl StatCache {
             return Err("made for another directory".into());
         }
         let count = r.u64()?;
-        let mut entries = FxHashMap::default();
-        entries.reserve(count.min(10_000_000) as usize);
+        // Every record takes at least 8 + FIELDS + SHA_HEX bytes.
+        let room = (body.len() - r.pos) / (8 + FIELDS + SHA_HEX);
+        if count > room as u64 {
+            return Err("truncated".into());
+        }
+        let mut slots: Vec<Slot> = Vec::with_capacity(count as usize);
+        let mut previous: &[u8] = &[];
         for _ in 0..count {
-            let path = String::from_utf8(r.bytes()?.to_vec()).map_err(|_| "bad path")?;
-            let size = r.u64()?;
-            let mtime_ns = r.u64()? as i64;
-            let ctime_ns = r.u64()? as i64;
-            let ino = r.u64()?;
-            let dev = r.u64()?;
-            let sha = std::str::from_utf8(r.take(64)?).map_err(|_| "bad digest")?;
-            if !is_sha256_hex(sha) {
-                return Err("bad digest".into());
+            let path = r.bytes()?;
+            if !slots.is_empty() && path <= previous {
+                return Err("paths out of order".into());
             }
-            entries.insert(
-                path,
-                CacheEntry {
-                    size,
-                    mtime_ns,
-                    ctime_ns,
-                    ino,
-                    dev,
-                    sha256: sha.to_string(),
-                },
-            );
+            slots.push(Slot {
+                start: r.pos - path.len(),
+                path_len: path.len(),
+            });
+            r.take(FIELDS + SHA_HEX)?;
+            previous = path;
         }
         if r.pos != body.len() {
             return Err("trailing data".into());
         }
-        Ok(StatCache { entries })
+        bytes.truncate(body_len);
+        Ok(StatCache { buf: bytes, slots })
     }
 }
 
@@ -252,7 +346,7 @@ impl<'a> Reader<'a> {
 
     fn u64(&mut self) -> std::result::Result<u64, String> {
         let b = self.take(8)?;
-        Ok(u64::from_le_bytes(b.try_into().map_err(|_| "truncated")?))
+        Ok(le_u64(b))
     }
 
     fn bytes(&mut self) -> std::result::Result<&'a [u8], String> {
@@ -362,6 +456,49 @@ mod tests {
         let (c, status) = StatCache::load(&file, Path::new("/r"));
         assert!(c.is_empty());
         assert!(matches!(status, CacheStatus::Ignored(ref w) if w.contains("checksum")));
+    }
+
+    fn entry(n: u64, sha: char) -> CacheEntry {
+        CacheEntry {
+            size: n,
+            mtime_ns: n as i64 + 1,
+            ctime_ns: n as i64 + 2,
+            ino: n + 3,
+            dev: n + 4,
+            sha256: sha.to_string().repeat(64),
+        }
+    }
+
+    #[test]
+    fn inserts_in_any_order_replace_and_look_up() {
+        let mut c = StatCache::with_capacity(2);
+        c.insert("b".into(), entry(2, 'b'));
+        c.insert("a".into(), entry(1, 'a'));
+        c.insert("c".into(), entry(3, 'c'));
+        c.insert("b".into(), entry(20, 'd'));
+        c.insert("bad".into(), entry(9, 'x'));
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.lookup("a", &entry(1, '0')), Some("a".repeat(64).as_str()));
+        assert_eq!(c.lookup("b", &entry(2, '0')), None);
+        assert_eq!(
+            c.lookup("b", &entry(20, '0')),
+            Some("d".repeat(64).as_str())
+        );
+        assert_eq!(c.lookup("bad", &entry(9, '0')), None);
+        let mut moved = entry(3, '0');
+        moved.ino += 1;
+        assert_eq!(c.lookup("c", &moved), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c");
+        c.save(&file, Path::new("/r")).unwrap();
+        let (loaded, status) = StatCache::load(&file, Path::new("/r"));
+        assert_eq!(status, CacheStatus::Loaded);
+        assert_eq!(loaded, c);
+        assert_eq!(
+            loaded.lookup("b", &entry(20, '0')),
+            Some("d".repeat(64).as_str())
+        );
     }
 
     #[test]

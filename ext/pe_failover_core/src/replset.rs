@@ -247,16 +247,29 @@ pub fn manifest_from_entries_of(kind: Kind, mut entries: Vec<Entry>) -> Result<M
     for e in &entries {
         validate_relative_path(&e.path)?;
     }
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    for pair in entries.windows(2) {
-        if pair[0].path == pair[1].path {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("the manifest lists {:?} twice", pair[0].path),
-            ));
+    // Already strictly ascending (scans, manifest files): sorted, and no
+    // path twice.
+    if !entries.windows(2).all(|w| w[0].path < w[1].path) {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        for pair in entries.windows(2) {
+            if pair[0].path == pair[1].path {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("the manifest lists {:?} twice", pair[0].path),
+                ));
+            }
         }
     }
+    // The last parent whose whole ancestry was found free of symlinks:
+    // siblings share it, so most entries need no search.
+    let mut clean: Option<&str> = None;
     for e in &entries {
+        let Some((first_parent, _)) = e.path.rsplit_once('/') else {
+            continue;
+        };
+        if clean == Some(first_parent) {
+            continue;
+        }
         let mut rest = e.path.as_str();
         while let Some((parent, _)) = rest.rsplit_once('/') {
             if let Ok(i) = entries.binary_search_by(|x| x.path.as_str().cmp(parent)) {
@@ -272,8 +285,9 @@ pub fn manifest_from_entries_of(kind: Kind, mut entries: Vec<Entry>) -> Result<M
             }
             rest = parent;
         }
+        clean = Some(first_parent);
     }
-    let manifest = Manifest::from_entries(entries)?;
+    let manifest = Manifest::from_entries_with_valid_paths(entries)?;
     validate_manifest_of(kind, &manifest)?;
     Ok(manifest)
 }
@@ -363,18 +377,18 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// Format number of manifest files written by [`save_manifest`].
-pub const MANIFEST_FILE_FORMAT: u32 = 1;
+/// Format number of manifest files written by [`save_manifest`]: 2, the
+/// binary form (see [`save_manifest`]). Format 1 (JSON) is still read.
+pub const MANIFEST_FILE_FORMAT: u32 = 2;
+
+/// The first line of a manifest file of format 2.
+const MANIFEST_MAGIC: &[u8] = b"pe_failover manifest file v2\n";
+
+/// Format number of the JSON manifest files of earlier versions.
+const JSON_MANIFEST_FORMAT: u32 = 1;
 
 /// Largest manifest file [`load_manifest`] reads.
 const MANIFEST_FILE_LIMIT: u64 = 1024 * 1024 * 1024;
-
-#[derive(Serialize)]
-struct ManifestFileOut<'a> {
-    format: u32,
-    digest: String,
-    entries: &'a [Entry],
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -384,29 +398,29 @@ struct ManifestFileIn {
     entries: Vec<Entry>,
 }
 
-/// Writes `manifest` to `path` atomically as JSON
-/// (`{"format":1,"digest":...,"entries":[...]}`) with permission bits `mode`.
+/// Writes `manifest` to `path` atomically with permission bits `mode`, in
+/// format [`MANIFEST_FILE_FORMAT`]: the line `pe_failover manifest file
+/// v2`, the digest (64 lowercase hex digits) and a newline, then the
+/// manifest's canonical form ([`Manifest::canonical_bytes`]), the very bytes
+/// the digest is the SHA-256 of. The file keeps whatever name the caller
+/// gives it (`*.manifest.json` by convention, a name from format 1, JSON).
 pub fn save_manifest(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> {
-    let out = ManifestFileOut {
-        format: MANIFEST_FILE_FORMAT,
-        digest: manifest.digest(),
-        entries: manifest.entries(),
-    };
-    let bytes = serde_json::to_vec(&out).map_err(|e| {
-        Error::new(
-            ErrorKind::Internal,
-            format!("cannot encode the manifest for {}: {e}", path.display()),
-        )
-    })?;
+    let digest = manifest.digest();
+    let mut bytes = Vec::with_capacity(MANIFEST_MAGIC.len() + 65 + 32 + manifest.len() * 160);
+    bytes.extend_from_slice(MANIFEST_MAGIC);
+    bytes.extend_from_slice(digest.as_bytes());
+    bytes.push(b'\n');
+    manifest.append_canonical(&mut bytes);
     write_atomically(path, &bytes, mode)
 }
 
 /// The digest recorded at the start of a manifest file written by
-/// [`save_manifest`], without reading or checking the entries (a cheap "is
-/// it still this one?"); `None` when the file is missing or not one.
+/// [`save_manifest`] (or by an earlier version, as JSON), without reading or
+/// checking the entries (a cheap "is it still this one?"); `None` when the
+/// file is missing or not one.
 pub fn manifest_file_digest(path: &Path) -> Option<String> {
     use std::io::Read;
-    let mut head = [0u8; 96];
+    let mut head = [0u8; 128];
     let mut file = fsutil::open_nofollow(path).ok()?;
     let mut filled = 0;
     while filled < head.len() {
@@ -416,17 +430,25 @@ pub fn manifest_file_digest(path: &Path) -> Option<String> {
             Err(_) => return None,
         }
     }
-    let prefix = format!("{{\"format\":{MANIFEST_FILE_FORMAT},\"digest\":\"");
-    let rest = head[..filled].strip_prefix(prefix.as_bytes())?;
+    let head = &head[..filled];
+    let (rest, end) = match head.strip_prefix(MANIFEST_MAGIC) {
+        Some(rest) => (rest, b'\n'),
+        None => {
+            let prefix = format!("{{\"format\":{JSON_MANIFEST_FORMAT},\"digest\":\"");
+            (head.strip_prefix(prefix.as_bytes())?, b'"')
+        }
+    };
     let digest = std::str::from_utf8(rest.get(..64)?).ok()?;
-    (crate::snapshot::is_sha256_hex(digest) && rest.get(64) == Some(&b'"'))
+    (crate::snapshot::is_sha256_hex(digest) && rest.get(64) == Some(&end))
         .then(|| digest.to_string())
 }
 
 /// Reads a manifest file written by [`save_manifest`] (not following a
 /// symlink), checking it against the replication rules
 /// ([`manifest_from_entries`]) and its recorded digest. `Ok(None)` when the
-/// file does not exist; [`ErrorKind::Corrupt`] when it is not valid.
+/// file does not exist; [`ErrorKind::Corrupt`] when it is not valid
+/// (truncated, garbled, another digest than recorded, or breaking a rule).
+/// Files in the JSON format of earlier versions are read too.
 pub fn load_manifest(path: &Path) -> Result<Option<Manifest>> {
     load_manifest_of(Kind::Ca, path)
 }
@@ -446,21 +468,52 @@ pub fn load_manifest_of(kind: Kind, path: &Path) -> Result<Option<Manifest>> {
         )
         .with_path(path)
     };
-    let file: ManifestFileIn =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    if file.format != MANIFEST_FILE_FORMAT {
-        return Err(corrupt(format!("unknown format {}", file.format)));
-    }
-    let manifest =
-        manifest_from_entries_of(kind, file.entries).map_err(|e| corrupt(e.to_string()))?;
-    let digest = manifest.digest();
-    if digest != file.digest {
+    let Some(rest) = bytes.strip_prefix(MANIFEST_MAGIC) else {
+        if bytes.first() == Some(&b'{') {
+            return load_json_manifest(kind, &bytes).map(Some).map_err(corrupt);
+        }
+        return Err(corrupt("not a pe_failover manifest file".into()));
+    };
+    let recorded = rest
+        .get(..65)
+        .filter(|h| h[64] == b'\n')
+        .and_then(|h| std::str::from_utf8(&h[..64]).ok())
+        .filter(|d| crate::snapshot::is_sha256_hex(d))
+        .ok_or_else(|| corrupt("its header has no valid digest (truncated?)".into()))?;
+    let body = &rest[65..];
+    // The body is the canonical form, so its SHA-256 is the digest of the
+    // entries it holds.
+    let digest = hex::encode(Sha256::digest(body));
+    if digest != recorded {
         return Err(corrupt(format!(
-            "its entries have digest {digest}, not the recorded {}",
-            file.digest
+            "its entries have digest {digest}, not the recorded {recorded}"
         )));
     }
-    Ok(Some(manifest))
+    match Manifest::from_canonical(body, digest, |entries| {
+        manifest_from_entries_of(kind, entries)
+    }) {
+        Ok(Ok(manifest)) => Ok(Some(manifest)),
+        Ok(Err(e)) => Err(corrupt(e.to_string())),
+        Err(why) => Err(corrupt(why)),
+    }
+}
+
+/// A manifest file of format 1 (JSON, `{"format":1,"digest":...,"entries":[...]}`),
+/// as earlier versions wrote it, or why it is not valid.
+fn load_json_manifest(kind: Kind, bytes: &[u8]) -> std::result::Result<Manifest, String> {
+    let file: ManifestFileIn = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if file.format != JSON_MANIFEST_FORMAT {
+        return Err(format!("unknown format {}", file.format));
+    }
+    let manifest = manifest_from_entries_of(kind, file.entries).map_err(|e| e.to_string())?;
+    let digest = manifest.digest();
+    if digest != file.digest {
+        return Err(format!(
+            "its entries have digest {digest}, not the recorded {}",
+            file.digest
+        ));
+    }
+    Ok(manifest)
 }
 
 /// The result of scanning a replicated set.
@@ -630,8 +683,7 @@ impl ReplicatedSet {
         let root_meta = fs::metadata(&cadir).map_err(|e| Error::io("stat", &cadir, e))?;
         let mut entries: Vec<Entry> = Vec::with_capacity(inner.len() + 5);
         entries.push(entry_from_meta(CA_ROOT, &root_meta, EntryKind::Dir));
-        entries.extend(inner.entries().iter().map(|e| {
-            let mut e = e.clone();
+        entries.extend(Vec::from(inner).into_iter().map(|mut e| {
             e.path = format!("ca/{}", e.path);
             e
         }));
@@ -837,8 +889,58 @@ mod tests {
         assert_eq!(load_manifest(&path).unwrap(), None);
         assert_eq!(manifest_file_digest(&path), None);
         save_manifest(&path, &m, 0o600).unwrap();
-        assert_eq!(load_manifest(&path).unwrap(), Some(m.clone()));
+        let loaded = load_manifest(&path).unwrap().unwrap();
+        assert_eq!(loaded, m);
+        assert_eq!(loaded.digest(), m.digest());
+        assert_eq!(loaded.canonical_bytes(), m.canonical_bytes());
         assert_eq!(manifest_file_digest(&path), Some(m.digest()));
+        let good = fs::read(&path).unwrap();
+
+        // A changed field: the entries no longer have the recorded digest.
+        let mut tampered = good.clone();
+        let at = tampered.len() - 8 - 64;
+        assert_eq!(&tampered[at..at + 64], "a".repeat(64).as_bytes());
+        tampered[at] = b'b';
+        fs::write(&path, &tampered).unwrap();
+        let err = load_manifest(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(err.to_string().contains("not the recorded"), "{err}");
+
+        // Truncated anywhere, or garbled in the header: a clear Corrupt.
+        for cut in [
+            0,
+            10,
+            MANIFEST_MAGIC.len() + 30,
+            good.len() / 2,
+            good.len() - 1,
+        ] {
+            fs::write(&path, &good[..cut]).unwrap();
+            let err = load_manifest(&path).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "cut at {cut}: {err}");
+        }
+        let mut garbled = good.clone();
+        garbled[MANIFEST_MAGIC.len() + 3] = b'x';
+        fs::write(&path, &garbled).unwrap();
+        assert_eq!(load_manifest(&path).unwrap_err().kind(), ErrorKind::Corrupt);
+        assert_eq!(manifest_file_digest(&path), None);
+
+        // Well-formed and with the right digest, but breaking the rules.
+        let outside = Manifest::from_entries(vec![dir_entry("etc"), file("etc/shadow")]).unwrap();
+        save_manifest(&path, &outside, 0o600).unwrap();
+        let err = load_manifest(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(err.to_string().contains("unsafe path"), "{err}");
+    }
+
+    #[test]
+    fn json_manifest_files_of_earlier_versions_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        let m = manifest_from_entries(vec![dir_entry("ca"), file(CA_CERT)]).unwrap();
+        let json = serde_json::json!({"format": 1, "digest": m.digest(), "entries": m.entries()});
+        fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(manifest_file_digest(&path), Some(m.digest()));
+        assert_eq!(load_manifest(&path).unwrap(), Some(m.clone()));
         let text = fs::read_to_string(&path)
             .unwrap()
             .replace("\"mode\":420", "\"mode\":384");

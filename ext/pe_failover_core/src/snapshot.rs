@@ -18,6 +18,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
@@ -106,10 +107,32 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// A sorted, duplicate-free list of entries with a root digest.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// A manifest never changes once built, so its [digest](Self::digest) is
+/// computed at most once and remembered (clones share the remembered value).
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(try_from = "Vec<Entry>", into = "Vec<Entry>")]
 pub struct Manifest {
     entries: Vec<Entry>,
+    /// The digest, once computed.
+    #[serde(skip)]
+    digest: OnceLock<String>,
+}
+
+impl PartialEq for Manifest {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for Manifest {}
+
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest")
+            .field("entries", &self.entries)
+            .finish()
+    }
 }
 
 impl TryFrom<Vec<Entry>> for Manifest {
@@ -159,19 +182,39 @@ impl Manifest {
     /// Builds a manifest from entries in any order. Every path must be a safe
     /// relative path ([`validate_relative_path`]), appear once, and its parent
     /// directory (if any) must be an entry of kind `Dir`.
-    pub fn from_entries(mut entries: Vec<Entry>) -> Result<Self> {
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        for pair in entries.windows(2) {
-            if pair[0].path == pair[1].path {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("manifest lists {:?} twice", pair[0].path),
-                ));
+    pub fn from_entries(entries: Vec<Entry>) -> Result<Self> {
+        Manifest::build(entries, false)
+    }
+
+    /// [`from_entries`](Self::from_entries) for entries whose paths the
+    /// caller has already checked with [`validate_relative_path`] (every
+    /// other rule is still checked here).
+    pub(crate) fn from_entries_with_valid_paths(entries: Vec<Entry>) -> Result<Self> {
+        Manifest::build(entries, true)
+    }
+
+    fn build(mut entries: Vec<Entry>, paths_checked: bool) -> Result<Self> {
+        // Strictly ascending input (what scans and manifest files give) is
+        // already sorted and has no duplicates: one pass checks both.
+        if !entries.windows(2).all(|w| w[0].path < w[1].path) {
+            entries.sort_by(|a, b| a.path.cmp(&b.path));
+            for pair in entries.windows(2) {
+                if pair[0].path == pair[1].path {
+                    return Err(Error::new(
+                        ErrorKind::InvalidInput,
+                        format!("manifest lists {:?} twice", pair[0].path),
+                    ));
+                }
             }
         }
-        let manifest = Manifest { entries };
+        let manifest = Manifest::sorted(entries);
+        // The last parent found to be a directory entry: siblings share it,
+        // so most entries need no search.
+        let mut last_dir: Option<&str> = None;
         for entry in &manifest.entries {
-            validate_relative_path(&entry.path)?;
+            if !paths_checked {
+                validate_relative_path(&entry.path)?;
+            }
             match entry.kind {
                 EntryKind::File if entry.sha256.as_ref().is_none_or(|s| !is_sha256_hex(s)) => {
                     return Err(Error::new(
@@ -188,8 +231,11 @@ impl Manifest {
                 _ => {}
             }
             if let Some((parent, _)) = entry.path.rsplit_once('/') {
+                if last_dir == Some(parent) {
+                    continue;
+                }
                 match manifest.get(parent) {
-                    Some(p) if p.kind == EntryKind::Dir => {}
+                    Some(p) if p.kind == EntryKind::Dir => last_dir = Some(parent),
                     _ => {
                         return Err(Error::new(
                             ErrorKind::InvalidInput,
@@ -203,6 +249,14 @@ impl Manifest {
             }
         }
         Ok(manifest)
+    }
+
+    /// A manifest of `entries`, which the caller has sorted by path.
+    fn sorted(entries: Vec<Entry>) -> Manifest {
+        Manifest {
+            entries,
+            digest: OnceLock::new(),
+        }
     }
 
     /// The entries, sorted by path (byte order).
@@ -232,33 +286,174 @@ impl Manifest {
     /// version tag, then every field of every entry in path order, each
     /// variable-length field prefixed by its length.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.entries.len() * 128);
-        out.extend_from_slice(b"pe_failover manifest v1\n");
-        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        for entry in &self.entries {
-            entry.write_canonical(&mut out);
-        }
+        let mut out = Vec::new();
+        self.append_canonical(&mut out);
         out
+    }
+
+    /// Appends the canonical form ([`canonical_bytes`](Self::canonical_bytes))
+    /// to `out`.
+    pub(crate) fn append_canonical(&self, out: &mut Vec<u8>) {
+        out.reserve(32 + self.entries.len() * 160);
+        self.write_canonical(out, |_| {});
+    }
+
+    /// Writes the canonical form into `buf`, handing it to `flush` (and
+    /// clearing it) whenever it holds more than 64 KiB; the tail stays in
+    /// `buf`.
+    fn write_canonical(&self, buf: &mut Vec<u8>, mut flush: impl FnMut(&mut Vec<u8>)) {
+        buf.extend_from_slice(CANONICAL_TAG);
+        buf.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        for entry in &self.entries {
+            entry.write_canonical(buf);
+            if buf.len() >= 64 * 1024 {
+                flush(buf);
+            }
+        }
     }
 
     /// The root digest: SHA-256 (lowercase hex) of the canonical form. It
     /// changes if and only if some recorded field of some entry changes, or
-    /// an entry is added or removed.
+    /// an entry is added or removed. Computed once per manifest (streamed,
+    /// without building the canonical form in memory), then remembered.
     pub fn digest(&self) -> String {
-        hex::encode(Sha256::digest(self.canonical_bytes()))
+        self.digest
+            .get_or_init(|| {
+                let mut hasher = Sha256::new();
+                let mut buf = Vec::with_capacity(80 * 1024);
+                self.write_canonical(&mut buf, |b| {
+                    hasher.update(&b[..]);
+                    b.clear();
+                });
+                hasher.update(&buf);
+                hex::encode(hasher.finalize())
+            })
+            .clone()
+    }
+
+    /// Builds a manifest from `canonical`, the exact bytes of
+    /// [`canonical_bytes`](Self::canonical_bytes), with `digest` their
+    /// SHA-256 as checked by the caller. The entries must be strictly sorted
+    /// by path; the manifest is then checked like [`from_entries`](Self::from_entries)
+    /// by `build`. Returns a reason when the bytes are not a canonical form.
+    ///
+    /// Parsing is the exact inverse of the canonical encoding (every field
+    /// is length-prefixed or fixed-size, and the bytes must be used up), so
+    /// the parsed manifest has exactly `digest`, which is remembered without
+    /// hashing again. An empty digest or link target is read as absent (the
+    /// canonical form does not tell them apart, nor does the digest).
+    pub(crate) fn from_canonical(
+        canonical: &[u8],
+        digest: String,
+        build: impl FnOnce(Vec<Entry>) -> Result<Manifest>,
+    ) -> std::result::Result<Result<Manifest>, String> {
+        let entries = parse_canonical(canonical)?;
+        Ok(build(entries).inspect(|m| {
+            debug_assert_eq!(m.canonical_bytes(), canonical);
+            let _ = m.digest.set(digest);
+        }))
     }
 
     /// The subset of entries not matched by `excludes`.
     pub fn without(&self, excludes: &Excludes) -> Manifest {
-        Manifest {
-            entries: self
-                .entries
+        Manifest::sorted(
+            self.entries
                 .iter()
                 .filter(|e| !excludes.is_excluded(&e.path))
                 .cloned()
                 .collect(),
+        )
+    }
+}
+
+/// The version tag that starts the canonical form.
+const CANONICAL_TAG: &[u8] = b"pe_failover manifest v1\n";
+
+/// The entries of a canonical form, strictly sorted by path, or why the
+/// bytes are not one.
+fn parse_canonical(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
+    struct Cursor<'a> {
+        buf: &'a [u8],
+        pos: usize,
+    }
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+            let end = self
+                .pos
+                .checked_add(n)
+                .filter(|&e| e <= self.buf.len())
+                .ok_or_else(|| format!("truncated at byte {}", self.buf.len()))?;
+            let s = &self.buf[self.pos..end];
+            self.pos = end;
+            Ok(s)
+        }
+        fn u32(&mut self) -> std::result::Result<u32, String> {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(self.take(4)?);
+            Ok(u32::from_le_bytes(a))
+        }
+        fn u64(&mut self) -> std::result::Result<u64, String> {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(self.take(8)?);
+            Ok(u64::from_le_bytes(a))
+        }
+        fn text(&mut self, what: &str) -> std::result::Result<&'a str, String> {
+            let at = self.pos;
+            let n = usize::try_from(self.u64()?).map_err(|_| format!("bad {what} length"))?;
+            std::str::from_utf8(self.take(n)?)
+                .map_err(|_| format!("the {what} at byte {at} is not UTF-8"))
         }
     }
+    let mut c = Cursor { buf: bytes, pos: 0 };
+    if c.take(CANONICAL_TAG.len())? != CANONICAL_TAG {
+        return Err("not a canonical manifest".into());
+    }
+    let count = c.u64()?;
+    // Every entry takes at least 1 + 8 + 4 * 3 + 8 * 2 + 8 * 2 = 53 bytes.
+    if count > (bytes.len() / 53) as u64 {
+        return Err(format!(
+            "{count} entries cannot fit in {} bytes",
+            bytes.len()
+        ));
+    }
+    let mut entries: Vec<Entry> = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let at = c.pos;
+        let kind = match c.take(1)?[0] {
+            b'f' => EntryKind::File,
+            b'd' => EntryKind::Dir,
+            b'l' => EntryKind::Symlink,
+            other => return Err(format!("unknown entry kind {other:#04x} at byte {at}")),
+        };
+        let path = c.text("path")?;
+        if let Some(previous) = entries.last() {
+            if previous.path.as_str() >= path {
+                return Err(format!("entry {path:?} is out of order"));
+            }
+        }
+        let mode = c.u32()?;
+        let uid = c.u32()?;
+        let gid = c.u32()?;
+        let size = c.u64()?;
+        let mtime_ns = c.u64()? as i64;
+        let sha256 = c.text("digest")?;
+        let target = c.text("link target")?;
+        entries.push(Entry {
+            path: path.to_string(),
+            kind,
+            mode,
+            uid,
+            gid,
+            size,
+            mtime_ns,
+            sha256: (!sha256.is_empty()).then(|| sha256.to_string()),
+            target: (!target.is_empty()).then(|| target.to_string()),
+        });
+    }
+    if c.pos != bytes.len() {
+        return Err(format!("{} bytes of trailing data", bytes.len() - c.pos));
+    }
+    Ok(entries)
 }
 
 pub(crate) fn is_sha256_hex(s: &str) -> bool {
@@ -520,7 +715,7 @@ impl Scanner {
         }
 
         problems.sort_by(|a, b| a.path().cmp(&b.path()));
-        let manifest = Manifest { entries };
+        let manifest = Manifest::sorted(entries);
         debug_assert!(manifest.entries.windows(2).all(|w| w[0].path < w[1].path));
         stats.elapsed = started.elapsed();
         Ok(Scan {
@@ -632,7 +827,6 @@ impl Scanner {
         reused: &AtomicU64,
     ) -> std::result::Result<(Entry, Option<CacheEntry>), Outcome> {
         let Listed { rel, meta } = item;
-        let abs = self.root.join(&rel);
         let ft = meta.file_type();
         let mut entry = Entry {
             path: rel,
@@ -651,6 +845,7 @@ impl Scanner {
         }
         if ft.is_symlink() {
             entry.kind = EntryKind::Symlink;
+            let abs = self.root.join(&entry.path);
             let target = fs::read_link(&abs).map_err(|e| Outcome::from_io("read link", &abs, e))?;
             let target = target.into_os_string().into_string().map_err(|_| {
                 Outcome::Problem(
@@ -669,6 +864,7 @@ impl Scanner {
             return Ok((entry, None));
         }
         if !ft.is_file() {
+            let abs = self.root.join(&entry.path);
             return Err(Outcome::Problem(
                 Error::new(
                     ErrorKind::InvalidInput,
@@ -689,6 +885,7 @@ impl Scanner {
         }
         // Hash, then make sure the file did not change while it was read; if
         // it did, record it as it is now and read it again.
+        let abs = self.root.join(&entry.path);
         for _attempt in 0..3 {
             let (sha, n, after) = hash_file(&abs, &self.cancel)?;
             hashed.fetch_add(1, Ordering::Relaxed);

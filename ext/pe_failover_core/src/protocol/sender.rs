@@ -1,5 +1,6 @@
 //! The sending side, on the active primary.
 
+use std::borrow::Cow;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -331,19 +332,30 @@ impl Sender {
 
         // What the receiver holds: nothing, what we shipped last, what we
         // have now, or (first sync with a restored or drifted replica) ask.
+        // (The file's recorded digest is read first: a file recording
+        // another digest is not worth loading.)
         let shipped_path = self.shipped_manifest_path();
-        let base: Manifest = match welcome.base.as_deref() {
-            None => Manifest::default(),
-            Some(b) if b == digest => current.clone(),
-            Some(b) => match load_manifest_of(kind, &shipped_path).unwrap_or(None) {
-                Some(m) if m.digest() == b => m,
+        let shipped_digest = manifest_file_digest(&shipped_path);
+        let base: Cow<'_, Manifest> = match welcome.base.as_deref() {
+            None => Cow::Owned(Manifest::default()),
+            Some(b) if b == digest => Cow::Borrowed(current),
+            Some(b) => match shipped_digest
+                .as_deref()
+                .filter(|&d| d == b)
+                .and_then(|_| load_manifest_of(kind, &shipped_path).unwrap_or(None))
+            {
+                Some(m) if m.digest() == b => Cow::Owned(m),
                 _ => {
                     stats.manifest_exchanged = true;
-                    self.fetch_manifest(conn, b)?
+                    Cow::Owned(self.fetch_manifest(conn, b)?)
                 }
             },
         };
-        let changes = diff(&base, current);
+        let changes = match &base {
+            // The replica holds exactly this manifest: nothing changed.
+            Cow::Borrowed(_) => Changeset::default(),
+            Cow::Owned(base) => diff(base, current),
+        };
         let mut report = SyncReport {
             replica: self.replica.clone(),
             kind,
@@ -361,7 +373,7 @@ impl Sender {
             conn.flush()?;
             if self.noop {
                 report.outcome = SyncOutcome::Noop;
-            } else if manifest_file_digest(&shipped_path).as_deref() != Some(digest.as_str()) {
+            } else if shipped_digest.as_deref() != Some(digest.as_str()) {
                 save_manifest(&shipped_path, current, 0o600)?;
             }
             return Ok(report);
@@ -390,9 +402,15 @@ impl Sender {
         send_batches(conn, FrameType::Entries, upserts.iter().copied())?;
         send_batches(conn, FrameType::Removes, removes.iter().copied())?;
 
-        // The objects the receiver lacks.
-        let owned: Vec<Entry> = upserts.iter().map(|e| (*e).clone()).collect();
-        let objects = delta_objects(&owned);
+        // The objects the receiver lacks. With nothing changed in place
+        // (a first sync, or only additions), the upserts are the added
+        // entries, already in path order: no copy needed.
+        let objects = if report.changes.changed.is_empty() {
+            delta_objects(&report.changes.added)
+        } else {
+            let owned: Vec<Entry> = upserts.iter().map(|e| (*e).clone()).collect();
+            delta_objects(&owned)
+        };
         let frame = conn.expect(&[FrameType::Want], "WANT")?;
         let want = &frame.payload;
         if want.len() != objects.len().div_ceil(8) {
@@ -452,7 +470,9 @@ impl Sender {
                 ack.txn, ack.digest
             )));
         }
-        save_manifest(&shipped_path, current, 0o600)?;
+        if manifest_file_digest(&shipped_path).as_deref() != Some(digest.as_str()) {
+            save_manifest(&shipped_path, current, 0o600)?;
+        }
         report.outcome = SyncOutcome::Committed;
         Ok(report)
     }
