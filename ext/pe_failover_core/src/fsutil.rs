@@ -4,7 +4,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -207,6 +207,78 @@ pub(crate) fn concat_verified(
             Err(e)
         }
     }
+}
+
+/// Makes the regular file `path` (with no other name) this process's own with permission bits
+/// `mode` (its owner and group are changed when they differ and the
+/// process may change them), then checks that it holds `size` bytes with
+/// SHA-256 `sha256`. On a mismatch the file is removed and a
+/// [`ErrorKind::Corrupt`] error names `what`.
+pub(crate) fn adopt_verified(
+    path: &Path,
+    mode: u32,
+    sha256: &str,
+    size: u64,
+    what: &str,
+) -> Result<()> {
+    let result = (|| {
+        let mut file = open_nofollow(path).map_err(|e| Error::io("open", path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        if !meta.is_file() || meta.nlink() != 1 {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{what}: {} is not a regular file with a single name",
+                    path.display()
+                ),
+            )
+            .with_path(path));
+        }
+        // SAFETY: plain getters.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        if uid == 0 && (meta.uid() != uid || meta.gid() != gid) {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(|e| Error::io("change owner of", path, e))?;
+        }
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("set permissions of", path, e))?;
+        let len = usize::try_from(size.saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .min(64 * 1024);
+        let mut buf = vec![0u8; len];
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read", path, e)),
+            };
+            total += n as u64;
+            if total > size {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let got = hex::encode(hasher.finalize());
+        if total != size || got != sha256 {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{what}: {} does not match its manifest entry (expected {size} bytes with SHA-256 {sha256}, found {})",
+                    path.display(),
+                    if total > size { format!("more than {size} bytes") } else { format!("{total} bytes with SHA-256 {got}") }
+                ),
+            )
+            .with_path(path));
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    result
 }
 
 /// An exclusive advisory lock (`flock`) on a file, released when dropped or

@@ -816,9 +816,10 @@ pub struct BuildStats {
 }
 
 /// Builds `snapshots/<digest>/` for `txn` on top of `prev`: re-verifies the
-/// transaction's manifest, adds the contents the store lacks (copied from
-/// the transaction and re-hashed; an extension is the held contents plus the
-/// received suffix, re-hashed whole), then writes the manifest. The new
+/// transaction's manifest, adds the contents the store lacks (moved out of
+/// the transaction, made root's and re-hashed; an extension is the held
+/// contents plus the received suffix, re-hashed whole), then writes the
+/// manifest. The new
 /// contents are durable before they get their names, and the snapshot is
 /// built in `<digest>.partial/` and renamed when complete and durable. An
 /// existing complete snapshot is reused.
@@ -910,9 +911,17 @@ pub(crate) fn build_snapshot(
                 fanout.insert(dir.clone());
             }
             let tmp = dir.join(format!(".tmp.{}", fsutil::random_hex(8)));
-            let parts: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
             new.push((tmp.clone(), dst));
-            fsutil::concat_verified(&parts, &tmp, 0o600, sha, e.size, &what)?;
+            // A whole object is moved out of the transaction (which is
+            // removed once staged) and made root's before it is checked; an
+            // extension is the held contents plus the suffix, copied.
+            let moved = sources.len() == 1 && fs::rename(&sources[0], &tmp).is_ok();
+            if moved {
+                fsutil::adopt_verified(&tmp, 0o600, sha, e.size, &what)?;
+            } else {
+                let parts: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
+                fsutil::concat_verified(&parts, &tmp, 0o600, sha, e.size, &what)?;
+            }
             stats.copied += 1;
             stats.bytes_copied += e.size;
         }
