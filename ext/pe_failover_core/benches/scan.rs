@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pe_failover_core::replset::{load_manifest, manifest_from_entries, save_manifest};
-use pe_failover_core::snapshot::{Entry, EntryKind, Manifest, Scanner};
+use pe_failover_core::snapshot::{Entry, Manifest, Scanner};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -140,17 +140,7 @@ fn main() {
 
     // The tree as a replicated manifest, saved and loaded as a file.
     let scanned = Scanner::new(&root).scan().unwrap().manifest;
-    let mut entries: Vec<Entry> = vec![Entry {
-        path: "ca".into(),
-        kind: EntryKind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime_ns: 0,
-        sha256: None,
-        target: None,
-    }];
+    let mut entries: Vec<Entry> = vec![Entry::synthetic_dir("ca")];
     entries.extend(Vec::from(scanned).into_iter().map(|mut e| {
         e.path.insert_str(0, "ca/");
         e

@@ -892,7 +892,10 @@ impl Applier {
 
     /// The live files in the replicated namespace.
     fn scan_live(&self, paths: &CaPaths) -> Result<Manifest> {
-        let mut entries = vec![synthetic(SSL_ROOT), synthetic(SSL_CERTS)];
+        let mut entries = vec![
+            Entry::synthetic_dir(SSL_ROOT),
+            Entry::synthetic_dir(SSL_CERTS),
+        ];
         let cadir = &paths.cadir;
         match fs::symlink_metadata(cadir) {
             Ok(meta) if meta.is_dir() => {
@@ -943,7 +946,7 @@ impl Applier {
                 self.cancel.check()?;
             }
             if *rel == SSL_ROOT || *rel == SSL_CERTS {
-                entries.push(synthetic(rel));
+                entries.push(Entry::synthetic_dir(rel));
                 continue;
             }
             let Some(abs) = paths.resolve(rel) else {
@@ -1285,20 +1288,6 @@ fn differing_paths<'a>(old: &'a Manifest, new: &'a Manifest) -> Vec<&'a str> {
     out
 }
 
-fn synthetic(path: &str) -> Entry {
-    Entry {
-        path: path.into(),
-        kind: EntryKind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime_ns: 0,
-        sha256: None,
-        target: None,
-    }
-}
-
 fn entry_of(path: &str, meta: &fs::Metadata, kind: EntryKind) -> Entry {
     Entry {
         path: path.into(),
@@ -1414,7 +1403,7 @@ mod tests {
     }
 
     fn dir(path: &str) -> Entry {
-        let mut e = synthetic(path);
+        let mut e = Entry::synthetic_dir(path);
         e.mode = 0o750;
         e
     }
@@ -1431,7 +1420,7 @@ mod tests {
             file("ca/serial", 'b', 0o644),
             dir("ca/signed"),
             file("ca/signed/new.pem", 'c', 0o644),
-            synthetic("ssl"),
+            Entry::synthetic_dir("ssl"),
             file("ssl/crl.pem", 'd', 0o644),
         ]);
         let live = m(vec![
@@ -1443,7 +1432,7 @@ mod tests {
             dir("ca/signed"),
             file("ca/signed/cleaned.pem", 'e', 0o644),
             file("ca/signed/mine.pem", 'f', 0o644),
-            synthetic("ssl"),
+            Entry::synthetic_dir("ssl"),
             dir("ssl/certs"),
             file("ssl/certs/ca.pem", '7', 0o644),
         ]);

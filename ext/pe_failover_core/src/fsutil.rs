@@ -125,6 +125,58 @@ pub(crate) fn copy_verified(
     concat_verified(&[src], dst, mode, sha256, size, what)
 }
 
+/// Reads sources one after the other into a SHA-256, up to one byte past
+/// the expected size (enough to notice a longer source).
+struct HashingReader {
+    hasher: Sha256,
+    total: u64,
+    size: u64,
+    buf: Vec<u8>,
+}
+
+impl HashingReader {
+    fn new(size: u64) -> Self {
+        let len = usize::try_from(size.saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .min(64 * 1024);
+        HashingReader {
+            hasher: Sha256::new(),
+            total: 0,
+            size,
+            buf: vec![0u8; len],
+        }
+    }
+
+    /// Reads `input` (at `path`) to its end, handing each chunk to `sink`;
+    /// returns false once more than the expected size was read.
+    fn feed(
+        &mut self,
+        input: &mut File,
+        path: &Path,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<bool> {
+        loop {
+            let n = match input.read(&mut self.buf) {
+                Ok(0) => return Ok(true),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read", path, e)),
+            };
+            self.total += n as u64;
+            if self.total > self.size {
+                return Ok(false);
+            }
+            self.hasher.update(&self.buf[..n]);
+            sink(&self.buf[..n])?;
+        }
+    }
+
+    /// Bytes read (more than the size: past it) and the SHA-256 (hex).
+    fn finish(self) -> (u64, String) {
+        (self.total, hex::encode(self.hasher.finalize()))
+    }
+}
+
 /// Like [`copy_verified`], with the contents of `srcs` one after the other.
 pub(crate) fn concat_verified(
     srcs: &[&Path],
@@ -160,31 +212,16 @@ pub(crate) fn concat_verified(
         .open(dst)
         .map_err(|e| Error::io("create", dst, e))?;
     let result = (|| {
-        let mut hasher = Sha256::new();
-        let mut total = 0u64;
-        // One byte more than expected is enough to notice a longer source.
-        let len = usize::try_from(size.saturating_add(1))
-            .unwrap_or(usize::MAX)
-            .min(64 * 1024);
-        let mut buf = vec![0u8; len];
-        'sources: for (input, src) in inputs.iter_mut() {
-            loop {
-                let n = match input.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::io("read", src, e)),
-                };
-                total += n as u64;
-                if total > size {
-                    break 'sources;
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n])
-                    .map_err(|e| Error::io("write", dst, e))?;
+        let mut reader = HashingReader::new(size);
+        for (input, src) in inputs.iter_mut() {
+            let more = reader.feed(input, src, |chunk| {
+                out.write_all(chunk).map_err(|e| Error::io("write", dst, e))
+            })?;
+            if !more {
+                break;
             }
         }
-        let got = hex::encode(hasher.finalize());
+        let (total, got) = reader.finish();
         if total != size || got != sha256 {
             return Err(Error::new(
                 ErrorKind::Corrupt,
@@ -242,26 +279,9 @@ pub(crate) fn adopt_verified(
         }
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io("set permissions of", path, e))?;
-        let len = usize::try_from(size.saturating_add(1))
-            .unwrap_or(usize::MAX)
-            .min(64 * 1024);
-        let mut buf = vec![0u8; len];
-        let mut hasher = Sha256::new();
-        let mut total = 0u64;
-        loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("read", path, e)),
-            };
-            total += n as u64;
-            if total > size {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let got = hex::encode(hasher.finalize());
+        let mut reader = HashingReader::new(size);
+        reader.feed(&mut file, path, |_| Ok(()))?;
+        let (total, got) = reader.finish();
         if total != size || got != sha256 {
             return Err(Error::new(
                 ErrorKind::Corrupt,

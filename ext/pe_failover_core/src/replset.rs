@@ -65,21 +65,6 @@ pub const TEMP_PREFIX: &str = ".pe_failover-tmp-";
 /// Largest `crl.pem` or `certs/ca.pem` read from the ssl directory.
 const SSL_FILE_LIMIT: u64 = 256 * 1024 * 1024;
 
-/// Mode, owner and time of the synthetic `ssl` and `ssl/certs` entries.
-fn synthetic_dir(path: &str) -> Entry {
-    Entry {
-        path: path.to_string(),
-        kind: EntryKind::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime_ns: 0,
-        sha256: None,
-        target: None,
-    }
-}
-
 /// Where the replicated paths live on one host: its CA directory and its
 /// ssl directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -247,19 +232,7 @@ pub fn manifest_from_entries_of(kind: Kind, mut entries: Vec<Entry>) -> Result<M
     for e in &entries {
         validate_relative_path(&e.path)?;
     }
-    // Already strictly ascending (scans, manifest files): sorted, and no
-    // path twice.
-    if !entries.windows(2).all(|w| w[0].path < w[1].path) {
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        for pair in entries.windows(2) {
-            if pair[0].path == pair[1].path {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("the manifest lists {:?} twice", pair[0].path),
-                ));
-            }
-        }
-    }
+    crate::snapshot::sort_by_path_once(&mut entries)?;
     // The last parent whose whole ancestry was found free of symlinks:
     // siblings share it, so most entries need no search.
     let mut clean: Option<&str> = None;
@@ -687,8 +660,8 @@ impl ReplicatedSet {
             e.path = format!("ca/{}", e.path);
             e
         }));
-        entries.push(synthetic_dir(SSL_ROOT));
-        entries.push(synthetic_dir(SSL_CERTS));
+        entries.push(Entry::synthetic_dir(SSL_ROOT));
+        entries.push(Entry::synthetic_dir(SSL_CERTS));
         let paths = CaPaths {
             cadir: cadir.clone(),
             ssldir: self.ssldir.clone(),
@@ -808,7 +781,7 @@ mod tests {
     }
 
     fn dir(path: &str) -> Entry {
-        synthetic_dir(path)
+        Entry::synthetic_dir(path)
     }
 
     #[test]
@@ -951,7 +924,7 @@ mod tests {
     }
 
     fn dir_entry(path: &str) -> Entry {
-        synthetic_dir(path)
+        Entry::synthetic_dir(path)
     }
 
     #[test]

@@ -88,6 +88,23 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A directory entry standing for a directory outside a scanned tree
+    /// (such as the ssl directory around replicated files): mode 0755, owner
+    /// root, no time.
+    pub fn synthetic_dir(path: &str) -> Entry {
+        Entry {
+            path: path.to_string(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime_ns: 0,
+            sha256: None,
+            target: None,
+        }
+    }
+
     fn write_canonical(&self, out: &mut Vec<u8>) {
         out.push(self.kind.tag());
         put_bytes(out, self.path.as_bytes());
@@ -178,6 +195,22 @@ pub fn validate_relative_path(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Sorts `entries` by path (unless they already are strictly ascending, as
+/// scans and manifest files give them: one pass checks that) and refuses a
+/// path listed twice.
+pub(crate) fn sort_by_path_once(entries: &mut [Entry]) -> Result<()> {
+    if !entries.windows(2).all(|w| w[0].path < w[1].path) {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        if let Some(pair) = entries.windows(2).find(|w| w[0].path == w[1].path) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("the manifest lists {:?} twice", pair[0].path),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// Builds a manifest from entries in any order. Every path must be a safe
     /// relative path ([`validate_relative_path`]), appear once, and its parent
@@ -194,19 +227,7 @@ impl Manifest {
     }
 
     fn build(mut entries: Vec<Entry>, paths_checked: bool) -> Result<Self> {
-        // Strictly ascending input (what scans and manifest files give) is
-        // already sorted and has no duplicates: one pass checks both.
-        if !entries.windows(2).all(|w| w[0].path < w[1].path) {
-            entries.sort_by(|a, b| a.path.cmp(&b.path));
-            for pair in entries.windows(2) {
-                if pair[0].path == pair[1].path {
-                    return Err(Error::new(
-                        ErrorKind::InvalidInput,
-                        format!("manifest lists {:?} twice", pair[0].path),
-                    ));
-                }
-            }
-        }
+        sort_by_path_once(&mut entries)?;
         let manifest = Manifest::sorted(entries);
         // The last parent found to be a directory entry: siblings share it,
         // so most entries need no search.
