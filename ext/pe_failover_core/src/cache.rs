@@ -254,7 +254,7 @@ impl StatCache {
     /// the same directory, fsync, rename.
     pub fn save(&self, path: &Path, root: &Path) -> Result<()> {
         let bytes = self.encode(root);
-        write_atomically(path, &bytes, 0o600)
+        write_cache_atomically(path, &bytes, 0o600)
     }
 
     fn encode(&self, root: &Path) -> Vec<u8> {
@@ -361,6 +361,18 @@ impl<'a> Reader<'a> {
 /// and syncs the directory. Readers see the old or the new file, never a
 /// mixture; a crash leaves at most a stray temporary file.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    replace_file(path, bytes, mode, true)
+}
+
+/// [`write_atomically`] without the syncs, for caches that are checked when
+/// read (the stat cache, the manifest last shipped to a replica): readers
+/// still see the old or the new file, never a mixture, but after a crash
+/// the file may be the old one or, on some file systems, empty.
+pub fn write_cache_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    replace_file(path, bytes, mode, false)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
@@ -391,10 +403,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
             .map_err(|e| Error::io("create", &tmp, e))?;
         f.write_all(bytes)
             .map_err(|e| Error::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+        if durable {
+            f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+        }
         fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        if durable {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
         }
         Ok(())
     })();

@@ -378,13 +378,25 @@ struct ManifestFileIn {
 /// the digest is the SHA-256 of. The file keeps whatever name the caller
 /// gives it (`*.manifest.json` by convention, a name from format 1, JSON).
 pub fn save_manifest(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> {
+    write_atomically(path, &manifest_file_bytes(manifest), mode)
+}
+
+/// [`save_manifest`] without flushing to disk
+/// ([`write_cache_atomically`](crate::cache::write_cache_atomically)), for
+/// a manifest kept only to save work, such as the one last shipped to a
+/// replica: a lost or empty file is read as none.
+pub fn save_manifest_cache(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> {
+    crate::cache::write_cache_atomically(path, &manifest_file_bytes(manifest), mode)
+}
+
+fn manifest_file_bytes(manifest: &Manifest) -> Vec<u8> {
     let digest = manifest.digest();
     let mut bytes = Vec::with_capacity(MANIFEST_MAGIC.len() + 65 + 32 + manifest.len() * 160);
     bytes.extend_from_slice(MANIFEST_MAGIC);
     bytes.extend_from_slice(digest.as_bytes());
     bytes.push(b'\n');
     manifest.append_canonical(&mut bytes);
-    write_atomically(path, &bytes, mode)
+    bytes
 }
 
 /// The digest recorded at the start of a manifest file written by

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -411,11 +411,6 @@ impl Receiver {
             }
         }
         let base_manifest = base.manifest(kind)?;
-        let mut entries: FxHashMap<&str, &Entry> = base_manifest
-            .entries()
-            .iter()
-            .map(|e| (e.path.as_str(), e))
-            .collect();
         let mut removed: FxHashSet<&str> = FxHashSet::default();
         for path in &removes {
             check_path(kind, path)?;
@@ -425,23 +420,23 @@ impl Receiver {
                     format!("the delta names {path:?} twice"),
                 ));
             }
-            if entries.remove(path.as_str()).is_none() {
+            if base_manifest.get(path).is_none() {
                 return Err(violation(format!(
                     "the delta removes {path:?}, which this replica does not have"
                 )));
             }
         }
-        for e in &upserts {
-            entries.insert(e.path.as_str(), e);
-        }
-        if entries.len() as u64 > limits.max_entries {
+        let mut sorted: Vec<&Entry> = upserts.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let merged = merge_delta(base_manifest.entries(), &sorted, &removed);
+        if merged.len() as u64 > limits.max_entries {
             return Err(violation(format!(
                 "the new manifest would have {} entries, more than the limit of {} (max_entries)",
-                entries.len(),
+                merged.len(),
                 limits.max_entries
             )));
         }
-        let manifest = manifest_from_entries_of(kind, entries.into_values().cloned().collect())?;
+        let manifest = manifest_from_entries_of(kind, merged)?;
         let digest = manifest.digest();
         if digest != head.digest {
             return Err(Error::new(
@@ -565,6 +560,25 @@ impl Receiver {
         conn.flush()?;
         Ok((dir, digest))
     }
+}
+
+/// The entries of `base` (in path order) with `upserts` (in path order)
+/// put in and the paths in `removed` left out, in path order.
+fn merge_delta(base: &[Entry], upserts: &[&Entry], removed: &FxHashSet<&str>) -> Vec<Entry> {
+    let mut out = Vec::with_capacity(base.len() + upserts.len());
+    let mut ups = upserts.iter().peekable();
+    for e in base {
+        while let Some(u) = ups.next_if(|u| u.path < e.path) {
+            out.push((*u).clone());
+        }
+        if let Some(u) = ups.next_if(|u| u.path == e.path) {
+            out.push((*u).clone());
+        } else if !removed.contains(e.path.as_str()) {
+            out.push(e.clone());
+        }
+    }
+    out.extend(ups.map(|u| (*u).clone()));
+    out
 }
 
 /// Receives `len` bytes of `DATA` frames into `file`; returns their

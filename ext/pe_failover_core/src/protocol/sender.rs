@@ -18,8 +18,8 @@ use crate::diff::{diff, Changeset};
 use crate::fsutil;
 use crate::ncship::NcOutbox;
 use crate::replset::{
-    load_manifest_of, manifest_file_digest, manifest_from_entries_of, save_manifest, ReplicatedSet,
-    SetScan,
+    load_manifest_of, manifest_file_digest, manifest_from_entries_of, save_manifest_cache,
+    ReplicatedSet, SetScan,
 };
 use crate::snapshot::{is_sha256_hex, Entry, EntryKind, Manifest};
 use crate::stage::new_txn_id;
@@ -374,7 +374,7 @@ impl Sender {
             if self.noop {
                 report.outcome = SyncOutcome::Noop;
             } else if shipped_digest.as_deref() != Some(digest.as_str()) {
-                save_manifest(&shipped_path, current, 0o600)?;
+                save_manifest_cache(&shipped_path, current, 0o600)?;
             }
             return Ok(report);
         }
@@ -471,7 +471,7 @@ impl Sender {
             )));
         }
         if manifest_file_digest(&shipped_path).as_deref() != Some(digest.as_str()) {
-            save_manifest(&shipped_path, current, 0o600)?;
+            save_manifest_cache(&shipped_path, current, 0o600)?;
         }
         report.outcome = SyncOutcome::Committed;
         Ok(report)
