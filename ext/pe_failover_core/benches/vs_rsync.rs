@@ -20,7 +20,9 @@
 //! destination and does not flush it to disk, so the comparison favours it.
 //!
 //! `cargo bench -p pe_failover_core --bench vs_rsync` (env: PEF_BENCH_SIZES,
-//! e.g. `10000,100000`; PEF_BENCH_RUNS; PEF_BENCH_DIR, where the trees go).
+//! e.g. `10000,100000`; PEF_BENCH_RUNS; PEF_BENCH_LAG; PEF_BENCH_DIR, where
+//! the trees go; PEF_BENCH_ONLY=lag, one first sync and the lag only;
+//! PEF_BENCH_PHASES, connect/sync/apply times of each run).
 //! Needs root, `openssh-server`, `openssh-client` and `rsync`.
 
 #[path = "util/fake_ca.rs"]
@@ -290,6 +292,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20)
         .max(1);
+    let lag_only = std::env::var("PEF_BENCH_ONLY").is_ok_and(|v| v == "lag");
     let base: PathBuf = std::env::var("PEF_BENCH_DIR")
         .map(Into::into)
         .unwrap_or_else(|_| std::env::temp_dir());
@@ -302,6 +305,11 @@ fn main() {
     for n in sizes {
         let work = tempfile::tempdir_in(&base).expect("temp dir");
         let mut b = Bench::new(work.path(), n);
+        if lag_only {
+            assert_eq!(b.ours(), SyncOutcome::Committed);
+            lag(&mut b, n, lag_signings);
+            continue;
+        }
         let full_runs = if n >= 50_000 { runs.min(3) } else { runs };
 
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());

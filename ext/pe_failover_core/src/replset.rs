@@ -685,27 +685,171 @@ impl ReplicatedSet {
                 }
             }
         }
-        let manifest = manifest_from_entries(entries).map_err(|e| {
-            let hint = "remove or exclude it on the active primary";
-            Error::new(e.kind(), format!("{}: {}", cadir.display(), e.message()))
-                .with_path(&cadir)
-                .with_hint(hint)
-        })?;
-        if manifest.get(&format!("ca/{PASSPHRASE_FILE}")).is_some() {
-            return Err(database_backed(
-                &cadir,
-                &format!("it holds {PASSPHRASE_FILE}"),
-            ));
-        }
-        check_complete(&manifest).map_err(|e| {
-            Error::new(e.kind(), format!("{}: {}", cadir.display(), e.message())).with_path(&cadir)
-        })?;
+        let manifest = finish_set_manifest(&cadir, entries)?;
         Ok(SetScan {
             manifest,
             paths,
             stats,
         })
     }
+
+    /// `prev` (a scan of this set) brought up to date for the changed
+    /// absolute paths `changed` (what a [`Watcher`](crate::watch::Watcher)
+    /// batch reports), reading only those files and their parent
+    /// directories, with the same checks as [`scan`](Self::scan). `None`
+    /// when only a full scan can tell: the cadir moved, a directory was
+    /// created, removed or replaced, a file kept changing while it was read.
+    /// Paths outside the set are ignored. The stat cache is not updated (the
+    /// next full scan hashes the files changed meanwhile).
+    pub fn rescan_paths(
+        &self,
+        prev: &SetScan,
+        changed: &std::collections::BTreeSet<PathBuf>,
+    ) -> Result<Option<SetScan>> {
+        let cadir = self.resolve_cadir()?;
+        if cadir != prev.paths.cadir {
+            return Ok(None);
+        }
+        let mut patterns = self.excludes.patterns().to_vec();
+        patterns.push(temp_pattern());
+        let excludes = Excludes::new(&patterns)?;
+        let ssl_files: Vec<(PathBuf, &str)> = [SSL_CRL, SSL_CA_CERT]
+            .into_iter()
+            .filter_map(|rel| prev.paths.resolve(rel).map(|abs| (abs, rel)))
+            .collect();
+        // New entries by path (None: gone).
+        let mut updates: std::collections::BTreeMap<String, Option<Entry>> = Default::default();
+        for abs in changed {
+            self.cancel.check()?;
+            if let Some((_, rel)) = ssl_files.iter().find(|(p, _)| p == abs) {
+                updates.insert(rel.to_string(), file_entry(abs, rel)?);
+                continue;
+            }
+            // Watched through a link (`<ssldir>/ca` -> the real cadir)?
+            let canonical = abs
+                .parent()
+                .and_then(|d| fs::canonicalize(d).ok())
+                .zip(abs.file_name())
+                .map(|(d, name)| d.join(name));
+            let inner = match (abs.strip_prefix(&cadir), &canonical) {
+                (Ok(inner), _) => inner,
+                (Err(_), Some(c)) if c.starts_with(&cadir) => {
+                    c.strip_prefix(&cadir).unwrap_or(Path::new(""))
+                }
+                _ => {
+                    // Other files of the ssl directory are not replicated;
+                    // anything else is unexpected: scan everything.
+                    let in_ssl = abs
+                        .parent()
+                        .is_some_and(|d| d == self.ssldir || d == self.ssldir.join("certs"));
+                    if in_ssl {
+                        continue;
+                    }
+                    return Ok(None);
+                }
+            };
+            let Some(inner) = inner.to_str().filter(|s| !s.is_empty()) else {
+                // The cadir itself, or a name that is not UTF-8.
+                if inner.as_os_str().is_empty() {
+                    continue;
+                }
+                return Ok(None);
+            };
+            // Below an excluded directory: the scan never enters it.
+            let mut up = inner;
+            let mut hidden = false;
+            while let Some((parent, _)) = up.rsplit_once('/') {
+                hidden |= excludes.is_excluded(parent);
+                up = parent;
+            }
+            if hidden {
+                continue;
+            }
+            let rel = format!("{CA_ROOT}/{inner}");
+            let was_dir = prev
+                .manifest
+                .get(&rel)
+                .is_some_and(|e| e.kind == EntryKind::Dir);
+            let entry = match fs::symlink_metadata(abs) {
+                Ok(meta) if meta.is_dir() => return Ok(None),
+                _ if was_dir => return Ok(None),
+                Ok(_) if excludes.is_excluded(inner) => None,
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    let target = fs::read_link(abs).map_err(|e| Error::io("read link", abs, e))?;
+                    let mut e = entry_from_meta(&rel, &meta, EntryKind::Symlink);
+                    e.target = Some(target.to_string_lossy().into_owned());
+                    Some(e)
+                }
+                Ok(meta) if meta.is_file() => match hashed_entry(abs, &rel, &meta)? {
+                    Some(e) => Some(e),
+                    None => return Ok(None),
+                },
+                // Sockets, fifos: the full scan reports them.
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::io("stat", abs, e)),
+            };
+            // The parents' times changed with their contents.
+            let mut rest = rel.as_str();
+            while let Some((parent, _)) = rest.rsplit_once('/') {
+                if !updates.contains_key(parent) {
+                    let dir = match parent.strip_prefix("ca/") {
+                        Some(inner) => cadir.join(inner),
+                        None => cadir.clone(),
+                    };
+                    let meta = match fs::metadata(&dir) {
+                        Ok(m) if m.is_dir() => m,
+                        _ => return Ok(None),
+                    };
+                    updates.insert(
+                        parent.to_string(),
+                        Some(entry_from_meta(parent, &meta, EntryKind::Dir)),
+                    );
+                }
+                rest = parent;
+            }
+            updates.insert(rel, entry);
+        }
+        let mut entries = Vec::with_capacity(prev.manifest.len() + updates.len());
+        let mut ups = updates.into_iter().peekable();
+        for e in prev.manifest.entries() {
+            while let Some((_, new)) = ups.next_if(|(p, _)| p.as_str() < e.path.as_str()) {
+                entries.extend(new);
+            }
+            match ups.next_if(|(p, _)| *p == e.path) {
+                Some((_, new)) => entries.extend(new),
+                None => entries.push(e.clone()),
+            }
+        }
+        entries.extend(ups.filter_map(|(_, new)| new));
+        let manifest = finish_set_manifest(&cadir, entries)?;
+        Ok(Some(SetScan {
+            manifest,
+            paths: prev.paths.clone(),
+            stats: ScanStats::default(),
+        }))
+    }
+}
+
+/// The checks every scan of the set ends with: the replication rules, not
+/// database-backed, complete.
+fn finish_set_manifest(cadir: &Path, entries: Vec<Entry>) -> Result<Manifest> {
+    let manifest = manifest_from_entries(entries).map_err(|e| {
+        let hint = "remove or exclude it on the active primary";
+        Error::new(e.kind(), format!("{}: {}", cadir.display(), e.message()))
+            .with_path(cadir)
+            .with_hint(hint)
+    })?;
+    if manifest.get(&format!("ca/{PASSPHRASE_FILE}")).is_some() {
+        return Err(database_backed(
+            cadir,
+            &format!("it holds {PASSPHRASE_FILE}"),
+        ));
+    }
+    check_complete(&manifest).map_err(|e| {
+        Error::new(e.kind(), format!("{}: {}", cadir.display(), e.message())).with_path(cadir)
+    })?;
+    Ok(manifest)
 }
 
 /// The glob matching the applier's temporary files anywhere in a tree.
@@ -729,6 +873,37 @@ fn entry_from_meta(path: &str, meta: &Metadata, kind: EntryKind) -> Entry {
         sha256: None,
         target: None,
     }
+}
+
+/// Largest file [`ReplicatedSet::rescan_paths`] reads into memory.
+const RESCAN_READ_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// The entry of the regular file `abs` (manifest path `rel`), hashed;
+/// `None` when it changed while it was read.
+fn hashed_entry(abs: &Path, rel: &str, before: &Metadata) -> Result<Option<Entry>> {
+    // Large files are left to the scanner, which streams them.
+    if before.size() > RESCAN_READ_LIMIT {
+        return Ok(None);
+    }
+    let bytes = match fsutil::read_bounded(abs, RESCAN_READ_LIMIT) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let after = match fs::symlink_metadata(abs) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("stat", abs, e)),
+    };
+    if before.ino() != after.ino()
+        || mtime_ns(before) != mtime_ns(&after)
+        || after.size() != bytes.len() as u64
+    {
+        return Ok(None);
+    }
+    let mut e = entry_from_meta(rel, &after, EntryKind::File);
+    e.sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+    Ok(Some(e))
 }
 
 /// The entry of a single regular file outside the cadir, or `None` when it

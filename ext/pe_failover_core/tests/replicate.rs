@@ -1078,3 +1078,53 @@ fn the_receiver_runs_unprivileged_and_the_applier_as_root() {
     p.apply();
     p.assert_converged(&[PASSIVE]);
 }
+
+#[test]
+fn a_rescan_of_the_paths_inotify_reports_equals_a_full_scan() {
+    use pe_failover_core::watch::{Debounce, Watcher};
+    use std::time::Duration;
+    let p = Pair::new(20);
+    let set = p.set();
+    let first = set.scan().unwrap();
+    let mut watcher = Watcher::new().unwrap();
+    watcher.add_tree(&p.a_cadir).unwrap();
+    watcher.add_dir(&p.a_ssl).unwrap();
+    let wait = |w: &mut Watcher| {
+        let quiet = Debounce {
+            quiet: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+        };
+        w.wait(quiet, Some(Duration::from_secs(5)), &CancelToken::new())
+            .unwrap()
+    };
+
+    // Sign, revoke, clean, chmod, the host's CRL copy, and a file outside
+    // the set: only the changed files and their directories are read.
+    p.sign("new.example.com");
+    p.revoke("node3.example.com");
+    p.clean("node4.example.com");
+    let f = p.a_cadir.join("signed/node5.example.com.pem");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    p.refresh_host_crl();
+    fs::write(p.a_ssl.join("unrelated.txt"), "x").unwrap();
+    let batch = wait(&mut watcher);
+    assert!(!batch.overflow);
+    let quick = set
+        .rescan_paths(&first, &batch.paths)
+        .unwrap()
+        .expect("an incremental rescan");
+    let full = set.scan().unwrap();
+    assert_eq!(quick.manifest.digest(), full.manifest.digest());
+    assert_eq!(quick.manifest, full.manifest);
+
+    // A new directory, or a path nobody expects: only a full scan can tell.
+    fs::create_dir(p.a_cadir.join("extra")).unwrap();
+    let batch = wait(&mut watcher);
+    assert!(set.rescan_paths(&full, &batch.paths).unwrap().is_none());
+    let elsewhere = [p.dir.path().join("elsewhere.txt")].into_iter().collect();
+    assert!(set.rescan_paths(&full, &elsewhere).unwrap().is_none());
+    // Nothing changed: the same manifest.
+    let none = Default::default();
+    let same = set.rescan_paths(&full, &none).unwrap().unwrap();
+    assert_eq!(same.manifest, full.manifest);
+}

@@ -122,7 +122,7 @@ impl Runner {
             .is_some_and(|f| f.config_digest == self.config_digest)
     }
 
-    fn replicated_set(&self) -> Result<ReplicatedSet> {
+    pub(crate) fn replicated_set(&self) -> Result<ReplicatedSet> {
         let c = &self.config.ca;
         let mut set = ReplicatedSet::new(&c.ssldir)
             .excludes(self.excludes()?)
@@ -218,8 +218,25 @@ impl Runner {
     }
 
     pub(crate) fn sync_replicas(&self, replicas: &[ReplicaConfig], noop: bool) -> Result<SyncRun> {
+        self.sync_replicas_from(replicas, noop, None)
+            .map(|(run, _)| run)
+    }
+
+    /// [`sync_replicas`](Self::sync_replicas) from `scan` when given (the
+    /// watcher's incremental rescan) instead of a full scan; returns the run
+    /// and the scan shipped last.
+    pub(crate) fn sync_replicas_from(
+        &self,
+        replicas: &[ReplicaConfig],
+        noop: bool,
+        scan: Option<SetScan>,
+    ) -> Result<(SyncRun, SetScan)> {
         let set = self.replicated_set()?;
-        let mut scan = match set.scan() {
+        let scanned = match scan {
+            Some(scan) => Ok(scan),
+            None => set.scan(),
+        };
+        let mut scan = match scanned {
             Ok(scan) => scan,
             Err(e) => {
                 let msg = format!(
@@ -279,7 +296,7 @@ impl Runner {
             run.lines.push(self.log_replica(&item, noop));
             run.replicas.push(item);
         }
-        Ok(run)
+        Ok((run, scan))
     }
 
     pub(crate) fn target(&self, r: &ReplicaConfig) -> SshTarget {

@@ -1,10 +1,13 @@
 //! `watch`: the long-running loop of each host.
 //!
 //! - Active: inotify on the cadir and the two ssl files, debounced; one sync
-//!   round per batch (a scan, then each replica), a full round every
+//!   round per batch (the last scan updated for the paths the batch names,
+//!   then each replica), a full round (a full scan, every replica) every
 //!   `verify_interval`, failed replicas retried every `retry_interval`.
 //!   The first round, at start, is a full sync: whatever changed while no
-//!   watcher ran is shipped then.
+//!   watcher ran is shipped then. A batch that overflowed, a new or removed
+//!   directory, or a batch no round shipped makes the next round scan
+//!   everything.
 //! - Passive: inotify on `incoming/`; an apply for every batch that brings a
 //!   complete transaction (comparing only the live paths it changes), and a
 //!   verifying apply (the whole live CA, which repairs drift) at start, on
@@ -28,6 +31,7 @@ use serde::Serialize;
 use super::{replica_key, replica_label, Runner};
 use crate::config::ReplicaConfig;
 use crate::log::Status;
+use crate::replset::SetScan;
 use crate::state::Role;
 use crate::watch::{Batch, Watcher};
 use crate::{ErrorKind, Result};
@@ -155,20 +159,23 @@ impl Runner {
         }
     }
 
-    /// One sync round to `replicas`; updates the retry schedule.
+    /// One sync round to `replicas`, from `scan` when given (else a full
+    /// scan); updates the retry schedule. Returns the scan shipped (none
+    /// when the round failed before one was made, or had no replica).
     fn sync_round(
         &self,
         replicas: &[ReplicaConfig],
+        scan: Option<SetScan>,
         retry_at: &mut HashMap<String, Instant>,
         summary: &mut WatchSummary,
-    ) {
+    ) -> Option<SetScan> {
         if replicas.is_empty() {
-            return;
+            return None;
         }
         summary.rounds += 1;
         let retry = Duration::from_secs(self.config.watch.retry_interval);
-        match self.sync_replicas(replicas, false) {
-            Ok(run) => {
+        match self.sync_replicas_from(replicas, false, scan) {
+            Ok((run, scan)) => {
                 summary.ok = run.ok;
                 for (r, item) in replicas.iter().zip(&run.replicas) {
                     let key = replica_key(r);
@@ -181,6 +188,7 @@ impl Runner {
                         summary.failures += 1;
                     }
                 }
+                Some(scan)
             }
             Err(e) => {
                 summary.ok = false;
@@ -190,6 +198,7 @@ impl Runner {
                 for r in replicas {
                     retry_at.insert(replica_key(r), Instant::now() + retry);
                 }
+                None
             }
         }
     }
@@ -240,7 +249,9 @@ impl Runner {
         self.announce_fenced();
         let mut retry_at: HashMap<String, Instant> = HashMap::new();
         let eligible = self.eligible();
-        self.sync_round(&eligible, &mut retry_at, summary);
+        // The last scan shipped: a batch of events updates it by reading
+        // only the paths they name (see ReplicatedSet::rescan_paths).
+        let mut last_scan = self.sync_round(&eligible, None, &mut retry_at, summary);
         let mut nc_retry = self.nc_round(&eligible, true, &[], summary);
         if once {
             return Ok(Exit::Done);
@@ -266,7 +277,7 @@ impl Runner {
                 self.announce_fenced();
                 retry_at.clear();
                 let eligible = self.eligible();
-                self.sync_round(&eligible, &mut retry_at, summary);
+                last_scan = self.sync_round(&eligible, None, &mut retry_at, summary);
                 nc_retry = self.nc_round(&eligible, true, &[], summary);
                 next_verify = Instant::now() + verify;
                 next_nc = Instant::now() + nc_every(self);
@@ -328,9 +339,11 @@ impl Runner {
                     summary.batch_rounds += 1;
                 }
             }
+            let mut full = batch.overflow || batch.root_gone;
             if now >= next_verify {
                 targets = eligible.clone();
                 next_verify = now + verify;
+                full = true;
             }
             for r in &eligible {
                 let key = replica_key(r);
@@ -340,7 +353,22 @@ impl Runner {
                     targets.push(r.clone());
                 }
             }
-            self.sync_round(&targets, &mut retry_at, summary);
+            // A batch no round ships leaves the last scan behind: the next
+            // round scans everything.
+            let previous = last_scan.take();
+            if targets.is_empty() {
+                last_scan = previous.filter(|_| batch.is_empty());
+                continue;
+            }
+            let scan = match previous {
+                Some(prev) if !full => self
+                    .replicated_set()
+                    .and_then(|set| set.rescan_paths(&prev, &batch.paths))
+                    .ok()
+                    .flatten(),
+                _ => None,
+            };
+            last_scan = self.sync_round(&targets, scan, &mut retry_at, summary);
         }
     }
 
