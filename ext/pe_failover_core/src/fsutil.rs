@@ -271,14 +271,7 @@ pub(crate) fn adopt_verified(
             )
             .with_path(path));
         }
-        // SAFETY: plain getters.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        if uid == 0 && (meta.uid() != uid || meta.gid() != gid) {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                .map_err(|e| Error::io("change owner of", path, e))?;
-        }
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("set permissions of", path, e))?;
+        take_over(&file, &meta, path, mode)?;
         let mut reader = HashingReader::new(size);
         reader.feed(&mut file, path, |_| Ok(()))?;
         let (total, got) = reader.finish();
@@ -299,6 +292,19 @@ pub(crate) fn adopt_verified(
         let _ = fs::remove_file(path);
     }
     result
+}
+
+/// Makes the open file `file` (at `path`, with metadata `meta`) this
+/// process's own when it runs as root, and gives it permission bits `mode`.
+pub(crate) fn take_over(file: &File, meta: &fs::Metadata, path: &Path, mode: u32) -> Result<()> {
+    // SAFETY: plain getters.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if uid == 0 && (meta.uid() != uid || meta.gid() != gid) {
+        std::os::unix::fs::fchown(file, Some(uid), Some(gid))
+            .map_err(|e| Error::io("change owner of", path, e))?;
+    }
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("set permissions of", path, e))
 }
 
 /// An exclusive advisory lock (`flock`) on a file, released when dropped or

@@ -300,7 +300,12 @@ impl PendingTxn {
     /// Reads and checks the transaction's manifest: the replication rules,
     /// and a digest equal to the one in its metadata.
     pub fn load_manifest(&self) -> Result<Manifest> {
-        let path = self.manifest_file();
+        self.load_manifest_at(&self.manifest_file())
+    }
+
+    /// [`load_manifest`](Self::load_manifest) from `path` (the manifest
+    /// under another name).
+    fn load_manifest_at(&self, path: &Path) -> Result<Manifest> {
         let kind = Kind::from_name(&self.meta.kind).ok_or_else(|| {
             Error::new(
                 ErrorKind::Corrupt,
@@ -311,17 +316,7 @@ impl PendingTxn {
             )
             .with_path(&self.dir)
         })?;
-        let manifest = load_manifest_of(kind, &path)?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "transaction {} has no manifest ({} is missing)",
-                    self.meta.txn,
-                    path.display()
-                ),
-            )
-            .with_path(&path)
-        })?;
+        let manifest = load_manifest_of(kind, path)?.ok_or_else(|| self.no_manifest())?;
         let digest = manifest.digest();
         if digest != self.meta.digest {
             return Err(Error::new(
@@ -331,9 +326,53 @@ impl PendingTxn {
                     self.meta.txn, self.meta.digest
                 ),
             )
-            .with_path(&path));
+            .with_path(path));
         }
         Ok(manifest)
+    }
+
+    fn no_manifest(&self) -> Error {
+        let path = self.manifest_file();
+        Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "transaction {} has no manifest ({} is missing)",
+                self.meta.txn,
+                path.display()
+            ),
+        )
+        .with_path(&path)
+    }
+
+    /// Gives the manifest file a second name, `dst` (in a snapshot being
+    /// built), makes it root's with mode 0644 and reads it back from there,
+    /// checked as by [`load_manifest`](Self::load_manifest). The receiver
+    /// already wrote it durably, so it is not written a second time.
+    fn adopt_manifest(&self, dst: &Path) -> Result<Manifest> {
+        let src = self.manifest_file();
+        if let Err(e) = fs::hard_link(&src, dst) {
+            return Err(if e.kind() == io::ErrorKind::NotFound {
+                self.no_manifest()
+            } else {
+                Error::io("link", dst, e)
+            });
+        }
+        let file = fsutil::open_nofollow(dst).map_err(|e| Error::io("open", dst, e))?;
+        let meta = file.metadata().map_err(|e| Error::io("stat", dst, e))?;
+        if !meta.is_file() {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "transaction {}: its manifest {} is not a regular file",
+                    self.meta.txn,
+                    src.display()
+                ),
+            )
+            .with_path(&src));
+        }
+        fsutil::take_over(&file, &meta, dst, 0o644)?;
+        file.sync_all().map_err(|e| Error::io("sync", dst, e))?;
+        self.load_manifest_at(dst)
     }
 }
 
@@ -829,14 +868,26 @@ pub(crate) fn build_snapshot(
     txn: &PendingTxn,
     cancel: &CancelToken,
 ) -> Result<(Snapshot, BuildStats)> {
-    let manifest = txn.load_manifest()?;
-    let digest = manifest.digest();
+    // The digest was checked to be one when the transaction was listed.
+    let digest = txn.meta.digest.clone();
     let snapshots = state.snapshots();
     fsutil::ensure_dir(&snapshots, 0o700)?;
     let mut stats = BuildStats::default();
     if let Some(existing) = open_snapshot(state, &digest)? {
         return Ok((existing, stats));
     }
+    // The transaction's manifest becomes the snapshot's (0644:
+    // `staged.manifest.json` is a hard link to it, for the receiver).
+    let partial = snapshots.join(format!("{digest}.partial"));
+    fsutil::remove_any(&partial)?;
+    fsutil::ensure_dir(&partial, 0o700)?;
+    let manifest = match txn.adopt_manifest(&partial.join("manifest.json")) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = fsutil::remove_any(&partial);
+            return Err(e);
+        }
+    };
     let objects = state.objects();
     fsutil::ensure_dir(&objects, 0o700)?;
 
@@ -939,15 +990,11 @@ pub(crate) fn build_snapshot(
         for (tmp, _) in &new {
             let _ = fs::remove_file(tmp);
         }
+        let _ = fsutil::remove_any(&partial);
         return Err(e);
     }
 
-    let partial = snapshots.join(format!("{digest}.partial"));
-    fsutil::remove_any(&partial)?;
-    fsutil::ensure_dir(&partial, 0o700)?;
     let result = (|| -> Result<()> {
-        // 0644: `staged.manifest.json` is a hard link to it, for the receiver.
-        save_manifest(&partial.join("manifest.json"), &manifest, 0o644)?;
         let meta = SnapshotMeta {
             format: META_FORMAT,
             digest: digest.clone(),

@@ -1065,6 +1065,17 @@ fn the_receiver_runs_unprivileged_and_the_applier_as_root() {
         (snaps.uid(), snaps.permissions().mode() & 0o777),
         (0, 0o700)
     );
+    // The transaction's manifest, written by the transfer user, became the
+    // snapshot's: root's now, readable for the receiver.
+    let manifest = fs::metadata(p.b_state.join("snapshots/latest/manifest.json")).unwrap();
+    assert_eq!(
+        (
+            manifest.uid(),
+            manifest.gid(),
+            manifest.permissions().mode() & 0o777
+        ),
+        (0, 0, 0o644)
+    );
 
     p.sign("unprivileged.example.com");
     let (s, status, stderr) = p.sync_child_as(Some(nobody));
