@@ -21,7 +21,7 @@
 //!
 //! `cargo bench -p pe_failover_core --bench vs_rsync` (env: PEF_BENCH_SIZES,
 //! e.g. `10000,100000`; PEF_BENCH_RUNS; PEF_BENCH_LAG; PEF_BENCH_DIR, where
-//! the trees go; PEF_BENCH_ONLY=lag, one first sync and the lag only;
+//! the trees go; PEF_BENCH_ONLY, a comma-separated subset of full, nochange, burst, lag;
 //! PEF_BENCH_PHASES, connect/sync/apply times of each run).
 //! Needs root, `openssh-server`, `openssh-client` and `rsync`.
 
@@ -31,6 +31,7 @@ mod fake_ca;
 mod sshd;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -39,10 +40,9 @@ use std::time::{Duration, Instant};
 use pe_failover_core::apply::Applier;
 use pe_failover_core::cancel::CancelToken;
 use pe_failover_core::log::Logger;
-use pe_failover_core::protocol::Sender;
-use pe_failover_core::replset::{CaPaths, ReplicatedSet};
+use pe_failover_core::replset::CaPaths;
+use pe_failover_core::runner::ReplicaOutcome;
 use pe_failover_core::runner::Runner;
-use pe_failover_core::state::SyncOutcome;
 
 use fake_ca::FakeCa;
 use sshd::{ClientKey, Sshd};
@@ -58,7 +58,9 @@ struct Bench {
 
 impl Bench {
     fn new(root: &Path, n: usize) -> Bench {
-        let sshd = Sshd::start();
+        let sshd = Sshd::builder().user(&transfer_user().0).start();
+        // The transfer user reaches its directories through this one.
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
         let receiver = env!("CARGO_BIN_EXE_pe_failover_receive");
         let ours_key = sshd.client(
             "ours",
@@ -66,32 +68,44 @@ impl Bench {
         );
         let rsync_key = sshd.client_key("rsync");
         sshd.authorize_line(&rsync_key.public_line());
-        Bench {
+        let bench = Bench {
             root: root.to_path_buf(),
             ca: FakeCa::create(root, n),
             sshd,
             ours_key,
             rsync_key,
-        }
+        };
+        bench.prepare_replicas();
+        bench
     }
 
-    /// pe_failover's sync over SSH plus the replica's apply.
-    fn ours(&self) -> SyncOutcome {
-        let set = ReplicatedSet::new(self.ca.ssldir())
-            .cadir(self.ca.cadir())
-            .cache_file(self.root.join("a/state/ca.scan"));
-        let sender = Sender::new(set, "b.example.com", self.root.join("a/state"))
-            .sender_host("a.example.com");
+    /// The replicas' directories as the module lays them out on a passive:
+    /// a root-owned state directory whose `incoming/` only the transfer
+    /// user writes (the receiver runs as it; the applier as root), and, for
+    /// rsync, a destination the transfer user owns.
+    fn prepare_replicas(&self) {
+        let (_, uid, gid) = transfer_user();
+        let state = self.root.join("b/state");
+        fs::create_dir_all(state.join("incoming")).unwrap();
+        for d in [self.root.join("b"), state.clone()] {
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let r = self.root.join("r/ca");
+        fs::create_dir_all(&r).unwrap();
+        for d in [state.join("incoming"), self.root.join("r"), r] {
+            std::os::unix::fs::chown(&d, Some(uid), Some(gid)).unwrap();
+        }
+        fs::set_permissions(state.join("incoming"), fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
+    /// pe_failover's sync over SSH (the active's `Runner::sync`, as the
+    /// CLI and the Puppet type run it) plus the replica's apply (what the
+    /// passive's watcher does when a transaction arrives).
+    fn ours(&self) -> ReplicaOutcome {
+        let (active, _) = self.runners();
         let t0 = Instant::now();
-        let session = self
-            .sshd
-            .target(&self.ours_key)
-            .connect()
-            .expect("ssh connect");
-        let channel = session.exec("pe_failover receive").expect("exec");
+        let run = active.sync(None, false).expect("sync");
         let t1 = Instant::now();
-        let report = sender.sync(channel).expect("sync");
-        let t2 = Instant::now();
         let b = self.root.join("b");
         fs::create_dir_all(b.join("ssl")).unwrap();
         Applier::new(
@@ -107,13 +121,13 @@ impl Bench {
         .expect("apply");
         if std::env::var_os("PEF_BENCH_PHASES").is_some() {
             eprintln!(
-                "  phases: connect {:?}, sync {:?}, apply {:?}",
+                "  phases: sync {:?} (session opened during the scan), apply {:?}",
                 t1 - t0,
-                t2 - t1,
-                t2.elapsed()
+                t1.elapsed()
             );
         }
-        report.outcome
+        assert!(run.ok, "sync failed: {:?}", run.lines);
+        run.replicas[0].outcome
     }
 
     /// `rsync -a --delete` of the same cadir over the same sshd.
@@ -209,7 +223,51 @@ impl Bench {
         for (i, d) in ["a/state", "b", "r"].iter().enumerate() {
             let _ = fs::rename(self.root.join(d), trash.join(i.to_string()));
         }
+        self.prepare_replicas();
     }
+}
+
+/// The login both tools use on the replica, shaped like the transfer user
+/// the module creates on a passive: a system account whose shell is
+/// `/bin/sh`, with no home and so no shell start-up files. (A login shell's
+/// rc files, such as root's, run on every session of either tool and would
+/// only add the same constant to both.) Created on first use; returns
+/// (name, uid, gid).
+fn transfer_user() -> (String, u32, u32) {
+    static USER: std::sync::OnceLock<(String, u32, u32)> = std::sync::OnceLock::new();
+    USER.get_or_init(make_transfer_user).clone()
+}
+
+fn make_transfer_user() -> (String, u32, u32) {
+    const NAME: &str = "pe_failover_bench";
+    const HOME: &str = "/var/lib/pe_failover_bench";
+    fs::create_dir_all(HOME).expect("create the bench user's home");
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").arg(flag).arg(NAME).output().ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    if id("-u").is_none() {
+        let status = Command::new("useradd")
+            .args(["--system", "--shell", "/bin/sh", "--home-dir", HOME])
+            .args(["--no-create-home", NAME])
+            .status()
+            .expect("run useradd");
+        assert!(status.success(), "useradd {NAME} failed: {status}");
+        // sshd refuses a locked (`!`) account.
+        let status = Command::new("usermod")
+            .args(["-p", "*", NAME])
+            .status()
+            .expect("run usermod");
+        assert!(status.success(), "usermod {NAME} failed: {status}");
+    } else {
+        // An account from an older run of this bench.
+        let _ = Command::new("usermod").args(["-d", HOME, NAME]).status();
+    }
+    (
+        NAME.to_string(),
+        id("-u").expect("uid of the bench user"),
+        id("-g").expect("gid of the bench user"),
+    )
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -305,7 +363,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20)
         .max(1);
-    let lag_only = std::env::var("PEF_BENCH_ONLY").is_ok_and(|v| v == "lag");
+    let only = std::env::var("PEF_BENCH_ONLY").unwrap_or_default();
+    let wanted = |scenario: &str| only.is_empty() || only.split(',').any(|s| s.trim() == scenario);
     let base: PathBuf = std::env::var("PEF_BENCH_DIR")
         .map(Into::into)
         .unwrap_or_else(|_| std::env::temp_dir());
@@ -318,48 +377,53 @@ fn main() {
     for n in sizes {
         let work = tempfile::tempdir_in(&base).expect("temp dir");
         let mut b = Bench::new(work.path(), n);
-        if lag_only {
-            assert_eq!(b.ours(), SyncOutcome::Committed);
-            lag(&mut b, n, lag_signings);
-            continue;
-        }
         let full_runs = if n >= 50_000 { runs.min(3) } else { runs };
-
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for _ in 0..full_runs {
-            b.reset_replicas();
-            ours.push(timed(|| assert_eq!(b.ours(), SyncOutcome::Committed)));
-            theirs.push(timed(|| b.rsync()));
+        if wanted("full") {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..full_runs {
+                b.reset_replicas();
+                ours.push(timed(|| assert_eq!(b.ours(), ReplicaOutcome::Committed)));
+                theirs.push(timed(|| b.rsync()));
+            }
+            row(n, "full", median(ours), median(theirs));
         }
-        row(n, "full", median(ours), median(theirs));
-
-        // Past the stat cache's racy window, as on a live CA between events.
+        // The other scenarios start from synced replicas, past the stat
+        // cache's racy window, as on a live CA between events.
+        b.ours();
+        b.rsync();
         thread::sleep(Duration::from_millis(2100));
         b.ours();
         b.rsync();
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            ours.push(timed(|| assert_eq!(b.ours(), SyncOutcome::UpToDate)));
-            theirs.push(timed(|| b.rsync()));
-        }
-        row(n, "no change", median(ours), median(theirs));
 
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for run in 0..runs {
-            for i in 0..10 {
-                b.ca.sign(&format!("burst{run}-{i}.example.com"));
+        if wanted("nochange") {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                ours.push(timed(|| assert_eq!(b.ours(), ReplicaOutcome::UpToDate)));
+                theirs.push(timed(|| b.rsync()));
             }
-            b.ca.revoke(&format!("node{run:06}.example.com"));
-            ours.push(timed(|| assert_eq!(b.ours(), SyncOutcome::Committed)));
-            theirs.push(timed(|| b.rsync()));
+            row(n, "no change", median(ours), median(theirs));
         }
-        row(
-            n,
-            "10 signings + 1 revocation",
-            median(ours),
-            median(theirs),
-        );
 
-        lag(&mut b, n, lag_signings);
+        if wanted("burst") {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for run in 0..runs {
+                for i in 0..10 {
+                    b.ca.sign(&format!("burst{run}-{i}.example.com"));
+                }
+                b.ca.revoke(&format!("node{run:06}.example.com"));
+                ours.push(timed(|| assert_eq!(b.ours(), ReplicaOutcome::Committed)));
+                theirs.push(timed(|| b.rsync()));
+            }
+            row(
+                n,
+                "10 signings + 1 revocation",
+                median(ours),
+                median(theirs),
+            );
+        }
+
+        if wanted("lag") {
+            lag(&mut b, n, lag_signings);
+        }
     }
 }

@@ -519,6 +519,52 @@ fn a_burst_of_1000_signings_is_coalesced_into_a_few_syncs() {
 }
 
 #[test]
+fn the_active_watcher_keeps_its_session_and_connects_again_when_it_is_dropped() {
+    let e = E2e::new(5);
+    let before = e.accepted_logins();
+    let (b_token, b) = spawn_watch(e.passive());
+    let (a_token, a) = spawn_watch(e.active());
+    assert!(wait_until(Duration::from_secs(20), || e.converged()));
+    for i in 0..3 {
+        e.sign(&format!("kept{i}.test"));
+        assert!(
+            wait_until(Duration::from_secs(20), || e.converged()),
+            "kept{i}.test did not arrive"
+        );
+    }
+    assert_eq!(
+        e.accepted_logins() - before,
+        1,
+        "the first round and three batches share one session:\n{}",
+        e.sshd.log()
+    );
+
+    // The server side of the idle session dies: the next round notices
+    // and connects again, nothing is lost.
+    for pid in e.sshd.session_pids() {
+        // SAFETY: kill(2) on a session process of the test's own sshd.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    e.sign("after-drop.test");
+    assert!(
+        wait_until(Duration::from_secs(20), || e.converged()),
+        "after-drop.test did not arrive"
+    );
+    assert_eq!(e.accepted_logins() - before, 2, "{}", e.sshd.log());
+    a_token.cancel();
+    b_token.cancel();
+    let a = a.join().unwrap();
+    b.join().unwrap();
+    assert!(a.ok, "{:?}", a.lines);
+    assert_eq!(
+        a.failures, 0,
+        "a dropped idle session is no failure: {:?}",
+        a.lines
+    );
+    e.assert_converged();
+}
+
+#[test]
 fn restarting_the_watcher_during_a_burst_loses_nothing() {
     let e = E2e::new(5);
     let (b_token, b) = spawn_watch(e.passive());

@@ -225,7 +225,7 @@ impl Sender {
                 .map(|manifest| (manifest, Resolver::Nc(outbox.dir().to_path_buf()))),
         };
         match scanned {
-            Ok((manifest, resolver)) => self.sync_manifest(&manifest, &resolver, stream),
+            Ok((manifest, resolver)) => self.sync_manifest(&manifest, None, &resolver, stream),
             Err(e) => {
                 let mut conn = Conn::new(stream, self.limits, "the receiver");
                 conn.send_error(&e);
@@ -242,18 +242,33 @@ impl Sender {
     /// [`Sender::nc`] refuses ([`ErrorKind::InvalidInput`]): use
     /// [`sync`](Self::sync).
     pub fn sync_scanned<S: Read + Write>(&self, scan: &SetScan, stream: S) -> Result<SyncReport> {
+        self.sync_scanned_from(scan, None, stream)
+    }
+
+    /// [`sync_scanned`](Self::sync_scanned), given `shipped`, a manifest the
+    /// replica may hold (the one a long-running caller shipped last): when
+    /// the replica announces its digest, the delta is computed from it
+    /// rather than from the copy on disk.
+    pub fn sync_scanned_from<S: Read + Write>(
+        &self,
+        scan: &SetScan,
+        shipped: Option<&Manifest>,
+        stream: S,
+    ) -> Result<SyncReport> {
         if self.kind() != Kind::Ca {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "a CA scan was given to the Node Classifier sender; call sync() instead",
             ));
         }
-        self.sync_manifest(&scan.manifest, &Resolver::Ca(scan.paths.clone()), stream)
+        let resolver = Resolver::Ca(scan.paths.clone());
+        self.sync_manifest(&scan.manifest, shipped, &resolver, stream)
     }
 
     fn sync_manifest<S: Read + Write>(
         &self,
         manifest: &Manifest,
+        shipped: Option<&Manifest>,
         resolver: &Resolver,
         stream: S,
     ) -> Result<SyncReport> {
@@ -261,7 +276,7 @@ impl Sender {
         let result = validate_replica_name(&self.replica).and_then(|()| {
             let mut conn = Conn::new(stream, self.limits, "the receiver");
             let mut stats = Stats::default();
-            let result = self.converse(&mut conn, manifest, resolver, &mut stats);
+            let result = self.converse(&mut conn, manifest, shipped, resolver, &mut stats);
             stats.bytes_sent = conn.sent();
             stats.bytes_received = conn.received();
             stats.elapsed = started.elapsed();
@@ -302,6 +317,7 @@ impl Sender {
         &self,
         conn: &mut Conn<S>,
         current: &Manifest,
+        shipped: Option<&Manifest>,
         resolver: &Resolver,
         stats: &mut Stats,
     ) -> Result<SyncReport> {
@@ -336,25 +352,30 @@ impl Sender {
         // another digest is not worth loading.)
         let shipped_path = self.shipped_manifest_path();
         let shipped_digest = manifest_file_digest(&shipped_path);
+        let unchanged = welcome.base.as_deref() == Some(digest.as_str());
         let base: Cow<'_, Manifest> = match welcome.base.as_deref() {
             None => Cow::Owned(Manifest::default()),
             Some(b) if b == digest => Cow::Borrowed(current),
-            Some(b) => match shipped_digest
-                .as_deref()
-                .filter(|&d| d == b)
-                .and_then(|_| load_manifest_of(kind, &shipped_path).unwrap_or(None))
-            {
-                Some(m) if m.digest() == b => Cow::Owned(m),
-                _ => {
-                    stats.manifest_exchanged = true;
-                    Cow::Owned(self.fetch_manifest(conn, b)?)
-                }
+            Some(b) => match shipped.filter(|m| m.digest() == b) {
+                Some(m) => Cow::Borrowed(m),
+                None => match shipped_digest
+                    .as_deref()
+                    .filter(|&d| d == b)
+                    .and_then(|_| load_manifest_of(kind, &shipped_path).unwrap_or(None))
+                {
+                    Some(m) if m.digest() == b => Cow::Owned(m),
+                    _ => {
+                        stats.manifest_exchanged = true;
+                        Cow::Owned(self.fetch_manifest(conn, b)?)
+                    }
+                },
             },
         };
-        let changes = match &base {
-            // The replica holds exactly this manifest: nothing changed.
-            Cow::Borrowed(_) => Changeset::default(),
-            Cow::Owned(base) => diff(base, current),
+        let changes = if unchanged {
+            // The replica holds exactly this manifest.
+            Changeset::default()
+        } else {
+            diff(&base, current)
         };
         let mut report = SyncReport {
             replica: self.replica.clone(),

@@ -89,6 +89,9 @@ pub struct Runner {
     cancel: CancelToken,
     progress: bool,
     lines: Arc<Mutex<VecDeque<String>>>,
+    /// SSH sessions kept between the active watcher's rounds (none for
+    /// one-shot commands).
+    sessions: Option<sync::SessionPool>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -127,6 +130,7 @@ impl Runner {
             cancel: CancelToken::new(),
             progress: false,
             lines: Arc::new(Mutex::new(VecDeque::new())),
+            sessions: None,
         }
     }
 

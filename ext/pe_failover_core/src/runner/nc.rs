@@ -231,7 +231,7 @@ impl Runner {
     }
 
     fn sync_nc_one(&self, outbox: &NcOutbox, r: &ReplicaConfig, noop: bool) -> Result<SyncReport> {
-        self.ship(r, noop, "nc", |channel, _| {
+        self.ship(r, noop, "nc", None, |channel, _| {
             Sender::nc(outbox.clone(), replica_key(r), &self.config.state_dir)
                 .sender_host(self.config.certname.clone())
                 .noop(noop)

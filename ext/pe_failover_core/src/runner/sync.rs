@@ -1,7 +1,10 @@
 //! `sync`: one scan of the replicated set, shipped to each replica over SSH.
 
+use std::collections::HashMap;
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -11,12 +14,23 @@ use crate::config::ReplicaConfig;
 use crate::log::Status;
 use crate::protocol::{is_source_changed, Sender, SyncReport};
 use crate::replset::{ReplicatedSet, SetScan};
-use crate::ssh::{Channel, SshTarget};
+use crate::snapshot::Manifest;
+use crate::ssh::{Channel, Session, SshTarget};
 use crate::state::{sender_status_path, ErrorRecord, Role, SenderStatus, Stamp, SyncOutcome};
 use crate::{Error, ErrorKind, Result};
 
 /// Interval of SSH keepalives during a sync.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// How long the active watcher keeps an idle SSH session for the next round.
+/// Nothing is sent on an idle session, so a longer wait risks a connection a
+/// firewall dropped silently (the next round would wait out the I/O timeout
+/// before connecting again); a round after a longer pause connects anew.
+const SESSION_IDLE: Duration = Duration::from_secs(30);
+
+/// Open SSH sessions by replica (its status key), each with the time it was
+/// last used; shared by the clones of one watcher's runner.
+pub(crate) type SessionPool = Arc<Mutex<HashMap<String, (Session, Instant)>>>;
 
 /// How one replica's sync ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -218,23 +232,40 @@ impl Runner {
     }
 
     pub(crate) fn sync_replicas(&self, replicas: &[ReplicaConfig], noop: bool) -> Result<SyncRun> {
-        self.sync_replicas_from(replicas, noop, None)
+        self.sync_replicas_from(replicas, noop, None, None)
             .map(|(run, _)| run)
     }
 
     /// [`sync_replicas`](Self::sync_replicas) from `scan` when given (the
-    /// watcher's incremental rescan) instead of a full scan; returns the run
-    /// and the scan shipped last.
+    /// watcher's incremental rescan) instead of a full scan, with `shipped`
+    /// the manifest some replicas may hold (the watcher's last round);
+    /// returns the run and the scan shipped last.
     pub(crate) fn sync_replicas_from(
         &self,
         replicas: &[ReplicaConfig],
         noop: bool,
         scan: Option<SetScan>,
+        shipped: Option<&Manifest>,
     ) -> Result<(SyncRun, SetScan)> {
         let set = self.replicated_set()?;
+        // A full scan takes a while: the SSH sessions are opened meanwhile
+        // (each in its own thread), so the handshakes cost no extra time.
+        let mut sessions: Vec<Option<thread::JoinHandle<Result<Session>>>> = Vec::new();
         let scanned = match scan {
             Some(scan) => Ok(scan),
-            None => set.scan(),
+            None => {
+                sessions = replicas
+                    .iter()
+                    .map(|r| {
+                        let target = self.target(r);
+                        thread::Builder::new()
+                            .name("pe_failover-connect".into())
+                            .spawn(move || target.connect())
+                            .ok()
+                    })
+                    .collect();
+                set.scan()
+            }
         };
         let mut scan = match scanned {
             Ok(scan) => scan,
@@ -269,12 +300,21 @@ impl Runner {
             );
             run.lines.push(line);
         }
+        let mut sessions = sessions.into_iter();
         for r in replicas {
             if self.cancel.is_cancelled() {
                 return Err(Error::cancelled());
             }
             let started = Instant::now();
-            let mut result = self.sync_one(&set, &scan, r, noop);
+            let session = sessions.next().flatten().map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::Internal,
+                        "the thread opening the SSH session panicked",
+                    ))
+                })
+            });
+            let mut result = self.sync_one(&set, &scan, shipped, r, noop, session);
             // A busy CA: a file changed while it was sent. Scan again and
             // ship the new state (a few times at most).
             for _ in 0..3 {
@@ -289,7 +329,7 @@ impl Runner {
                 }
                 run.digest = Some(scan.manifest.digest());
                 run.entries = scan.manifest.len() as u64;
-                result = self.sync_one(&set, &scan, r, noop);
+                result = self.sync_one(&set, &scan, shipped, r, noop, None);
             }
             let item = self.replica_result(r, result, noop, started.elapsed());
             run.ok &= item.ok;
@@ -314,21 +354,24 @@ impl Runner {
         &self,
         set: &ReplicatedSet,
         scan: &SetScan,
+        shipped: Option<&Manifest>,
         r: &ReplicaConfig,
         noop: bool,
+        session: Option<Result<Session>>,
     ) -> Result<SyncReport> {
-        self.ship(r, noop, "ca", |channel, label| {
+        self.ship(r, noop, "ca", session, |channel, label| {
             let sender = Sender::new(set.clone(), replica_key(r), &self.config.state_dir)
                 .sender_host(self.config.certname.clone())
                 .noop(noop)
                 .cancel_token(self.cancel.clone());
             let show = self.progress && io::stderr().is_terminal();
-            sender.sync_scanned(scan, Progress::new(channel, label, show))
+            sender.sync_scanned_from(scan, shipped, Progress::new(channel, label, show))
         })
     }
 
-    /// Opens an SSH session to `r`, starts the receiver and runs `send`
-    /// over the channel (given the replica's label). The receiver's stderr
+    /// Opens an SSH session to `r` (or takes `session`, opened beforehand),
+    /// starts the receiver and runs `send` over the channel (given the
+    /// replica's label). The receiver's stderr
     /// explains a failure its `ERROR` frame could not (it died, or never
     /// spoke the protocol), so it is added to network and protocol errors;
     /// failures before the protocol started never reached the sender's
@@ -338,6 +381,7 @@ impl Runner {
         r: &ReplicaConfig,
         noop: bool,
         kind: &str,
+        session: Option<Result<Session>>,
         send: impl FnOnce(&mut Channel, &str) -> Result<SyncReport>,
     ) -> Result<SyncReport> {
         let label = replica_label(r);
@@ -349,14 +393,28 @@ impl Runner {
             }
         };
         let mut sender_ran = false;
+        let mut keep: Option<Session> = None;
         let result = (|| {
-            let session = self.target(r).connect().map_err(host_err)?;
-            let mut channel = session.exec(RECEIVE_COMMAND).map_err(host_err)?;
+            let pooled = match session {
+                Some(_) => None,
+                None => self.pooled_session(r),
+            };
+            let (session, mut channel) = match pooled {
+                Some(s) => match s.exec(RECEIVE_COMMAND) {
+                    Ok(channel) => (s, channel),
+                    // Closed by the server (or the network) while idle.
+                    Err(_) => self.open_receiver(r, None).map_err(host_err)?,
+                },
+                None => self.open_receiver(r, session).map_err(host_err)?,
+            };
             sender_ran = true;
             let result = send(&mut channel, &label);
             let finished = channel.finish();
             let stderr = channel.stderr();
             let stderr = stderr.trim();
+            if result.is_ok() && finished.is_ok() {
+                keep = Some(session);
+            }
             match result {
                 Ok(mut report) => {
                     if let Ok(code) = finished {
@@ -389,7 +447,38 @@ impl Runner {
                 self.record_failure(r, e, kind);
             }
         }
+        if let (Some(pool), Some(session)) = (&self.sessions, keep) {
+            if let Ok(mut pool) = pool.lock() {
+                pool.insert(replica_key(r), (session, Instant::now()));
+            }
+        }
         result
+    }
+
+    /// The session kept for `r` by the watcher's last round, unless it has
+    /// been idle too long.
+    fn pooled_session(&self, r: &ReplicaConfig) -> Option<Session> {
+        let pool = self.sessions.as_ref()?;
+        let (session, used) = pool.lock().ok()?.remove(&replica_key(r))?;
+        (used.elapsed() < SESSION_IDLE).then_some(session)
+    }
+
+    /// Starts the receiver on `r` over `session` (opened beforehand) or a
+    /// new session.
+    fn open_receiver(
+        &self,
+        r: &ReplicaConfig,
+        session: Option<Result<Session>>,
+    ) -> Result<(Session, Channel)> {
+        let session = session.unwrap_or_else(|| self.target(r).connect())?;
+        let channel = session.exec(RECEIVE_COMMAND)?;
+        Ok((session, channel))
+    }
+
+    /// Keeps SSH sessions open between rounds from now on (the active
+    /// watcher); `false` closes them and stops keeping them.
+    pub(crate) fn keep_sessions(&mut self, yes: bool) {
+        self.sessions = yes.then(SessionPool::default);
     }
 
     /// Records a failed attempt in the `kind` sender status file of `r`.

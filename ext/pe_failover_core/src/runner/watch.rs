@@ -32,6 +32,7 @@ use super::{replica_key, replica_label, Runner};
 use crate::config::ReplicaConfig;
 use crate::log::Status;
 use crate::replset::SetScan;
+use crate::snapshot::Manifest;
 use crate::state::Role;
 use crate::watch::{Batch, Watcher};
 use crate::{ErrorKind, Result};
@@ -160,12 +161,14 @@ impl Runner {
     }
 
     /// One sync round to `replicas`, from `scan` when given (else a full
-    /// scan); updates the retry schedule. Returns the scan shipped (none
-    /// when the round failed before one was made, or had no replica).
+    /// scan), `shipped` the manifest the last round shipped; updates the
+    /// retry schedule. Returns the scan shipped (none when the round failed
+    /// before one was made, or had no replica).
     fn sync_round(
         &self,
         replicas: &[ReplicaConfig],
         scan: Option<SetScan>,
+        shipped: Option<&Manifest>,
         retry_at: &mut HashMap<String, Instant>,
         summary: &mut WatchSummary,
     ) -> Option<SetScan> {
@@ -174,7 +177,7 @@ impl Runner {
         }
         summary.rounds += 1;
         let retry = Duration::from_secs(self.config.watch.retry_interval);
-        match self.sync_replicas_from(replicas, false, scan) {
+        match self.sync_replicas_from(replicas, false, scan, shipped) {
             Ok((run, scan)) => {
                 summary.ok = run.ok;
                 for (r, item) in replicas.iter().zip(&run.replicas) {
@@ -246,12 +249,25 @@ impl Runner {
         }
         // Watch first, so that changes during the first round are seen.
         let mut watcher = self.ca_watcher()?;
+        // One SSH session per replica serves round after round.
+        self.keep_sessions(true);
+        let exit = self.watch_active_loop(&mut watcher, once, summary);
+        self.keep_sessions(false);
+        exit
+    }
+
+    fn watch_active_loop(
+        &mut self,
+        watcher: &mut Watcher,
+        once: bool,
+        summary: &mut WatchSummary,
+    ) -> Result<Exit> {
         self.announce_fenced();
         let mut retry_at: HashMap<String, Instant> = HashMap::new();
         let eligible = self.eligible();
         // The last scan shipped: a batch of events updates it by reading
         // only the paths they name (see ReplicatedSet::rescan_paths).
-        let mut last_scan = self.sync_round(&eligible, None, &mut retry_at, summary);
+        let mut last_scan = self.sync_round(&eligible, None, None, &mut retry_at, summary);
         let mut nc_retry = self.nc_round(&eligible, true, &[], summary);
         if once {
             return Ok(Exit::Done);
@@ -269,15 +285,17 @@ impl Runner {
                     return Ok(Exit::RoleChanged);
                 }
                 match self.ca_watcher() {
-                    Ok(w) => watcher = w,
+                    Ok(w) => *watcher = w,
                     Err(e) => {
                         self.log("watch", Status::Failure, &format!("{e}"));
                     }
                 }
+                // Sessions opened under the old configuration are closed.
+                self.keep_sessions(true);
                 self.announce_fenced();
                 retry_at.clear();
                 let eligible = self.eligible();
-                last_scan = self.sync_round(&eligible, None, &mut retry_at, summary);
+                last_scan = self.sync_round(&eligible, None, None, &mut retry_at, summary);
                 nc_retry = self.nc_round(&eligible, true, &[], summary);
                 next_verify = Instant::now() + verify;
                 next_nc = Instant::now() + nc_every(self);
@@ -312,7 +330,7 @@ impl Runner {
                         &format!("watching the CA failed: {e}; watching again"),
                     );
                     std::thread::sleep(Duration::from_millis(500));
-                    watcher = self.ca_watcher()?;
+                    *watcher = self.ca_watcher()?;
                     Batch {
                         overflow: true,
                         ..Batch::default()
@@ -322,7 +340,7 @@ impl Runner {
             if batch.root_gone {
                 // The cadir was replaced (a restore, a migration): watch the
                 // new one.
-                watcher = self.ca_watcher()?;
+                *watcher = self.ca_watcher()?;
             }
             let now = Instant::now();
             let mut targets: Vec<ReplicaConfig> = Vec::new();
@@ -360,15 +378,18 @@ impl Runner {
                 last_scan = previous.filter(|_| batch.is_empty());
                 continue;
             }
-            let scan = match previous {
+            let scan = match &previous {
                 Some(prev) if !full => self
                     .replicated_set()
-                    .and_then(|set| set.rescan_paths(&prev, &batch.paths))
+                    .and_then(|set| set.rescan_paths(prev, &batch.paths))
                     .ok()
                     .flatten(),
                 _ => None,
             };
-            last_scan = self.sync_round(&targets, scan, &mut retry_at, summary);
+            // The replicas the last round reached hold its manifest: the
+            // sender need not read it back from disk.
+            let shipped = previous.as_ref().map(|p| &p.manifest);
+            last_scan = self.sync_round(&targets, scan, shipped, &mut retry_at, summary);
         }
     }
 
