@@ -18,7 +18,7 @@ use super::{
 use crate::cancel::CancelToken;
 use crate::fsutil::{self, FileLock};
 use crate::replset::{is_allowed_path_of, manifest_from_entries_of};
-use crate::snapshot::{is_sha256_hex, validate_relative_path, Entry, EntryKind};
+use crate::snapshot::{is_sha256_hex, validate_relative_path, Entry, EntryKind, Manifest};
 use crate::stage::{
     clean_partials, receiver_base, validate_txn_id, Base, Extension, StateDir, TxnMeta, TxnWriter,
     META_FORMAT,
@@ -289,11 +289,15 @@ impl Receiver {
         )?;
         conn.flush()?;
 
+        // The sender now reads the manifest it shipped last and computes the
+        // delta; the base manifest is read meanwhile.
+        let mut base = BaseReader::start(base, kind);
+
         let mut report = ReceiveReport {
             sender,
             txn: hello.txn.clone(),
             outcome: ReceiveOutcome::NothingToDo,
-            base: base.digest.clone(),
+            base: base.base.digest.clone(),
             digest: None,
             txn_dir: None,
             partials_removed,
@@ -315,7 +319,7 @@ impl Receiver {
                         return Err(violation("the sender asked for the manifest twice"));
                     }
                     session.stats.manifest_exchanged = true;
-                    let manifest = base.manifest(kind)?;
+                    let manifest = base.manifest()?;
                     conn.send_json(
                         FrameType::ManifestHead,
                         &ManifestHead {
@@ -333,7 +337,7 @@ impl Receiver {
                         &state,
                         &hello.txn,
                         &report.sender,
-                        &base,
+                        &mut base,
                         head,
                         session,
                     )?;
@@ -353,17 +357,17 @@ impl Receiver {
         state: &StateDir,
         txn: &str,
         sender: &str,
-        base: &Base,
+        base: &mut BaseReader,
         head: DeltaHead,
         session: &mut Session,
     ) -> Result<(PathBuf, String)> {
         let limits = self.limits;
         let kind = state.kind();
-        if head.base != base.digest {
+        if head.base != base.base.digest {
             return Err(violation(format!(
                 "the delta was computed against {}, but this replica holds {}; sync again",
                 head.base.as_deref().unwrap_or("nothing"),
-                base.digest.as_deref().unwrap_or("nothing")
+                base.base.digest.as_deref().unwrap_or("nothing")
             )));
         }
         if !is_sha256_hex(&head.digest) {
@@ -410,7 +414,7 @@ impl Receiver {
                 )));
             }
         }
-        let base_manifest = base.manifest(kind)?;
+        let base_manifest = base.manifest()?;
         let mut removed: FxHashSet<&str> = FxHashSet::default();
         for path in &removes {
             check_path(kind, path)?;
@@ -541,7 +545,7 @@ impl Receiver {
             txn: txn.to_string(),
             kind: kind.as_str().into(),
             sender: sender.to_string(),
-            base: base.digest.clone(),
+            base: base.base.digest.clone(),
             digest: digest.clone(),
             entries: manifest.len() as u64,
             objects: session.stats.objects,
@@ -559,6 +563,40 @@ impl Receiver {
         )?;
         conn.flush()?;
         Ok((dir, digest))
+    }
+}
+
+/// The receiver's base, its manifest read by a thread from the moment the
+/// session knows it (a session that ends with BYE leaves the thread behind).
+struct BaseReader {
+    base: Base,
+    kind: Kind,
+    preload: Option<std::thread::JoinHandle<Result<Manifest>>>,
+}
+
+impl BaseReader {
+    fn start(base: Base, kind: Kind) -> BaseReader {
+        let preload = base.digest.is_some().then(|| {
+            let base = base.clone();
+            std::thread::spawn(move || base.manifest(kind))
+        });
+        BaseReader {
+            base,
+            kind,
+            preload,
+        }
+    }
+
+    /// The base manifest ([`Base::manifest`]).
+    fn manifest(&mut self) -> Result<Manifest> {
+        match self.preload.take().map(|h| h.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(Error::new(
+                ErrorKind::Internal,
+                "the thread reading the base manifest panicked",
+            )),
+            None => self.base.manifest(self.kind),
+        }
     }
 }
 
