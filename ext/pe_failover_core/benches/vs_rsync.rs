@@ -325,6 +325,9 @@ fn lag(b: &mut Bench, n: usize, signings: usize) {
         }
         lags.push(t.elapsed());
     }
+    if std::env::var_os("PEF_BENCH_PHASES").is_some() {
+        eprintln!("  lags: {lags:?}");
+    }
     a_token.cancel();
     b_token.cancel();
     a_watch.join().unwrap().expect("active watcher");

@@ -54,7 +54,8 @@ use crate::replset::{
 use crate::snapshot::{mtime_ns, Entry, EntryKind, Manifest, Scanner};
 use crate::stage::{
     build_snapshot, chain, latest_snapshot, latest_snapshot_meta, list_txns, open_snapshot,
-    prune_snapshots, republish_staged, switch_latest, PendingTxn, Snapshot, SnapshotMeta, StateDir,
+    prepare_snapshot, prune_snapshots, republish_staged, switch_latest, PendingTxn, Snapshot,
+    SnapshotMeta, StateDir,
 };
 use crate::state::{ApplyCounts, DigestAt, Divergence, ErrorRecord, ReplicaStatus, Role, Stamp};
 use crate::{Error, ErrorKind, Result};
@@ -641,14 +642,36 @@ impl Applier {
             });
             return Ok(());
         }
-        let mut latest = latest_snapshot(&self.state)?;
+        // The latest snapshot is read while the first transaction's manifest
+        // is taken over.
+        let first = order.first().map(|&i| &txns[i]);
+        let (latest, mut prepared) = std::thread::scope(|s| {
+            let prepared = first.map(|txn| s.spawn(|| prepare_snapshot(&self.state, txn)));
+            let latest = latest_snapshot(&self.state);
+            let prepared = prepared.map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::Internal,
+                        "the thread preparing a snapshot panicked",
+                    ))
+                })
+            });
+            (latest, prepared)
+        });
+        let mut latest = latest?;
         republish_staged(&self.state, latest.as_ref())?;
         // The snapshot the chain started from (often the one applied).
         let mut before: Option<Snapshot> = None;
         let mut failure = None;
         for (n, &i) in order.iter().enumerate() {
             let txn = &txns[i];
-            match build_snapshot(&self.state, latest.as_ref(), txn, &self.cancel) {
+            match build_snapshot(
+                &self.state,
+                latest.as_ref(),
+                txn,
+                prepared.take(),
+                &self.cancel,
+            ) {
                 Ok((snap, stats)) => {
                     switch_latest(&self.state, &snap)?;
                     fsutil::remove_any(&txn.dir)?;
@@ -693,6 +716,17 @@ impl Applier {
                 .warnings
                 .push(format!("discarded transaction {}: {}", d.txn, d.reason));
         }
+        // 2. Apply the latest snapshot to the live directories.
+        let applied = match &latest {
+            Some(target) => self.apply_live(target, before, &mut record, report),
+            None => {
+                report.applied_digest = record.applied.as_ref().map(|a| a.digest.clone());
+                Ok(())
+            }
+        };
+
+        // 3. Old snapshots go once the live files are done (a sweep of the
+        // content store can take a while).
         let protect: Vec<String> = [
             report.staged_digest.clone(),
             record.applied.as_ref().map(|a| a.digest.clone()),
@@ -702,14 +736,9 @@ impl Applier {
         .flatten()
         .collect();
         let protect_refs: Vec<&str> = protect.iter().map(String::as_str).collect();
-        report.pruned = prune_snapshots(&self.state, self.keep, &protect_refs)?;
-
-        // 2. Apply the latest snapshot to the live directories.
-        let Some(target) = latest else {
-            report.applied_digest = record.applied.as_ref().map(|a| a.digest.clone());
-            return failure.map_or(Ok(()), Err);
-        };
-        self.apply_live(&target, before, &mut record, report)?;
+        let pruned = prune_snapshots(&self.state, self.keep, &protect_refs);
+        applied?;
+        report.pruned = pruned?;
         failure.map_or(Ok(()), Err)
     }
 

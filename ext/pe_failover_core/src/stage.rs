@@ -359,11 +359,15 @@ impl PendingTxn {
         }
         let file = fsutil::open_nofollow(dst).map_err(|e| Error::io("open", dst, e))?;
         let meta = file.metadata().map_err(|e| Error::io("stat", dst, e))?;
-        if !meta.is_file() {
+        // Its only other name is the transaction's: a file with more (say a
+        // hard link to a system file, made by the transfer user) is not
+        // taken over.
+        if !meta.is_file() || std::os::unix::fs::MetadataExt::nlink(&meta) != 2 {
+            let _ = fs::remove_file(dst);
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
-                    "transaction {}: its manifest {} is not a regular file",
+                    "transaction {}: its manifest {} is not a regular file with a single name",
                     self.meta.txn,
                     src.display()
                 ),
@@ -854,40 +858,67 @@ pub struct BuildStats {
     pub bytes_copied: u64,
 }
 
-/// Builds `snapshots/<digest>/` for `txn` on top of `prev`: re-verifies the
-/// transaction's manifest, adds the contents the store lacks (moved out of
-/// the transaction, made root's and re-hashed; an extension is the held
-/// contents plus the received suffix, re-hashed whole), then writes the
-/// manifest. The new
-/// contents are durable before they get their names, and the snapshot is
-/// built in `<digest>.partial/` and renamed when complete and durable. An
-/// existing complete snapshot is reused.
-pub(crate) fn build_snapshot(
-    state: &StateDir,
-    prev: Option<&Snapshot>,
-    txn: &PendingTxn,
-    cancel: &CancelToken,
-) -> Result<(Snapshot, BuildStats)> {
+/// The first step of [`build_snapshot`], which needs no previous snapshot
+/// (so it can run while that is read): the complete snapshot of `txn` if
+/// one exists, or `<digest>.partial/` with the transaction's manifest taken
+/// over and checked.
+pub(crate) enum Prepared {
+    /// The snapshot exists already.
+    Exists(Snapshot),
+    /// The partial directory and the manifest in it.
+    New {
+        /// `snapshots/<digest>.partial/`.
+        partial: PathBuf,
+        /// The transaction's manifest.
+        manifest: Manifest,
+    },
+}
+
+/// Prepares the snapshot of `txn` (see [`Prepared`]).
+pub(crate) fn prepare_snapshot(state: &StateDir, txn: &PendingTxn) -> Result<Prepared> {
     // The digest was checked to be one when the transaction was listed.
-    let digest = txn.meta.digest.clone();
+    let digest = &txn.meta.digest;
     let snapshots = state.snapshots();
     fsutil::ensure_dir(&snapshots, 0o700)?;
-    let mut stats = BuildStats::default();
-    if let Some(existing) = open_snapshot(state, &digest)? {
-        return Ok((existing, stats));
+    if let Some(existing) = open_snapshot(state, digest)? {
+        return Ok(Prepared::Exists(existing));
     }
     // The transaction's manifest becomes the snapshot's (0644:
     // `staged.manifest.json` is a hard link to it, for the receiver).
     let partial = snapshots.join(format!("{digest}.partial"));
     fsutil::remove_any(&partial)?;
     fsutil::ensure_dir(&partial, 0o700)?;
-    let manifest = match txn.adopt_manifest(&partial.join("manifest.json")) {
-        Ok(m) => m,
+    match txn.adopt_manifest(&partial.join("manifest.json")) {
+        Ok(manifest) => Ok(Prepared::New { partial, manifest }),
         Err(e) => {
             let _ = fsutil::remove_any(&partial);
-            return Err(e);
+            Err(e)
         }
+    }
+}
+
+/// Builds `snapshots/<digest>/` for `txn` on top of `prev`, from `prepared`
+/// (or after preparing it, see [`prepare_snapshot`]): re-verifies the
+/// transaction's manifest, adds the contents the store lacks (moved out of
+/// the transaction, made root's and re-hashed; an extension is the held
+/// contents plus the received suffix, re-hashed whole), then writes the
+/// metadata. The new contents are durable before they get their names, and
+/// the snapshot is built in `<digest>.partial/` and renamed when complete
+/// and durable. An existing complete snapshot is reused.
+pub(crate) fn build_snapshot(
+    state: &StateDir,
+    prev: Option<&Snapshot>,
+    txn: &PendingTxn,
+    prepared: Option<Result<Prepared>>,
+    cancel: &CancelToken,
+) -> Result<(Snapshot, BuildStats)> {
+    let mut stats = BuildStats::default();
+    let (partial, manifest) = match prepared.unwrap_or_else(|| prepare_snapshot(state, txn))? {
+        Prepared::Exists(existing) => return Ok((existing, stats)),
+        Prepared::New { partial, manifest } => (partial, manifest),
     };
+    let digest = txn.meta.digest.clone();
+    let snapshots = state.snapshots();
     let objects = state.objects();
     fsutil::ensure_dir(&objects, 0o700)?;
 
@@ -911,6 +942,7 @@ pub(crate) fn build_snapshot(
     let result = (|| -> Result<()> {
         let mut seen: FxHashSet<&str> = FxHashSet::default();
         let mut fanout: FxHashSet<PathBuf> = FxHashSet::default();
+        let mut written: Vec<PathBuf> = Vec::new();
         for (i, e) in manifest.entries().iter().enumerate() {
             if i % 256 == 0 {
                 cancel.check()?;
@@ -972,12 +1004,15 @@ pub(crate) fn build_snapshot(
             } else {
                 let parts: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
                 fsutil::concat_verified(&parts, &tmp, 0o600, sha, e.size, &what)?;
+                written.push(tmp);
             }
             stats.copied += 1;
             stats.bytes_copied += e.size;
         }
-        let temps: Vec<PathBuf> = new.iter().map(|(t, _)| t.clone()).collect();
-        fsutil::sync_new_files(&temps, &objects)?;
+        // A moved object's contents were made durable by the receiver; only
+        // its owner and mode changed (a crash may undo them, which only
+        // root can see in this private store). Copies are new data.
+        fsutil::sync_new_files(&written, &objects)?;
         for (tmp, dst) in &new {
             fs::rename(tmp, dst).map_err(|err| Error::io("rename into place", dst, err))?;
         }

@@ -621,6 +621,55 @@ fn a_transaction_damaged_at_rest_is_discarded_and_resent() {
 }
 
 #[test]
+fn a_transaction_manifest_damaged_or_linked_elsewhere_is_discarded_and_resent() {
+    use std::os::unix::fs::MetadataExt as _;
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    let manifest_of = |txn: &str| p.b_state.join("incoming").join(txn).join("manifest.json");
+
+    // A flipped byte in the stored manifest.
+    p.sign("flip.example.com");
+    p.sync();
+    let txn = p.incoming().pop().unwrap();
+    let mut bytes = fs::read(manifest_of(&txn)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(manifest_of(&txn), bytes).unwrap();
+    let e = p.applier().run().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(p.incoming().is_empty());
+    let (s, _) = p.sync_and_apply();
+    assert!(s.stats.manifest_exchanged);
+    p.assert_converged(&[PASSIVE]);
+
+    // The manifest is a hard link to another file (a system file, as far as
+    // the applier can tell): refused, and that file keeps its mode.
+    p.sign("link.example.com");
+    p.sync();
+    let txn = p.incoming().pop().unwrap();
+    let secret = p.dir.path().join("secret");
+    fs::write(&secret, "not for the world\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_file(manifest_of(&txn)).unwrap();
+    fs::hard_link(&secret, manifest_of(&txn)).unwrap();
+    let e = p.applier().run().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.message().contains("single name"), "{e}");
+    let meta = fs::metadata(&secret).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.nlink(), 1, "no name of it is left behind");
+    assert!(fs::read_dir(p.b_state.join("snapshots"))
+        .unwrap()
+        .all(|d| !d
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".partial")));
+    p.sync_and_apply();
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
 fn noop_reports_the_changes_and_sends_no_content() {
     let p = Pair::new(3);
     p.sync_and_apply();
@@ -731,11 +780,12 @@ fn old_snapshots_are_pruned_and_unchanged_contents_stored_once() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.len() == 64)
         .collect();
-    // 3 newest, plus the one the live dirs were at before (protected).
-    assert_eq!(snaps.len(), 4, "{snaps:?}");
+    // The 3 newest: pruning comes after the live files were brought to the
+    // newest, so the one they were at before is no longer protected.
+    assert_eq!(snaps.len(), 3, "{snaps:?}");
     let store = p.b_state.join("snapshots/objects");
     let old_inventory = store.join(&inventory0_sha[..2]).join(&inventory0_sha);
-    // 9 snapshots removed: the store is swept every 16 removals.
+    // 10 snapshots removed: the store is swept every 16 removals.
     assert!(old_inventory.is_file());
     for i in 0..8 {
         p.sign(&format!("q{i}.example.com"));
