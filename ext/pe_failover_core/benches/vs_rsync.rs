@@ -261,7 +261,7 @@ fn make_transfer_user() -> (String, u32, u32) {
         assert!(status.success(), "usermod {NAME} failed: {status}");
     } else {
         // An account from an older run of this bench.
-        let _ = Command::new("usermod").args(["-d", HOME, NAME]).status();
+        let _ = Command::new("usermod").args(["-d", HOME, NAME]).output();
     }
     (
         NAME.to_string(),
