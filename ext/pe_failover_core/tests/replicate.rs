@@ -611,13 +611,20 @@ fn a_transaction_damaged_at_rest_is_discarded_and_resent() {
         .unwrap()
         .path();
     fs::write(&obj, "tampered").unwrap();
+    assert_discarded_and_resent(&p);
+}
+
+/// The applier refuses the pending transaction as corrupt and discards it;
+/// the sender's idea of the replica is then wrong, so the next sync
+/// exchanges manifests, and the replica converges. Returns the refusal.
+fn assert_discarded_and_resent(p: &Pair) -> pe_failover_core::Error {
     let e = p.applier().run().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(p.incoming().is_empty());
-    // The sender's idea of the replica is now wrong: it exchanges manifests.
     let (s, _) = p.sync_and_apply();
     assert!(s.stats.manifest_exchanged);
     p.assert_converged(&[PASSIVE]);
+    e
 }
 
 #[test]
@@ -635,12 +642,7 @@ fn a_transaction_manifest_damaged_or_linked_elsewhere_is_discarded_and_resent() 
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     fs::write(manifest_of(&txn), bytes).unwrap();
-    let e = p.applier().run().unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
-    assert!(p.incoming().is_empty());
-    let (s, _) = p.sync_and_apply();
-    assert!(s.stats.manifest_exchanged);
-    p.assert_converged(&[PASSIVE]);
+    assert_discarded_and_resent(&p);
 
     // The manifest is a hard link to another file (a system file, as far as
     // the applier can tell): refused, and that file keeps its mode.
@@ -652,8 +654,7 @@ fn a_transaction_manifest_damaged_or_linked_elsewhere_is_discarded_and_resent() 
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
     fs::remove_file(manifest_of(&txn)).unwrap();
     fs::hard_link(&secret, manifest_of(&txn)).unwrap();
-    let e = p.applier().run().unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    let e = assert_discarded_and_resent(&p);
     assert!(e.message().contains("single name"), "{e}");
     let meta = fs::metadata(&secret).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -665,8 +666,6 @@ fn a_transaction_manifest_damaged_or_linked_elsewhere_is_discarded_and_resent() 
             .file_name()
             .to_string_lossy()
             .ends_with(".partial")));
-    p.sync_and_apply();
-    p.assert_converged(&[PASSIVE]);
 }
 
 #[test]
