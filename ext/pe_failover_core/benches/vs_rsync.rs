@@ -13,16 +13,20 @@
 //!   certificate's arrival, complete, in the replica's live CA directory
 //!   (`PEF_BENCH_LAG` signings, default 20, one every 300 ms); p50 and p90.
 //!
-//! "pe_failover" is the whole job: scan with the stat cache, SSH session to
-//! the forced command `pe_failover_receive`, verified staging of the
-//! transaction, then the applier (snapshot, live ssl directory updated file
-//! by file, made durable before the renames). rsync writes straight into its
-//! destination and does not flush it to disk, so the comparison favours it.
+//! "pe_failover" is the whole job: `Runner::sync` (scan with the stat cache,
+//! the SSH session opened meanwhile, the forced command
+//! `pe_failover_receive`, verified staging of the transaction), then the
+//! applier (snapshot, live ssl directory updated file by file, made durable
+//! before the renames). rsync writes straight into its destination and does
+//! not flush it to disk, so the comparison favours it. Both log in as the
+//! same dedicated user, `pe_failover_bench` (created on first use), whose
+//! shell is `/bin/sh` with no start-up files, as the module's transfer user.
 //!
 //! `cargo bench -p pe_failover_core --bench vs_rsync` (env: PEF_BENCH_SIZES,
 //! e.g. `10000,100000`; PEF_BENCH_RUNS; PEF_BENCH_LAG; PEF_BENCH_DIR, where
-//! the trees go; PEF_BENCH_ONLY, a comma-separated subset of full, nochange, burst, lag;
-//! PEF_BENCH_PHASES, connect/sync/apply times of each run).
+//! the trees go; PEF_BENCH_ONLY, a comma-separated subset of `full`,
+//! `nochange`, `burst` and `lag`; PEF_BENCH_PHASES, the sync and apply times
+//! of each run and every lag).
 //! Needs root, `openssh-server`, `openssh-client` and `rsync`.
 
 #[path = "util/fake_ca.rs"]
