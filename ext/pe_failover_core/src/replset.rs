@@ -467,22 +467,16 @@ pub fn load_manifest_of(kind: Kind, path: &Path) -> Result<Option<Manifest>> {
         .ok_or_else(|| corrupt("its header has no valid digest (truncated?)".into()))?;
     let body = &rest[65..];
     // The body is the canonical form, so its SHA-256 is the digest of the
-    // entries it holds. It is hashed while it is parsed; a parse of a body
-    // that does not match is thrown away.
-    let (digest, parsed) = rayon::join(
-        || hex::encode(Sha256::digest(body)),
-        || {
-            Manifest::from_canonical(body, recorded.to_string(), |entries| {
-                manifest_from_entries_of(kind, entries)
-            })
-        },
-    );
+    // entries it holds.
+    let digest = hex::encode(Sha256::digest(body));
     if digest != recorded {
         return Err(corrupt(format!(
             "its entries have digest {digest}, not the recorded {recorded}"
         )));
     }
-    match parsed {
+    match Manifest::from_canonical(body, digest, |entries| {
+        manifest_from_entries_of(kind, entries)
+    }) {
         Ok(Ok(manifest)) => Ok(Some(manifest)),
         Ok(Err(e)) => Err(corrupt(e.to_string())),
         Err(why) => Err(corrupt(why)),
