@@ -259,19 +259,7 @@ pub(crate) fn adopt_verified(
     what: &str,
 ) -> Result<()> {
     let result = (|| {
-        let mut file = open_nofollow(path).map_err(|e| Error::io("open", path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-        if !meta.is_file() || meta.nlink() != 1 {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "{what}: {} is not a regular file with a single name",
-                    path.display()
-                ),
-            )
-            .with_path(path));
-        }
-        take_over(&file, &meta, path, mode)?;
+        let mut file = take_over(path, 1, mode, what)?;
         let mut reader = HashingReader::new(size);
         reader.feed(&mut file, path, |_| Ok(()))?;
         let (total, got) = reader.finish();
@@ -294,17 +282,33 @@ pub(crate) fn adopt_verified(
     result
 }
 
-/// Makes the open file `file` (at `path`, with metadata `meta`) this
-/// process's own when it runs as root, and gives it permission bits `mode`.
-pub(crate) fn take_over(file: &File, meta: &fs::Metadata, path: &Path, mode: u32) -> Result<()> {
+/// Opens the regular file `path` (not following a symlink), which must
+/// have exactly `names` names (the ones the caller knows of: a file with
+/// more, such as a hard link to a system file, is refused as
+/// [`ErrorKind::Corrupt`] naming `what`), makes it this process's own when
+/// it runs as root and gives it permission bits `mode`.
+pub(crate) fn take_over(path: &Path, names: u64, mode: u32, what: &str) -> Result<File> {
+    let file = open_nofollow(path).map_err(|e| Error::io("open", path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.is_file() || meta.nlink() != names {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{what}: {} is not a regular file with a single name",
+                path.display()
+            ),
+        )
+        .with_path(path));
+    }
     // SAFETY: plain getters.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     if uid == 0 && (meta.uid() != uid || meta.gid() != gid) {
-        std::os::unix::fs::fchown(file, Some(uid), Some(gid))
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
             .map_err(|e| Error::io("change owner of", path, e))?;
     }
     file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io("set permissions of", path, e))
+        .map_err(|e| Error::io("set permissions of", path, e))?;
+    Ok(file)
 }
 
 /// An exclusive advisory lock (`flock`) on a file, released when dropped or

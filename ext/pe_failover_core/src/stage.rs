@@ -357,24 +357,13 @@ impl PendingTxn {
                 Error::io("link", dst, e)
             });
         }
-        let file = fsutil::open_nofollow(dst).map_err(|e| Error::io("open", dst, e))?;
-        let meta = file.metadata().map_err(|e| Error::io("stat", dst, e))?;
         // Its only other name is the transaction's: a file with more (say a
         // hard link to a system file, made by the transfer user) is not
         // taken over.
-        if !meta.is_file() || std::os::unix::fs::MetadataExt::nlink(&meta) != 2 {
+        let what = format!("transaction {} (manifest {})", self.meta.txn, src.display());
+        let file = fsutil::take_over(dst, 2, 0o644, &what).inspect_err(|_| {
             let _ = fs::remove_file(dst);
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "transaction {}: its manifest {} is not a regular file with a single name",
-                    self.meta.txn,
-                    src.display()
-                ),
-            )
-            .with_path(&src));
-        }
-        fsutil::take_over(&file, &meta, dst, 0o644)?;
+        })?;
         file.sync_all().map_err(|e| Error::io("sync", dst, e))?;
         self.load_manifest_at(dst)
     }
