@@ -538,6 +538,14 @@ fn the_active_watcher_keeps_its_session_and_connects_again_when_it_is_dropped() 
         "the first round and three batches share one session:\n{}",
         e.sshd.log()
     );
+    // A new directory makes the next round scan everything (the path a
+    // one-shot sync takes): it too uses the kept session.
+    fs::create_dir(e.a_cadir().join("extra")).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || e
+        .b_cadir()
+        .join("extra")
+        .is_dir()));
+    assert_eq!(e.accepted_logins() - before, 1, "{}", e.sshd.log());
 
     // The server side of the idle session dies: the next round notices
     // and connects again, nothing is lost.

@@ -249,7 +249,8 @@ impl Runner {
     ) -> Result<(SyncRun, SetScan)> {
         let set = self.replicated_set()?;
         // A full scan takes a while: the SSH sessions are opened meanwhile
-        // (each in its own thread), so the handshakes cost no extra time.
+        // (each in its own thread), so the handshakes cost no extra time. A
+        // replica the watcher kept a session to needs none.
         let mut sessions: Vec<Option<thread::JoinHandle<Result<Session>>>> = Vec::new();
         let scanned = match scan {
             Some(scan) => Ok(scan),
@@ -257,6 +258,9 @@ impl Runner {
                 sessions = replicas
                     .iter()
                     .map(|r| {
+                        if self.has_pooled_session(r) {
+                            return None;
+                        }
                         let target = self.target(r);
                         thread::Builder::new()
                             .name("pe_failover-connect".into())
@@ -461,6 +465,19 @@ impl Runner {
         let pool = self.sessions.as_ref()?;
         let (session, used) = pool.lock().ok()?.remove(&replica_key(r))?;
         (used.elapsed() < SESSION_IDLE).then_some(session)
+    }
+
+    /// Whether [`pooled_session`](Self::pooled_session) has one for `r`.
+    fn has_pooled_session(&self, r: &ReplicaConfig) -> bool {
+        self.sessions
+            .as_ref()
+            .and_then(|pool| {
+                pool.lock()
+                    .ok()?
+                    .get(&replica_key(r))
+                    .map(|(_, used)| *used)
+            })
+            .is_some_and(|used| used.elapsed() < SESSION_IDLE)
     }
 
     /// Starts the receiver on `r` over `session` (opened beforehand) or a
