@@ -297,7 +297,7 @@ impl Receiver {
             sender,
             txn: hello.txn.clone(),
             outcome: ReceiveOutcome::NothingToDo,
-            base: base.base.digest.clone(),
+            base: base.digest().map(str::to_string),
             digest: None,
             txn_dir: None,
             partials_removed,
@@ -363,11 +363,11 @@ impl Receiver {
     ) -> Result<(PathBuf, String)> {
         let limits = self.limits;
         let kind = state.kind();
-        if head.base != base.base.digest {
+        if head.base.as_deref() != base.digest() {
             return Err(violation(format!(
                 "the delta was computed against {}, but this replica holds {}; sync again",
                 head.base.as_deref().unwrap_or("nothing"),
-                base.base.digest.as_deref().unwrap_or("nothing")
+                base.digest().unwrap_or("nothing")
             )));
         }
         if !is_sha256_hex(&head.digest) {
@@ -545,7 +545,7 @@ impl Receiver {
             txn: txn.to_string(),
             kind: kind.as_str().into(),
             sender: sender.to_string(),
-            base: base.base.digest.clone(),
+            base: base.digest().map(str::to_string),
             digest: digest.clone(),
             entries: manifest.len() as u64,
             objects: session.stats.objects,
@@ -585,6 +585,11 @@ impl BaseReader {
             kind,
             preload,
         }
+    }
+
+    /// The base's digest (none: nothing received yet).
+    fn digest(&self) -> Option<&str> {
+        self.base.digest.as_deref()
     }
 
     /// The base manifest ([`Base::manifest`]).
