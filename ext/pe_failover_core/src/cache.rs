@@ -190,7 +190,29 @@ impl StatCache {
 
     /// The digest cached for `path`, if the cached stat fields equal `key`'s.
     pub fn lookup(&self, path: &str, key: &CacheEntry) -> Option<&str> {
-        let slot = self.slots[self.find(path.as_bytes()).ok()?];
+        self.lookup_slot(self.find(path.as_bytes()).ok()?, key)
+    }
+
+    /// The record index of each of `paths`, which must come in ascending
+    /// byte order (as a scan lists them): one merge pass over the sorted
+    /// records instead of a search per path. A path out of order is
+    /// reported as not cached (its file is hashed again).
+    pub(crate) fn slots_of<'a>(&self, paths: impl Iterator<Item = &'a [u8]>) -> Vec<Option<usize>> {
+        let mut next = 0;
+        paths
+            .map(|path| {
+                while next < self.slots.len() && self.path_of(self.slots[next]) < path {
+                    next += 1;
+                }
+                (next < self.slots.len() && self.path_of(self.slots[next]) == path).then_some(next)
+            })
+            .collect()
+    }
+
+    /// [`lookup`](Self::lookup) of the record at index `i` (from
+    /// [`slots_of`](Self::slots_of)).
+    pub(crate) fn lookup_slot(&self, i: usize, key: &CacheEntry) -> Option<&str> {
+        let slot = *self.slots.get(i)?;
         let fields = &self.buf[slot.start + slot.path_len..][..FIELDS + SHA_HEX];
         let cached = CacheEntry {
             size: le_u64(&fields[0..]),

@@ -650,6 +650,7 @@ impl ReplicatedSet {
         let mut patterns = self.excludes.patterns().to_vec();
         patterns.push(temp_pattern());
         let mut scanner = Scanner::new(&cadir)
+            .prefix(format!("{CA_ROOT}/"))
             .excludes(Excludes::new(&patterns)?)
             .cancel_token(self.cancel.clone());
         if let Some(c) = &self.cache_file {
@@ -668,10 +669,7 @@ impl ReplicatedSet {
         let root_meta = fs::metadata(&cadir).map_err(|e| Error::io("stat", &cadir, e))?;
         let mut entries: Vec<Entry> = Vec::with_capacity(inner.len() + 5);
         entries.push(entry_from_meta(CA_ROOT, &root_meta, EntryKind::Dir));
-        entries.extend(Vec::from(inner).into_iter().map(|mut e| {
-            e.path = format!("ca/{}", e.path);
-            e
-        }));
+        entries.extend(Vec::from(inner));
         entries.push(Entry::synthetic_dir(SSL_ROOT));
         entries.push(Entry::synthetic_dir(SSL_CERTS));
         let paths = CaPaths {

@@ -130,6 +130,69 @@ fn stat_cache_hashes_only_changed_files() {
 }
 
 #[test]
+fn a_prefixed_scan_records_the_same_tree_under_the_prefix_and_shares_the_cache() {
+    // More entries in one directory than one stat batch (statted while the
+    // directory is still being read), plus an excluded file and a subtree.
+    let t = TempTree::new();
+    for i in 0..2500 {
+        t.file(&format!("signed/n{i:04}.pem"), format!("cert {i}"));
+    }
+    t.file("signed/skip.tmp", "left out");
+    t.file("serial", "0a");
+    let cache = t.path("../scan.cache");
+    let excludes = Excludes::new(&["signed/*.tmp".to_string()]).unwrap();
+    let plain = scanner(t.root())
+        .excludes(excludes.clone())
+        .cache_file(&cache)
+        .scan()
+        .unwrap();
+    assert_eq!(plain.stats.hashed, 2501);
+    assert_eq!(plain.stats.excluded, 1);
+
+    let prefixed = scanner(t.root())
+        .prefix("ca/")
+        .excludes(excludes)
+        .cache_file(&cache)
+        .scan()
+        .unwrap();
+    assert!(prefixed.problems.is_empty(), "{:?}", prefixed.problems);
+    // The cache written by the plain scan serves the prefixed one.
+    assert_eq!(prefixed.stats.hashed, 0, "{:?}", prefixed.stats);
+    assert_eq!(prefixed.stats.cached, 2501);
+    assert_eq!(prefixed.stats.excluded, 1);
+    let want: Vec<_> = plain
+        .manifest
+        .entries()
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e.path = format!("ca/{}", e.path);
+            e
+        })
+        .collect();
+    assert_eq!(prefixed.manifest.entries(), &want[..]);
+    assert!(prefixed.manifest.get("ca/signed/skip.tmp").is_none());
+    assert_eq!(
+        prefixed.manifest.get("ca/signed/n2499.pem").unwrap().sha256,
+        Some(util::sha256_hex(b"cert 2499"))
+    );
+
+    // A file changed behind the cache is hashed again under the prefix.
+    fs::write(t.path("signed/n1234.pem"), "changed").unwrap();
+    let again = scanner(t.root())
+        .prefix("ca/")
+        .cache_file(&cache)
+        .scan()
+        .unwrap();
+    // (and the file no longer excluded, never cached)
+    assert_eq!(again.stats.hashed, 2, "{:?}", again.stats);
+    assert_eq!(
+        again.manifest.get("ca/signed/n1234.pem").unwrap().sha256,
+        Some(util::sha256_hex(b"changed"))
+    );
+}
+
+#[test]
 fn recently_changed_files_are_not_trusted_from_the_cache() {
     let t = ca_tree(5);
     let cache = t.path("../scan.cache");
