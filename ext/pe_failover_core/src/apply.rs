@@ -1040,15 +1040,20 @@ impl Applier {
         // Files: temporary copies first, synced, then renamed into place.
         let mut temps: Vec<(PathBuf, PathBuf, &Entry)> = Vec::new();
         let result = (|| -> Result<bool> {
+            let mut known_dir: Option<PathBuf> = None;
             for e in &plan.write {
                 self.cancel.check()?;
                 let dest = resolve(&e.path)?;
                 let dir = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-                if !dir.is_dir() {
-                    fs::create_dir_all(&dir)
-                        .map_err(|err| Error::io("create directory", &dir, err))?;
+                // Siblings share a parent: checked once per run of them.
+                if known_dir.as_ref() != Some(&dir) {
+                    if !dir.is_dir() {
+                        fs::create_dir_all(&dir)
+                            .map_err(|err| Error::io("create directory", &dir, err))?;
+                    }
+                    known_dir = Some(dir.clone());
                 }
-                let tmp = dir.join(format!("{TEMP_PREFIX}{}", fsutil::random_hex(8)));
+                let tmp = dir.join(format!("{TEMP_PREFIX}{}", fsutil::unique_hex()));
                 let existing = live.get(&e.path).filter(|l| l.kind == e.kind);
                 let owner = self.owner_for(&dest, existing);
                 match e.kind {

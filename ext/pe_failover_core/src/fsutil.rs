@@ -6,6 +6,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -383,6 +385,23 @@ pub(crate) fn random_hex(n: usize) -> String {
     hex::encode(buf)
 }
 
+/// A name suffix unique within this process and, with overwhelming
+/// probability, across processes (16 hex digits: a random start drawn once
+/// per process, counted up): for temporary files made in bulk, where a
+/// random draw from the kernel per name would cost three system calls.
+pub(crate) fn unique_hex() -> String {
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        let bytes = hex::decode(random_hex(8)).unwrap_or_default();
+        bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+    });
+    format!(
+        "{:016x}",
+        start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
+    )
+}
+
 /// Reads at most `limit` bytes of the regular file at `path` (not following
 /// a symlink); larger files are an [`ErrorKind::InvalidInput`] error.
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
@@ -452,6 +471,8 @@ mod tests {
     #[test]
     fn random_names_differ() {
         assert_ne!(random_hex(8), random_hex(8));
+        assert_ne!(unique_hex(), unique_hex());
+        assert_eq!(unique_hex().len(), 16);
         assert_eq!(random_hex(8).len(), 16);
     }
 }

@@ -982,7 +982,7 @@ pub(crate) fn build_snapshot(
                 fsutil::ensure_dir(&dir, 0o700)?;
                 fanout.insert(dir.clone());
             }
-            let tmp = dir.join(format!(".tmp.{}", fsutil::random_hex(8)));
+            let tmp = dir.join(format!(".tmp.{}", fsutil::unique_hex()));
             new.push((tmp.clone(), dst));
             // A whole object is moved out of the transaction (which is
             // removed once staged) and made root's before it is checked; an
