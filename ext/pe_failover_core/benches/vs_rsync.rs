@@ -386,9 +386,15 @@ fn main() {
         "{:>8} {:<28} {:>12} {:>12} {:>10}",
         "certs", "scenario", "pe_failover", "rsync", "ratio"
     );
+    // Nothing is deleted until every size is measured: on ext4 without a
+    // journal, creating files within minutes of deleting many others is an
+    // order of magnitude slower (the allocator skips recently freed
+    // inodes), which would make the timings depend on the order of sizes.
+    let mut works = Vec::new();
     for n in sizes {
         let work = tempfile::tempdir_in(&base).expect("temp dir");
         let mut b = Bench::new(work.path(), n);
+        works.push(work);
         let full_runs = if n >= 50_000 { runs.min(3) } else { runs };
         if wanted("full") {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
