@@ -676,7 +676,8 @@ impl ReplicatedSet {
             cadir: cadir.clone(),
             ssldir: self.ssldir.clone(),
         };
-        for rel in [SSL_CRL, SSL_CA_CERT] {
+        // In path order, as the manifest keeps them.
+        for rel in [SSL_CA_CERT, SSL_CRL] {
             if let Some(abs) = paths.resolve(rel) {
                 if let Some(e) = file_entry(&abs, rel)? {
                     entries.push(e);
@@ -808,6 +809,11 @@ impl ReplicatedSet {
             }
             updates.insert(rel, entry);
         }
+        // Names from inotify events: checked like any path from elsewhere
+        // (the rest comes from the previous scan).
+        for path in updates.keys() {
+            validate_relative_path(path)?;
+        }
         let mut entries = Vec::with_capacity(prev.manifest.len() + updates.len());
         let mut ups = updates.into_iter().peekable();
         for e in prev.manifest.entries() {
@@ -831,13 +837,17 @@ impl ReplicatedSet {
 
 /// The checks every scan of the set ends with: the replication rules, not
 /// database-backed, complete.
+/// The entries are this host's own records (see
+/// [`Manifest::from_own_entries`]); the replication rules are checked in full.
 fn finish_set_manifest(cadir: &Path, entries: Vec<Entry>) -> Result<Manifest> {
-    let manifest = manifest_from_entries(entries).map_err(|e| {
-        let hint = "remove or exclude it on the active primary";
-        Error::new(e.kind(), format!("{}: {}", cadir.display(), e.message()))
-            .with_path(cadir)
-            .with_hint(hint)
-    })?;
+    let manifest = Manifest::from_own_entries(entries)
+        .and_then(|m| validate_manifest(&m).map(|()| m))
+        .map_err(|e| {
+            let hint = "remove or exclude it on the active primary";
+            Error::new(e.kind(), format!("{}: {}", cadir.display(), e.message()))
+                .with_path(cadir)
+                .with_hint(hint)
+        })?;
     if manifest.get(&format!("ca/{PASSPHRASE_FILE}")).is_some() {
         return Err(database_backed(
             cadir,

@@ -272,6 +272,17 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// A manifest of entries this host recorded itself: a [`Scanner`]'s, or
+    /// entries made from its own stat calls. Their paths come from directory
+    /// listings (no empty, `.` or `..` component, no NUL), their digests
+    /// from hashing and every parent directory was listed, so only the order
+    /// is checked (one pass; sorted when needed) and no path twice, not what
+    /// [`from_entries`](Self::from_entries) checks of entries from elsewhere.
+    pub(crate) fn from_own_entries(mut entries: Vec<Entry>) -> Result<Self> {
+        sort_by_path_once(&mut entries)?;
+        Ok(Manifest::sorted(entries))
+    }
+
     /// A manifest of `entries`, which the caller has sorted by path.
     fn sorted(entries: Vec<Entry>) -> Manifest {
         Manifest {
