@@ -11,7 +11,7 @@
 use std::fs::{self, File, Metadata};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -395,51 +395,88 @@ pub fn write_cache_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()
 }
 
 fn replace_file(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| {
-        Error::new(
-            ErrorKind::InvalidInput,
-            format!("cannot write {}: no file name", path.display()),
-        )
-    })?;
-    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{nonce}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
+    StagedFile::write(path, bytes, mode, durable)?.install()
+}
+
+/// The new contents of a file, written to a temporary file beside it and
+/// not yet renamed over it: [`install`](Self::install) does that; dropping
+/// it removes the temporary file. Lets a caller write while it waits for
+/// something else, and make the file visible only when that succeeded.
+#[derive(Debug)]
+pub struct StagedFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    durable: bool,
+    installed: bool,
+}
+
+impl StagedFile {
+    /// Writes `bytes` with `mode` to a temporary file in `path`'s directory
+    /// (synced when `durable`).
+    pub fn write(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<StagedFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path.file_name().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("cannot write {}: no file name", path.display()),
+            )
+        })?;
+        fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let staged = StagedFile {
+            tmp: dir.join(format!(
+                ".{}.tmp.{}.{nonce}",
+                name.to_string_lossy(),
+                std::process::id()
+            )),
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+            durable,
+            installed: false,
+        };
+        let tmp = &staged.tmp;
         let mut f = File::options()
             .write(true)
             .create_new(true)
             .mode(mode)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write", &tmp, e))?;
+            .open(tmp)
+            .map_err(|e| Error::io("create", tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io("write", tmp, e))?;
         if durable {
-            f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+            f.sync_all().map_err(|e| Error::io("sync", tmp, e))?;
         }
-        fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
-        if durable {
-            if let Ok(d) = File::open(dir) {
+        Ok(staged)
+    }
+
+    /// Renames the new contents over the file (and syncs its directory when
+    /// durable).
+    pub fn install(mut self) -> Result<()> {
+        fs::rename(&self.tmp, &self.path)
+            .map_err(|e| Error::io("rename into place", &self.path, e))?;
+        self.installed = true;
+        if self.durable {
+            if let Ok(d) = File::open(&self.dir) {
                 let _ = d.sync_all();
             }
         }
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
     }
-    result
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.installed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -460,6 +497,40 @@ mod tests {
             },
         );
         c
+    }
+
+    #[test]
+    fn a_staged_file_replaces_the_old_one_only_when_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shipped");
+        fs::write(&path, "old").unwrap();
+        let names = || {
+            let mut v: Vec<String> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+
+        // Dropped (the receiver never acknowledged): the old file stays and
+        // the temporary file goes.
+        let staged = StagedFile::write(&path, b"new", 0o600, false).unwrap();
+        assert_eq!(names().len(), 2);
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        drop(staged);
+        assert_eq!(names(), ["shipped"]);
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+
+        let staged = StagedFile::write(&path, b"new", 0o600, true).unwrap();
+        staged.install().unwrap();
+        assert_eq!(names(), ["shipped"]);
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

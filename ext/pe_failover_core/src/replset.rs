@@ -389,6 +389,16 @@ pub fn save_manifest_cache(path: &Path, manifest: &Manifest, mode: u32) -> Resul
     crate::cache::write_cache_atomically(path, &manifest_file_bytes(manifest), mode)
 }
 
+/// [`save_manifest_cache`] up to the rename: the file is written beside
+/// `path` and takes its place when the returned file is installed.
+pub(crate) fn stage_manifest_cache(
+    path: &Path,
+    manifest: &Manifest,
+    mode: u32,
+) -> Result<crate::cache::StagedFile> {
+    crate::cache::StagedFile::write(path, &manifest_file_bytes(manifest), mode, false)
+}
+
 fn manifest_file_bytes(manifest: &Manifest) -> Vec<u8> {
     let digest = manifest.digest();
     let mut bytes = Vec::with_capacity(MANIFEST_MAGIC.len() + 65 + 32 + manifest.len() * 160);

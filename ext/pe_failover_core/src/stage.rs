@@ -912,17 +912,13 @@ pub(crate) fn build_snapshot(
     fsutil::ensure_dir(&objects, 0o700)?;
 
     // The previous snapshot's contents are in the store: pruning never
-    // sweeps what a remaining snapshot names.
-    let held: FxHashSet<&str> = prev
-        .map(|p| {
-            p.manifest
-                .entries()
-                .iter()
-                .filter(|e| e.kind == EntryKind::File)
-                .filter_map(|e| e.sha256.as_deref())
-                .collect()
-        })
-        .unwrap_or_default();
+    // sweeps what a remaining snapshot names. A file unchanged at its path
+    // is found by walking both manifests (sorted by path) side by side.
+    let mut prev_entries = prev
+        .map(|p| p.manifest.entries())
+        .unwrap_or_default()
+        .iter()
+        .peekable();
     let txn_objects = txn.dir.join("objects");
     let objects_ok = fs::symlink_metadata(&txn_objects).is_ok_and(|m| m.is_dir());
 
@@ -939,7 +935,11 @@ pub(crate) fn build_snapshot(
             let (EntryKind::File, Some(sha)) = (e.kind, e.sha256.as_deref()) else {
                 continue;
             };
-            if held.contains(sha) || !seen.insert(sha) {
+            while prev_entries.next_if(|p| p.path < e.path).is_some() {}
+            let unchanged = prev_entries
+                .peek()
+                .is_some_and(|p| p.path == e.path && p.sha256.as_deref() == Some(sha));
+            if unchanged || !seen.insert(sha) {
                 stats.reused += 1;
                 continue;
             }
@@ -957,7 +957,7 @@ pub(crate) fn build_snapshot(
             } else if let (true, Some(x)) = (objects_ok, extension) {
                 // The held contents plus the suffix.
                 let base = state.object_path(&x.base_sha256);
-                if !held.contains(x.base_sha256.as_str()) && fs::symlink_metadata(&base).is_err() {
+                if fs::symlink_metadata(&base).is_err() {
                     return Err(Error::new(
                         ErrorKind::Corrupt,
                         format!(

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -414,7 +414,7 @@ impl Receiver {
                 )));
             }
         }
-        let base_manifest = base.manifest()?;
+        let (base_manifest, have) = base.manifest_and_contents()?;
         let mut removed: FxHashSet<&str> = FxHashSet::default();
         for path in &removes {
             check_path(kind, path)?;
@@ -430,9 +430,19 @@ impl Receiver {
                 )));
             }
         }
+        // What the base holds at the upserted paths (an EXTEND must extend
+        // it); the base's entries are then moved into the new manifest.
+        let held_at: FxHashMap<&str, (String, u64)> = upserts
+            .iter()
+            .filter_map(|u| {
+                let e = base_manifest.get(&u.path)?;
+                let sha = e.sha256.clone().filter(|_| e.kind == EntryKind::File)?;
+                Some((u.path.as_str(), (sha, e.size)))
+            })
+            .collect();
         let mut sorted: Vec<&Entry> = upserts.iter().collect();
         sorted.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        let merged = merge_delta(base_manifest.entries(), &sorted, &removed);
+        let merged = merge_delta(Vec::from(base_manifest), &sorted, &removed);
         if merged.len() as u64 > limits.max_entries {
             return Err(violation(format!(
                 "the new manifest would have {} entries, more than the limit of {} (max_entries)",
@@ -454,17 +464,12 @@ impl Receiver {
         session.stats.entries = manifest.len() as u64;
 
         // The objects: want those whose contents this replica lacks.
-        let have: FxHashSet<&str> = base_manifest
-            .entries()
-            .iter()
-            .filter_map(|e| e.sha256.as_deref())
-            .collect();
         let objects = delta_objects(&upserts);
         let mut want = vec![0u8; objects.len().div_ceil(8)];
         let mut wanted = Vec::new();
         let mut total = 0u64;
         for (i, (sha, size, path)) in objects.iter().enumerate() {
-            if have.contains(sha.as_str()) {
+            if sha_bytes(sha).is_some_and(|b| have.contains(&b)) {
                 session.stats.objects_reused += 1;
                 continue;
             }
@@ -505,11 +510,9 @@ impl Receiver {
                 let base_sha = hex::encode(&p[40..72]);
                 let base_size = be_u64(&p[72..80]);
                 let suffix_sha = hex::encode(&p[80..112]);
-                let held = base_manifest.get(path).is_some_and(|e| {
-                    e.kind == EntryKind::File
-                        && e.sha256.as_deref() == Some(base_sha.as_str())
-                        && e.size == base_size
-                });
+                let held = held_at
+                    .get(path)
+                    .is_some_and(|(sha, size)| *sha == base_sha && *size == base_size);
                 if !held || base_size >= size {
                     return Err(violation(format!(
                         "the sender extends {path:?} from contents {base_sha} ({base_size} bytes) that this replica does not hold there"
@@ -571,14 +574,38 @@ impl Receiver {
 struct BaseReader {
     base: Base,
     kind: Kind,
-    preload: Option<std::thread::JoinHandle<Result<Manifest>>>,
+    preload: Option<std::thread::JoinHandle<Result<(Manifest, Contents)>>>,
+}
+
+/// The SHA-256 digests (raw) of a manifest's files: contents the replica
+/// holds and need not be sent.
+type Contents = FxHashSet<[u8; 32]>;
+
+fn contents_of(manifest: &Manifest) -> Contents {
+    manifest
+        .entries()
+        .iter()
+        .filter_map(|e| e.sha256.as_deref().and_then(sha_bytes))
+        .collect()
+}
+
+/// The 32 bytes of a SHA-256 written as hex.
+fn sha_bytes(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex, &mut out).ok()?;
+    Some(out)
 }
 
 impl BaseReader {
     fn start(base: Base, kind: Kind) -> BaseReader {
         let preload = base.digest.is_some().then(|| {
             let base = base.clone();
-            std::thread::spawn(move || base.manifest(kind))
+            std::thread::spawn(move || {
+                base.manifest(kind).map(|m| {
+                    let contents = contents_of(&m);
+                    (m, contents)
+                })
+            })
         });
         BaseReader {
             base,
@@ -594,20 +621,28 @@ impl BaseReader {
 
     /// The base manifest ([`Base::manifest`]).
     fn manifest(&mut self) -> Result<Manifest> {
+        self.manifest_and_contents().map(|(m, _)| m)
+    }
+
+    /// The base manifest and the contents its files have.
+    fn manifest_and_contents(&mut self) -> Result<(Manifest, Contents)> {
         match self.preload.take().map(|h| h.join()) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(Error::new(
                 ErrorKind::Internal,
                 "the thread reading the base manifest panicked",
             )),
-            None => self.base.manifest(self.kind),
+            None => self.base.manifest(self.kind).map(|m| {
+                let contents = contents_of(&m);
+                (m, contents)
+            }),
         }
     }
 }
 
 /// The entries of `base` (in path order) with `upserts` (in path order)
 /// put in and the paths in `removed` left out, in path order.
-fn merge_delta(base: &[Entry], upserts: &[&Entry], removed: &FxHashSet<&str>) -> Vec<Entry> {
+fn merge_delta(base: Vec<Entry>, upserts: &[&Entry], removed: &FxHashSet<&str>) -> Vec<Entry> {
     let mut out = Vec::with_capacity(base.len() + upserts.len());
     let mut ups = upserts.iter().peekable();
     for e in base {
@@ -617,7 +652,7 @@ fn merge_delta(base: &[Entry], upserts: &[&Entry], removed: &FxHashSet<&str>) ->
         if let Some(u) = ups.next_if(|u| u.path == e.path) {
             out.push((*u).clone());
         } else if !removed.contains(e.path.as_str()) {
-            out.push(e.clone());
+            out.push(e);
         }
     }
     out.extend(ups.map(|u| (*u).clone()));

@@ -19,7 +19,7 @@ use crate::fsutil;
 use crate::ncship::NcOutbox;
 use crate::replset::{
     load_manifest_of, manifest_file_digest, manifest_from_entries_of, save_manifest_cache,
-    ReplicatedSet, SetScan,
+    stage_manifest_cache, ReplicatedSet, SetScan,
 };
 use crate::snapshot::{is_sha256_hex, Entry, EntryKind, Manifest};
 use crate::stage::new_txn_id;
@@ -483,6 +483,12 @@ impl Sender {
                 digest: digest.clone(),
             },
         )?;
+        conn.flush()?;
+        // While the receiver makes the transaction durable, the manifest it
+        // will hold is written here; it replaces the one last shipped only
+        // once the receiver acknowledges.
+        let staged = (manifest_file_digest(&shipped_path).as_deref() != Some(digest.as_str()))
+            .then(|| stage_manifest_cache(&shipped_path, current, 0o600));
         let frame = conn.expect(&[FrameType::Ack], "ACK")?;
         let ack: Commit = conn.parse(&frame)?;
         if ack.txn != txn || ack.digest != digest {
@@ -491,8 +497,8 @@ impl Sender {
                 ack.txn, ack.digest
             )));
         }
-        if manifest_file_digest(&shipped_path).as_deref() != Some(digest.as_str()) {
-            save_manifest_cache(&shipped_path, current, 0o600)?;
+        if let Some(staged) = staged.transpose()? {
+            staged.install()?;
         }
         report.outcome = SyncOutcome::Committed;
         Ok(report)
