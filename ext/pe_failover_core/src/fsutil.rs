@@ -103,9 +103,21 @@ pub(crate) fn sync_new_files(files: &[PathBuf], anchor: &Path) -> Result<bool> {
             return Ok(true);
         }
     }
-    for f in files {
-        let file = open_nofollow(f).map_err(|e| Error::io("open", f, e))?;
-        file.sync_all().map_err(|e| Error::io("sync", f, e))?;
+    // Writeback of every file is started first, so the devices work on all
+    // of them while each `fsync` waits for its own.
+    let opened = files
+        .iter()
+        .map(|f| open_nofollow(f).map_err(|e| Error::io("open", f, e)))
+        .collect::<Result<Vec<File>>>()?;
+    for file in &opened {
+        // SAFETY: `file` is an open descriptor for the whole call. Only a
+        // hint: failures are left to the fsync below.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    for (file, path) in opened.iter().zip(files) {
+        file.sync_all().map_err(|e| Error::io("sync", path, e))?;
     }
     Ok(false)
 }
