@@ -848,8 +848,12 @@ impl Scanner {
             // no path walk per entry, and it never follows a symlink.
             let statted: Mutex<Vec<(String, io::Result<Stat>)>> = Mutex::new(Vec::new());
             let stat_batch = |batch: Vec<(String, fs::DirEntry)>| {
+                // A batch is split further among idle threads (the last
+                // one, often a whole small directory, is statted after the
+                // listing ends).
                 let done: Vec<(String, io::Result<Stat>)> = batch
-                    .into_iter()
+                    .into_par_iter()
+                    .with_min_len(64)
                     .map(|(rel, item)| {
                         let stat = item.metadata().map(|m| Stat::of(&m));
                         (rel, stat)
