@@ -399,18 +399,7 @@ impl Runner {
         let mut sender_ran = false;
         let mut keep: Option<Session> = None;
         let result = (|| {
-            let pooled = match session {
-                Some(_) => None,
-                None => self.pooled_session(r),
-            };
-            let (session, mut channel) = match pooled {
-                Some(s) => match s.exec(RECEIVE_COMMAND) {
-                    Ok(channel) => (s, channel),
-                    // Closed by the server (or the network) while idle.
-                    Err(_) => self.open_receiver(r, None).map_err(host_err)?,
-                },
-                None => self.open_receiver(r, session).map_err(host_err)?,
-            };
+            let (session, mut channel) = self.open_receiver(r, session).map_err(host_err)?;
             sender_ran = true;
             let result = send(&mut channel, &label);
             let finished = channel.finish();
@@ -480,14 +469,24 @@ impl Runner {
             .is_some_and(|used| used.elapsed() < SESSION_IDLE)
     }
 
-    /// Starts the receiver on `r` over `session` (opened beforehand) or a
-    /// new session.
+    /// Starts the receiver on `r` over `opened` (a session opened during
+    /// the scan) when given, else over the session the watcher kept (unless
+    /// the server or the network closed it while idle), else over a new one.
     fn open_receiver(
         &self,
         r: &ReplicaConfig,
-        session: Option<Result<Session>>,
+        opened: Option<Result<Session>>,
     ) -> Result<(Session, Channel)> {
-        let session = session.unwrap_or_else(|| self.target(r).connect())?;
+        let session = match opened {
+            Some(session) => session?,
+            None => match self.pooled_session(r) {
+                Some(kept) => match kept.exec(RECEIVE_COMMAND) {
+                    Ok(channel) => return Ok((kept, channel)),
+                    Err(_) => self.target(r).connect()?,
+                },
+                None => self.target(r).connect()?,
+            },
+        };
         let channel = session.exec(RECEIVE_COMMAND)?;
         Ok((session, channel))
     }
