@@ -414,7 +414,7 @@ impl Receiver {
                 )));
             }
         }
-        let (base_manifest, have) = base.manifest_and_contents()?;
+        let (base_manifest, have) = base.take()?;
         let mut removed: FxHashSet<&str> = FxHashSet::default();
         for path in &removes {
             check_path(kind, path)?;
@@ -570,23 +570,27 @@ impl Receiver {
 }
 
 /// The receiver's base, its manifest read by a thread from the moment the
-/// session knows it (a session that ends with BYE leaves the thread behind).
+/// session knows it (a session that ends with BYE leaves the thread behind),
+/// and read once: a manifest exchange and the delta after it share it.
 struct BaseReader {
     base: Base,
     kind: Kind,
     preload: Option<std::thread::JoinHandle<Result<(Manifest, Contents)>>>,
+    loaded: Option<(Manifest, Contents)>,
 }
 
 /// The SHA-256 digests (raw) of a manifest's files: contents the replica
 /// holds and need not be sent.
 type Contents = FxHashSet<[u8; 32]>;
 
-fn contents_of(manifest: &Manifest) -> Contents {
-    manifest
+/// `manifest` with the contents its files have.
+fn with_contents(manifest: Manifest) -> (Manifest, Contents) {
+    let contents = manifest
         .entries()
         .iter()
         .filter_map(|e| e.sha256.as_deref().and_then(sha_bytes))
-        .collect()
+        .collect();
+    (manifest, contents)
 }
 
 /// The 32 bytes of a SHA-256 written as hex.
@@ -600,17 +604,13 @@ impl BaseReader {
     fn start(base: Base, kind: Kind) -> BaseReader {
         let preload = base.digest.is_some().then(|| {
             let base = base.clone();
-            std::thread::spawn(move || {
-                base.manifest(kind).map(|m| {
-                    let contents = contents_of(&m);
-                    (m, contents)
-                })
-            })
+            std::thread::spawn(move || base.manifest(kind).map(with_contents))
         });
         BaseReader {
             base,
             kind,
             preload,
+            loaded: None,
         }
     }
 
@@ -619,23 +619,29 @@ impl BaseReader {
         self.base.digest.as_deref()
     }
 
-    /// The base manifest ([`Base::manifest`]).
-    fn manifest(&mut self) -> Result<Manifest> {
-        self.manifest_and_contents().map(|(m, _)| m)
+    /// The base manifest ([`Base::manifest`]), kept for a later
+    /// [`take`](Self::take).
+    fn manifest(&mut self) -> Result<&Manifest> {
+        let loaded = self.take()?;
+        Ok(&self.loaded.insert(loaded).0)
     }
 
-    /// The base manifest and the contents its files have.
-    fn manifest_and_contents(&mut self) -> Result<(Manifest, Contents)> {
+    /// The base manifest and the contents its files have, taken.
+    fn take(&mut self) -> Result<(Manifest, Contents)> {
+        match self.loaded.take() {
+            Some(loaded) => Ok(loaded),
+            None => self.read(),
+        }
+    }
+
+    fn read(&mut self) -> Result<(Manifest, Contents)> {
         match self.preload.take().map(|h| h.join()) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(Error::new(
                 ErrorKind::Internal,
                 "the thread reading the base manifest panicked",
             )),
-            None => self.base.manifest(self.kind).map(|m| {
-                let contents = contents_of(&m);
-                (m, contents)
-            }),
+            None => self.base.manifest(self.kind).map(with_contents),
         }
     }
 }

@@ -487,7 +487,7 @@ impl Sender {
         // While the receiver makes the transaction durable, the manifest it
         // will hold is written here; it replaces the one last shipped only
         // once the receiver acknowledges.
-        let staged = (manifest_file_digest(&shipped_path).as_deref() != Some(digest.as_str()))
+        let staged = (shipped_digest.as_deref() != Some(digest.as_str()))
             .then(|| stage_manifest_cache(&shipped_path, current, 0o600));
         let frame = conn.expect(&[FrameType::Ack], "ACK")?;
         let ack: Commit = conn.parse(&frame)?;
