@@ -305,11 +305,18 @@ pub(crate) fn take_over(path: &Path, names: u64, mode: u32, what: &str) -> Resul
     let file = open_nofollow(path).map_err(|e| Error::io("open", path, e))?;
     let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
     if !meta.is_file() || meta.nlink() != names {
+        // The caller's own links aside, the file must have one name.
+        let want = match names {
+            1 => "a single name".to_string(),
+            2 => "a single name besides the link made here".to_string(),
+            n => format!("a single name besides the {} links made here", n - 1),
+        };
         return Err(Error::new(
             ErrorKind::Corrupt,
             format!(
-                "{what}: {} is not a regular file with a single name",
-                path.display()
+                "{what}: {} is not a regular file with {want} (it has {}), so it is not trusted",
+                path.display(),
+                meta.nlink()
             ),
         )
         .with_path(path));
@@ -379,8 +386,15 @@ impl FileLock {
 /// back to the clock and process id, which is unique enough for names).
 pub(crate) fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
+    fill_random(&mut buf);
+    hex::encode(buf)
+}
+
+/// Fills `buf` from the kernel's generator (falling back to the clock and
+/// process id).
+fn fill_random(buf: &mut [u8]) {
     let filled = File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
+        .and_then(|mut f| f.read_exact(buf))
         .is_ok();
     if !filled {
         let seed = format!(
@@ -394,7 +408,6 @@ pub(crate) fn random_hex(n: usize) -> String {
             *b = sum[i % sum.len()];
         }
     }
-    hex::encode(buf)
 }
 
 /// A name suffix unique within this process and, with overwhelming
@@ -405,8 +418,9 @@ pub(crate) fn unique_hex() -> String {
     static START: OnceLock<u64> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let start = *START.get_or_init(|| {
-        let bytes = hex::decode(random_hex(8)).unwrap_or_default();
-        bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+        let mut bytes = [0u8; 8];
+        fill_random(&mut bytes);
+        u64::from_le_bytes(bytes)
     });
     format!(
         "{:016x}",

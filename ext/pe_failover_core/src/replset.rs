@@ -845,10 +845,9 @@ impl ReplicatedSet {
     }
 }
 
-/// The checks every scan of the set ends with: the replication rules, not
-/// database-backed, complete.
-/// The entries are this host's own records (see
-/// [`Manifest::from_own_entries`]); the replication rules are checked in full.
+/// The checks every scan of the set ends with: the replication rules (in
+/// full), not database-backed, complete. The entries are this host's own
+/// records (see [`Manifest::from_own_entries`]).
 fn finish_set_manifest(cadir: &Path, entries: Vec<Entry>) -> Result<Manifest> {
     let manifest = Manifest::from_own_entries(entries)
         .and_then(|m| validate_manifest(&m).map(|()| m))

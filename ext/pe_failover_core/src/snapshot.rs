@@ -648,6 +648,11 @@ impl Scanner {
         &path[self.prefix.len()..]
     }
 
+    /// Where `path` (a manifest path of this scanner) is on disk.
+    fn abs_path(&self, path: &str) -> PathBuf {
+        self.root.join(self.below_root(path))
+    }
+
     /// Leaves out entries matched by `excludes` (and everything below an
     /// excluded directory). Default: none.
     pub fn excludes(mut self, excludes: Excludes) -> Self {
@@ -921,9 +926,7 @@ impl Scanner {
                         out.push(Listed { rel, stat });
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => stats.vanished += 1,
-                    Err(e) => {
-                        problems.push(Error::io("stat", self.root.join(self.below_root(&rel)), e))
-                    }
+                    Err(e) => problems.push(Error::io("stat", self.abs_path(&rel), e)),
                 }
             }
         }
@@ -958,7 +961,7 @@ impl Scanner {
         }
         if stat.is(libc::S_IFLNK) {
             entry.kind = EntryKind::Symlink;
-            let abs = self.root.join(self.below_root(&entry.path));
+            let abs = self.abs_path(&entry.path);
             let target = fs::read_link(&abs).map_err(|e| Outcome::from_io("read link", &abs, e))?;
             let target = target.into_os_string().into_string().map_err(|_| {
                 Outcome::Problem(
@@ -977,7 +980,7 @@ impl Scanner {
             return Ok((entry, None));
         }
         if !stat.is(libc::S_IFREG) {
-            let abs = self.root.join(self.below_root(&entry.path));
+            let abs = self.abs_path(&entry.path);
             return Err(Outcome::Problem(
                 Error::new(
                     ErrorKind::InvalidInput,
@@ -998,7 +1001,7 @@ impl Scanner {
         }
         // Hash, then make sure the file did not change while it was read; if
         // it did, record it as it is now and read it again.
-        let abs = self.root.join(self.below_root(&entry.path));
+        let abs = self.abs_path(&entry.path);
         for _attempt in 0..3 {
             let (sha, n, after) = hash_file(&abs, &self.cancel)?;
             hashed.fetch_add(1, Ordering::Relaxed);
