@@ -111,7 +111,7 @@ impl Bench {
     /// CLI and the Puppet type run it) plus the replica's apply (what the
     /// passive's watcher does when a transaction arrives).
     fn ours(&self) -> ReplicaOutcome {
-        let active = self.active.get_or_init(|| self.runners().0);
+        let active = self.active.get().expect("the runner is made in Bench::new");
         let t0 = Instant::now();
         let run = active.sync(None, false).expect("sync");
         let t1 = Instant::now();
@@ -301,6 +301,26 @@ fn row(n: usize, scenario: &str, ours: Duration, rsync: Duration) {
     );
 }
 
+/// `runs` one-shot runs of both tools, each after `prepare` (untimed, given
+/// the run's number) made the scenario's change, ours first; prints the row
+/// of medians. Each of our runs must end with `expect`.
+fn compare(
+    b: &mut Bench,
+    n: usize,
+    scenario: &str,
+    runs: usize,
+    expect: ReplicaOutcome,
+    mut prepare: impl FnMut(&mut Bench, usize),
+) {
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        prepare(b, run);
+        ours.push(timed(|| assert_eq!(b.ours(), expect)));
+        theirs.push(timed(|| b.rsync()));
+    }
+    row(n, scenario, median(ours), median(theirs));
+}
+
 fn percentile(mut v: Vec<Duration>, p: usize) -> Duration {
     v.sort();
     v[(v.len() * p / 100).min(v.len() - 1)]
@@ -397,13 +417,14 @@ fn main() {
         works.push(work);
         let full_runs = if n >= 50_000 { runs.min(3) } else { runs };
         if wanted("full") {
-            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-            for _ in 0..full_runs {
-                b.reset_replicas();
-                ours.push(timed(|| assert_eq!(b.ours(), ReplicaOutcome::Committed)));
-                theirs.push(timed(|| b.rsync()));
-            }
-            row(n, "full", median(ours), median(theirs));
+            compare(
+                &mut b,
+                n,
+                "full",
+                full_runs,
+                ReplicaOutcome::Committed,
+                |b, _| b.reset_replicas(),
+            );
         }
         // The other scenarios start from synced replicas, past the stat
         // cache's racy window, as on a live CA between events.
@@ -414,29 +435,30 @@ fn main() {
         b.rsync();
 
         if wanted("nochange") {
-            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-            for _ in 0..runs {
-                ours.push(timed(|| assert_eq!(b.ours(), ReplicaOutcome::UpToDate)));
-                theirs.push(timed(|| b.rsync()));
-            }
-            row(n, "no change", median(ours), median(theirs));
+            compare(
+                &mut b,
+                n,
+                "no change",
+                runs,
+                ReplicaOutcome::UpToDate,
+                |_, _| {},
+            );
         }
 
         if wanted("burst") {
-            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-            for run in 0..runs {
-                for i in 0..10 {
-                    b.ca.sign(&format!("burst{run}-{i}.example.com"));
-                }
-                b.ca.revoke(&format!("node{run:06}.example.com"));
-                ours.push(timed(|| assert_eq!(b.ours(), ReplicaOutcome::Committed)));
-                theirs.push(timed(|| b.rsync()));
-            }
-            row(
+            let scenario = "10 signings + 1 revocation";
+            compare(
+                &mut b,
                 n,
-                "10 signings + 1 revocation",
-                median(ours),
-                median(theirs),
+                scenario,
+                runs,
+                ReplicaOutcome::Committed,
+                |b, run| {
+                    for i in 0..10 {
+                        b.ca.sign(&format!("burst{run}-{i}.example.com"));
+                    }
+                    b.ca.revoke(&format!("node{run:06}.example.com"));
+                },
             );
         }
 
