@@ -40,6 +40,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -1037,63 +1038,45 @@ impl Applier {
             }
         }
 
-        // Files: temporary copies first, synced, then renamed into place.
+        // Files: temporary copies first (written by every core), synced,
+        // then renamed into place.
         let mut temps: Vec<(PathBuf, PathBuf, &Entry)> = Vec::new();
         let result = (|| -> Result<bool> {
-            let mut known_dir: Option<PathBuf> = None;
-            for e in &plan.write {
-                self.cancel.check()?;
+            // Each temporary file's place and owner. Siblings share a parent:
+            // it is checked (and its owner read) once per run of them.
+            let mut owners: Vec<Option<(u32, u32)>> = Vec::with_capacity(plan.write.len());
+            let mut known_dir: Option<(PathBuf, Option<(u32, u32)>)> = None;
+            for e in plan.write.iter().filter(|e| e.kind != EntryKind::Dir) {
                 let dest = resolve(&e.path)?;
                 let dir = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-                // Siblings share a parent: checked once per run of them.
-                if known_dir.as_ref() != Some(&dir) {
+                if known_dir.as_ref().map(|(d, _)| d) != Some(&dir) {
                     if !dir.is_dir() {
                         fs::create_dir_all(&dir)
                             .map_err(|err| Error::io("create directory", &dir, err))?;
                     }
-                    known_dir = Some(dir.clone());
+                    let parent_owner = fs::metadata(&dir).ok().map(|m| (m.uid(), m.gid()));
+                    known_dir = Some((dir.clone(), parent_owner));
                 }
-                let tmp = dir.join(format!("{TEMP_PREFIX}{}", fsutil::unique_hex()));
                 let existing = live.get(&e.path).filter(|l| l.kind == e.kind);
-                let owner = self.owner_for(&dest, existing);
-                match e.kind {
-                    EntryKind::File => {
-                        let sha = e.sha256.as_deref().unwrap_or_default();
-                        let src = target.object_path(sha);
-                        let file = fsutil::copy_verified(
-                            &src,
-                            &tmp,
-                            e.mode & 0o777,
-                            sha,
-                            e.size,
-                            &format!("snapshot {}", target.meta.digest),
-                        )
-                        .inspect_err(|err| {
-                            if err.kind() == ErrorKind::Corrupt {
-                                // Named by its SHA-256, so garbage: a resent
-                                // transaction stores it again.
-                                let _ = fs::remove_file(&src);
-                            }
-                        })?;
-                        temps.push((tmp.clone(), dest, e));
-                        if let Some((uid, gid)) = owner {
-                            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                                .map_err(|err| Error::io("change owner of", &tmp, err))?;
-                        }
-                        let _ = file.set_modified(system_time(e.mtime_ns));
-                        out.bytes_written += e.size;
-                    }
-                    EntryKind::Symlink => {
-                        symlink(e.target.as_deref().unwrap_or_default(), &tmp)
-                            .map_err(|err| Error::io("create symlink", &tmp, err))?;
-                        temps.push((tmp.clone(), dest, e));
-                        if let Some((uid, gid)) = owner {
-                            lchown(&tmp, Some(uid), Some(gid))
-                                .map_err(|err| Error::io("change owner of", &tmp, err))?;
-                        }
-                    }
-                    EntryKind::Dir => {}
-                }
+                let parent_owner = known_dir.as_ref().and_then(|(_, o)| *o);
+                owners.push(match self.owner {
+                    Owner::Fixed { uid, gid } => Some((uid, gid)),
+                    Owner::Inherit => existing.map(|l| (l.uid, l.gid)).or(parent_owner),
+                });
+                let tmp = dir.join(format!("{TEMP_PREFIX}{}", fsutil::unique_hex()));
+                temps.push((tmp, dest, e));
+            }
+            let cancel = &self.cancel;
+            let written: Vec<Result<u64>> = temps
+                .par_iter()
+                .zip(owners.par_iter())
+                .map(|((tmp, _, e), owner)| {
+                    cancel.check()?;
+                    write_temp(target, tmp, e, *owner)
+                })
+                .collect();
+            for bytes in written {
+                out.bytes_written += bytes?;
             }
             // One sync per file system (the ssl files may live on another).
             for (under_ca, anchor) in [(true, &paths.cadir), (false, &paths.ssldir)] {
@@ -1376,6 +1359,49 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("set permissions of", path, e))
+}
+
+/// Writes the temporary file `tmp` for the snapshot entry `e` (a file
+/// copied from `target`'s store and verified on the way, or a symlink),
+/// owned by `owner` when given; returns the bytes written. Contents found
+/// damaged in the store are removed from it (named by their SHA-256, they
+/// are garbage: a resent transaction stores them again).
+fn write_temp(target: &Snapshot, tmp: &Path, e: &Entry, owner: Option<(u32, u32)>) -> Result<u64> {
+    match e.kind {
+        EntryKind::File => {
+            let sha = e.sha256.as_deref().unwrap_or_default();
+            let src = target.object_path(sha);
+            let file = fsutil::copy_verified(
+                &src,
+                tmp,
+                e.mode & 0o777,
+                sha,
+                e.size,
+                &format!("snapshot {}", target.meta.digest),
+            )
+            .inspect_err(|err| {
+                if err.kind() == ErrorKind::Corrupt {
+                    let _ = fs::remove_file(&src);
+                }
+            })?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                    .map_err(|err| Error::io("change owner of", tmp, err))?;
+            }
+            let _ = file.set_modified(system_time(e.mtime_ns));
+            Ok(e.size)
+        }
+        EntryKind::Symlink => {
+            symlink(e.target.as_deref().unwrap_or_default(), tmp)
+                .map_err(|err| Error::io("create symlink", tmp, err))?;
+            if let Some((uid, gid)) = owner {
+                lchown(tmp, Some(uid), Some(gid))
+                    .map_err(|err| Error::io("change owner of", tmp, err))?;
+            }
+            Ok(0)
+        }
+        EntryKind::Dir => Ok(0),
+    }
 }
 
 fn system_time(ns: i64) -> SystemTime {

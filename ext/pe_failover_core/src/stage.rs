@@ -51,6 +51,7 @@ use std::io;
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +60,7 @@ use crate::cancel::CancelToken;
 use crate::fsutil;
 use crate::protocol::Kind;
 use crate::replset::{load_manifest_of, manifest_file_digest, save_manifest};
-use crate::snapshot::{is_sha256_hex, EntryKind, Manifest};
+use crate::snapshot::{is_sha256_hex, Entry, EntryKind, Manifest};
 use crate::state::Stamp;
 use crate::{Error, ErrorKind, Result};
 
@@ -922,12 +923,12 @@ pub(crate) fn build_snapshot(
     let txn_objects = txn.dir.join("objects");
     let objects_ok = fs::symlink_metadata(&txn_objects).is_ok_and(|m| m.is_dir());
 
-    // New contents: written under temporary names, synced, then named.
-    let mut new: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let result = (|| -> Result<()> {
+    // New contents: written under temporary names (by every core), synced,
+    // then named. First the contents this snapshot adds, each once.
+    let mut jobs: Vec<(&Entry, &str, PathBuf)> = Vec::new();
+    let mut fanout: FxHashSet<PathBuf> = FxHashSet::default();
+    let planned = (|| -> Result<()> {
         let mut seen: FxHashSet<&str> = FxHashSet::default();
-        let mut fanout: FxHashSet<PathBuf> = FxHashSet::default();
-        let mut written: Vec<PathBuf> = Vec::new();
         for (i, e) in manifest.entries().iter().enumerate() {
             if i % 256 == 0 {
                 cancel.check()?;
@@ -944,71 +945,58 @@ pub(crate) fn build_snapshot(
                 continue;
             }
             let dst = state.object_path(sha);
-            if fs::symlink_metadata(&dst).is_ok_and(|m| m.is_file()) {
-                // Kept from an older snapshot (verified when it was added).
-                stats.reused += 1;
-                continue;
+            let dir = dst.parent().unwrap_or(&objects);
+            if !fanout.contains(dir) {
+                fsutil::ensure_dir(dir, 0o700)?;
+                fanout.insert(dir.to_path_buf());
             }
-            let what = format!("transaction {}, {}", txn.meta.txn, e.path);
-            let object = txn.object_file(sha);
-            let extension = txn.meta.extensions.iter().find(|x| x.sha256 == sha);
-            let sources: Vec<PathBuf> = if objects_ok && fs::symlink_metadata(&object).is_ok() {
-                vec![object]
-            } else if let (true, Some(x)) = (objects_ok, extension) {
-                // The held contents plus the suffix.
-                let base = state.object_path(&x.base_sha256);
-                if fs::symlink_metadata(&base).is_err() {
-                    return Err(Error::new(
-                        ErrorKind::Corrupt,
-                        format!(
-                            "{what}: it extends contents (SHA-256 {}) the previous snapshot does not hold",
-                            x.base_sha256
-                        ),
-                    )
-                    .with_path(&txn.dir));
+            jobs.push((e, sha, dst));
+        }
+        Ok(())
+    })();
+    if let Err(e) = planned {
+        let _ = fsutil::remove_any(&partial);
+        return Err(e);
+    }
+    let added: Vec<Result<Option<Added>>> = jobs
+        .par_iter()
+        .map(|(e, sha, dst)| {
+            cancel.check()?;
+            add_object(state, txn, objects_ok, e, sha, dst)
+        })
+        .collect();
+    let mut new: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut written: Vec<PathBuf> = Vec::new();
+    let mut failure = None;
+    for (result, (e, _, dst)) in added.into_iter().zip(&jobs) {
+        match result {
+            Ok(None) => stats.reused += 1,
+            Ok(Some(Added { tmp, copied })) => {
+                if copied {
+                    written.push(tmp.clone());
                 }
-                vec![base, txn.suffix_file(sha)]
-            } else {
-                return Err(Error::new(
-                    ErrorKind::Corrupt,
-                    format!(
-                        "{what}: the contents (SHA-256 {sha}) are neither in the transaction nor in the previous snapshot"
-                    ),
-                )
-                .with_path(&txn.dir));
-            };
-            let dir = dst.parent().unwrap_or(&objects).to_path_buf();
-            if !fanout.contains(&dir) {
-                fsutil::ensure_dir(&dir, 0o700)?;
-                fanout.insert(dir.clone());
+                new.push((tmp, dst.clone()));
+                stats.copied += 1;
+                stats.bytes_copied += e.size;
             }
-            let tmp = dir.join(format!(".tmp.{}", fsutil::unique_hex()));
-            new.push((tmp.clone(), dst));
-            // A whole object is moved out of the transaction (which is
-            // removed once staged) and made root's before it is checked; an
-            // extension is the held contents plus the suffix, copied.
-            let moved = sources.len() == 1 && fs::rename(&sources[0], &tmp).is_ok();
-            if moved {
-                fsutil::adopt_verified(&tmp, 0o600, sha, e.size, &what)?;
-            } else {
-                let parts: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
-                fsutil::concat_verified(&parts, &tmp, 0o600, sha, e.size, &what)?;
-                written.push(tmp);
+            Err(err) => {
+                failure.get_or_insert(err);
             }
-            stats.copied += 1;
-            stats.bytes_copied += e.size;
+        }
+    }
+    let result = (|| -> Result<()> {
+        if let Some(err) = failure {
+            return Err(err);
         }
         // A moved object's contents were made durable by the receiver; only
         // its owner and mode changed (a crash may undo them, which only
         // root can see in this private store). Copies are new data.
         fsutil::sync_new_files(&written, &objects)?;
-        for (tmp, dst) in &new {
-            fs::rename(tmp, dst).map_err(|err| Error::io("rename into place", dst, err))?;
-        }
-        for d in &fanout {
-            fsutil::fsync_dir(d)?;
-        }
-        Ok(())
+        new.par_iter().try_for_each(|(tmp, dst)| {
+            fs::rename(tmp, dst).map_err(|err| Error::io("rename into place", dst, err))
+        })?;
+        let fanout: Vec<&PathBuf> = fanout.iter().collect();
+        fanout.par_iter().try_for_each(|d| fsutil::fsync_dir(d))
     })();
     if let Err(e) = result {
         for (tmp, _) in &new {
@@ -1054,6 +1042,74 @@ pub(crate) fn build_snapshot(
         },
         stats,
     ))
+}
+
+/// Contents a snapshot adds to the store, under a temporary name.
+struct Added {
+    /// The temporary name, beside its place in the store.
+    tmp: PathBuf,
+    /// Whether it was written here (new data to sync) rather than moved.
+    copied: bool,
+}
+
+/// Adds the contents of the file entry `e` (SHA-256 `sha`) to the store at
+/// `dst`, under a temporary name beside it: moved out of `txn` (which is
+/// removed once staged) and made root's before it is checked, or, for an
+/// extension, the held contents plus the suffix, copied. `None` when the
+/// store already holds them (kept from an older snapshot, verified when it
+/// was added).
+fn add_object(
+    state: &StateDir,
+    txn: &PendingTxn,
+    objects_ok: bool,
+    e: &Entry,
+    sha: &str,
+    dst: &Path,
+) -> Result<Option<Added>> {
+    if fs::symlink_metadata(dst).is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    let what = format!("transaction {}, {}", txn.meta.txn, e.path);
+    let object = txn.object_file(sha);
+    let extension = txn.meta.extensions.iter().find(|x| x.sha256 == sha);
+    let sources: Vec<PathBuf> = if objects_ok && fs::symlink_metadata(&object).is_ok() {
+        vec![object]
+    } else if let (true, Some(x)) = (objects_ok, extension) {
+        // The held contents plus the suffix.
+        let base = state.object_path(&x.base_sha256);
+        if fs::symlink_metadata(&base).is_err() {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{what}: it extends contents (SHA-256 {}) the previous snapshot does not hold",
+                    x.base_sha256
+                ),
+            )
+            .with_path(&txn.dir));
+        }
+        vec![base, txn.suffix_file(sha)]
+    } else {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{what}: the contents (SHA-256 {sha}) are neither in the transaction nor in the previous snapshot"
+            ),
+        )
+        .with_path(&txn.dir));
+    };
+    let dir = dst.parent().unwrap_or(Path::new("/"));
+    let tmp = dir.join(format!(".tmp.{}", fsutil::unique_hex()));
+    let moved = sources.len() == 1 && fs::rename(&sources[0], &tmp).is_ok();
+    if moved {
+        fsutil::adopt_verified(&tmp, 0o600, sha, e.size, &what)?;
+    } else {
+        let parts: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
+        fsutil::concat_verified(&parts, &tmp, 0o600, sha, e.size, &what)?;
+    }
+    Ok(Some(Added {
+        tmp,
+        copied: !moved,
+    }))
 }
 
 /// Points `snapshots/latest` at `digest` atomically (a new symlink renamed

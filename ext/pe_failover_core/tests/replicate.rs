@@ -599,28 +599,50 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 fn a_transaction_damaged_at_rest_is_discarded_and_resent() {
     let p = Pair::new(3);
     p.sync_and_apply();
-    p.sign("rest.example.com");
+    // Many objects, checked side by side by the applier: one is damaged.
+    for i in 0..40 {
+        p.sign(&format!("rest{i}.example.com"));
+    }
     p.sync();
     // Someone (the unprivileged transfer user?) alters a stored object.
     let txn = p.incoming().pop().unwrap();
     let objects = p.b_state.join("incoming").join(&txn).join("objects");
     let obj = fs::read_dir(&objects)
         .unwrap()
-        .next()
+        .nth(17)
         .unwrap()
         .unwrap()
         .path();
     fs::write(&obj, "tampered").unwrap();
-    assert_discarded_and_resent(&p);
+    let store = p.b_state.join("snapshots").join("objects");
+    let stored = || {
+        let mut files: Vec<String> = walk(&store)
+            .into_iter()
+            .filter(|name| !(name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit())))
+            .collect();
+        files.sort();
+        files
+    };
+    let before = stored();
+    assert_discarded_and_resent(&p, |p| {
+        // The other objects it took from the transaction are gone with it:
+        // the store holds what it held, no temporary name left behind.
+        assert_eq!(stored(), before);
+        assert!(p.incoming().is_empty());
+    });
 }
 
 /// The applier refuses the pending transaction as corrupt and discards it;
 /// the sender's idea of the replica is then wrong, so the next sync
 /// exchanges manifests, and the replica converges. Returns the refusal.
-fn assert_discarded_and_resent(p: &Pair) -> pe_failover_core::Error {
+fn assert_discarded_and_resent(
+    p: &Pair,
+    after_refusal: impl FnOnce(&Pair),
+) -> pe_failover_core::Error {
     let e = p.applier().run().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(p.incoming().is_empty());
+    after_refusal(p);
     let (s, _) = p.sync_and_apply();
     assert!(s.stats.manifest_exchanged);
     p.assert_converged(&[PASSIVE]);
@@ -642,7 +664,7 @@ fn a_transaction_manifest_damaged_or_linked_elsewhere_is_discarded_and_resent() 
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     fs::write(manifest_of(&txn), bytes).unwrap();
-    assert_discarded_and_resent(&p);
+    assert_discarded_and_resent(&p, |_| {});
 
     // The manifest is a hard link to another file (a system file, as far as
     // the applier can tell): refused, and that file keeps its mode.
@@ -654,7 +676,7 @@ fn a_transaction_manifest_damaged_or_linked_elsewhere_is_discarded_and_resent() 
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
     fs::remove_file(manifest_of(&txn)).unwrap();
     fs::hard_link(&secret, manifest_of(&txn)).unwrap();
-    let e = assert_discarded_and_resent(&p);
+    let e = assert_discarded_and_resent(&p, |_| {});
     assert!(e.message().contains("single name"), "{e}");
     let meta = fs::metadata(&secret).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
