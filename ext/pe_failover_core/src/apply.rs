@@ -1067,14 +1067,18 @@ impl Applier {
                 temps.push((tmp, dest, e));
             }
             let cancel = &self.cancel;
+            let flusher = fsutil::Flusher::new(&paths.cadir);
             let written: Vec<Result<u64>> = temps
                 .par_iter()
                 .zip(owners.par_iter())
                 .map(|((tmp, _, e), owner)| {
                     cancel.check()?;
-                    write_temp(target, tmp, e, *owner)
+                    let bytes = write_temp(target, tmp, e, *owner)?;
+                    flusher.wrote(bytes);
+                    Ok(bytes)
                 })
                 .collect();
+            drop(flusher);
             for bytes in written {
                 out.bytes_written += bytes?;
             }

@@ -122,6 +122,88 @@ pub(crate) fn sync_new_files(files: &[PathBuf], anchor: &Path) -> Result<bool> {
     Ok(false)
 }
 
+/// Background writeback while many new files are written on one file
+/// system: every [`FLUSH_EVERY`] bytes (a small file counts as a page), a
+/// thread of its own starts a `syncfs`, so the devices write while the
+/// caller goes on and the sync that makes the files durable at the end
+/// ([`sync_new_files`]) finds most of the work done. Only a head start:
+/// durability is still that final sync's. The thread is started by the
+/// first kick (a few small files never start one) and stops when the
+/// flusher is dropped.
+#[derive(Debug)]
+pub(crate) struct Flusher {
+    anchor: PathBuf,
+    since: AtomicU64,
+    kick: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// How many bytes written make a [`Flusher`] start writeback.
+const FLUSH_EVERY: u64 = 16 << 20;
+
+impl Flusher {
+    /// A flusher for the file system holding `anchor`.
+    pub(crate) fn new(anchor: &Path) -> Flusher {
+        Flusher {
+            anchor: anchor.to_path_buf(),
+            since: AtomicU64::new(0),
+            kick: std::sync::Mutex::new(None),
+            thread: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Counts a file of `bytes` written.
+    pub(crate) fn wrote(&self, bytes: u64) {
+        let pages = bytes.div_ceil(4096).max(1) * 4096;
+        let since = self.since.fetch_add(pages, Ordering::Relaxed) + pages;
+        if since < FLUSH_EVERY {
+            return;
+        }
+        let Ok(mut kick) = self.kick.lock() else {
+            return;
+        };
+        if kick.is_none() {
+            *kick = self.start();
+        }
+        // A writeback still running takes the next one's bytes too.
+        if kick.as_ref().is_some_and(|k| k.try_send(()).is_ok()) {
+            self.since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn start(&self) -> Option<std::sync::mpsc::SyncSender<()>> {
+        let dir = File::open(&self.anchor).ok()?;
+        let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("pe_failover-flush".into())
+            .spawn(move || {
+                while kicked.recv().is_ok() {
+                    // SAFETY: `dir` is an open descriptor for the whole
+                    // loop. Failures are left to the caller's final sync.
+                    unsafe {
+                        libc::syncfs(dir.as_raw_fd());
+                    }
+                }
+            })
+            .ok()?;
+        if let Ok(mut slot) = self.thread.lock() {
+            *slot = Some(thread);
+        }
+        Some(kick)
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        if let Ok(mut kick) = self.kick.lock() {
+            kick.take();
+        }
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Copies the regular file `src` to the new file `dst` (which must not
 /// exist) with permission bits `mode`, checking on the way that the copied
 /// bytes have `size` and SHA-256 `sha256`. `src` is opened without following
@@ -460,6 +542,31 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flusher_starts_its_thread_only_after_enough_bytes_and_stops_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = Flusher::new(dir.path());
+        for _ in 0..10 {
+            small.wrote(100);
+        }
+        assert!(small.thread.lock().unwrap().is_none());
+        drop(small);
+
+        let busy = Flusher::new(dir.path());
+        for i in 0..(2 * FLUSH_EVERY / 4096) {
+            fs::write(dir.path().join(format!("f{i}")), b"x").unwrap();
+            busy.wrote(1);
+        }
+        assert!(busy.thread.lock().unwrap().is_some());
+        // Joins the thread, after the writeback it was running (if any).
+        drop(busy);
+
+        // A directory that cannot be opened: no thread, no failure.
+        let gone = Flusher::new(&dir.path().join("missing"));
+        gone.wrote(FLUSH_EVERY);
+        assert!(gone.thread.lock().unwrap().is_none());
+    }
 
     #[test]
     fn verified_copy_rejects_wrong_content_and_leaves_nothing() {

@@ -586,6 +586,7 @@ pub(crate) struct TxnWriter {
     final_dir: PathBuf,
     incoming: PathBuf,
     written: Vec<PathBuf>,
+    flusher: fsutil::Flusher,
     done: bool,
 }
 
@@ -606,6 +607,7 @@ impl TxnWriter {
         fsutil::ensure_dir(&partial.join("objects"), 0o700)?;
         fsutil::ensure_dir(&partial, 0o700)?;
         Ok(TxnWriter {
+            flusher: fsutil::Flusher::new(&partial),
             partial,
             final_dir,
             incoming,
@@ -615,8 +617,9 @@ impl TxnWriter {
     }
 
     /// Creates `objects/<name>` for writing (`<sha256>` or
-    /// `<sha256>.suffix`).
-    pub(crate) fn create_object(&mut self, name: &str) -> Result<(File, PathBuf)> {
+    /// `<sha256>.suffix`) `size` bytes (their writeback starts in the
+    /// background once many are written).
+    pub(crate) fn create_object(&mut self, name: &str, size: u64) -> Result<(File, PathBuf)> {
         let path = self.partial.join("objects").join(name);
         let file = File::options()
             .write(true)
@@ -626,6 +629,7 @@ impl TxnWriter {
             .open(&path)
             .map_err(|e| Error::io("create", &path, e))?;
         self.written.push(path.clone());
+        self.flusher.wrote(size);
         Ok((file, path))
     }
 

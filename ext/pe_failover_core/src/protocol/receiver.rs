@@ -500,7 +500,7 @@ impl Receiver {
                 )));
             }
             if frame.ty == FrameType::Object {
-                let (file, file_path) = writer.create_object(sha)?;
+                let (file, file_path) = writer.create_object(sha, size)?;
                 let got = receive_data(conn, file, &file_path, size, path)?;
                 if got != sha {
                     return Err(damaged(path, &got, sha));
@@ -518,7 +518,8 @@ impl Receiver {
                         "the sender extends {path:?} from contents {base_sha} ({base_size} bytes) that this replica does not hold there"
                     )));
                 }
-                let (file, file_path) = writer.create_object(&format!("{sha}.suffix"))?;
+                let (file, file_path) =
+                    writer.create_object(&format!("{sha}.suffix"), size - base_size)?;
                 let got = receive_data(conn, file, &file_path, size - base_size, path)?;
                 if got != suffix_sha {
                     return Err(damaged(path, &got, &suffix_sha));
