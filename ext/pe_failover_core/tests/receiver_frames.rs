@@ -376,3 +376,23 @@ fn an_extension_of_contents_the_replica_does_not_hold_is_refused() {
     assert!(result.is_err());
     assert!(p.incoming().is_empty());
 }
+
+#[test]
+fn a_receiver_started_and_closed_unused_records_no_failure_but_a_broken_session_does() {
+    let p = Pair::new(2);
+    p.sync_and_apply();
+    let status = p.b_state.join("incoming").join("receiver.status.json");
+    let recorded = || std::fs::read_to_string(&status).unwrap();
+    let before = recorded();
+
+    // The sender started it during its scan, then had nothing to say.
+    let e = session(&p, |_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Network, "{e}");
+    assert_eq!(recorded(), before);
+
+    // A session that began and broke off is recorded.
+    let e = session(&p, |raw| raw.hello(1)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Network, "{e}");
+    let after: Value = serde_json::from_str(&recorded()).unwrap();
+    assert_eq!(after["last_error"]["kind"], "network", "{after}");
+}

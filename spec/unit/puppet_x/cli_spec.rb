@@ -135,4 +135,13 @@ RSpec.describe 'pe_failover CLI (lib/puppet_x/pe_failover/cli.rb)', order: :defi
     expect(status.exitstatus).to eq(1)
     expect(err).to include('nope.test is not a replica')
   end
+
+  it 'accepts the session kind a sender names after receive, and no other argument' do
+    out, _err, status = pair.cli('receive', '--help', 'ca')
+    expect(status.exitstatus).to eq(0)
+    expect(out).to include('usage: pe_failover receive')
+    _out, err, status = pair.cli('receive', 'extra')
+    expect(status.exitstatus).to eq(2)
+    expect(err).to include('unexpected argument "extra"')
+  end
 end

@@ -92,6 +92,7 @@ pub struct Receiver {
     limits: Limits,
     cancel: CancelToken,
     lock_wait: Duration,
+    expect: Option<Kind>,
 }
 
 impl Receiver {
@@ -108,7 +109,22 @@ impl Receiver {
             limits: Limits::default(),
             cancel: CancelToken::new(),
             lock_wait: Duration::from_secs(30),
+            expect: None,
         }
+    }
+
+    /// The kind of session the sender said it would open when it started
+    /// this receiver (a sender starts it while it still scans): that
+    /// kind's base manifest is read at once, meanwhile. Only a head start:
+    /// `HELLO` decides, and the base is used only if it is still the one
+    /// found once the session holds its lock. Default: none (the base is
+    /// read after `HELLO`). [`receive_stdio`](Self::receive_stdio) takes
+    /// it from the command the sender asked SSH for
+    /// (`SSH_ORIGINAL_COMMAND`, such as `pe_failover receive ca`) unless
+    /// set.
+    pub fn expect_kind(mut self, kind: Option<Kind>) -> Self {
+        self.expect = kind;
+        self
     }
 
     /// The role file ([`Role::read`]): when it says `active`, every session
@@ -156,6 +172,14 @@ impl Receiver {
     pub fn receive_stdio(&self) -> Result<ReceiveReport> {
         let stdin = io::stdin().lock();
         let stdout = io::stdout().lock();
+        if self.expect.is_none() {
+            let asked = std::env::var("SSH_ORIGINAL_COMMAND").unwrap_or_default();
+            let kind = asked.split_whitespace().last().and_then(Kind::from_name);
+            return self
+                .clone()
+                .expect_kind(kind)
+                .receive(Duplex::new(stdin, stdout));
+        }
         self.receive(Duplex::new(stdin, stdout))
     }
 
@@ -168,11 +192,19 @@ impl Receiver {
             sender: None,
             kind: None,
             stats: Stats::default(),
+            early: self
+                .expect
+                .map(|kind| (kind, EarlyBase::start(&self.state, kind))),
         };
         let result = self.session(&mut conn, &mut session);
         session.stats.bytes_sent = conn.sent();
         session.stats.bytes_received = conn.received();
         session.stats.elapsed = started.elapsed();
+        // A sender may start the receiver before it knows it has anything to
+        // say (it scans meanwhile) and then close the channel unused: that
+        // is no failed session.
+        let unused = session.stats.bytes_received == 0
+            && matches!(&result, Err(e) if e.kind() == ErrorKind::Network);
         let kind = session.kind.unwrap_or(Kind::Ca);
         let state = StateDir::for_kind(self.state.root(), kind);
         let status_path = state.receiver_status_file();
@@ -207,7 +239,7 @@ impl Receiver {
         };
         // Only once the state directory exists (a fenced or malformed
         // session may not have created it).
-        if state.incoming().is_dir() {
+        if state.incoming().is_dir() && !unused {
             let _ = status.save(&status_path);
         }
         result
@@ -291,7 +323,12 @@ impl Receiver {
 
         // The sender now reads the manifest it shipped last and computes the
         // delta; the base manifest is read meanwhile.
-        let mut base = BaseReader::start(base, kind);
+        let early = session
+            .early
+            .take()
+            .filter(|(expected, _)| *expected == kind)
+            .map(|(_, early)| early);
+        let mut base = BaseReader::start(base, kind, early);
 
         let mut report = ReceiveReport {
             sender,
@@ -571,11 +608,14 @@ impl Receiver {
 }
 
 /// The receiver's base, its manifest read by a thread from the moment the
-/// session knows it (a session that ends with BYE leaves the thread behind),
-/// and read once: a manifest exchange and the delta after it share it.
+/// session knows it, or since the receiver started when the sender said
+/// which kind it would open (a session that ends with BYE leaves the
+/// thread behind), and read once: a manifest exchange and the delta after
+/// it share it.
 struct BaseReader {
     base: Base,
     kind: Kind,
+    early: Option<EarlyBase>,
     preload: Option<std::thread::JoinHandle<Result<(Manifest, Contents)>>>,
     loaded: Option<(Manifest, Contents)>,
 }
@@ -601,15 +641,46 @@ fn sha_bytes(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A base manifest read before the session held its lock (see
+/// [`Receiver::expect_kind`]), by a thread: the digest it had, and what it
+/// held.
+struct EarlyBase(std::thread::JoinHandle<Result<Option<(String, Loaded)>>>);
+
+/// A base manifest and the contents its files have.
+type Loaded = (Manifest, Contents);
+
+impl EarlyBase {
+    fn start(state: &StateDir, kind: Kind) -> EarlyBase {
+        let state = StateDir::for_kind(state.root(), kind);
+        EarlyBase(std::thread::spawn(move || {
+            let base = receiver_base(&state, kind.as_str())?;
+            let Some(digest) = base.digest.clone() else {
+                return Ok(None);
+            };
+            Ok(Some((digest, with_contents(base.manifest(kind)?))))
+        }))
+    }
+
+    /// What was read, if it is the base `digest`.
+    fn take(self, digest: &str) -> Option<(Manifest, Contents)> {
+        match self.0.join() {
+            Ok(Ok(Some((read, loaded)))) if read == digest => Some(loaded),
+            _ => None,
+        }
+    }
+}
+
 impl BaseReader {
-    fn start(base: Base, kind: Kind) -> BaseReader {
-        let preload = base.digest.is_some().then(|| {
+    /// Reads `base` in a thread from now on, unless `early` is reading it.
+    fn start(base: Base, kind: Kind, early: Option<EarlyBase>) -> BaseReader {
+        let preload = (early.is_none() && base.digest.is_some()).then(|| {
             let base = base.clone();
             std::thread::spawn(move || base.manifest(kind).map(with_contents))
         });
         BaseReader {
             base,
             kind,
+            early,
             preload,
             loaded: None,
         }
@@ -636,6 +707,10 @@ impl BaseReader {
     }
 
     fn read(&mut self) -> Result<(Manifest, Contents)> {
+        let early = self.early.take().zip(self.base.digest.as_deref());
+        if let Some(loaded) = early.and_then(|(early, digest)| early.take(digest)) {
+            return Ok(loaded);
+        }
         match self.preload.take().map(|h| h.join()) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(Error::new(
@@ -712,6 +787,8 @@ struct Session {
     sender: Option<String>,
     kind: Option<Kind>,
     stats: Stats,
+    /// The base of the kind the sender said it would open, being read.
+    early: Option<(Kind, EarlyBase)>,
 }
 
 /// A path of a delta: safe and replicated for `kind`.

@@ -32,6 +32,16 @@ const SESSION_IDLE: Duration = Duration::from_secs(30);
 /// last used; shared by the clones of one watcher's runner.
 pub(crate) type SessionPool = Arc<Mutex<HashMap<String, (Session, Instant)>>>;
 
+/// The command a receiver is started with over SSH, naming the `kind` of
+/// session that follows (the forced command runs instead; the receiver
+/// finds it in `SSH_ORIGINAL_COMMAND` and reads that kind's base early).
+fn receive_command(kind: &str) -> String {
+    format!("{RECEIVE_COMMAND} {kind}")
+}
+
+/// An SSH session and the receiver started over it.
+pub(crate) type Opened = (Session, Channel);
+
 /// How one replica's sync ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -248,10 +258,11 @@ impl Runner {
         shipped: Option<&Manifest>,
     ) -> Result<(SyncRun, SetScan)> {
         let set = self.replicated_set()?;
-        // A full scan takes a while: the SSH sessions are opened meanwhile
-        // (each in its own thread), so the handshakes cost no extra time. A
+        // A full scan takes a while: the SSH sessions are opened and the
+        // receivers started meanwhile (each in its own thread), so the
+        // handshakes and the receivers' start-up cost no extra time. A
         // replica the watcher kept a session to needs none.
-        let mut sessions: Vec<Option<thread::JoinHandle<Result<Session>>>> = Vec::new();
+        let mut sessions: Vec<Option<thread::JoinHandle<Result<Opened>>>> = Vec::new();
         let scanned = match scan {
             Some(scan) => Ok(scan),
             None => {
@@ -264,7 +275,11 @@ impl Runner {
                         let target = self.target(r);
                         thread::Builder::new()
                             .name("pe_failover-connect".into())
-                            .spawn(move || target.connect())
+                            .spawn(move || {
+                                let session = target.connect()?;
+                                let channel = session.exec(&receive_command("ca"))?;
+                                Ok((session, channel))
+                            })
                             .ok()
                     })
                     .collect();
@@ -361,9 +376,9 @@ impl Runner {
         shipped: Option<&Manifest>,
         r: &ReplicaConfig,
         noop: bool,
-        session: Option<Result<Session>>,
+        opened: Option<Result<Opened>>,
     ) -> Result<SyncReport> {
-        self.ship(r, noop, "ca", session, |channel, label| {
+        self.ship(r, noop, "ca", opened, |channel, label| {
             let sender = Sender::new(set.clone(), replica_key(r), &self.config.state_dir)
                 .sender_host(self.config.certname.clone())
                 .noop(noop)
@@ -373,8 +388,9 @@ impl Runner {
         })
     }
 
-    /// Opens an SSH session to `r` (or takes `session`, opened beforehand),
-    /// starts the receiver and runs `send` over the channel (given the
+    /// Opens an SSH session to `r` and starts the receiver (or takes
+    /// `opened`, a receiver started beforehand), then runs `send` over the
+    /// channel (given the
     /// replica's label). The receiver's stderr
     /// explains a failure its `ERROR` frame could not (it died, or never
     /// spoke the protocol), so it is added to network and protocol errors;
@@ -385,7 +401,7 @@ impl Runner {
         r: &ReplicaConfig,
         noop: bool,
         kind: &str,
-        session: Option<Result<Session>>,
+        opened: Option<Result<Opened>>,
         send: impl FnOnce(&mut Channel, &str) -> Result<SyncReport>,
     ) -> Result<SyncReport> {
         let label = replica_label(r);
@@ -399,7 +415,7 @@ impl Runner {
         let mut sender_ran = false;
         let mut keep: Option<Session> = None;
         let result = (|| {
-            let (session, mut channel) = self.open_receiver(r, session).map_err(host_err)?;
+            let (session, mut channel) = self.open_receiver(r, kind, opened).map_err(host_err)?;
             sender_ran = true;
             let result = send(&mut channel, &label);
             let finished = channel.finish();
@@ -469,25 +485,27 @@ impl Runner {
             .is_some_and(|used| used.elapsed() < SESSION_IDLE)
     }
 
-    /// Starts the receiver on `r` over `opened` (a session opened during
-    /// the scan) when given, else over the session the watcher kept (unless
-    /// the server or the network closed it while idle), else over a new one.
+    /// The receiver on `r`: `opened` (started during the scan) when given,
+    /// else one started over the session the watcher kept (unless the
+    /// server or the network closed it while idle), else over a new one.
     fn open_receiver(
         &self,
         r: &ReplicaConfig,
-        opened: Option<Result<Session>>,
-    ) -> Result<(Session, Channel)> {
+        kind: &str,
+        opened: Option<Result<Opened>>,
+    ) -> Result<Opened> {
+        let command = receive_command(kind);
         let session = match opened {
-            Some(session) => session?,
+            Some(opened) => return opened,
             None => match self.pooled_session(r) {
-                Some(kept) => match kept.exec(RECEIVE_COMMAND) {
+                Some(kept) => match kept.exec(&command) {
                     Ok(channel) => return Ok((kept, channel)),
                     Err(_) => self.target(r).connect()?,
                 },
                 None => self.target(r).connect()?,
             },
         };
-        let channel = session.exec(RECEIVE_COMMAND)?;
+        let channel = session.exec(&command)?;
         Ok((session, channel))
     }
 
