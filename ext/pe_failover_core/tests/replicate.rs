@@ -1210,3 +1210,28 @@ fn a_rescan_of_the_paths_inotify_reports_equals_a_full_scan() {
     let same = set.rescan_paths(&full, &none).unwrap().unwrap();
     assert_eq!(same.manifest, full.manifest);
 }
+
+#[test]
+fn a_receiver_started_early_reads_its_base_again_when_another_session_changed_it() {
+    use pe_failover_core::protocol::Kind;
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    // Started by a sender that scans before it says HELLO: it reads the
+    // CA base meanwhile.
+    let (a, b) = UnixStream::pair().unwrap();
+    let early = p.receiver().expect_kind(Some(Kind::Ca));
+    let waiting = std::thread::spawn(move || early.receive(b));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Another session stores a transaction: the base is another one now.
+    p.sign("between.example.com");
+    assert_eq!(p.sync().outcome, SyncOutcome::Committed);
+    // The delta on top of it must be merged with it, not with the old base.
+    p.sign("after.example.com");
+    let sent = p.sender().sync(a).expect("sync over the early receiver");
+    assert_eq!(sent.outcome, SyncOutcome::Committed);
+    assert!(!sent.stats.manifest_exchanged);
+    let received = waiting.join().unwrap().expect("early receiver");
+    assert_eq!(received.outcome, ReceiveOutcome::Stored);
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+}
