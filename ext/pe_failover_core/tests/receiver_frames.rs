@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::thread;
 
 use pair::{Pair, PASSIVE};
-use pe_failover_core::protocol::{encode_frame, FrameType, ReceiveReport};
+use pe_failover_core::protocol::{encode_frame, FrameType, Kind, ReceiveReport, Receiver};
 use pe_failover_core::snapshot::Manifest;
 use pe_failover_core::{ErrorKind, Result};
 use serde_json::{json, Value};
@@ -74,8 +74,11 @@ impl Raw {
 }
 
 fn session(p: &Pair, script: impl FnOnce(&mut Raw)) -> Result<ReceiveReport> {
+    session_with(p.receiver(), script)
+}
+
+fn session_with(receiver: Receiver, script: impl FnOnce(&mut Raw)) -> Result<ReceiveReport> {
     let (a, b) = UnixStream::pair().unwrap();
-    let receiver = p.receiver();
     let handle = thread::spawn(move || receiver.receive(b));
     let mut raw = Raw { s: a };
     script(&mut raw);
@@ -385,14 +388,23 @@ fn a_receiver_started_and_closed_unused_records_no_failure_but_a_broken_session_
     let recorded = || std::fs::read_to_string(&status).unwrap();
     let before = recorded();
 
-    // The sender started it during its scan, then had nothing to say.
-    let e = session(&p, |_| {}).unwrap_err();
+    // The sender started it during its scan, naming the kind of session,
+    // then had nothing to say.
+    let e = session_with(p.receiver().expect_kind(Some(Kind::Ca)), |_| {}).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Network, "{e}");
     assert_eq!(recorded(), before);
+
+    // Silence from a connection that named no kind is recorded.
+    let e = session(&p, |_| {}).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Network, "{e}");
+    let after: Value = serde_json::from_str(&recorded()).unwrap();
+    assert_eq!(after["last_error"]["kind"], "network", "{after}");
+    let after_silence = recorded();
 
     // A session that began and broke off is recorded.
     let e = session(&p, |raw| raw.hello(1)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Network, "{e}");
+    assert_ne!(recorded(), after_silence);
     let after: Value = serde_json::from_str(&recorded()).unwrap();
     assert_eq!(after["last_error"]["kind"], "network", "{after}");
 }

@@ -201,9 +201,12 @@ impl Receiver {
         session.stats.bytes_received = conn.received();
         session.stats.elapsed = started.elapsed();
         // A sender may start the receiver before it knows it has anything to
-        // say (it scans meanwhile) and then close the channel unused: that
-        // is no failed session.
-        let unused = session.stats.bytes_received == 0
+        // say (it scans meanwhile), naming the kind of session, and then
+        // close the channel unused: that is no failed session. A connection
+        // that named no kind (someone ran another command with the transfer
+        // key) and said nothing is recorded.
+        let unused = self.expect.is_some()
+            && session.stats.bytes_received == 0
             && matches!(&result, Err(e) if e.kind() == ErrorKind::Network);
         let kind = session.kind.unwrap_or(Kind::Ca);
         let state = StateDir::for_kind(self.state.root(), kind);
