@@ -56,7 +56,7 @@ use crate::snapshot::{mtime_ns, Entry, EntryKind, Manifest, Scanner};
 use crate::stage::{
     build_snapshot, chain, latest_snapshot, latest_snapshot_meta, list_txns, open_snapshot,
     prepare_snapshot, prune_snapshots, republish_staged, switch_latest, PendingTxn, Snapshot,
-    SnapshotMeta, StateDir,
+    SnapshotMeta, StateDir, Stored,
 };
 use crate::state::{ApplyCounts, DigestAt, Divergence, ErrorRecord, ReplicaStatus, Role, Stamp};
 use crate::{Error, ErrorKind, Result};
@@ -1374,20 +1374,31 @@ fn write_temp(target: &Snapshot, tmp: &Path, e: &Entry, owner: Option<(u32, u32)
     match e.kind {
         EntryKind::File => {
             let sha = e.sha256.as_deref().unwrap_or_default();
-            let src = target.object_path(sha);
-            let file = fsutil::copy_verified(
-                &src,
-                tmp,
-                e.mode & 0o777,
-                sha,
-                e.size,
-                &format!("snapshot {}", target.meta.digest),
-            )
-            .inspect_err(|err| {
-                if err.kind() == ErrorKind::Corrupt {
-                    let _ = fs::remove_file(&src);
+            let what = format!("snapshot {}", target.meta.digest);
+            let file = match target.stored(sha) {
+                Stored::Loose(src) => {
+                    fsutil::copy_verified(&src, tmp, e.mode & 0o777, sha, e.size, &what)
+                        .inspect_err(|err| {
+                            if err.kind() == ErrorKind::Corrupt {
+                                let _ = fs::remove_file(&src);
+                            }
+                        })
+                        .map_err(|err| match target.pack_problems() {
+                            [] => err,
+                            problems => Error::new(
+                                err.kind(),
+                                format!(
+                                    "{err} (packs of the content store that could not be read: {})",
+                                    problems.join("; ")
+                                ),
+                            ),
+                        })?
                 }
-            })?;
+                Stored::Packed(packed) => {
+                    let bytes = packed.read_verified(sha, e.size, &what)?;
+                    fsutil::create_with(tmp, e.mode & 0o777, &bytes)?
+                }
+            };
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
                     .map_err(|err| Error::io("change owner of", tmp, err))?;

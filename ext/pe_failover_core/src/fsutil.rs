@@ -218,7 +218,34 @@ pub(crate) fn copy_verified(
     size: u64,
     what: &str,
 ) -> Result<File> {
-    concat_verified(&[src], dst, mode, sha256, size, what)
+    concat_verified(&[], &[src], dst, mode, sha256, size, what)
+}
+
+/// Creates the new file `path` (which must not exist) holding `bytes`, with
+/// permission bits `mode`; removed again if that fails. Returns it, open
+/// for writing (to set its owner or times).
+pub(crate) fn create_with(path: &Path, mode: u32, bytes: &[u8]) -> Result<File> {
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))?;
+    let written = file
+        .write_all(bytes)
+        .map_err(|e| Error::io("write", path, e))
+        .and_then(|()| {
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::io("set permissions of", path, e))
+        });
+    match written {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            Err(e)
+        }
+    }
 }
 
 /// Reads sources one after the other into a SHA-256, up to one byte past
@@ -267,14 +294,27 @@ impl HashingReader {
         }
     }
 
+    /// Counts and hashes `bytes` held in memory; returns false once more
+    /// than the expected size was seen.
+    fn feed_bytes(&mut self, bytes: &[u8]) -> bool {
+        self.total += bytes.len() as u64;
+        if self.total > self.size {
+            return false;
+        }
+        self.hasher.update(bytes);
+        true
+    }
+
     /// Bytes read (more than the size: past it) and the SHA-256 (hex).
     fn finish(self) -> (u64, String) {
         (self.total, hex::encode(self.hasher.finalize()))
     }
 }
 
-/// Like [`copy_verified`], with the contents of `srcs` one after the other.
+/// Like [`copy_verified`], with `prefix` followed by the contents of `srcs`
+/// one after the other.
 pub(crate) fn concat_verified(
+    prefix: &[u8],
     srcs: &[&Path],
     dst: &Path,
     mode: u32,
@@ -295,9 +335,10 @@ pub(crate) fn concat_verified(
         }
         inputs.push((input, *src));
     }
-    let shown = srcs
-        .iter()
-        .map(|p| p.display().to_string())
+    let shown = (!prefix.is_empty())
+        .then(|| format!("{} packed bytes", prefix.len()))
+        .into_iter()
+        .chain(srcs.iter().map(|p| p.display().to_string()))
         .collect::<Vec<_>>()
         .join(" + ");
     let mut out = File::options()
@@ -309,13 +350,18 @@ pub(crate) fn concat_verified(
         .map_err(|e| Error::io("create", dst, e))?;
     let result = (|| {
         let mut reader = HashingReader::new(size);
+        let mut more = reader.feed_bytes(prefix);
+        if more {
+            out.write_all(prefix)
+                .map_err(|e| Error::io("write", dst, e))?;
+        }
         for (input, src) in inputs.iter_mut() {
-            let more = reader.feed(input, src, |chunk| {
-                out.write_all(chunk).map_err(|e| Error::io("write", dst, e))
-            })?;
             if !more {
                 break;
             }
+            more = reader.feed(input, src, |chunk| {
+                out.write_all(chunk).map_err(|e| Error::io("write", dst, e))
+            })?;
         }
         let (total, got) = reader.finish();
         if total != size || got != sha256 {

@@ -44,6 +44,7 @@ pub mod exclude;
 mod fsutil;
 pub mod log;
 pub mod ncship;
+mod pack;
 pub mod protocol;
 pub mod replset;
 pub mod runner;

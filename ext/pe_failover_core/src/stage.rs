@@ -10,12 +10,17 @@
 //!       meta.json                   TxnMeta: txn, kind, sender, base, digest, counts
 //!       manifest.json               the full new manifest
 //!       objects/<sha256>            the contents the receiver lacked
+//!       objects.pack                or all of them in one file, when there are
+//!       objects.idx                   many, and where each one is in it (`pack`)
 //!     receiver.status.json          ReceiverStatus
 //!     receive.lock                  one receiver at a time
 //!   snapshots/                      the applier's (root), 0700
 //!     objects/<sh>/<sha256>         the content store: every file content of every
 //!                                   kept snapshot, once, named by its SHA-256
 //!                                   (`<sh>` = its first two hex digits), 0600
+//!     objects/packs/<name>.pack     contents that arrived packed, 0600
+//!     objects/packs/<name>.idx      where each is in the pack: written by the
+//!                                   applier once each was checked, named last
 //!     objects/gc.json               prunings since the store was last swept
 //!     <digest>/
 //!       meta.json                   SnapshotMeta: digest, seq, txn, created, entries
@@ -50,14 +55,16 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::write_atomically;
 use crate::cancel::CancelToken;
 use crate::fsutil;
+use crate::pack::{self, PackEntry, PackWriter, Packed, StorePacks, PACKS_DIR};
 use crate::protocol::Kind;
 use crate::replset::{load_manifest_of, manifest_file_digest, save_manifest};
 use crate::snapshot::{is_sha256_hex, Entry, EntryKind, Manifest};
@@ -70,6 +77,12 @@ pub const NC_SUBDIR: &str = "nc";
 
 /// Format number of transaction and snapshot metadata files.
 pub const META_FORMAT: u32 = 1;
+
+/// A transaction's pack (see the [`pack`](crate::pack) module).
+const PACK_FILE: &str = "objects.pack";
+
+/// A transaction's pack index.
+const PACK_INDEX_FILE: &str = "objects.idx";
 
 /// Largest metadata file read from a transaction or snapshot.
 const META_LIMIT: u64 = 64 * 1024;
@@ -296,6 +309,16 @@ impl PendingTxn {
     /// `<dir>/objects/<sha256>.suffix`.
     pub fn suffix_file(&self, sha256: &str) -> PathBuf {
         self.dir.join("objects").join(format!("{sha256}.suffix"))
+    }
+
+    /// `<dir>/objects.pack`: the contents, when the receiver packed them.
+    pub fn pack_file(&self) -> PathBuf {
+        self.dir.join(PACK_FILE)
+    }
+
+    /// `<dir>/objects.idx`: the index of [`pack_file`](Self::pack_file).
+    pub fn pack_index_file(&self) -> PathBuf {
+        self.dir.join(PACK_INDEX_FILE)
     }
 
     /// Reads and checks the transaction's manifest: the replication rules,
@@ -587,6 +610,7 @@ pub(crate) struct TxnWriter {
     incoming: PathBuf,
     written: Vec<PathBuf>,
     flusher: fsutil::Flusher,
+    pack: Option<PackWriter>,
     done: bool,
 }
 
@@ -612,16 +636,42 @@ impl TxnWriter {
             final_dir,
             incoming,
             written: Vec::new(),
+            pack: None,
             done: false,
         })
     }
 
-    /// Creates `objects/<name>` for writing (`<sha256>` or
-    /// `<sha256>.suffix`) `size` bytes (their writeback starts in the
-    /// background once many are written).
-    pub(crate) fn create_object(&mut self, name: &str, size: u64) -> Result<(File, PathBuf)> {
+    /// Appends the whole contents this transaction receives to one pack
+    /// (`objects.pack`, indexed in `objects.idx`; see the [`pack`](crate::pack)
+    /// module) instead of a file each.
+    pub(crate) fn use_pack(&mut self) -> Result<()> {
+        self.pack = Some(PackWriter::create(self.partial.join(PACK_FILE))?);
+        Ok(())
+    }
+
+    /// Receives one content of `size` bytes through `receive`, which writes
+    /// it to the file it is given and returns its SHA-256 (hex): into the
+    /// pack when there is one and `packable`, else into `objects/<name>`
+    /// (`<sha256>` or `<sha256>.suffix`). Writeback starts in the
+    /// background once many bytes are written.
+    pub(crate) fn receive_object(
+        &mut self,
+        name: &str,
+        size: u64,
+        packable: bool,
+        receive: impl FnOnce(&mut File, &Path) -> Result<String>,
+    ) -> Result<String> {
+        self.flusher.wrote(size);
+        if let (true, Some(pack)) = (packable, self.pack.as_mut()) {
+            let (file, path) = pack.file();
+            let got = receive(file, path)?;
+            if let Some(sha) = pack::sha_bytes(&got) {
+                pack.added(sha, size);
+            }
+            return Ok(got);
+        }
         let path = self.partial.join("objects").join(name);
-        let file = File::options()
+        let mut file = File::options()
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -629,13 +679,18 @@ impl TxnWriter {
             .open(&path)
             .map_err(|e| Error::io("create", &path, e))?;
         self.written.push(path.clone());
-        self.flusher.wrote(size);
-        Ok((file, path))
+        receive(&mut file, &path)
     }
 
     /// Writes the manifest and metadata, makes everything durable and
     /// renames the directory into place.
     pub(crate) fn finish(mut self, meta: &TxnMeta, manifest: &Manifest) -> Result<PathBuf> {
+        if let Some(pack) = self.pack.take() {
+            let idx = self.partial.join(PACK_INDEX_FILE);
+            self.written.push(pack.path().to_path_buf());
+            pack.finish(&idx)?;
+            self.written.push(idx);
+        }
         save_manifest(&self.partial.join("manifest.json"), manifest, 0o600)?;
         let bytes = serde_json::to_vec_pretty(meta)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
@@ -710,26 +765,53 @@ pub struct Snapshot {
     pub manifest: Manifest,
     /// The content store (`snapshots/objects/`).
     objects: PathBuf,
+    /// Its packs, read when first needed.
+    packs: Arc<OnceLock<StorePacks>>,
+}
+
+/// Where the content store keeps some contents.
+#[derive(Debug)]
+pub(crate) enum Stored<'a> {
+    /// In a file of their own (or nowhere: then that file is missing).
+    Loose(PathBuf),
+    /// In a pack.
+    Packed(Packed<'a>),
 }
 
 impl Snapshot {
-    /// Where the content store keeps the contents of the file `rel` of the
-    /// manifest; `None` when `rel` is not a file of it.
-    pub fn path_of(&self, rel: &str) -> Option<PathBuf> {
-        let sha = self
-            .manifest
-            .get(rel)
-            .filter(|e| e.kind == EntryKind::File)?
-            .sha256
-            .as_deref()?;
-        Some(self.object_path(sha))
-    }
-
-    /// Where the content store keeps the contents with SHA-256 `sha256`.
-    pub fn object_path(&self, sha256: &str) -> PathBuf {
+    /// Where the content store keeps the contents with SHA-256 `sha256`
+    /// when they have a file of their own.
+    pub(crate) fn object_path(&self, sha256: &str) -> PathBuf {
         self.objects
             .join(sha256.get(..2).unwrap_or("00"))
             .join(sha256)
+    }
+
+    /// Where the content store keeps the contents with SHA-256 `sha256`: a
+    /// file of their own first, else a pack.
+    pub(crate) fn stored(&self, sha256: &str) -> Stored<'_> {
+        let loose = self.object_path(sha256);
+        if fs::symlink_metadata(&loose).is_err() {
+            if let Some(packed) = self.packed(sha256) {
+                return Stored::Packed(packed);
+            }
+        }
+        Stored::Loose(loose)
+    }
+
+    /// The contents with SHA-256 `sha256`, if in a pack.
+    pub(crate) fn packed(&self, sha256: &str) -> Option<Packed<'_>> {
+        self.packs().find(&pack::sha_bytes(sha256)?)
+    }
+
+    /// Packs of the content store left out because they could not be read.
+    pub(crate) fn pack_problems(&self) -> &[String] {
+        self.packs().problems()
+    }
+
+    fn packs(&self) -> &StorePacks {
+        self.packs
+            .get_or_init(|| StorePacks::load(&self.objects.join(PACKS_DIR)))
     }
 }
 
@@ -837,6 +919,7 @@ pub fn open_snapshot(state: &StateDir, digest: &str) -> Result<Option<Snapshot>>
         dir,
         manifest,
         objects: state.objects(),
+        packs: Arc::default(),
     }))
 }
 
@@ -932,6 +1015,7 @@ pub(crate) fn build_snapshot(
     let mut jobs: Vec<(&Entry, &str, PathBuf)> = Vec::new();
     let mut fanout: FxHashSet<PathBuf> = FxHashSet::default();
     let planned = (|| -> Result<()> {
+        let mut wanted: Vec<(&Entry, &str)> = Vec::new();
         let mut seen: FxHashSet<&str> = FxHashSet::default();
         for (i, e) in manifest.entries().iter().enumerate() {
             if i % 256 == 0 {
@@ -946,6 +1030,16 @@ pub(crate) fn build_snapshot(
                 .is_some_and(|p| p.path == e.path && p.sha256.as_deref() == Some(sha));
             if unchanged || !seen.insert(sha) {
                 stats.reused += 1;
+                continue;
+            }
+            wanted.push((e, sha));
+        }
+        // Those in the transaction's pack arrive with it, the others one by one.
+        let packed = adopt_pack(state, txn, &wanted, cancel)?;
+        for (e, sha) in wanted {
+            if packed.contains(sha) {
+                stats.copied += 1;
+                stats.bytes_copied += e.size;
                 continue;
             }
             let dst = state.object_path(sha);
@@ -966,7 +1060,7 @@ pub(crate) fn build_snapshot(
         .par_iter()
         .map(|(e, sha, dst)| {
             cancel.check()?;
-            add_object(state, txn, objects_ok, e, sha, dst)
+            add_object(state, prev, txn, objects_ok, e, sha, dst)
         })
         .collect();
     let mut new: Vec<(PathBuf, PathBuf)> = Vec::new();
@@ -1043,9 +1137,99 @@ pub(crate) fn build_snapshot(
             dir,
             manifest,
             objects,
+            packs: Arc::default(),
         },
         stats,
     ))
+}
+
+/// Moves the pack of `txn`, if it has one, into the content store
+/// (`objects/packs/`), once each of the contents in `wanted` (an entry and
+/// its SHA-256) that it holds matches: it is made root's (a pack with
+/// another name is refused) before it is read, and indexed by the applier
+/// (the transaction's index only says where to look). Returns the SHA-256s
+/// it holds. A pack holding none of them is dropped.
+fn adopt_pack<'m>(
+    state: &StateDir,
+    txn: &PendingTxn,
+    wanted: &[(&'m Entry, &'m str)],
+    cancel: &CancelToken,
+) -> Result<FxHashSet<&'m str>> {
+    let index = txn.pack_index_file();
+    if fs::symlink_metadata(&index).is_err() {
+        return Ok(FxHashSet::default());
+    }
+    let what = format!("transaction {}", txn.meta.txn);
+    let dir = state.objects().join(PACKS_DIR);
+    fsutil::ensure_dir(&dir, 0o700)?;
+    let stem = format!("{}-{}", txn.meta.txn, fsutil::unique_hex());
+    let tmp_pack = dir.join(format!(".tmp.{stem}.pack"));
+    let tmp_index = dir.join(format!(".tmp.{stem}.idx"));
+    let src = txn.pack_file();
+    if let Err(e) = fs::rename(&src, &tmp_pack) {
+        return Err(if e.kind() == io::ErrorKind::NotFound {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{what}: it has a pack index but no pack ({})",
+                    src.display()
+                ),
+            )
+            .with_path(&src)
+        } else {
+            Error::io("move into the content store", &src, e)
+        });
+    }
+    let result = (|| -> Result<FxHashSet<&'m str>> {
+        let file = fsutil::take_over(&tmp_pack, 1, 0o600, &what)?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &tmp_pack, e))?
+            .len();
+        let listed: FxHashMap<[u8; 32], PackEntry> = pack::read_index(&index, len)?
+            .into_iter()
+            .map(|p| (p.sha, p))
+            .collect();
+        let found: Vec<(&Entry, &str, PackEntry)> = wanted
+            .iter()
+            .filter_map(|(e, sha)| {
+                let p = listed.get(&pack::sha_bytes(sha)?)?;
+                Some((*e, *sha, *p))
+            })
+            .collect();
+        if found.is_empty() {
+            let _ = fs::remove_file(&tmp_pack);
+            return Ok(FxHashSet::default());
+        }
+        found.par_iter().try_for_each(|(e, sha, p)| {
+            cancel.check()?;
+            let what = format!("{what}, {}", e.path);
+            pack::read_verified(&file, &tmp_pack, p, sha, e.size, &what).map(drop)
+        })?;
+        pack::write_new(
+            &tmp_index,
+            &pack::encode_index(found.iter().map(|(_, _, p)| *p).collect()),
+        )?;
+        // The contents were made durable by the receiver; the owner, mode
+        // and the new index are made durable here, before they are named.
+        file.sync_all()
+            .map_err(|e| Error::io("sync", &tmp_pack, e))?;
+        fsutil::open_nofollow(&tmp_index)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("sync", &tmp_index, e))?;
+        // The pack first: an index names a complete pack.
+        for (from, to) in [(&tmp_pack, "pack"), (&tmp_index, "idx")] {
+            let to = dir.join(format!("{stem}.{to}"));
+            fs::rename(from, &to).map_err(|e| Error::io("rename into place", &to, e))?;
+        }
+        fsutil::fsync_dir(&dir)?;
+        Ok(found.into_iter().map(|(_, sha, _)| sha).collect())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp_pack);
+        let _ = fs::remove_file(&tmp_index);
+    }
+    result
 }
 
 /// Contents a snapshot adds to the store, under a temporary name.
@@ -1064,6 +1248,7 @@ struct Added {
 /// was added).
 fn add_object(
     state: &StateDir,
+    prev: Option<&Snapshot>,
     txn: &PendingTxn,
     objects_ok: bool,
     e: &Entry,
@@ -1076,12 +1261,19 @@ fn add_object(
     let what = format!("transaction {}, {}", txn.meta.txn, e.path);
     let object = txn.object_file(sha);
     let extension = txn.meta.extensions.iter().find(|x| x.sha256 == sha);
+    // Held contents read from a pack, to put before the sources.
+    let mut prefix = Vec::new();
     let sources: Vec<PathBuf> = if objects_ok && fs::symlink_metadata(&object).is_ok() {
         vec![object]
     } else if let (true, Some(x)) = (objects_ok, extension) {
         // The held contents plus the suffix.
         let base = state.object_path(&x.base_sha256);
-        if fs::symlink_metadata(&base).is_err() {
+        if fs::symlink_metadata(&base).is_ok() {
+            vec![base, txn.suffix_file(sha)]
+        } else if let Some(packed) = prev.and_then(|p| p.packed(&x.base_sha256)) {
+            prefix = packed.read_verified(&x.base_sha256, x.base_size, &what)?;
+            vec![txn.suffix_file(sha)]
+        } else {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
@@ -1091,7 +1283,6 @@ fn add_object(
             )
             .with_path(&txn.dir));
         }
-        vec![base, txn.suffix_file(sha)]
     } else {
         return Err(Error::new(
             ErrorKind::Corrupt,
@@ -1103,12 +1294,12 @@ fn add_object(
     };
     let dir = dst.parent().unwrap_or(Path::new("/"));
     let tmp = dir.join(format!(".tmp.{}", fsutil::unique_hex()));
-    let moved = sources.len() == 1 && fs::rename(&sources[0], &tmp).is_ok();
+    let moved = prefix.is_empty() && sources.len() == 1 && fs::rename(&sources[0], &tmp).is_ok();
     if moved {
         fsutil::adopt_verified(&tmp, 0o600, sha, e.size, &what)?;
     } else {
         let parts: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
-        fsutil::concat_verified(&parts, &tmp, 0o600, sha, e.size, &what)?;
+        fsutil::concat_verified(&prefix, &parts, &tmp, 0o600, sha, e.size, &what)?;
     }
     Ok(Some(Added {
         tmp,
@@ -1268,10 +1459,10 @@ pub(crate) fn sweep_objects(state: &StateDir) -> Result<u64> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(Error::io("list", &objects, e)),
     };
-    let mut removed = 0;
+    let mut removed = sweep_packs(&objects.join(PACKS_DIR), &named)?;
     for fan in reader {
         let fan = fan.map_err(|e| Error::io("list", &objects, e))?;
-        if !fan.file_type().is_ok_and(|t| t.is_dir()) {
+        if !fan.file_type().is_ok_and(|t| t.is_dir()) || fan.file_name() == PACKS_DIR {
             continue;
         }
         let dir = fan.path();
@@ -1282,6 +1473,50 @@ pub(crate) fn sweep_objects(state: &StateDir) -> Result<u64> {
                 fsutil::remove_any(&item.path())?;
                 removed += 1;
             }
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes from the packs in `dir` those holding nothing in `named`, the
+/// unreadable ones (nothing can be found in them), packs without an index
+/// and leftovers of interrupted adoptions; returns how many files were
+/// removed.
+fn sweep_packs(dir: &Path, named: &FxHashSet<String>) -> Result<u64> {
+    let reader = match fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let names: FxHashSet<String> = reader
+        .map(|item| item.map(|i| i.file_name().to_string_lossy().into_owned()))
+        .collect::<io::Result<_>>()
+        .map_err(|e| Error::io("list", dir, e))?;
+    let mut removed = 0;
+    for name in &names {
+        let path = dir.join(name);
+        let garbage = if name.starts_with(".tmp.") {
+            true
+        } else if let Some(stem) = name.strip_suffix(".idx") {
+            let pack = dir.join(format!("{stem}.pack"));
+            let used = pack::open_pack(&pack, &path).is_ok_and(|(_, entries)| {
+                entries.iter().any(|e| named.contains(&hex::encode(e.sha)))
+            });
+            if !used {
+                // The index first: a pack without one is garbage too.
+                fsutil::remove_any(&path)?;
+                fsutil::remove_any(&pack)?;
+                removed += 2;
+            }
+            false
+        } else if let Some(stem) = name.strip_suffix(".pack") {
+            !names.contains(&format!("{stem}.idx"))
+        } else {
+            false
+        };
+        if garbage {
+            fsutil::remove_any(&path)?;
+            removed += 1;
         }
     }
     Ok(removed)
@@ -1336,5 +1571,49 @@ mod tests {
         for bad in ["", "../x", "a/b", ".x", "a.partial", "-x", &"a".repeat(81)] {
             assert!(validate_txn_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_sweep_keeps_packs_a_snapshot_names_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = dir.path();
+        let put = |stem: &str, shas: &[u8]| {
+            let entries: Vec<PackEntry> = shas
+                .iter()
+                .enumerate()
+                .map(|(i, b)| PackEntry {
+                    sha: [*b; 32],
+                    offset: i as u64,
+                    size: 1,
+                })
+                .collect();
+            fs::write(packs.join(format!("{stem}.pack")), vec![0u8; shas.len()]).unwrap();
+            pack::write_new(
+                &packs.join(format!("{stem}.idx")),
+                &pack::encode_index(entries),
+            )
+            .unwrap();
+        };
+        put("used", &[1, 2]);
+        put("unused", &[3]);
+        put("damaged", &[1]);
+        fs::write(packs.join("damaged.idx"), b"not an index").unwrap();
+        fs::write(packs.join("orphan.pack"), b"x").unwrap();
+        fs::write(packs.join(".tmp.abc.pack"), b"x").unwrap();
+        let named: FxHashSet<String> = [hex::encode([2u8; 32])].into_iter().collect();
+
+        let removed = sweep_packs(packs, &named).unwrap();
+        let mut left: Vec<String> = fs::read_dir(packs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["used.idx", "used.pack"]);
+        assert_eq!(removed, 6);
+        // What is left is still found.
+        let store = StorePacks::load(packs);
+        assert!(store.problems().is_empty());
+        assert!(store.find(&[2u8; 32]).is_some());
+        assert!(store.find(&[3u8; 32]).is_none());
     }
 }

@@ -1159,6 +1159,173 @@ fn the_receiver_runs_unprivileged_and_the_applier_as_root() {
     assert_eq!(s.stats.objects, 3);
     p.apply();
     p.assert_converged(&[PASSIVE]);
+
+    // Enough contents for a pack: the transfer user's, root's once adopted.
+    for i in 0..300 {
+        p.sign(&format!("packed{i}.example.com"));
+    }
+    let (s, status, stderr) = p.sync_child_as(Some(nobody));
+    assert!(status.success(), "{stderr}");
+    assert!(s.unwrap().stats.objects >= 300);
+    let txn = p.incoming().pop().unwrap();
+    let pack = fs::metadata(p.b_state.join("incoming").join(&txn).join("objects.pack")).unwrap();
+    assert_eq!(pack.uid(), nobody.0);
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+    for name in store_packs(&p) {
+        let meta = fs::metadata(p.b_state.join("snapshots/objects/packs").join(&name)).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.permissions().mode() & 0o777, meta.nlink()),
+            (0, 0o600, 1),
+            "{name}"
+        );
+    }
+}
+
+/// The files in the content store's packs directory.
+fn store_packs(p: &Pair) -> Vec<String> {
+    let dir = p.b_state.join("snapshots/objects/packs");
+    let mut names: Vec<String> = match fs::read_dir(&dir) {
+        Ok(r) => r
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// Contents the content store holds in files of their own.
+fn loose_objects(p: &Pair) -> usize {
+    let store = p.b_state.join("snapshots/objects");
+    fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().len() == 2)
+        .map(|e| fs::read_dir(e.path()).unwrap().count())
+        .sum()
+}
+
+#[test]
+fn a_large_transaction_travels_as_one_pack_and_later_ones_build_on_it() {
+    let p = Pair::new(400);
+    let (s, _) = p.sync_and_apply();
+    assert!(s.stats.objects >= 400, "{:?}", s.stats);
+    p.assert_converged(&[PASSIVE]);
+    // One pack and its index; no content has a file of its own.
+    let packs = store_packs(&p);
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    assert!(
+        packs[0].ends_with(".idx") && packs[1].ends_with(".pack"),
+        "{packs:?}"
+    );
+    assert_eq!(loose_objects(&p), 0);
+
+    // A small change travels loose; inventory.txt grows from contents held
+    // in the pack.
+    p.sign("after-pack.example.com");
+    p.revoke("node0.example.com");
+    let (s, _) = p.sync_and_apply();
+    assert!(s.stats.objects_extended >= 1, "{:?}", s.stats);
+    p.assert_converged(&[PASSIVE]);
+    assert!(loose_objects(&p) > 0);
+    assert_eq!(store_packs(&p).len(), 2);
+
+    // The live files are rewritten from the pack when they drift.
+    let live = p.b_cadir.join("signed/node7.example.com.pem");
+    fs::write(&live, "edited on the replica").unwrap();
+    let a = p.applier().verify(true).run().unwrap();
+    assert!(
+        a.live
+            .written
+            .iter()
+            .any(|w| w.ends_with("node7.example.com.pem")),
+        "{a:?}"
+    );
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
+    use std::os::unix::fs::MetadataExt as _;
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    let store_before = store_packs(&p);
+    let txn_file = |txn: &str, name: &str| p.b_state.join("incoming").join(txn).join(name);
+    let mut round = 0;
+    let mut packed_txn = || {
+        round += 1;
+        for i in 0..300 {
+            p.sign(&format!("round{round}-{i}.example.com"));
+        }
+        p.sync();
+        let txn = p.incoming().pop().unwrap();
+        assert!(txn_file(&txn, "objects.pack").is_file());
+        txn
+    };
+    let no_leftovers = |p: &Pair| {
+        assert_eq!(
+            store_packs(p),
+            store_before,
+            "no pack, index or temporary file kept"
+        );
+        assert!(p.incoming().is_empty());
+    };
+
+    // A flipped byte in one content.
+    let txn = packed_txn();
+    let mut bytes = fs::read(txn_file(&txn, "objects.pack")).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    fs::write(txn_file(&txn, "objects.pack"), bytes).unwrap();
+    let e = assert_discarded_and_resent(&p, no_leftovers);
+    assert!(
+        e.message().contains("do not match its manifest entry"),
+        "{e}"
+    );
+    let store_before = store_packs(&p);
+    let no_leftovers = |p: &Pair| {
+        assert_eq!(store_packs(p), store_before);
+        assert!(p.incoming().is_empty());
+    };
+
+    // An index that says something else (checksum and all).
+    let txn = packed_txn();
+    fs::write(txn_file(&txn, "objects.idx"), b"PEFIDX1\n garbage").unwrap();
+    let e = assert_discarded_and_resent(&p, no_leftovers);
+    assert!(e.message().contains("pack index"), "{e}");
+    let store_before = store_packs(&p);
+    let no_leftovers = |p: &Pair| {
+        assert_eq!(store_packs(p), store_before);
+        assert!(p.incoming().is_empty());
+    };
+
+    // An index without its pack.
+    let txn = packed_txn();
+    fs::remove_file(txn_file(&txn, "objects.pack")).unwrap();
+    let e = assert_discarded_and_resent(&p, no_leftovers);
+    assert!(e.message().contains("no pack"), "{e}");
+    let store_before = store_packs(&p);
+    let no_leftovers = |p: &Pair| {
+        assert_eq!(store_packs(p), store_before);
+        assert!(p.incoming().is_empty());
+    };
+
+    // A pack that is a hard link to another file: refused, and that file
+    // keeps its owner and mode.
+    let txn = packed_txn();
+    let other = p.dir.path().join("other");
+    fs::copy(txn_file(&txn, "objects.pack"), &other).unwrap();
+    fs::set_permissions(&other, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::remove_file(txn_file(&txn, "objects.pack")).unwrap();
+    fs::hard_link(&other, txn_file(&txn, "objects.pack")).unwrap();
+    let e = assert_discarded_and_resent(&p, no_leftovers);
+    assert!(e.message().contains("single name"), "{e}");
+    let meta = fs::metadata(&other).unwrap();
+    assert_eq!(
+        (meta.permissions().mode() & 0o777, meta.nlink()),
+        (0o640, 1)
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::cancel::CancelToken;
 use crate::fsutil::{self, FileLock};
+use crate::pack::PACK_MIN;
 use crate::replset::{is_allowed_path_of, manifest_from_entries_of};
 use crate::snapshot::{is_sha256_hex, validate_relative_path, Entry, EntryKind, Manifest};
 use crate::stage::{
@@ -524,6 +525,9 @@ impl Receiver {
             )));
         }
         let mut writer = TxnWriter::create(state, txn)?;
+        if kind == Kind::Ca && wanted.len() >= PACK_MIN {
+            writer.use_pack()?;
+        }
         conn.send(FrameType::Want, &want)?;
         conn.flush()?;
 
@@ -540,8 +544,9 @@ impl Receiver {
                 )));
             }
             if frame.ty == FrameType::Object {
-                let (file, file_path) = writer.create_object(sha, size)?;
-                let got = receive_data(conn, file, &file_path, size, path)?;
+                let got = writer.receive_object(sha, size, true, |file, file_path| {
+                    receive_data(conn, file, file_path, size, path)
+                })?;
                 if got != sha {
                     return Err(damaged(path, &got, sha));
                 }
@@ -558,9 +563,13 @@ impl Receiver {
                         "the sender extends {path:?} from contents {base_sha} ({base_size} bytes) that this replica does not hold there"
                     )));
                 }
-                let (file, file_path) =
-                    writer.create_object(&format!("{sha}.suffix"), size - base_size)?;
-                let got = receive_data(conn, file, &file_path, size - base_size, path)?;
+                let suffix = size - base_size;
+                let got = writer.receive_object(
+                    &format!("{sha}.suffix"),
+                    suffix,
+                    false,
+                    |file, file_path| receive_data(conn, file, file_path, suffix, path),
+                )?;
                 if got != suffix_sha {
                     return Err(damaged(path, &got, &suffix_sha));
                 }
@@ -748,7 +757,7 @@ fn merge_delta(base: Vec<Entry>, upserts: &[&Entry], removed: &FxHashSet<&str>) 
 /// SHA-256 (hex).
 fn receive_data<S: Read + Write>(
     conn: &mut Conn<S>,
-    mut file: File,
+    file: &mut File,
     file_path: &std::path::Path,
     len: u64,
     path: &str,
