@@ -68,6 +68,10 @@ fn cat_round_trips_five_megabytes_both_ways() {
     let key = sshd.client("sender", "cat");
     let session = connect(&sshd.target(&key));
     assert_eq!(session.host_key().key_type(), "ssh-ed25519");
+    // OpenSSL's AES-GCM both ways, not libssh2's own (slower) ChaCha20.
+    let (cs, sc) = session.ciphers();
+    assert!(cs.contains("-gcm@openssh.com"), "{cs}");
+    assert!(sc.contains("-gcm@openssh.com"), "{sc}");
 
     let data = payload(5 * 1024 * 1024);
     // Written in one go before reading anything: the channel must keep the
