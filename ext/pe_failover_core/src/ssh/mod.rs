@@ -719,7 +719,7 @@ impl Link {
     /// usual order. Every choice is one OpenSSH offers by default.
     fn prefer_fast_ciphers(&mut self) {
         for method in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
-            let supported = self.ssh.supported_algs(method.clone()).unwrap_or_default();
+            let supported = self.ssh.supported_algs(method).unwrap_or_default();
             let mut prefs: Vec<&str> = ["aes256-gcm@openssh.com", "aes128-gcm@openssh.com"]
                 .into_iter()
                 .filter(|c| supported.contains(c))
