@@ -32,7 +32,7 @@ use crate::exclude::Excludes;
 use crate::fsutil;
 use crate::protocol::Kind;
 use crate::snapshot::{
-    mtime_ns, validate_relative_path, Entry, EntryKind, Manifest, ScanStats, Scanner,
+    mtime_ns, validate_relative_path, Contents, Entry, EntryKind, Manifest, ScanStats, Scanner,
 };
 use crate::{Error, ErrorKind, Result};
 
@@ -539,6 +539,8 @@ pub struct SetScan {
     pub paths: CaPaths,
     /// Counters of the cadir scan.
     pub stats: ScanStats,
+    /// Contents kept while hashing ([`ReplicatedSet::keep_contents`]).
+    pub contents: Contents,
 }
 
 /// The replicated set of the active primary: its CA directory plus the
@@ -565,6 +567,7 @@ pub struct ReplicatedSet {
     cancel: CancelToken,
     threads: Option<usize>,
     racy_window: Option<Duration>,
+    keep_contents: u64,
 }
 
 impl ReplicatedSet {
@@ -581,6 +584,7 @@ impl ReplicatedSet {
             cancel: CancelToken::new(),
             threads: None,
             racy_window: None,
+            keep_contents: 0,
         }
     }
 
@@ -628,6 +632,14 @@ impl ReplicatedSet {
     /// See [`Scanner::racy_window`]. Default: the scanner's.
     pub fn racy_window(mut self, window: Duration) -> Self {
         self.racy_window = Some(window);
+        self
+    }
+
+    /// See [`Scanner::keep_contents`]: a [`scan`](Self::scan) keeps up to
+    /// `budget` bytes of the small files of the cadir it hashes, in
+    /// [`SetScan::contents`]. Default: 0 (none).
+    pub fn keep_contents(mut self, budget: u64) -> Self {
+        self.keep_contents = budget;
         self
     }
 
@@ -691,8 +703,9 @@ impl ReplicatedSet {
         if let Some(w) = self.racy_window {
             scanner = scanner.racy_window(w);
         }
-        let scan = scanner.scan()?;
+        let mut scan = scanner.keep_contents(self.keep_contents).scan()?;
         let stats = scan.stats.clone();
+        let contents = std::mem::take(&mut scan.contents);
         let inner = scan.into_complete()?;
 
         let root_meta = fs::metadata(&cadir).map_err(|e| Error::io("stat", &cadir, e))?;
@@ -718,6 +731,7 @@ impl ReplicatedSet {
             manifest,
             paths,
             stats,
+            contents,
         })
     }
 
@@ -860,6 +874,7 @@ impl ReplicatedSet {
             manifest,
             paths: prev.paths.clone(),
             stats: ScanStats::default(),
+            contents: Contents::default(),
         }))
     }
 }

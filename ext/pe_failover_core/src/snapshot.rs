@@ -18,10 +18,11 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -525,7 +526,40 @@ pub struct Scan {
     pub problems: Vec<Error>,
     /// Counters.
     pub stats: ScanStats,
+    /// Contents read while hashing, when asked for
+    /// ([`Scanner::keep_contents`]).
+    pub contents: Contents,
 }
+
+/// Contents of small files, by SHA-256, kept from the reads that hashed
+/// them: a sender ships them without reading the files again. Cheap to
+/// clone (shared).
+#[derive(Clone, Debug, Default)]
+pub struct Contents {
+    map: Arc<FxHashMap<[u8; 32], Box<[u8]>>>,
+}
+
+impl Contents {
+    /// The contents with SHA-256 `sha256` (hex), if kept.
+    pub fn get(&self, sha256: &str) -> Option<&[u8]> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(sha256, &mut key).ok()?;
+        self.map.get(&key).map(|b| &b[..])
+    }
+
+    /// How many contents are kept.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Largest file whose contents [`Scanner::keep_contents`] keeps.
+pub const KEEP_FILE_MAX: u64 = 64 * 1024;
 
 impl Scan {
     /// The manifest, or an error when any entry could not be recorded: the
@@ -577,6 +611,7 @@ pub struct Scanner {
     threads: Option<usize>,
     racy_window_ns: i64,
     prefix: String,
+    keep_budget: u64,
 }
 
 /// Files modified this close to the start of a scan are hashed again next
@@ -631,6 +666,7 @@ impl Scanner {
             threads: None,
             racy_window_ns: DEFAULT_RACY_WINDOW_NS,
             prefix: String::new(),
+            keep_budget: 0,
         }
     }
 
@@ -671,6 +707,14 @@ impl Scanner {
     /// Stops the scan with [`ErrorKind::Cancelled`] when `token` is tripped.
     pub fn cancel_token(mut self, token: CancelToken) -> Self {
         self.cancel = token;
+        self
+    }
+
+    /// Keeps, in [`Scan::contents`], the contents of the files it hashes
+    /// (those the stat cache cannot vouch for) of at most [`KEEP_FILE_MAX`]
+    /// bytes, up to `budget` bytes in all. Default: 0 (none kept).
+    pub fn keep_contents(mut self, budget: u64) -> Self {
+        self.keep_budget = budget;
         self
     }
 
@@ -748,25 +792,36 @@ impl Scanner {
         let hashed = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
         let reused = AtomicU64::new(0);
-        type Recorded = std::result::Result<(Entry, Option<CacheEntry>), Outcome>;
-        let results: Vec<Option<Recorded>> = listed
+        let kept_bytes = AtomicU64::new(0);
+        let results: Vec<Option<std::result::Result<Recorded, Outcome>>> = listed
             .into_par_iter()
             .zip(slots)
             .map(|(item, slot)| {
                 if self.cancel.is_cancelled() {
                     return None;
                 }
-                Some(self.record(item, &cache, slot, &hashed, &bytes, &reused))
+                let counters = Counters {
+                    hashed: &hashed,
+                    bytes: &bytes,
+                    reused: &reused,
+                    kept: &kept_bytes,
+                };
+                Some(self.record(item, &cache, slot, &counters))
             })
             .collect();
         self.cancel.check()?;
 
         let mut entries = Vec::with_capacity(results.len());
         let mut keys: Vec<(usize, CacheEntry)> = Vec::new();
+        let mut contents: FxHashMap<[u8; 32], Box<[u8]>> = FxHashMap::default();
         let fresh = start_ns.saturating_sub(self.racy_window_ns);
         for result in results.into_iter().flatten() {
             match result {
-                Ok((entry, key)) => {
+                Ok((entry, key, kept)) => {
+                    let sha = entry.sha256.as_deref().and_then(crate::pack::sha_bytes);
+                    if let (Some(kept), Some(sha)) = (kept, sha) {
+                        contents.insert(sha, kept.into_boxed_slice());
+                    }
                     // Only files old enough to trust go into the cache.
                     if let Some(key) = key {
                         if key.mtime_ns <= fresh && key.ctime_ns <= fresh {
@@ -815,6 +870,9 @@ impl Scanner {
             manifest,
             problems,
             stats,
+            contents: Contents {
+                map: Arc::new(contents),
+            },
         })
     }
 
@@ -939,10 +997,14 @@ impl Scanner {
         item: Listed,
         cache: &StatCache,
         slot: Option<usize>,
-        hashed: &AtomicU64,
-        bytes: &AtomicU64,
-        reused: &AtomicU64,
-    ) -> std::result::Result<(Entry, Option<CacheEntry>), Outcome> {
+        counters: &Counters<'_>,
+    ) -> std::result::Result<Recorded, Outcome> {
+        let Counters {
+            hashed,
+            bytes,
+            reused,
+            kept,
+        } = counters;
         let Listed { rel, stat } = item;
         let mut entry = Entry {
             path: rel,
@@ -957,7 +1019,7 @@ impl Scanner {
         };
         if stat.is(libc::S_IFDIR) {
             entry.kind = EntryKind::Dir;
-            return Ok((entry, None));
+            return Ok((entry, None, None));
         }
         if stat.is(libc::S_IFLNK) {
             entry.kind = EntryKind::Symlink;
@@ -977,7 +1039,7 @@ impl Scanner {
             })?;
             entry.size = target.len() as u64;
             entry.target = Some(target);
-            return Ok((entry, None));
+            return Ok((entry, None, None));
         }
         if !stat.is(libc::S_IFREG) {
             let abs = self.abs_path(&entry.path);
@@ -997,13 +1059,17 @@ impl Scanner {
         if let Some(sha) = slot.and_then(|i| cache.lookup_slot(i, &key)) {
             entry.sha256 = Some(sha.to_string());
             reused.fetch_add(1, Ordering::Relaxed);
-            return Ok((entry, Some(key)));
+            return Ok((entry, Some(key), None));
         }
+        // Kept contents are counted against the budget before they are read.
+        let keep = self.keep_budget > 0
+            && key.size <= KEEP_FILE_MAX
+            && kept.fetch_add(key.size, Ordering::Relaxed) + key.size <= self.keep_budget;
         // Hash, then make sure the file did not change while it was read; if
         // it did, record it as it is now and read it again.
         let abs = self.abs_path(&entry.path);
         for _attempt in 0..3 {
-            let (sha, n, after) = hash_file(&abs, &self.cancel)?;
+            let (sha, n, after, read) = hash_file(&abs, &self.cancel, keep)?;
             hashed.fetch_add(1, Ordering::Relaxed);
             bytes.fetch_add(n, Ordering::Relaxed);
             let now = CacheEntry::key_of(&after);
@@ -1014,7 +1080,7 @@ impl Scanner {
             entry.mtime_ns = mtime_ns(&after);
             if now.same_file_as(&key) && n == entry.size {
                 entry.sha256 = Some(sha);
-                return Ok((entry, Some(now)));
+                return Ok((entry, Some(now), read));
             }
             key = now;
         }
@@ -1055,10 +1121,31 @@ thread_local! {
 /// Reads a regular file (refusing to follow a symlink swapped in after the
 /// listing) and returns its SHA-256, the bytes read and its metadata after
 /// the read.
+/// An entry, the stat cache record to keep for it (files only) and its
+/// contents when kept.
+type Recorded = (Entry, Option<CacheEntry>, Option<Vec<u8>>);
+
+/// A file's SHA-256 (hex), the bytes read, its metadata once read and what
+/// was read when kept.
+type Hashed = (String, u64, Metadata, Option<Vec<u8>>);
+
+/// Counters shared by the threads recording entries.
+struct Counters<'a> {
+    hashed: &'a AtomicU64,
+    bytes: &'a AtomicU64,
+    reused: &'a AtomicU64,
+    /// Bytes reserved for kept contents.
+    kept: &'a AtomicU64,
+}
+
+/// Hashes the file at `path`; returns its SHA-256 (hex), the bytes read,
+/// its metadata once read and, when `keep` and it holds at most
+/// [`KEEP_FILE_MAX`] bytes, what was read.
 fn hash_file(
     path: &Path,
     cancel: &CancelToken,
-) -> std::result::Result<(String, u64, Metadata), Outcome> {
+    keep: bool,
+) -> std::result::Result<Hashed, Outcome> {
     let mut file = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -1081,6 +1168,7 @@ fn hash_file(
         })?;
     let mut hasher = Sha256::new();
     let mut total = 0u64;
+    let mut read: Option<Vec<u8>> = keep.then(Vec::new);
     HASH_BUFFER.with(|buf| -> std::result::Result<(), Outcome> {
         let mut buf = buf.borrow_mut();
         loop {
@@ -1095,6 +1183,11 @@ fn hash_file(
             };
             hasher.update(&buf[..n]);
             total += n as u64;
+            if total > KEEP_FILE_MAX {
+                read = None;
+            } else if let Some(read) = read.as_mut() {
+                read.extend_from_slice(&buf[..n]);
+            }
         }
     })?;
     let after = file
@@ -1109,7 +1202,7 @@ fn hash_file(
             .with_path(path),
         ));
     }
-    Ok((hex::encode(hasher.finalize()), total, after))
+    Ok((hex::encode(hasher.finalize()), total, after, read))
 }
 
 /// Modification time of `meta` in nanoseconds since the Unix epoch.

@@ -1402,3 +1402,28 @@ fn a_receiver_started_early_reads_its_base_again_when_another_session_changed_it
     p.apply();
     p.assert_converged(&[PASSIVE]);
 }
+
+#[test]
+fn contents_the_scan_kept_are_shipped_as_scanned_without_reading_the_files_again() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    p.sign("kept.example.com");
+    let scan = p.set().keep_contents(1 << 20).scan().unwrap();
+    assert!(!scan.contents.is_empty());
+    let rel = "signed/kept.example.com.pem";
+    let scanned = fs::read(p.a_cadir.join(rel)).unwrap();
+    // Rewritten after the scan: a sender reading the file would find it
+    // changed and give up; the kept contents match the manifest.
+    fs::write(p.a_cadir.join(rel), "rewritten after the scan").unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let receiver = p.receiver();
+    let handle = std::thread::spawn(move || receiver.receive(b));
+    let s = p.sender().sync_scanned(&scan, a).unwrap();
+    handle.join().unwrap().unwrap();
+    assert_eq!(s.outcome, SyncOutcome::Committed);
+    p.apply();
+    assert_eq!(fs::read(p.b_cadir.join(rel)).unwrap(), scanned);
+    // The next sync ships what the file holds now.
+    p.sync_and_apply();
+    p.assert_converged(&[PASSIVE]);
+}

@@ -438,3 +438,52 @@ fn a_hundred_thousand_files() {
         ["d042/f0042017.pem"]
     );
 }
+
+#[test]
+fn a_scan_keeps_the_small_files_it_hashes_when_asked_within_its_budget() {
+    use pe_failover_core::snapshot::KEEP_FILE_MAX;
+    let t = TempTree::new();
+    t.file("a.pem", "cert a");
+    t.file("b.pem", "cert b");
+    t.file("c.pem", "cert c");
+    t.file("big", "x".repeat(KEEP_FILE_MAX as usize + 1));
+    let cache = t.path("../keep.cache");
+    let sha = |m: &pe_failover_core::snapshot::Manifest, p: &str| {
+        m.get(p).unwrap().sha256.clone().unwrap()
+    };
+
+    // Not asked: nothing kept.
+    let scan = scanner(t.root()).scan().unwrap();
+    assert!(scan.contents.is_empty());
+
+    // Asked: the small files, as they were read.
+    let scan = scanner(t.root())
+        .keep_contents(1 << 20)
+        .cache_file(&cache)
+        .scan()
+        .unwrap();
+    assert_eq!(scan.contents.len(), 3);
+    let m = &scan.manifest;
+    assert_eq!(scan.contents.get(&sha(m, "a.pem")), Some(&b"cert a"[..]));
+    assert_eq!(
+        scan.contents.get(&sha(m, "big")),
+        None,
+        "larger than KEEP_FILE_MAX"
+    );
+
+    // Within the budget: two of the three 6-byte files.
+    let scan = scanner(t.root()).keep_contents(12).scan().unwrap();
+    assert_eq!(scan.contents.len(), 2);
+
+    // The stat cache vouches for unchanged files: they are not read, so
+    // not kept; a changed one is.
+    t.file("b.pem", "cert b, renewed");
+    let scan = scanner(t.root())
+        .keep_contents(1 << 20)
+        .cache_file(&cache)
+        .scan()
+        .unwrap();
+    assert_eq!(scan.contents.len(), 1);
+    let renewed = sha(&scan.manifest, "b.pem");
+    assert_eq!(scan.contents.get(&renewed), Some(&b"cert b, renewed"[..]));
+}

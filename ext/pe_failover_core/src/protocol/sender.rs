@@ -21,7 +21,7 @@ use crate::replset::{
     load_manifest_of, manifest_file_digest, manifest_from_entries_of, save_manifest_cache,
     stage_manifest_cache, ReplicatedSet, SetScan,
 };
-use crate::snapshot::{is_sha256_hex, Entry, EntryKind, Manifest};
+use crate::snapshot::{is_sha256_hex, Contents, Entry, EntryKind, Manifest};
 use crate::stage::new_txn_id;
 use crate::state::{
     sender_status_path, DigestAt, ErrorRecord, SenderStatus, Stamp, SyncCounts, SyncOutcome,
@@ -219,7 +219,7 @@ impl Sender {
         let scanned = match &self.source {
             Source::Ca(set) => set
                 .scan()
-                .map(|scan| (scan.manifest, Resolver::Ca(scan.paths))),
+                .map(|scan| (scan.manifest, Resolver::Ca(scan.paths, scan.contents))),
             Source::Nc(outbox) => outbox
                 .scan()
                 .map(|manifest| (manifest, Resolver::Nc(outbox.dir().to_path_buf()))),
@@ -261,7 +261,7 @@ impl Sender {
                 "a CA scan was given to the Node Classifier sender; call sync() instead",
             ));
         }
-        let resolver = Resolver::Ca(scan.paths.clone());
+        let resolver = Resolver::Ca(scan.paths.clone(), scan.contents.clone());
         self.sync_manifest(&scan.manifest, shipped, &resolver, stream)
     }
 
@@ -462,7 +462,8 @@ impl Sender {
                 .get(path)
                 .filter(|b| b.kind == EntryKind::File && b.size >= EXTEND_MIN && b.size < *size)
                 .and_then(|b| b.sha256.as_deref().map(|s| (s, b.size)));
-            match self.send_object(conn, &source, sha, *size, extends) {
+            let held = resolver.held(sha, *size);
+            match self.send_object(conn, &source, sha, *size, extends, held) {
                 Ok((bytes, extended)) => {
                     stats.objects += 1;
                     stats.object_bytes += bytes;
@@ -550,6 +551,7 @@ impl Sender {
         sha: &str,
         size: u64,
         extends: Option<(&str, u64)>,
+        held: Option<&[u8]>,
     ) -> Result<(u64, bool)> {
         let changed = || {
             Error::new(
@@ -569,6 +571,18 @@ impl Sender {
                 )
             })
         };
+        if let (Some(bytes), None) = (held, extends) {
+            // Read (and hashed) by the scan: the file is not read again.
+            let mut header = Vec::with_capacity(40);
+            header.extend_from_slice(&raw_sha(sha)?);
+            header.extend_from_slice(&size.to_be_bytes());
+            conn.send(FrameType::Object, &header)?;
+            for chunk in bytes.chunks(DATA_CHUNK) {
+                self.cancel.check()?;
+                conn.send(FrameType::Data, chunk)?;
+            }
+            return Ok((size, false));
+        }
         let mut file = fsutil::open_nofollow(source).map_err(|e| Error::io("read", source, e))?;
         if let Some((base_sha, base_size)) = extends {
             // First pass: does the file still start with the old contents?
@@ -712,17 +726,28 @@ impl Sender {
     }
 }
 
-/// Where the files of a manifest are read from.
+/// Where the files of a manifest are read from (and contents the scan kept).
 enum Resolver {
-    Ca(crate::replset::CaPaths),
+    Ca(crate::replset::CaPaths, Contents),
     Nc(PathBuf),
 }
 
 impl Resolver {
     fn resolve(&self, rel: &str) -> Option<PathBuf> {
         match self {
-            Resolver::Ca(paths) => paths.resolve(rel),
+            Resolver::Ca(paths, _) => paths.resolve(rel),
             Resolver::Nc(dir) => crate::ncship::is_nc_path(rel).then(|| dir.join(rel)),
+        }
+    }
+
+    /// The contents with SHA-256 `sha256` and `size` bytes, if the scan
+    /// kept them.
+    fn held(&self, sha256: &str, size: u64) -> Option<&[u8]> {
+        match self {
+            Resolver::Ca(_, contents) => contents
+                .get(sha256)
+                .filter(|bytes| bytes.len() as u64 == size),
+            Resolver::Nc(_) => None,
         }
     }
 }

@@ -14,13 +14,17 @@ use crate::config::ReplicaConfig;
 use crate::log::Status;
 use crate::protocol::{is_source_changed, Sender, SyncReport};
 use crate::replset::{ReplicatedSet, SetScan};
-use crate::snapshot::Manifest;
+use crate::snapshot::{Contents, Manifest};
 use crate::ssh::{Channel, Session, SshTarget};
 use crate::state::{sender_status_path, ErrorRecord, Role, SenderStatus, Stamp, SyncOutcome};
 use crate::{Error, ErrorKind, Result};
 
 /// Interval of SSH keepalives during a sync.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Bytes of file contents a full scan keeps for the senders
+/// ([`ReplicatedSet::keep_contents`]): all of a 100,000-certificate CA.
+const KEEP_CONTENTS: u64 = 256 * 1024 * 1024;
 
 /// How long the active watcher keeps an idle SSH session for the next round.
 /// Nothing is sent on an idle session, so a longer wait risks a connection a
@@ -257,7 +261,9 @@ impl Runner {
         scan: Option<SetScan>,
         shipped: Option<&Manifest>,
     ) -> Result<(SyncRun, SetScan)> {
-        let set = self.replicated_set()?;
+        // A full scan keeps the small files it hashes (a first sync hashes
+        // them all) for the senders, which then need not read them again.
+        let set = self.replicated_set()?.keep_contents(KEEP_CONTENTS);
         // A full scan takes a while: the SSH sessions are opened and the
         // receivers started meanwhile (each in its own thread), so the
         // handshakes and the receivers' start-up cost no extra time. A
@@ -355,6 +361,8 @@ impl Runner {
             run.lines.push(self.log_replica(&item, noop));
             run.replicas.push(item);
         }
+        // The caller may keep the scan (the watcher does), not the contents.
+        scan.contents = Contents::default();
         Ok((run, scan))
     }
 
