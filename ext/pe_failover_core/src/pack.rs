@@ -18,7 +18,7 @@
 //! offset (u64) and size (u64); then the SHA-256 of everything before it.
 
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{BufWriter, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,9 @@ use crate::{Error, ErrorKind, Result};
 
 /// Contents a CA transaction must carry for the receiver to pack them.
 pub(crate) const PACK_MIN: usize = 256;
+
+/// Bytes a receiver gathers before it writes them to its pack.
+const PACK_BUFFER: usize = 1 << 20;
 
 /// The directory of the content store holding packs.
 pub(crate) const PACKS_DIR: &str = "packs";
@@ -177,7 +180,7 @@ pub(crate) fn sha_bytes(hex_sha: &str) -> Option<[u8; 32]> {
 /// Appends contents to a new pack and records where each one went.
 #[derive(Debug)]
 pub(crate) struct PackWriter {
-    file: File,
+    file: BufWriter<File>,
     path: PathBuf,
     len: u64,
     entries: Vec<PackEntry>,
@@ -194,15 +197,15 @@ impl PackWriter {
             .open(&path)
             .map_err(|e| Error::io("create", &path, e))?;
         Ok(PackWriter {
-            file,
+            file: BufWriter::with_capacity(PACK_BUFFER, file),
             path,
             len: 0,
             entries: Vec::new(),
         })
     }
 
-    /// The pack, to append one content to, and its path.
-    pub(crate) fn file(&mut self) -> (&mut File, &Path) {
+    /// The pack (buffered), to append one content to, and its path.
+    pub(crate) fn file(&mut self) -> (&mut BufWriter<File>, &Path) {
         (&mut self.file, &self.path)
     }
 
@@ -225,6 +228,10 @@ impl PackWriter {
     /// Writes the index to `idx` (a new file, mode 0600); the caller makes
     /// both durable.
     pub(crate) fn finish(self, idx: &Path) -> Result<()> {
+        let path = self.path;
+        self.file
+            .into_inner()
+            .map_err(|e| Error::io("write", &path, e.into_error()))?;
         write_new(idx, &encode_index(self.entries))
     }
 }

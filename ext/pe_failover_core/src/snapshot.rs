@@ -536,7 +536,7 @@ pub struct Scan {
 /// clone (shared).
 #[derive(Clone, Debug, Default)]
 pub struct Contents {
-    map: Arc<FxHashMap<[u8; 32], Box<[u8]>>>,
+    map: Arc<FxHashMap<[u8; 32], Vec<u8>>>,
 }
 
 impl Contents {
@@ -813,14 +813,13 @@ impl Scanner {
 
         let mut entries = Vec::with_capacity(results.len());
         let mut keys: Vec<(usize, CacheEntry)> = Vec::new();
-        let mut contents: FxHashMap<[u8; 32], Box<[u8]>> = FxHashMap::default();
+        let mut contents: FxHashMap<[u8; 32], Vec<u8>> = FxHashMap::default();
         let fresh = start_ns.saturating_sub(self.racy_window_ns);
         for result in results.into_iter().flatten() {
             match result {
                 Ok((entry, key, kept)) => {
-                    let sha = entry.sha256.as_deref().and_then(crate::pack::sha_bytes);
-                    if let (Some(kept), Some(sha)) = (kept, sha) {
-                        contents.insert(sha, kept.into_boxed_slice());
+                    if let Some((sha, kept)) = kept {
+                        contents.insert(sha, kept);
                     }
                     // Only files old enough to trust go into the cache.
                     if let Some(key) = key {
@@ -1123,11 +1122,14 @@ thread_local! {
 /// the read.
 /// An entry, the stat cache record to keep for it (files only) and its
 /// contents when kept.
-type Recorded = (Entry, Option<CacheEntry>, Option<Vec<u8>>);
+type Recorded = (Entry, Option<CacheEntry>, Option<Kept>);
+
+/// Contents kept from a scan: the SHA-256 and the bytes.
+type Kept = ([u8; 32], Vec<u8>);
 
 /// A file's SHA-256 (hex), the bytes read, its metadata once read and what
 /// was read when kept.
-type Hashed = (String, u64, Metadata, Option<Vec<u8>>);
+type Hashed = (String, u64, Metadata, Option<Kept>);
 
 /// Counters shared by the threads recording entries.
 struct Counters<'a> {
@@ -1202,7 +1204,8 @@ fn hash_file(
             .with_path(path),
         ));
     }
-    Ok((hex::encode(hasher.finalize()), total, after, read))
+    let digest: [u8; 32] = hasher.finalize().into();
+    Ok((hex::encode(digest), total, after, read.map(|r| (digest, r))))
 }
 
 /// Modification time of `meta` in nanoseconds since the Unix epoch.

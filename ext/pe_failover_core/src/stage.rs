@@ -52,7 +52,7 @@
 //! and removed.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -659,7 +659,7 @@ impl TxnWriter {
         name: &str,
         size: u64,
         packable: bool,
-        receive: impl FnOnce(&mut File, &Path) -> Result<String>,
+        receive: impl FnOnce(&mut dyn Write, &Path) -> Result<String>,
     ) -> Result<String> {
         self.flusher.wrote(size);
         if let (true, Some(pack)) = (packable, self.pack.as_mut()) {

@@ -1,7 +1,6 @@
 //! The receiving side, on the passive primary (runs unprivileged, as the
 //! forced command of the transfer key: stdin and stdout are the stream).
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -757,7 +756,7 @@ fn merge_delta(base: Vec<Entry>, upserts: &[&Entry], removed: &FxHashSet<&str>) 
 /// SHA-256 (hex).
 fn receive_data<S: Read + Write>(
     conn: &mut Conn<S>,
-    file: &mut File,
+    file: &mut dyn Write,
     file_path: &std::path::Path,
     len: u64,
     path: &str,
