@@ -221,17 +221,23 @@ pub(crate) fn copy_verified(
     concat_verified(&[], &[src], dst, mode, sha256, size, what)
 }
 
-/// Creates the new file `path` (which must not exist) holding `bytes`, with
-/// permission bits `mode`; removed again if that fails. Returns it, open
-/// for writing (to set its owner or times).
-pub(crate) fn create_with(path: &Path, mode: u32, bytes: &[u8]) -> Result<File> {
-    let mut file = File::options()
+/// Creates the new file `path` (which must not exist, not even as a
+/// symlink) for writing, mode 0600.
+pub(crate) fn create_private(path: &Path) -> Result<File> {
+    File::options()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| Error::io("create", path, e))?;
+        .map_err(|e| Error::io("create", path, e))
+}
+
+/// Creates the new file `path` (which must not exist) holding `bytes`, with
+/// permission bits `mode`; removed again if that fails. Returns it, open
+/// for writing (to set its owner or times).
+pub(crate) fn create_with(path: &Path, mode: u32, bytes: &[u8]) -> Result<File> {
+    let mut file = create_private(path)?;
     let written = file
         .write_all(bytes)
         .map_err(|e| Error::io("write", path, e))
@@ -341,13 +347,7 @@ pub(crate) fn concat_verified(
         .chain(srcs.iter().map(|p| p.display().to_string()))
         .collect::<Vec<_>>()
         .join(" + ");
-    let mut out = File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dst)
-        .map_err(|e| Error::io("create", dst, e))?;
+    let mut out = create_private(dst)?;
     let result = (|| {
         let mut reader = HashingReader::new(size);
         let mut more = reader.feed_bytes(prefix);

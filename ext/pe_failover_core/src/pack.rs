@@ -189,13 +189,7 @@ pub(crate) struct PackWriter {
 impl PackWriter {
     /// Creates the pack at `path` (which must not exist), mode 0600.
     pub(crate) fn create(path: PathBuf) -> Result<PackWriter> {
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| Error::io("create", &path, e))?;
+        let file = crate::fsutil::create_private(&path)?;
         Ok(PackWriter {
             file: BufWriter::with_capacity(PACK_BUFFER, file),
             path,

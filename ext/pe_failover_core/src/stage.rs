@@ -51,9 +51,9 @@
 //! applier takes them in chain order; a transaction off the chain is stale
 //! and removed.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -671,13 +671,7 @@ impl TxnWriter {
             return Ok(got);
         }
         let path = self.partial.join("objects").join(name);
-        let mut file = File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| Error::io("create", &path, e))?;
+        let mut file = fsutil::create_private(&path)?;
         self.written.push(path.clone());
         receive(&mut file, &path)
     }

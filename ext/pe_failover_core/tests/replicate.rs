@@ -1250,7 +1250,6 @@ fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
     use std::os::unix::fs::MetadataExt as _;
     let p = Pair::new(3);
     p.sync_and_apply();
-    let store_before = store_packs(&p);
     let txn_file = |txn: &str, name: &str| p.b_state.join("incoming").join(txn).join(name);
     let mut round = 0;
     let mut packed_txn = || {
@@ -1263,13 +1262,14 @@ fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
         assert!(txn_file(&txn, "objects.pack").is_file());
         txn
     };
-    let no_leftovers = |p: &Pair| {
-        assert_eq!(
-            store_packs(p),
-            store_before,
-            "no pack, index or temporary file kept"
-        );
-        assert!(p.incoming().is_empty());
+    // After the refusal: the content store as it is now (no pack, index or
+    // temporary file kept), the transaction gone.
+    let store_as_now = |p: &Pair| {
+        let before = store_packs(p);
+        move |p: &Pair| {
+            assert_eq!(store_packs(p), before, "the content store changed");
+            assert!(p.incoming().is_empty());
+        }
     };
 
     // A flipped byte in one content.
@@ -1278,38 +1278,23 @@ fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 1;
     fs::write(txn_file(&txn, "objects.pack"), bytes).unwrap();
-    let e = assert_discarded_and_resent(&p, no_leftovers);
+    let e = assert_discarded_and_resent(&p, store_as_now(&p));
     assert!(
         e.message().contains("do not match its manifest entry"),
         "{e}"
     );
-    let store_before = store_packs(&p);
-    let no_leftovers = |p: &Pair| {
-        assert_eq!(store_packs(p), store_before);
-        assert!(p.incoming().is_empty());
-    };
 
     // An index that says something else (checksum and all).
     let txn = packed_txn();
     fs::write(txn_file(&txn, "objects.idx"), b"PEFIDX1\n garbage").unwrap();
-    let e = assert_discarded_and_resent(&p, no_leftovers);
+    let e = assert_discarded_and_resent(&p, store_as_now(&p));
     assert!(e.message().contains("pack index"), "{e}");
-    let store_before = store_packs(&p);
-    let no_leftovers = |p: &Pair| {
-        assert_eq!(store_packs(p), store_before);
-        assert!(p.incoming().is_empty());
-    };
 
     // An index without its pack.
     let txn = packed_txn();
     fs::remove_file(txn_file(&txn, "objects.pack")).unwrap();
-    let e = assert_discarded_and_resent(&p, no_leftovers);
+    let e = assert_discarded_and_resent(&p, store_as_now(&p));
     assert!(e.message().contains("no pack"), "{e}");
-    let store_before = store_packs(&p);
-    let no_leftovers = |p: &Pair| {
-        assert_eq!(store_packs(p), store_before);
-        assert!(p.incoming().is_empty());
-    };
 
     // A pack that is a hard link to another file: refused, and that file
     // keeps its owner and mode.
@@ -1319,7 +1304,7 @@ fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
     fs::set_permissions(&other, fs::Permissions::from_mode(0o640)).unwrap();
     fs::remove_file(txn_file(&txn, "objects.pack")).unwrap();
     fs::hard_link(&other, txn_file(&txn, "objects.pack")).unwrap();
-    let e = assert_discarded_and_resent(&p, no_leftovers);
+    let e = assert_discarded_and_resent(&p, store_as_now(&p));
     assert!(e.message().contains("single name"), "{e}");
     let meta = fs::metadata(&other).unwrap();
     assert_eq!(
