@@ -246,6 +246,19 @@ pub(crate) fn read_verified(
     size: u64,
     what: &str,
 ) -> Result<Vec<u8>> {
+    // The size first: an index may claim anything its (sparse) pack holds.
+    if e.size != size {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{what}: {} lists {} bytes at offset {} where its manifest entry has {size}",
+                path.display(),
+                e.size,
+                e.offset
+            ),
+        )
+        .with_path(path));
+    }
     let len = usize::try_from(e.size).map_err(|_| {
         Error::new(
             ErrorKind::Corrupt,
@@ -256,7 +269,7 @@ pub(crate) fn read_verified(
     file.read_exact_at(&mut bytes, e.offset)
         .map_err(|err| Error::io("read", path, err))?;
     let got = hex::encode(Sha256::digest(&bytes));
-    if e.size != size || got != sha {
+    if got != sha {
         return Err(Error::new(
             ErrorKind::Corrupt,
             format!(
@@ -362,6 +375,45 @@ mod tests {
             offset,
             size,
         }
+    }
+
+    #[test]
+    fn a_content_is_checked_against_its_entry_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.pack");
+        // A terabyte, nearly all holes: an index may point anywhere in it.
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(1 << 40).unwrap();
+        file.write_all_at(b"cert", 8).unwrap();
+        let sha = hex::encode(Sha256::digest(b"cert"));
+        let huge = PackEntry {
+            sha: [1; 32],
+            offset: 0,
+            size: 1 << 39,
+        };
+        let e = read_verified(&file, &path, &huge, &sha, 4, "t").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(
+            e.message().contains("where its manifest entry has 4"),
+            "{e}"
+        );
+        let right = PackEntry {
+            sha: [1; 32],
+            offset: 8,
+            size: 4,
+        };
+        assert_eq!(
+            read_verified(&file, &path, &right, &sha, 4, "t").unwrap(),
+            b"cert"
+        );
+        let wrong = PackEntry { offset: 9, ..right };
+        let e = read_verified(&file, &path, &wrong, &sha, 4, "t").unwrap_err();
+        assert!(e.message().contains("do not match"), "{e}");
     }
 
     #[test]
