@@ -33,7 +33,7 @@
 //! files again.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{lchown, symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1395,8 +1395,18 @@ fn write_temp(target: &Snapshot, tmp: &Path, e: &Entry, owner: Option<(u32, u32)
                         })?
                 }
                 Stored::Packed(packed) => {
-                    let bytes = packed.read_verified(sha, e.size, &what)?;
-                    fsutil::create_with(tmp, e.mode & 0o777, &bytes)?
+                    let mut out = fsutil::create_private(tmp)?;
+                    let copied = packed
+                        .copy_verified(sha, e.size, &what, |chunk| {
+                            out.write_all(chunk)
+                                .map_err(|err| Error::io("write", tmp, err))
+                        })
+                        .and_then(|()| set_mode(tmp, e.mode & 0o777));
+                    if let Err(err) = copied {
+                        let _ = fs::remove_file(tmp);
+                        return Err(err);
+                    }
+                    out
                 }
             };
             if let Some((uid, gid)) = owner {

@@ -30,6 +30,9 @@ use crate::{Error, ErrorKind, Result};
 /// Contents a CA transaction must carry for the receiver to pack them.
 pub(crate) const PACK_MIN: usize = 256;
 
+/// Bytes read from a pack at a time.
+const CHUNK: u64 = 64 * 1024;
+
 /// Bytes a receiver gathers before it writes them to its pack.
 const PACK_BUFFER: usize = 1 << 20;
 
@@ -235,18 +238,23 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::fsutil::create_with(path, 0o600, bytes).map(drop)
 }
 
-/// Reads the content `e` of the pack `file` (at `path`) and checks it has
-/// SHA-256 `sha` and `size` bytes; a mismatch is [`ErrorKind::Corrupt`],
-/// naming `what`.
-pub(crate) fn read_verified(
+/// Largest content read from a pack into memory (the base of an
+/// extension); larger ones are only streamed.
+const IN_MEMORY_MAX: u64 = 256 * 1024 * 1024;
+
+/// Reads the content `e` of the pack `file` (at `path`) in chunks, handing
+/// each to `sink`, and checks it has `size` bytes (before anything is
+/// read: an index may claim anything its pack, sparse, holds) and SHA-256
+/// `sha`; a mismatch is [`ErrorKind::Corrupt`], naming `what`.
+pub(crate) fn copy_verified(
     file: &File,
     path: &Path,
     e: &PackEntry,
     sha: &str,
     size: u64,
     what: &str,
-) -> Result<Vec<u8>> {
-    // The size first: an index may claim anything its (sparse) pack holds.
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
     if e.size != size {
         return Err(Error::new(
             ErrorKind::Corrupt,
@@ -259,29 +267,54 @@ pub(crate) fn read_verified(
         )
         .with_path(path));
     }
-    let len = usize::try_from(e.size).map_err(|_| {
-        Error::new(
-            ErrorKind::Corrupt,
-            format!("{what}: {} bytes do not fit in memory", e.size),
-        )
-    })?;
-    let mut bytes = vec![0u8; len];
-    file.read_exact_at(&mut bytes, e.offset)
-        .map_err(|err| Error::io("read", path, err))?;
-    let got = hex::encode(Sha256::digest(&bytes));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; size.clamp(1, CHUNK) as usize];
+    let mut done = 0u64;
+    while done < size {
+        let n = (size - done).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], e.offset + done)
+            .map_err(|err| Error::io("read", path, err))?;
+        hasher.update(&buf[..n]);
+        sink(&buf[..n])?;
+        done += n as u64;
+    }
+    let got = hex::encode(hasher.finalize());
     if got != sha {
         return Err(Error::new(
             ErrorKind::Corrupt,
             format!(
-                "{what}: the {} bytes at offset {} of {} do not match its manifest entry (expected {size} bytes with SHA-256 {sha}, found SHA-256 {got})",
-                e.size,
+                "{what}: the {size} bytes at offset {} of {} do not match its manifest entry (expected SHA-256 {sha}, found {got})",
                 e.offset,
                 path.display()
             ),
         )
         .with_path(path));
     }
-    Ok(bytes)
+    Ok(())
+}
+
+/// [`copy_verified`] into memory, for contents of at most 256 MiB.
+pub(crate) fn read_verified(
+    file: &File,
+    path: &Path,
+    e: &PackEntry,
+    sha: &str,
+    size: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    if size > IN_MEMORY_MAX {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("{what}: {size} bytes are more than a pack's contents are read into memory for ({IN_MEMORY_MAX})"),
+        )
+        .with_path(path));
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    copy_verified(file, path, e, sha, size, what, |chunk| {
+        out.extend_from_slice(chunk);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// The packs of a content store, opened, and where each content is.
@@ -303,6 +336,18 @@ pub(crate) struct Packed<'a> {
 }
 
 impl Packed<'_> {
+    /// The contents in chunks to `sink`, checked against `sha` and `size`
+    /// (see [`copy_verified`]).
+    pub(crate) fn copy_verified(
+        &self,
+        sha: &str,
+        size: u64,
+        what: &str,
+        sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        copy_verified(self.file, self.path, &self.entry, sha, size, what, sink)
+    }
+
     /// The contents, checked against `sha` and `size`.
     pub(crate) fn read_verified(&self, sha: &str, size: u64, what: &str) -> Result<Vec<u8>> {
         read_verified(self.file, self.path, &self.entry, sha, size, what)
@@ -402,6 +447,21 @@ mod tests {
             e.message().contains("where its manifest entry has 4"),
             "{e}"
         );
+        // A manifest entry as large: streamed, never read into memory whole.
+        let e = read_verified(&file, &path, &huge, &sha, 1 << 39, "t").unwrap_err();
+        assert!(e.message().contains("read into memory"), "{e}");
+        let mut chunks = 0;
+        let e = copy_verified(&file, &path, &huge, &sha, 1 << 39, "t", |c| {
+            chunks += 1;
+            assert!(c.len() as u64 <= CHUNK);
+            // Stop after a few chunks: the sink's error ends the copy.
+            if chunks == 3 {
+                return Err(Error::new(ErrorKind::Cancelled, "enough"));
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!((e.kind(), chunks), (ErrorKind::Cancelled, 3));
         let right = PackEntry {
             sha: [1; 32],
             offset: 8,

@@ -1198,7 +1198,7 @@ fn adopt_pack<'m>(
         found.par_iter().try_for_each(|(e, sha, p)| {
             cancel.check()?;
             let what = format!("{what}, {}", e.path);
-            pack::read_verified(&file, &tmp_pack, p, sha, e.size, &what).map(drop)
+            pack::copy_verified(&file, &tmp_pack, p, sha, e.size, &what, |_| Ok(()))
         })?;
         pack::write_new(
             &tmp_index,
