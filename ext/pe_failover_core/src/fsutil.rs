@@ -430,7 +430,20 @@ pub(crate) fn adopt_verified(
 /// [`ErrorKind::Corrupt`] naming `what`), makes it this process's own when
 /// it runs as root and gives it permission bits `mode`.
 pub(crate) fn take_over(path: &Path, names: u64, mode: u32, what: &str) -> Result<File> {
-    let file = open_nofollow(path).map_err(|e| Error::io("open", path, e))?;
+    let file = open_nofollow(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{what}: {} is a symbolic link, so it is not trusted",
+                    path.display()
+                ),
+            )
+            .with_path(path)
+        } else {
+            Error::io("open", path, e)
+        }
+    })?;
     let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
     if !meta.is_file() || meta.nlink() != names {
         // The caller's own links aside, the file must have one name.

@@ -1192,7 +1192,7 @@ fn adopt_pack<'m>(
             })
             .collect();
         if found.is_empty() {
-            let _ = fs::remove_file(&tmp_pack);
+            let _ = fsutil::remove_any(&tmp_pack);
             return Ok(FxHashSet::default());
         }
         found.par_iter().try_for_each(|(e, sha, p)| {
@@ -1220,7 +1220,9 @@ fn adopt_pack<'m>(
         Ok(found.into_iter().map(|(_, sha, _)| sha).collect())
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp_pack);
+        // Whatever the transaction held under the pack's name (a directory,
+        // a symlink) goes too.
+        let _ = fsutil::remove_any(&tmp_pack);
         let _ = fs::remove_file(&tmp_index);
     }
     result

@@ -1296,6 +1296,23 @@ fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
     let e = assert_discarded_and_resent(&p, store_as_now(&p));
     assert!(e.message().contains("no pack"), "{e}");
 
+    // A directory, then a symlink to a file of the system, under the pack's
+    // name.
+    let txn = packed_txn();
+    fs::remove_file(txn_file(&txn, "objects.pack")).unwrap();
+    fs::create_dir(txn_file(&txn, "objects.pack")).unwrap();
+    fs::write(txn_file(&txn, "objects.pack").join("x"), "x").unwrap();
+    let e = assert_discarded_and_resent(&p, store_as_now(&p));
+    assert!(e.message().contains("not a regular file"), "{e}");
+    let txn = packed_txn();
+    let system = p.dir.path().join("system-file");
+    fs::write(&system, "root's\n").unwrap();
+    fs::remove_file(txn_file(&txn, "objects.pack")).unwrap();
+    std::os::unix::fs::symlink(&system, txn_file(&txn, "objects.pack")).unwrap();
+    let e = assert_discarded_and_resent(&p, store_as_now(&p));
+    assert!(e.message().contains("symbolic link"), "{e}");
+    assert_eq!(fs::read_to_string(&system).unwrap(), "root's\n");
+
     // A pack that is a hard link to another file: refused, and that file
     // keeps its owner and mode.
     let txn = packed_txn();
