@@ -137,7 +137,17 @@ pub(crate) fn read_index(path: &Path, pack_len: u64) -> Result<Vec<PackEntry>> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("pack index {} is a symbolic link", path.display()),
+                )
+                .with_path(path)
+            } else {
+                Error::io("open", path, e)
+            }
+        })?;
     let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
     if !meta.is_file() || meta.len() > INDEX_LIMIT {
         return Err(Error::new(

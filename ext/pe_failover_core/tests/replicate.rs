@@ -1251,6 +1251,8 @@ fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
     let p = Pair::new(3);
     p.sync_and_apply();
     let txn_file = |txn: &str, name: &str| p.b_state.join("incoming").join(txn).join(name);
+    let system_file = p.dir.path().join("system-file");
+    fs::write(&system_file, "root's\n").unwrap();
     let mut round = 0;
     let mut packed_txn = || {
         round += 1;
@@ -1290,6 +1292,25 @@ fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
     let e = assert_discarded_and_resent(&p, store_as_now(&p));
     assert!(e.message().contains("pack index"), "{e}");
 
+    // A symlink, then a FIFO, where the index should be.
+    let txn = packed_txn();
+    fs::remove_file(txn_file(&txn, "objects.idx")).unwrap();
+    std::os::unix::fs::symlink(&system_file, txn_file(&txn, "objects.idx")).unwrap();
+    let e = assert_discarded_and_resent(&p, store_as_now(&p));
+    assert!(e.message().contains("symbolic link"), "{e}");
+    let txn = packed_txn();
+    fs::remove_file(txn_file(&txn, "objects.idx")).unwrap();
+    let fifo = std::ffi::CString::new(
+        txn_file(&txn, "objects.idx")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let e = assert_discarded_and_resent(&p, store_as_now(&p));
+    assert!(e.message().contains("not a regular file"), "{e}");
+
     // An index without its pack.
     let txn = packed_txn();
     fs::remove_file(txn_file(&txn, "objects.pack")).unwrap();
@@ -1305,13 +1326,11 @@ fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
     let e = assert_discarded_and_resent(&p, store_as_now(&p));
     assert!(e.message().contains("not a regular file"), "{e}");
     let txn = packed_txn();
-    let system = p.dir.path().join("system-file");
-    fs::write(&system, "root's\n").unwrap();
     fs::remove_file(txn_file(&txn, "objects.pack")).unwrap();
-    std::os::unix::fs::symlink(&system, txn_file(&txn, "objects.pack")).unwrap();
+    std::os::unix::fs::symlink(&system_file, txn_file(&txn, "objects.pack")).unwrap();
     let e = assert_discarded_and_resent(&p, store_as_now(&p));
     assert!(e.message().contains("symbolic link"), "{e}");
-    assert_eq!(fs::read_to_string(&system).unwrap(), "root's\n");
+    assert_eq!(fs::read_to_string(&system_file).unwrap(), "root's\n");
 
     // A pack that is a hard link to another file: refused, and that file
     // keeps its owner and mode.
