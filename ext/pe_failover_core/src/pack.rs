@@ -183,13 +183,6 @@ pub(crate) fn open_pack(pack: &Path, idx: &Path) -> Result<(File, Vec<PackEntry>
     Ok((file, entries))
 }
 
-/// Parses a SHA-256 written in hex.
-pub(crate) fn sha_bytes(hex_sha: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_sha, &mut out).ok()?;
-    Some(out)
-}
-
 /// Appends contents to a new pack and records where each one went.
 #[derive(Debug)]
 pub(crate) struct PackWriter {

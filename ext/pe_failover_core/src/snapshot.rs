@@ -493,6 +493,13 @@ pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The 32 bytes of a SHA-256 written as hex.
+pub(crate) fn sha256_bytes(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex, &mut out).ok()?;
+    Some(out)
+}
+
 /// Counters describing one scan.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ScanStats {
@@ -542,9 +549,7 @@ pub struct Contents {
 impl Contents {
     /// The contents with SHA-256 `sha256` (hex), if kept.
     pub fn get(&self, sha256: &str) -> Option<&[u8]> {
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(sha256, &mut key).ok()?;
-        self.map.get(&key).map(|b| &b[..])
+        self.map.get(&sha256_bytes(sha256)?).map(|b| &b[..])
     }
 
     /// How many contents are kept.

@@ -67,7 +67,7 @@ use crate::fsutil;
 use crate::pack::{self, PackEntry, PackWriter, Packed, StorePacks, PACKS_DIR};
 use crate::protocol::Kind;
 use crate::replset::{load_manifest_of, manifest_file_digest, save_manifest};
-use crate::snapshot::{is_sha256_hex, Entry, EntryKind, Manifest};
+use crate::snapshot::{is_sha256_hex, sha256_bytes, Entry, EntryKind, Manifest};
 use crate::state::Stamp;
 use crate::{Error, ErrorKind, Result};
 
@@ -665,7 +665,7 @@ impl TxnWriter {
         if let (true, Some(pack)) = (packable, self.pack.as_mut()) {
             let (file, path) = pack.file();
             let got = receive(file, path)?;
-            if let Some(sha) = pack::sha_bytes(&got) {
+            if let Some(sha) = sha256_bytes(&got) {
                 pack.added(sha, size);
             }
             return Ok(got);
@@ -795,7 +795,7 @@ impl Snapshot {
 
     /// The contents with SHA-256 `sha256`, if in a pack.
     pub(crate) fn packed(&self, sha256: &str) -> Option<Packed<'_>> {
-        self.packs().find(&pack::sha_bytes(sha256)?)
+        self.packs().find(&sha256_bytes(sha256)?)
     }
 
     /// Packs of the content store left out because they could not be read.
@@ -1187,7 +1187,7 @@ fn adopt_pack<'m>(
         let found: Vec<(&Entry, &str, PackEntry)> = wanted
             .iter()
             .filter_map(|(e, sha)| {
-                let p = listed.get(&pack::sha_bytes(sha)?)?;
+                let p = listed.get(&sha256_bytes(sha)?)?;
                 Some((*e, *sha, *p))
             })
             .collect();

@@ -18,7 +18,9 @@ use crate::cancel::CancelToken;
 use crate::fsutil::{self, FileLock};
 use crate::pack::PACK_MIN;
 use crate::replset::{is_allowed_path_of, manifest_from_entries_of};
-use crate::snapshot::{is_sha256_hex, validate_relative_path, Entry, EntryKind, Manifest};
+use crate::snapshot::{
+    is_sha256_hex, sha256_bytes, validate_relative_path, Entry, EntryKind, Manifest,
+};
 use crate::stage::{
     clean_partials, receiver_base, validate_txn_id, Base, Extension, StateDir, TxnMeta, TxnWriter,
     META_FORMAT,
@@ -509,7 +511,7 @@ impl Receiver {
         let mut wanted = Vec::new();
         let mut total = 0u64;
         for (i, (sha, size, path)) in objects.iter().enumerate() {
-            if sha_bytes(sha).is_some_and(|b| have.contains(&b)) {
+            if sha256_bytes(sha).is_some_and(|b| have.contains(&b)) {
                 session.stats.objects_reused += 1;
                 continue;
             }
@@ -640,16 +642,9 @@ fn with_contents(manifest: Manifest) -> (Manifest, Contents) {
     let contents = manifest
         .entries()
         .iter()
-        .filter_map(|e| e.sha256.as_deref().and_then(sha_bytes))
+        .filter_map(|e| e.sha256.as_deref().and_then(sha256_bytes))
         .collect();
     (manifest, contents)
-}
-
-/// The 32 bytes of a SHA-256 written as hex.
-fn sha_bytes(hex: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex, &mut out).ok()?;
-    Some(out)
 }
 
 /// A base manifest read before the session held its lock (see
