@@ -424,28 +424,41 @@ pub(crate) fn adopt_verified(
     result
 }
 
+/// Opens for reading a file another user could have put at `path` (the
+/// transfer user's, in a transaction): a symlink is not followed, a FIFO
+/// is not waited on, and anything but a regular file is
+/// [`ErrorKind::Corrupt`], naming `what`. Returns it with its metadata.
+pub(crate) fn open_untrusted(path: &Path, what: &str) -> Result<(File, fs::Metadata)> {
+    let untrusted = |why: &str| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("{what}: {} is {why}, so it is not trusted", path.display()),
+        )
+        .with_path(path)
+    };
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => untrusted("a symbolic link"),
+            _ => Error::io("open", path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(untrusted("not a regular file"));
+    }
+    Ok((file, meta))
+}
+
 /// Opens the regular file `path` (not following a symlink), which must
 /// have exactly `names` names (the ones the caller knows of: a file with
 /// more, such as a hard link to a system file, is refused as
 /// [`ErrorKind::Corrupt`] naming `what`), makes it this process's own when
 /// it runs as root and gives it permission bits `mode`.
 pub(crate) fn take_over(path: &Path, names: u64, mode: u32, what: &str) -> Result<File> {
-    let file = open_nofollow(path).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "{what}: {} is a symbolic link, so it is not trusted",
-                    path.display()
-                ),
-            )
-            .with_path(path)
-        } else {
-            Error::io("open", path, e)
-        }
-    })?;
-    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-    if !meta.is_file() || meta.nlink() != names {
+    let (file, meta) = open_untrusted(path, what)?;
+    if meta.nlink() != names {
         // The caller's own links aside, the file must have one name.
         let want = match names {
             1 => "a single name".to_string(),

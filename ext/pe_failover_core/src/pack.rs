@@ -19,7 +19,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Read};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
@@ -133,29 +133,12 @@ pub(crate) fn decode_index(bytes: &[u8], pack_len: u64, path: &Path) -> Result<V
 /// without following a symlink and without waiting on a FIFO: the
 /// transaction's index is the transfer user's file.
 pub(crate) fn read_index(path: &Path, pack_len: u64) -> Result<Vec<PackEntry>> {
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                Error::new(
-                    ErrorKind::Corrupt,
-                    format!("pack index {} is a symbolic link", path.display()),
-                )
-                .with_path(path)
-            } else {
-                Error::io("open", path, e)
-            }
-        })?;
-    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-    if !meta.is_file() || meta.len() > INDEX_LIMIT {
+    let what = format!("pack index {}", path.display());
+    let (file, meta) = crate::fsutil::open_untrusted(path, &what)?;
+    if meta.len() > INDEX_LIMIT {
         return Err(Error::new(
             ErrorKind::Corrupt,
-            format!(
-                "pack index {} is not a regular file of at most {INDEX_LIMIT} bytes",
-                path.display()
-            ),
+            format!("{what} is larger than the {INDEX_LIMIT} bytes an index may have"),
         )
         .with_path(path));
     }

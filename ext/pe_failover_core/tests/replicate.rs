@@ -678,6 +678,15 @@ fn a_transaction_manifest_damaged_or_linked_elsewhere_is_discarded_and_resent() 
     fs::hard_link(&secret, manifest_of(&txn)).unwrap();
     let e = assert_discarded_and_resent(&p, |_| {});
     assert!(e.message().contains("single name"), "{e}");
+
+    // A FIFO in its place: refused, not waited on.
+    p.sign("fifo.example.com");
+    p.sync();
+    let txn = p.incoming().pop().unwrap();
+    fs::remove_file(manifest_of(&txn)).unwrap();
+    mkfifo(&manifest_of(&txn));
+    let e = assert_discarded_and_resent(&p, |_| {});
+    assert!(e.message().contains("not a regular file"), "{e}");
     let meta = fs::metadata(&secret).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(meta.nlink(), 1, "no name of it is left behind");
@@ -1182,6 +1191,17 @@ fn the_receiver_runs_unprivileged_and_the_applier_as_root() {
     }
 }
 
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {path:?}"
+    );
+}
+
 /// The files in the content store's packs directory.
 fn store_packs(p: &Pair) -> Vec<String> {
     let dir = p.b_state.join("snapshots/objects/packs");
@@ -1300,14 +1320,7 @@ fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
     assert!(e.message().contains("symbolic link"), "{e}");
     let txn = packed_txn();
     fs::remove_file(txn_file(&txn, "objects.idx")).unwrap();
-    let fifo = std::ffi::CString::new(
-        txn_file(&txn, "objects.idx")
-            .into_os_string()
-            .into_encoded_bytes(),
-    )
-    .unwrap();
-    // SAFETY: a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    mkfifo(&txn_file(&txn, "objects.idx"));
     let e = assert_discarded_and_resent(&p, store_as_now(&p));
     assert!(e.message().contains("not a regular file"), "{e}");
 
@@ -1331,6 +1344,12 @@ fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
     let e = assert_discarded_and_resent(&p, store_as_now(&p));
     assert!(e.message().contains("symbolic link"), "{e}");
     assert_eq!(fs::read_to_string(&system_file).unwrap(), "root's\n");
+    // A FIFO under the pack's name: refused, not waited on.
+    let txn = packed_txn();
+    fs::remove_file(txn_file(&txn, "objects.pack")).unwrap();
+    mkfifo(&txn_file(&txn, "objects.pack"));
+    let e = assert_discarded_and_resent(&p, store_as_now(&p));
+    assert!(e.message().contains("not a regular file"), "{e}");
 
     // A pack that is a hard link to another file: refused, and that file
     // keeps its owner and mode.
