@@ -998,13 +998,7 @@ fn an_extension_is_verified_whole_by_the_applier() {
         "inventory.txt grew: {:?}",
         s.stats
     );
-    let txn = p.incoming().pop().unwrap();
-    let objects = p.b_state.join("incoming").join(&txn).join("objects");
-    let suffix = fs::read_dir(&objects)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".suffix"))
-        .expect("a suffix object");
+    let suffix = pending_suffix(&p);
     // Same length, other bytes: only the whole-content check can tell.
     let mut bytes = fs::read(&suffix).unwrap();
     bytes[0] ^= 0x01;
@@ -1013,6 +1007,18 @@ fn an_extension_is_verified_whole_by_the_applier() {
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains("inventory.txt"), "{e}");
     // Discarded; the next sync exchanges manifests and repairs.
+    let (s, _) = p.sync_and_apply();
+    assert!(s.stats.manifest_exchanged);
+    p.assert_converged(&[PASSIVE]);
+    // A FIFO as the suffix: refused, not waited on.
+    p.sign("fifo-suffix.example.com");
+    p.sync();
+    let suffix = pending_suffix(&p);
+    fs::remove_file(&suffix).unwrap();
+    mkfifo(&suffix);
+    let e = p.applier().run().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.message().contains("not a regular file"), "{e}");
     let (s, _) = p.sync_and_apply();
     assert!(s.stats.manifest_exchanged);
     p.assert_converged(&[PASSIVE]);
@@ -1189,6 +1195,17 @@ fn the_receiver_runs_unprivileged_and_the_applier_as_root() {
             "{name}"
         );
     }
+}
+
+/// The suffix object of the one pending transaction.
+fn pending_suffix(p: &Pair) -> std::path::PathBuf {
+    let txn = p.incoming().pop().unwrap();
+    let objects = p.b_state.join("incoming").join(&txn).join("objects");
+    fs::read_dir(&objects)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".suffix"))
+        .expect("a suffix object")
 }
 
 /// Makes a FIFO at `path`.
