@@ -1394,20 +1394,12 @@ fn write_temp(target: &Snapshot, tmp: &Path, e: &Entry, owner: Option<(u32, u32)
                             ),
                         })?
                 }
-                Stored::Packed(packed) => {
-                    let mut out = fsutil::create_private(tmp)?;
-                    let copied = packed
-                        .copy_verified(sha, e.size, &what, |chunk| {
-                            out.write_all(chunk)
-                                .map_err(|err| Error::io("write", tmp, err))
-                        })
-                        .and_then(|()| set_mode(tmp, e.mode & 0o777));
-                    if let Err(err) = copied {
-                        let _ = fs::remove_file(tmp);
-                        return Err(err);
-                    }
-                    out
-                }
+                Stored::Packed(packed) => fsutil::create_filled(tmp, e.mode & 0o777, |out| {
+                    packed.copy_verified(sha, e.size, &what, |chunk| {
+                        out.write_all(chunk)
+                            .map_err(|err| Error::io("write", tmp, err))
+                    })
+                })?,
             };
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::fchown(&file, Some(uid), Some(gid))

@@ -233,19 +233,20 @@ pub(crate) fn create_private(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("create", path, e))
 }
 
-/// Creates the new file `path` (which must not exist) holding `bytes`, with
-/// permission bits `mode`; removed again if that fails. Returns it, open
-/// for writing (to set its owner or times).
-pub(crate) fn create_with(path: &Path, mode: u32, bytes: &[u8]) -> Result<File> {
+/// Creates the new file `path` (see [`create_private`]), has `fill` write
+/// it, then gives it permission bits `mode`; on any failure the file is
+/// removed again. Returns it, open for writing (to set its owner or times).
+pub(crate) fn create_filled(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File) -> Result<()>,
+) -> Result<File> {
     let mut file = create_private(path)?;
-    let written = file
-        .write_all(bytes)
-        .map_err(|e| Error::io("write", path, e))
-        .and_then(|()| {
-            file.set_permissions(fs::Permissions::from_mode(mode))
-                .map_err(|e| Error::io("set permissions of", path, e))
-        });
-    match written {
+    let filled = fill(&mut file).and_then(|()| {
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("set permissions of", path, e))
+    });
+    match filled {
         Ok(()) => Ok(file),
         Err(e) => {
             let _ = fs::remove_file(path);
@@ -340,8 +341,7 @@ pub(crate) fn concat_verified(
         .chain(srcs.iter().map(|p| p.display().to_string()))
         .collect::<Vec<_>>()
         .join(" + ");
-    let mut out = create_private(dst)?;
-    let result = (|| {
+    create_filled(dst, mode, |out| {
         let mut reader = HashingReader::new(size);
         let mut more = reader.feed_bytes(prefix);
         if more {
@@ -368,17 +368,8 @@ pub(crate) fn concat_verified(
             )
             .with_path(srcs.first().copied().unwrap_or(dst)));
         }
-        out.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("set permissions of", dst, e))?;
         Ok(())
-    })();
-    match result {
-        Ok(()) => Ok(out),
-        Err(e) => {
-            let _ = fs::remove_file(dst);
-            Err(e)
-        }
-    }
+    })
 }
 
 /// Makes the regular file `path` (with no other name) this process's own with permission bits

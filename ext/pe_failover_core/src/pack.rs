@@ -18,7 +18,7 @@
 //! offset (u64) and size (u64); then the SHA-256 of everything before it.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Read};
+use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -221,87 +221,16 @@ impl PackWriter {
 
 /// Writes `bytes` to the new file `path`, mode 0600.
 pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::fsutil::create_with(path, 0o600, bytes).map(drop)
+    crate::fsutil::create_filled(path, 0o600, |file| {
+        file.write_all(bytes)
+            .map_err(|e| Error::io("write", path, e))
+    })
+    .map(drop)
 }
 
 /// Largest content read from a pack into memory (the base of an
 /// extension); larger ones are only streamed.
 const IN_MEMORY_MAX: u64 = 256 * 1024 * 1024;
-
-/// Reads the content `e` of the pack `file` (at `path`) in chunks, handing
-/// each to `sink`, and checks it has `size` bytes (before anything is
-/// read: an index may claim anything its pack, sparse, holds) and SHA-256
-/// `sha`; a mismatch is [`ErrorKind::Corrupt`], naming `what`.
-pub(crate) fn copy_verified(
-    file: &File,
-    path: &Path,
-    e: &PackEntry,
-    sha: &str,
-    size: u64,
-    what: &str,
-    mut sink: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<()> {
-    if e.size != size {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            format!(
-                "{what}: {} lists {} bytes at offset {} where its manifest entry has {size}",
-                path.display(),
-                e.size,
-                e.offset
-            ),
-        )
-        .with_path(path));
-    }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; size.clamp(1, CHUNK) as usize];
-    let mut done = 0u64;
-    while done < size {
-        let n = (size - done).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], e.offset + done)
-            .map_err(|err| Error::io("read", path, err))?;
-        hasher.update(&buf[..n]);
-        sink(&buf[..n])?;
-        done += n as u64;
-    }
-    let got = hex::encode(hasher.finalize());
-    if got != sha {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            format!(
-                "{what}: the {size} bytes at offset {} of {} do not match its manifest entry (expected SHA-256 {sha}, found {got})",
-                e.offset,
-                path.display()
-            ),
-        )
-        .with_path(path));
-    }
-    Ok(())
-}
-
-/// [`copy_verified`] into memory, for contents of at most 256 MiB.
-pub(crate) fn read_verified(
-    file: &File,
-    path: &Path,
-    e: &PackEntry,
-    sha: &str,
-    size: u64,
-    what: &str,
-) -> Result<Vec<u8>> {
-    if size > IN_MEMORY_MAX {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            format!("{what}: {size} bytes are more than a pack's contents are read into memory for ({IN_MEMORY_MAX})"),
-        )
-        .with_path(path));
-    }
-    let mut out = Vec::with_capacity(size as usize);
-    copy_verified(file, path, e, sha, size, what, |chunk| {
-        out.extend_from_slice(chunk);
-        Ok(())
-    })?;
-    Ok(out)
-}
 
 /// The packs of a content store, opened, and where each content is.
 #[derive(Debug, Default)]
@@ -321,22 +250,79 @@ pub(crate) struct Packed<'a> {
     entry: PackEntry,
 }
 
-impl Packed<'_> {
-    /// The contents in chunks to `sink`, checked against `sha` and `size`
-    /// (see [`copy_verified`]).
+impl<'a> Packed<'a> {
+    /// The content `entry` of the pack `file` (at `path`).
+    pub(crate) fn new(path: &'a Path, file: &'a File, entry: PackEntry) -> Self {
+        Packed { path, file, entry }
+    }
+
+    /// Reads the content in chunks, handing each to `sink`, and checks it
+    /// has `size` bytes (before anything is read: an index may claim
+    /// anything its pack, sparse, holds) and SHA-256 `sha`; a mismatch is
+    /// [`ErrorKind::Corrupt`], naming `what`.
     pub(crate) fn copy_verified(
         &self,
         sha: &str,
         size: u64,
         what: &str,
-        sink: impl FnMut(&[u8]) -> Result<()>,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        copy_verified(self.file, self.path, &self.entry, sha, size, what, sink)
+        let (e, path) = (&self.entry, self.path);
+        if e.size != size {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{what}: {} lists {} bytes at offset {} where its manifest entry has {size}",
+                    path.display(),
+                    e.size,
+                    e.offset
+                ),
+            )
+            .with_path(path));
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; size.clamp(1, CHUNK) as usize];
+        let mut done = 0u64;
+        while done < size {
+            let n = (size - done).min(buf.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut buf[..n], e.offset + done)
+                .map_err(|err| Error::io("read", path, err))?;
+            hasher.update(&buf[..n]);
+            sink(&buf[..n])?;
+            done += n as u64;
+        }
+        let got = hex::encode(hasher.finalize());
+        if got != sha {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{what}: the {size} bytes at offset {} of {} do not match its manifest entry (expected SHA-256 {sha}, found {got})",
+                    e.offset,
+                    path.display()
+                ),
+            )
+            .with_path(path));
+        }
+        Ok(())
     }
 
-    /// The contents, checked against `sha` and `size`.
+    /// [`copy_verified`](Self::copy_verified) into memory, for contents of
+    /// at most 256 MiB.
     pub(crate) fn read_verified(&self, sha: &str, size: u64, what: &str) -> Result<Vec<u8>> {
-        read_verified(self.file, self.path, &self.entry, sha, size, what)
+        if size > IN_MEMORY_MAX {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("{what}: {size} bytes are more than a pack's contents are read into memory for ({IN_MEMORY_MAX})"),
+            )
+            .with_path(self.path));
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        self.copy_verified(sha, size, what, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(out)
     }
 }
 
@@ -383,11 +369,7 @@ impl StorePacks {
     pub(crate) fn find(&self, sha: &[u8; 32]) -> Option<Packed<'_>> {
         let (n, entry) = self.index.get(sha)?;
         let (path, file) = &self.packs[*n];
-        Some(Packed {
-            path,
-            file,
-            entry: *entry,
-        })
+        Some(Packed::new(path, file, *entry))
     }
 
     /// Packs left out because they could not be read.
@@ -427,26 +409,31 @@ mod tests {
             offset: 0,
             size: 1 << 39,
         };
-        let e = read_verified(&file, &path, &huge, &sha, 4, "t").unwrap_err();
+        let e = Packed::new(&path, &file, huge)
+            .read_verified(&sha, 4, "t")
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt);
         assert!(
             e.message().contains("where its manifest entry has 4"),
             "{e}"
         );
         // A manifest entry as large: streamed, never read into memory whole.
-        let e = read_verified(&file, &path, &huge, &sha, 1 << 39, "t").unwrap_err();
+        let e = Packed::new(&path, &file, huge)
+            .read_verified(&sha, 1 << 39, "t")
+            .unwrap_err();
         assert!(e.message().contains("read into memory"), "{e}");
         let mut chunks = 0;
-        let e = copy_verified(&file, &path, &huge, &sha, 1 << 39, "t", |c| {
-            chunks += 1;
-            assert!(c.len() as u64 <= CHUNK);
-            // Stop after a few chunks: the sink's error ends the copy.
-            if chunks == 3 {
-                return Err(Error::new(ErrorKind::Cancelled, "enough"));
-            }
-            Ok(())
-        })
-        .unwrap_err();
+        let e = Packed::new(&path, &file, huge)
+            .copy_verified(&sha, 1 << 39, "t", |c| {
+                chunks += 1;
+                assert!(c.len() as u64 <= CHUNK);
+                // Stop after a few chunks: the sink's error ends the copy.
+                if chunks == 3 {
+                    return Err(Error::new(ErrorKind::Cancelled, "enough"));
+                }
+                Ok(())
+            })
+            .unwrap_err();
         assert_eq!((e.kind(), chunks), (ErrorKind::Cancelled, 3));
         let right = PackEntry {
             sha: [1; 32],
@@ -454,11 +441,15 @@ mod tests {
             size: 4,
         };
         assert_eq!(
-            read_verified(&file, &path, &right, &sha, 4, "t").unwrap(),
+            Packed::new(&path, &file, right)
+                .read_verified(&sha, 4, "t")
+                .unwrap(),
             b"cert"
         );
         let wrong = PackEntry { offset: 9, ..right };
-        let e = read_verified(&file, &path, &wrong, &sha, 4, "t").unwrap_err();
+        let e = Packed::new(&path, &file, wrong)
+            .read_verified(&sha, 4, "t")
+            .unwrap_err();
         assert!(e.message().contains("do not match"), "{e}");
     }
 

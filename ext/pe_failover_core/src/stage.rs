@@ -1198,7 +1198,7 @@ fn adopt_pack<'m>(
         found.par_iter().try_for_each(|(e, sha, p)| {
             cancel.check()?;
             let what = format!("{what}, {}", e.path);
-            pack::copy_verified(&file, &tmp_pack, p, sha, e.size, &what, |_| Ok(()))
+            Packed::new(&tmp_pack, &file, *p).copy_verified(sha, e.size, &what, |_| Ok(()))
         })?;
         pack::write_new(
             &tmp_index,
