@@ -781,16 +781,19 @@ impl Snapshot {
             .join(sha256)
     }
 
-    /// Where the content store keeps the contents with SHA-256 `sha256`: a
-    /// file of their own first, else a pack.
+    /// Where the content store keeps the contents with SHA-256 `sha256`: in
+    /// a pack or in a file of their own (both were checked when added).
+    /// Until a content is missed loose the packs are not read, so a
+    /// snapshot whose new contents are loose reads none; once they are
+    /// read, they are looked in first, in memory, and a full apply does
+    /// not look for 100,000 loose files that are not there.
     pub(crate) fn stored(&self, sha256: &str) -> Stored<'_> {
         let loose = self.object_path(sha256);
-        if fs::symlink_metadata(&loose).is_err() {
-            if let Some(packed) = self.packed(sha256) {
-                return Stored::Packed(packed);
-            }
+        let look_in_packs = self.packs.get().is_some() || fs::symlink_metadata(&loose).is_err();
+        match look_in_packs.then(|| self.packed(sha256)).flatten() {
+            Some(packed) => Stored::Packed(packed),
+            None => Stored::Loose(loose),
         }
-        Stored::Loose(loose)
     }
 
     /// The contents with SHA-256 `sha256`, if in a pack.
