@@ -21,7 +21,7 @@ use crate::replset::{
     load_manifest_of, manifest_file_digest, manifest_from_entries_of, save_manifest_cache,
     stage_manifest_cache, ReplicatedSet, SetScan,
 };
-use crate::snapshot::{is_sha256_hex, Contents, Entry, EntryKind, Manifest};
+use crate::snapshot::{is_sha256_hex, sha256_bytes, Contents, Entry, EntryKind, Manifest};
 use crate::stage::new_txn_id;
 use crate::state::{
     sender_status_path, DigestAt, ErrorRecord, SenderStatus, Stamp, SyncCounts, SyncOutcome,
@@ -564,19 +564,20 @@ impl Sender {
             .with_path(source)
         };
         let raw_sha = |hex_digest: &str| {
-            hex::decode(hex_digest).map_err(|_| {
+            sha256_bytes(hex_digest).ok_or_else(|| {
                 Error::new(
                     ErrorKind::Internal,
                     format!("malformed digest {hex_digest}"),
                 )
             })
         };
+        // OBJECT: the SHA-256 and the size (EXTEND starts the same way).
+        let mut object_header = Vec::with_capacity(112);
+        object_header.extend_from_slice(&raw_sha(sha)?);
+        object_header.extend_from_slice(&size.to_be_bytes());
         if let (Some(bytes), None) = (held, extends) {
             // Read (and hashed) by the scan: the file is not read again.
-            let mut header = Vec::with_capacity(40);
-            header.extend_from_slice(&raw_sha(sha)?);
-            header.extend_from_slice(&size.to_be_bytes());
-            conn.send(FrameType::Object, &header)?;
+            conn.send(FrameType::Object, &object_header)?;
             for chunk in bytes.chunks(DATA_CHUNK) {
                 self.cancel.check()?;
                 conn.send(FrameType::Data, chunk)?;
@@ -612,9 +613,7 @@ impl Sender {
             }
             if hex::encode(prefix.finalize()) == base_sha {
                 let suffix_sha = suffix.finalize();
-                let mut header = Vec::with_capacity(112);
-                header.extend_from_slice(&raw_sha(sha)?);
-                header.extend_from_slice(&size.to_be_bytes());
+                let mut header = object_header;
                 header.extend_from_slice(&raw_sha(base_sha)?);
                 header.extend_from_slice(&base_size.to_be_bytes());
                 header.extend_from_slice(&suffix_sha);
@@ -630,10 +629,7 @@ impl Sender {
             file.seek(SeekFrom::Start(0))
                 .map_err(|e| Error::io("read", source, e))?;
         }
-        let mut header = Vec::with_capacity(40);
-        header.extend_from_slice(&raw_sha(sha)?);
-        header.extend_from_slice(&size.to_be_bytes());
-        conn.send(FrameType::Object, &header)?;
+        conn.send(FrameType::Object, &object_header)?;
         let got = self.stream_data(conn, &mut file, source, size)?;
         if hex::encode(got) != sha {
             return Err(changed());
