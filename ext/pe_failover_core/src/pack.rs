@@ -215,17 +215,16 @@ impl PackWriter {
         self.file
             .into_inner()
             .map_err(|e| Error::io("write", &path, e.into_error()))?;
-        write_new(idx, &encode_index(self.entries))
+        write_new(idx, &encode_index(self.entries)).map(drop)
     }
 }
 
-/// Writes `bytes` to the new file `path`, mode 0600.
-pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to the new file `path`, mode 0600; returns it open.
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<File> {
     crate::fsutil::create_filled(path, 0o600, |file| {
         file.write_all(bytes)
             .map_err(|e| Error::io("write", path, e))
     })
-    .map(drop)
 }
 
 /// Largest content read from a pack into memory (the base of an

@@ -1203,17 +1203,15 @@ fn adopt_pack<'m>(
             let what = format!("{what}, {}", e.path);
             Packed::new(&tmp_pack, &file, *p).copy_verified(sha, e.size, &what, |_| Ok(()))
         })?;
-        pack::write_new(
+        let index_file = pack::write_new(
             &tmp_index,
             &pack::encode_index(found.iter().map(|(_, _, p)| *p).collect()),
         )?;
         // The contents were made durable by the receiver; the owner, mode
         // and the new index are made durable here, before they are named.
-        file.sync_all()
-            .map_err(|e| Error::io("sync", &tmp_pack, e))?;
-        fsutil::open_nofollow(&tmp_index)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io("sync", &tmp_index, e))?;
+        for (f, path) in [(&file, &tmp_pack), (&index_file, &tmp_index)] {
+            f.sync_all().map_err(|e| Error::io("sync", path, e))?;
+        }
         // The pack first: an index names a complete pack.
         for (from, to) in [(&tmp_pack, "pack"), (&tmp_index, "idx")] {
             let to = dir.join(format!("{stem}.{to}"));
