@@ -463,38 +463,14 @@ pub fn load_manifest_of(kind: Kind, path: &Path) -> Result<Option<Manifest>> {
         )
         .with_path(path)
     };
-    let Some(rest) = bytes.strip_prefix(MANIFEST_MAGIC) else {
-        if bytes.first() == Some(&b'{') {
-            return load_json_manifest(kind, &bytes).map(Some).map_err(corrupt);
-        }
-        return Err(corrupt("not a pe_failover manifest file".into()));
-    };
-    let recorded = rest
-        .get(..65)
-        .filter(|h| h[64] == b'\n')
-        .and_then(|h| std::str::from_utf8(&h[..64]).ok())
-        .filter(|d| crate::snapshot::is_sha256_hex(d))
-        .ok_or_else(|| corrupt("its header has no valid digest (truncated?)".into()))?;
-    let body = &rest[65..];
-    // The body is the canonical form, so its SHA-256 is the digest of the
-    // entries it holds. A large body is hashed by another thread while this
-    // one parses it; nothing parsed is used unless the digests match.
-    let hash = || hex::encode(Sha256::digest(body));
-    let parse = || {
+    if !bytes.starts_with(MANIFEST_MAGIC) && bytes.first() == Some(&b'{') {
+        return load_json_manifest(kind, &bytes).map(Some).map_err(corrupt);
+    }
+    let (recorded, body) = split_manifest_file(&bytes).map_err(corrupt)?;
+    let (digest, parsed) = hashed_while(body, || {
         Manifest::from_canonical(body, recorded.to_string(), |entries| {
             manifest_from_entries_of(kind, entries)
         })
-    };
-    let (digest, parsed) = std::thread::scope(|s| {
-        let hashing = (body.len() >= PARALLEL_HASH_MIN)
-            .then(|| std::thread::Builder::new().spawn_scoped(s, hash).ok())
-            .flatten();
-        let parsed = parse();
-        let digest = match hashing {
-            Some(h) => h.join().unwrap_or_default(),
-            None => hash(),
-        };
-        (digest, parsed)
     });
     if digest != recorded {
         return Err(corrupt(format!(
@@ -508,8 +484,64 @@ pub fn load_manifest_of(kind: Kind, path: &Path) -> Result<Option<Manifest>> {
     }
 }
 
-/// The size of a manifest file body from which [`load_manifest_of`] hashes
-/// it in a thread of its own (about 6,500 entries).
+/// The recorded digest and the body (the canonical form) of the bytes of a
+/// manifest file in the current format, or why they are not one.
+fn split_manifest_file(bytes: &[u8]) -> std::result::Result<(&str, &[u8]), String> {
+    let rest = bytes
+        .strip_prefix(MANIFEST_MAGIC)
+        .ok_or("not a pe_failover manifest file")?;
+    let recorded = rest
+        .get(..65)
+        .filter(|h| h[64] == b'\n')
+        .and_then(|h| std::str::from_utf8(&h[..64]).ok())
+        .filter(|d| crate::snapshot::is_sha256_hex(d))
+        .ok_or("its header has no valid digest (truncated?)")?;
+    Ok((recorded, &rest[65..]))
+}
+
+/// The SHA-256 (hex) of `body`, a manifest file's canonical form, and what
+/// `read` made of it meanwhile: a large body is hashed by another thread
+/// while this one reads it. The body's SHA-256 is the digest of the entries
+/// it holds, so nothing read is used unless it is the one expected.
+fn hashed_while<T: Send>(body: &[u8], read: impl FnOnce() -> T) -> (String, T) {
+    let hash = || hex::encode(Sha256::digest(body));
+    std::thread::scope(|s| {
+        let hashing = (body.len() >= PARALLEL_HASH_MIN)
+            .then(|| std::thread::Builder::new().spawn_scoped(s, hash).ok())
+            .flatten();
+        let read = read();
+        let digest = match hashing {
+            Some(h) => h.join().unwrap_or_default(),
+            None => hash(),
+        };
+        (digest, read)
+    })
+}
+
+/// What changed from the manifest in the file at `path` to `current`, when
+/// the file (current format) holds the manifest with digest `expected`;
+/// `None` when it does not (missing, another one, damaged, or of an earlier
+/// format). Only the entries that differ are decoded (see
+/// [`diff_canonical`](crate::snapshot::diff_canonical)); the file is
+/// otherwise only hashed. For the sender, whose last shipped manifest is
+/// usually the replica's base: reading it whole was most of the work of a
+/// sync that changed a few files of a large CA.
+pub(crate) fn diff_from_manifest_file(
+    path: &Path,
+    expected: &str,
+    current: &Manifest,
+) -> Option<crate::diff::Changeset> {
+    let bytes = fsutil::read_bounded(path, MANIFEST_FILE_LIMIT).ok()?;
+    let (recorded, body) = split_manifest_file(&bytes).ok()?;
+    if recorded != expected {
+        return None;
+    }
+    let (digest, changes) = hashed_while(body, || crate::snapshot::diff_canonical(body, current));
+    (digest == expected).then_some(changes.ok()).flatten()
+}
+
+/// The size of a manifest file body from which it is hashed in a thread of
+/// its own while it is read (about 6,500 entries).
 const PARALLEL_HASH_MIN: usize = 1 << 20;
 
 /// A manifest file of format 1 (JSON, `{"format":1,"digest":...,"entries":[...]}`),

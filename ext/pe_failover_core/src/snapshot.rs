@@ -402,77 +402,143 @@ impl Manifest {
 /// The version tag that starts the canonical form.
 const CANONICAL_TAG: &[u8] = b"pe_failover manifest v1\n";
 
-/// The entries of a canonical form, strictly sorted by path, or why the
-/// bytes are not one.
-fn parse_canonical(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
-    struct Cursor<'a> {
-        buf: &'a [u8],
-        pos: usize,
-    }
-    impl<'a> Cursor<'a> {
-        fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-            let end = self
-                .pos
-                .checked_add(n)
-                .filter(|&e| e <= self.buf.len())
-                .ok_or_else(|| format!("truncated at byte {}", self.buf.len()))?;
-            let s = &self.buf[self.pos..end];
-            self.pos = end;
-            Ok(s)
+/// The records of a canonical form ([`Manifest::canonical_bytes`]) one by
+/// one, each checked to come strictly after the one before it by path; the
+/// caller decodes the fields it needs. Every field is length-prefixed or
+/// fixed-size, so finding a record's end reads only its three lengths.
+struct Records<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    left: u64,
+    last_path: Option<&'a str>,
+}
+
+/// One record of a canonical form: its bytes and its path.
+struct Record<'a> {
+    bytes: &'a [u8],
+    path: &'a str,
+    /// Where it starts in the canonical form (for messages).
+    at: usize,
+}
+
+impl<'a> Records<'a> {
+    /// Checks the tag and the count of `bytes` (against the least room an
+    /// entry takes) and starts before the first record.
+    fn new(bytes: &'a [u8]) -> std::result::Result<Records<'a>, String> {
+        let mut r = Records {
+            buf: bytes,
+            pos: 0,
+            left: 0,
+            last_path: None,
+        };
+        if r.take(CANONICAL_TAG.len())? != CANONICAL_TAG {
+            return Err("not a canonical manifest".into());
         }
-        fn u32(&mut self) -> std::result::Result<u32, String> {
-            let mut a = [0u8; 4];
-            a.copy_from_slice(self.take(4)?);
-            Ok(u32::from_le_bytes(a))
+        let count = r.u64()?;
+        // Every entry takes at least 1 + 8 + 4 * 3 + 8 * 2 + 8 * 2 = 53 bytes.
+        if count > (bytes.len() / 53) as u64 {
+            return Err(format!(
+                "{count} entries cannot fit in {} bytes",
+                bytes.len()
+            ));
         }
-        fn u64(&mut self) -> std::result::Result<u64, String> {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(self.take(8)?);
-            Ok(u64::from_le_bytes(a))
+        r.left = count;
+        Ok(r)
+    }
+
+    /// How many records the form announces.
+    fn count(&self) -> u64 {
+        self.left
+    }
+
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| format!("truncated at byte {}", self.buf.len()))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn text(&mut self, what: &str) -> std::result::Result<&'a str, String> {
+        let at = self.pos;
+        let n = usize::try_from(self.u64()?).map_err(|_| format!("bad {what} length"))?;
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|_| format!("the {what} at byte {at} is not UTF-8"))
+    }
+
+    /// The next record; `None` after the last one, when the bytes must be
+    /// used up.
+    fn next_record(&mut self) -> std::result::Result<Option<Record<'a>>, String> {
+        if self.left == 0 {
+            if self.pos != self.buf.len() {
+                return Err(format!(
+                    "{} bytes of trailing data",
+                    self.buf.len() - self.pos
+                ));
+            }
+            return Ok(None);
         }
-        fn text(&mut self, what: &str) -> std::result::Result<&'a str, String> {
-            let at = self.pos;
-            let n = usize::try_from(self.u64()?).map_err(|_| format!("bad {what} length"))?;
-            std::str::from_utf8(self.take(n)?)
-                .map_err(|_| format!("the {what} at byte {at} is not UTF-8"))
+        self.left -= 1;
+        let at = self.pos;
+        self.take(1)?;
+        let path = self.text("path")?;
+        if self.last_path.is_some_and(|last| last >= path) {
+            return Err(format!("entry {path:?} is out of order"));
         }
+        self.last_path = Some(path);
+        self.take(4 * 3 + 8 * 2)?;
+        self.text("digest")?;
+        self.text("link target")?;
+        Ok(Some(Record {
+            bytes: &self.buf[at..self.pos],
+            path,
+            at,
+        }))
     }
-    let mut c = Cursor { buf: bytes, pos: 0 };
-    if c.take(CANONICAL_TAG.len())? != CANONICAL_TAG {
-        return Err("not a canonical manifest".into());
-    }
-    let count = c.u64()?;
-    // Every entry takes at least 1 + 8 + 4 * 3 + 8 * 2 + 8 * 2 = 53 bytes.
-    if count > (bytes.len() / 53) as u64 {
-        return Err(format!(
-            "{count} entries cannot fit in {} bytes",
-            bytes.len()
-        ));
-    }
-    let mut entries: Vec<Entry> = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let at = c.pos;
-        let kind = match c.take(1)?[0] {
+}
+
+impl Record<'_> {
+    /// The entry the record holds.
+    fn entry(&self) -> std::result::Result<Entry, String> {
+        let mut r = Records {
+            buf: self.bytes,
+            pos: 0,
+            left: 0,
+            last_path: None,
+        };
+        let kind = match r.take(1)?[0] {
             b'f' => EntryKind::File,
             b'd' => EntryKind::Dir,
             b'l' => EntryKind::Symlink,
-            other => return Err(format!("unknown entry kind {other:#04x} at byte {at}")),
-        };
-        let path = c.text("path")?;
-        if let Some(previous) = entries.last() {
-            if previous.path.as_str() >= path {
-                return Err(format!("entry {path:?} is out of order"));
+            other => {
+                return Err(format!(
+                    "unknown entry kind {other:#04x} at byte {}",
+                    self.at
+                ))
             }
-        }
-        let mode = c.u32()?;
-        let uid = c.u32()?;
-        let gid = c.u32()?;
-        let size = c.u64()?;
-        let mtime_ns = c.u64()? as i64;
-        let sha256 = c.text("digest")?;
-        let target = c.text("link target")?;
-        entries.push(Entry {
-            path: path.to_string(),
+        };
+        r.text("path")?;
+        let mut u32_field = || -> std::result::Result<u32, String> {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(r.take(4)?);
+            Ok(u32::from_le_bytes(a))
+        };
+        let (mode, uid, gid) = (u32_field()?, u32_field()?, u32_field()?);
+        let size = r.u64()?;
+        let mtime_ns = r.u64()? as i64;
+        let sha256 = r.text("digest")?;
+        let target = r.text("link target")?;
+        Ok(Entry {
+            path: self.path.to_string(),
             kind,
             mode,
             uid,
@@ -481,12 +547,72 @@ fn parse_canonical(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
             mtime_ns,
             sha256: (!sha256.is_empty()).then(|| sha256.to_string()),
             target: (!target.is_empty()).then(|| target.to_string()),
-        });
+        })
     }
-    if c.pos != bytes.len() {
-        return Err(format!("{} bytes of trailing data", bytes.len() - c.pos));
+}
+
+/// The entries of a canonical form, strictly sorted by path, or why the
+/// bytes are not one.
+fn parse_canonical(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
+    let mut records = Records::new(bytes)?;
+    let mut entries: Vec<Entry> = Vec::with_capacity(records.count() as usize);
+    while let Some(record) = records.next_record()? {
+        entries.push(record.entry()?);
     }
     Ok(entries)
+}
+
+/// What changed from the manifest whose canonical form is `old` to `new`,
+/// as [`diff`](crate::diff::diff) of the two would say, without building
+/// the old manifest: a record whose bytes are those `new` has at its path
+/// is skipped undecoded, so only the entries that changed are read.
+/// Returns why when `old` is not a canonical form. The caller checks that
+/// `old` is the form it means (its SHA-256).
+pub(crate) fn diff_canonical(
+    old: &[u8],
+    new: &Manifest,
+) -> std::result::Result<crate::diff::Changeset, String> {
+    use std::cmp::Ordering as Order;
+    let mut out = crate::diff::Changeset::default();
+    let mut records = Records::new(old)?;
+    let mut next_old = records.next_record()?;
+    let mut news = new.entries().iter().peekable();
+    let mut scratch = Vec::with_capacity(256);
+    loop {
+        let order = match (&next_old, news.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Order::Less,
+            (None, Some(_)) => Order::Greater,
+            (Some(o), Some(n)) => o.path.cmp(n.path.as_str()),
+        };
+        match order {
+            Order::Less => {
+                let o = next_old.take().expect("compared");
+                out.removed.push(o.entry()?);
+                next_old = records.next_record()?;
+            }
+            Order::Greater => out.added.push(news.next().expect("compared").clone()),
+            Order::Equal => {
+                let o = next_old.take().expect("compared");
+                let n = news.next().expect("compared");
+                scratch.clear();
+                n.write_canonical(&mut scratch);
+                if scratch != o.bytes {
+                    let old_entry = o.entry()?;
+                    let fields = crate::diff::changed_fields(&old_entry, n);
+                    if !fields.is_empty() {
+                        out.changed.push(crate::diff::Change {
+                            old: old_entry,
+                            new: n.clone(),
+                            fields,
+                        });
+                    }
+                }
+                next_old = records.next_record()?;
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn is_sha256_hex(s: &str) -> bool {
@@ -1225,4 +1351,90 @@ fn now_ns() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::diff;
+    use proptest::prelude::*;
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        (
+            prop::sample::select(vec!["ca", "ca/a", "ca/b", "ca/signed/x.pem", "ca/é", "ssl"]),
+            prop::sample::select(vec![EntryKind::File, EntryKind::Dir, EntryKind::Symlink]),
+            prop::sample::select(vec![0o600u32, 0o644]),
+            0..3u64,
+            prop::option::of(prop::sample::select(vec!['a', 'b'])),
+        )
+            .prop_map(|(path, kind, mode, size, sha)| Entry {
+                path: path.to_string(),
+                kind,
+                mode,
+                uid: 0,
+                gid: size as u32,
+                size,
+                mtime_ns: -(size as i64),
+                sha256: sha.map(|c| c.to_string().repeat(64)),
+                target: (kind == EntryKind::Symlink).then(|| "../t".to_string()),
+            })
+    }
+
+    fn manifest() -> impl Strategy<Value = Manifest> {
+        prop::collection::vec(entry(), 0..6).prop_map(|mut v| {
+            v.sort_by(|a, b| a.path.cmp(&b.path));
+            v.dedup_by(|a, b| a.path == b.path);
+            // Only the encoding matters here, not the manifest rules.
+            Manifest::sorted(v)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_diff_from_a_canonical_form_is_the_diff_of_the_manifests(
+            old in manifest(),
+            new in manifest(),
+        ) {
+            let bytes = old.canonical_bytes();
+            prop_assert_eq!(diff_canonical(&bytes, &new).unwrap(), diff(&old, &new));
+            prop_assert!(diff_canonical(&bytes, &old).unwrap().is_empty());
+        }
+
+        #[test]
+        fn a_damaged_canonical_form_is_refused(old in manifest(), cut in any::<prop::sample::Index>()) {
+            let bytes = old.canonical_bytes();
+            let cut = cut.index(bytes.len());
+            prop_assert!(diff_canonical(&bytes[..cut], &old).is_err());
+            let mut longer = bytes.clone();
+            longer.push(0);
+            prop_assert!(diff_canonical(&longer, &old).is_err());
+        }
+    }
+
+    #[test]
+    fn records_out_of_order_are_refused() {
+        let file = |path: &str| Entry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 1,
+            mtime_ns: 0,
+            sha256: Some("a".repeat(64)),
+            target: None,
+        };
+        let m = Manifest::sorted(vec![file("a"), file("b")]);
+        let bytes = m.canonical_bytes();
+        let head = CANONICAL_TAG.len() + 8;
+        let half = (bytes.len() - head) / 2;
+        let mut swapped = bytes[..head].to_vec();
+        swapped.extend_from_slice(&bytes[head + half..]);
+        swapped.extend_from_slice(&bytes[head..head + half]);
+        let err = diff_canonical(&swapped, &m).unwrap_err();
+        assert!(err.contains("out of order"), "{err}");
+        assert!(parse_canonical(&swapped)
+            .unwrap_err()
+            .contains("out of order"));
+    }
 }

@@ -523,6 +523,41 @@ fn a_replica_restored_from_an_old_backup_gets_a_manifest_exchange() {
     assert!(!s.stats.manifest_exchanged);
 }
 
+#[test]
+fn a_damaged_record_of_the_last_shipped_manifest_costs_a_manifest_exchange() {
+    let p = Pair::new(5);
+    p.sync_and_apply();
+    let shipped = p
+        .a_state
+        .join(format!("replicas/{PASSIVE}/ca.manifest.json"));
+    let good = fs::read(&shipped).unwrap();
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let damages: [(&str, Vec<u8>); 3] = [
+        ("a byte of an entry flipped", flipped),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("a byte added", [&good[..], b"x"].concat()),
+    ];
+    for (i, (what, damaged)) in damages.into_iter().enumerate() {
+        p.sign(&format!("damaged{i}.example.com"));
+        // Damaged after the last sync wrote it.
+        fs::write(&shipped, &damaged).unwrap();
+        let (s, a) = p.sync_and_apply();
+        assert!(s.stats.manifest_exchanged, "{what}");
+        assert_eq!(s.outcome, SyncOutcome::Committed, "{what}");
+        assert_eq!(s.changes.added.len(), 1, "{what}: {:?}", s.changes);
+        assert_eq!(a.staged.len(), 1, "{what}");
+        p.assert_converged(&[PASSIVE]);
+    }
+    // The record was written again: a plain delta from the file.
+    p.sign("after.example.com");
+    let (s, _) = p.sync_and_apply();
+    assert!(!s.stats.manifest_exchanged);
+    assert_eq!(s.changes.added.len(), 1, "{:?}", s.changes);
+    p.assert_converged(&[PASSIVE]);
+}
+
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     let status = std::process::Command::new("cp")
         .arg("-a")

@@ -1,6 +1,6 @@
 //! The sending side, on the active primary.
 
-use std::borrow::Cow;
+use rustc_hash::FxHashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,7 +18,7 @@ use crate::diff::{diff, Changeset};
 use crate::fsutil;
 use crate::ncship::NcOutbox;
 use crate::replset::{
-    load_manifest_of, manifest_file_digest, manifest_from_entries_of, save_manifest_cache,
+    diff_from_manifest_file, manifest_file_digest, manifest_from_entries_of, save_manifest_cache,
     stage_manifest_cache, ReplicatedSet, SetScan,
 };
 use crate::snapshot::{is_sha256_hex, sha256_bytes, Contents, Entry, EntryKind, Manifest};
@@ -346,36 +346,31 @@ impl Sender {
             return Err(violation("the receiver announced a malformed base digest"));
         }
 
-        // What the receiver holds: nothing, what we shipped last, what we
-        // have now, or (first sync with a restored or drifted replica) ask.
-        // (The file's recorded digest is read first: a file recording
-        // another digest is not worth loading.)
+        // What changed since what the receiver holds: nothing, what we
+        // shipped last (in memory, or the file: only the entries that
+        // differ are read from it), or (first sync with a restored or
+        // drifted replica) what it sends when asked.
         let shipped_path = self.shipped_manifest_path();
         let shipped_digest = manifest_file_digest(&shipped_path);
         let unchanged = welcome.base.as_deref() == Some(digest.as_str());
-        let base: Cow<'_, Manifest> = match welcome.base.as_deref() {
-            None => Cow::Owned(Manifest::default()),
-            Some(b) if b == digest => Cow::Borrowed(current),
+        let changes = match welcome.base.as_deref() {
+            // The replica holds exactly this manifest.
+            _ if unchanged => Changeset::default(),
+            None => diff(&Manifest::default(), current),
             Some(b) => match shipped.filter(|m| m.digest() == b) {
-                Some(m) => Cow::Borrowed(m),
+                Some(m) => diff(m, current),
                 None => match shipped_digest
                     .as_deref()
                     .filter(|&d| d == b)
-                    .and_then(|_| load_manifest_of(kind, &shipped_path).unwrap_or(None))
+                    .and_then(|_| diff_from_manifest_file(&shipped_path, b, current))
                 {
-                    Some(m) if m.digest() == b => Cow::Owned(m),
-                    _ => {
+                    Some(changes) => changes,
+                    None => {
                         stats.manifest_exchanged = true;
-                        Cow::Owned(self.fetch_manifest(conn, b)?)
+                        diff(&self.fetch_manifest(conn, b)?, current)
                     }
                 },
             },
-        };
-        let changes = if unchanged {
-            // The replica holds exactly this manifest.
-            Changeset::default()
-        } else {
-            diff(&base, current)
         };
         let mut report = SyncReport {
             replica: self.replica.clone(),
@@ -432,6 +427,14 @@ impl Sender {
             let owned: Vec<Entry> = upserts.iter().map(|e| (*e).clone()).collect();
             delta_objects(&owned)
         };
+        // What the replica holds at a path sent again: the base's entries
+        // of the changed paths (an added path has none).
+        let held_before: FxHashMap<&str, &Entry> = report
+            .changes
+            .changed
+            .iter()
+            .map(|c| (c.old.path.as_str(), &c.old))
+            .collect();
         let frame = conn.expect(&[FrameType::Want], "WANT")?;
         let want = &frame.payload;
         if want.len() != objects.len().div_ceil(8) {
@@ -458,8 +461,8 @@ impl Sender {
                     format!("no source file for manifest path {path}"),
                 )
             })?;
-            let extends = base
-                .get(path)
+            let extends = held_before
+                .get(path.as_str())
                 .filter(|b| b.kind == EntryKind::File && b.size >= EXTEND_MIN && b.size < *size)
                 .and_then(|b| b.sha256.as_deref().map(|s| (s, b.size)));
             let held = resolver.held(sha, *size);
