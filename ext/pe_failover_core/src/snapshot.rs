@@ -1413,18 +1413,7 @@ mod tests {
 
     #[test]
     fn records_out_of_order_are_refused() {
-        let file = |path: &str| Entry {
-            path: path.into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: 1,
-            mtime_ns: 0,
-            sha256: Some("a".repeat(64)),
-            target: None,
-        };
-        let m = Manifest::sorted(vec![file("a"), file("b")]);
+        let m = Manifest::sorted(vec![Entry::synthetic_dir("a"), Entry::synthetic_dir("b")]);
         let bytes = m.canonical_bytes();
         let head = CANONICAL_TAG.len() + 8;
         let half = (bytes.len() - head) / 2;
