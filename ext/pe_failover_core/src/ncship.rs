@@ -99,27 +99,30 @@ pub fn is_nc_path(path: &str) -> bool {
 /// Checks the rules of an NC manifest: only [`NC_DUMP_FILE`], as a plain
 /// file without setuid, setgid or sticky bits.
 pub fn validate_nc_manifest(manifest: &Manifest) -> Result<()> {
-    for e in manifest.entries() {
-        if !is_nc_path(&e.path) {
-            return Err(Error::new(
-                ErrorKind::UnsafePath,
-                format!(
-                    "unsafe path {:?}: a Node Classifier set may only hold {NC_DUMP_FILE}",
-                    e.path
-                ),
-            ));
-        }
-        if e.kind != EntryKind::File || e.mode & !0o777 != 0 || e.sha256.is_none() {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "manifest entry {:?} must be a plain file with a SHA-256 (got a {} with mode {:o})",
-                    e.path,
-                    e.kind.as_str(),
-                    e.mode
-                ),
-            ));
-        }
+    manifest.entries().iter().try_for_each(check_nc_entry)
+}
+
+/// The rules of [`validate_nc_manifest`] for one entry.
+pub(crate) fn check_nc_entry(e: &Entry) -> Result<()> {
+    if !is_nc_path(&e.path) {
+        return Err(Error::new(
+            ErrorKind::UnsafePath,
+            format!(
+                "unsafe path {:?}: a Node Classifier set may only hold {NC_DUMP_FILE}",
+                e.path
+            ),
+        ));
+    }
+    if e.kind != EntryKind::File || e.mode & !0o777 != 0 || e.sha256.is_none() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "manifest entry {:?} must be a plain file with a SHA-256 (got a {} with mode {:o})",
+                e.path,
+                e.kind.as_str(),
+                e.mode
+            ),
+        ));
     }
     Ok(())
 }

@@ -247,13 +247,7 @@ pub fn manifest_from_entries_of(kind: Kind, mut entries: Vec<Entry>) -> Result<M
         while let Some((parent, _)) = rest.rsplit_once('/') {
             if let Ok(i) = entries.binary_search_by(|x| x.path.as_str().cmp(parent)) {
                 if entries[i].kind == EntryKind::Symlink {
-                    return Err(Error::new(
-                        ErrorKind::UnsafePath,
-                        format!(
-                            "unsafe path {:?}: it is below the symbolic link {parent:?}",
-                            e.path
-                        ),
-                    ));
+                    return Err(below_symlink(&e.path, parent));
                 }
             }
             rest = parent;
@@ -262,6 +256,75 @@ pub fn manifest_from_entries_of(kind: Kind, mut entries: Vec<Entry>) -> Result<M
     }
     let manifest = Manifest::from_entries_with_valid_paths(entries)?;
     validate_manifest_of(kind, &manifest)?;
+    Ok(manifest)
+}
+
+fn below_symlink(path: &str, link: &str) -> Error {
+    Error::new(
+        ErrorKind::UnsafePath,
+        format!("unsafe path {path:?}: it is below the symbolic link {link:?}"),
+    )
+}
+
+/// [`manifest_from_entries_of`] for `merged`: the entries of a manifest of
+/// `kind` that passed those checks, with the entries `upserts` (sorted by
+/// path, no path twice) put in and the paths `removed` (each one of its
+/// entries, none upserted) left out, in path order. Only what the change
+/// can break is checked: each upserted entry on its own, the ancestors of
+/// each (no symbolic link, the parent a directory entry), no entry left
+/// under a removed path or under an upserted one that is no longer a
+/// directory, and the order. What a receiver checks of the manifest a
+/// delta makes; the applier checks the whole manifest again.
+pub(crate) fn manifest_from_merge(
+    kind: Kind,
+    merged: Vec<Entry>,
+    upserts: &[&Entry],
+    removed: &[&str],
+) -> Result<Manifest> {
+    let manifest = Manifest::from_own_entries(merged)?;
+    for u in upserts {
+        validate_relative_path(&u.path)?;
+        u.check_fields()?;
+        match kind {
+            Kind::Ca => check_ca_entry(u)?,
+            Kind::Nc => crate::ncship::check_nc_entry(u)?,
+        }
+        let mut rest = u.path.as_str();
+        while let Some((parent, _)) = rest.rsplit_once('/') {
+            if manifest
+                .get(parent)
+                .is_some_and(|p| p.kind == EntryKind::Symlink)
+            {
+                return Err(below_symlink(&u.path, parent));
+            }
+            rest = parent;
+        }
+        if let Some((parent, _)) = u.path.rsplit_once('/') {
+            if manifest
+                .get(parent)
+                .is_none_or(|p| p.kind != EntryKind::Dir)
+            {
+                return Err(crate::snapshot::no_parent_dir(&u.path, parent));
+            }
+        }
+    }
+    // Entries the merge kept below a path that is no longer a directory.
+    let entries = manifest.entries();
+    let gone = removed.iter().map(|p| (*p, None));
+    let undone = upserts
+        .iter()
+        .filter(|u| u.kind != EntryKind::Dir)
+        .map(|u| (u.path.as_str(), Some(u.kind)));
+    for (path, now) in gone.chain(undone) {
+        let below = format!("{path}/");
+        let first = entries.partition_point(|e| e.path < below);
+        if let Some(child) = entries.get(first).filter(|e| e.path.starts_with(&below)) {
+            return Err(match now {
+                Some(EntryKind::Symlink) => below_symlink(&child.path, path),
+                _ => crate::snapshot::no_parent_dir(&child.path, path),
+            });
+        }
+    }
     Ok(manifest)
 }
 
@@ -286,66 +349,69 @@ pub fn is_allowed_path_of(kind: Kind, path: &str) -> bool {
 /// symlink targets that stay relative (no absolute target, no `..`), and no
 /// name reserved for the applier's temporary files.
 pub fn validate_manifest(manifest: &Manifest) -> Result<()> {
-    for e in manifest.entries() {
-        if !is_allowed_path(&e.path) {
-            return Err(Error::new(
-                ErrorKind::UnsafePath,
-                format!(
-                    "unsafe path {:?}: only ca/..., {SSL_CRL} and {SSL_CA_CERT} are replicated",
-                    e.path
-                ),
-            ));
-        }
-        let name = e.path.rsplit('/').next().unwrap_or(&e.path);
-        if name.starts_with(TEMP_PREFIX) {
-            return Err(Error::new(
-                ErrorKind::UnsafePath,
-                format!(
-                    "unsafe path {:?}: names starting with {TEMP_PREFIX} are reserved for temporary files",
-                    e.path
-                ),
-            ));
-        }
-        let expected = match e.path.as_str() {
-            CA_ROOT | SSL_ROOT | SSL_CERTS => Some(EntryKind::Dir),
-            SSL_CRL | SSL_CA_CERT => Some(EntryKind::File),
-            _ => None,
-        };
-        if let Some(kind) = expected {
-            if e.kind != kind {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!(
-                        "manifest entry {:?} must be a {}, not a {}",
-                        e.path,
-                        kind.as_str(),
-                        e.kind.as_str()
-                    ),
-                ));
-            }
-        }
-        if e.mode > 0o7777 || (e.kind == EntryKind::File && e.mode & 0o7000 != 0) {
+    manifest.entries().iter().try_for_each(check_ca_entry)
+}
+
+/// The rules of [`validate_manifest`] for one entry.
+fn check_ca_entry(e: &Entry) -> Result<()> {
+    if !is_allowed_path(&e.path) {
+        return Err(Error::new(
+            ErrorKind::UnsafePath,
+            format!(
+                "unsafe path {:?}: only ca/..., {SSL_CRL} and {SSL_CA_CERT} are replicated",
+                e.path
+            ),
+        ));
+    }
+    let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+    if name.starts_with(TEMP_PREFIX) {
+        return Err(Error::new(
+            ErrorKind::UnsafePath,
+            format!(
+                "unsafe path {:?}: names starting with {TEMP_PREFIX} are reserved for temporary files",
+                e.path
+            ),
+        ));
+    }
+    let expected = match e.path.as_str() {
+        CA_ROOT | SSL_ROOT | SSL_CERTS => Some(EntryKind::Dir),
+        SSL_CRL | SSL_CA_CERT => Some(EntryKind::File),
+        _ => None,
+    };
+    if let Some(kind) = expected {
+        if e.kind != kind {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!(
-                    "manifest entry {:?} has mode {:o}; replicated files never carry setuid, setgid or sticky bits",
-                    e.path, e.mode
+                    "manifest entry {:?} must be a {}, not a {}",
+                    e.path,
+                    kind.as_str(),
+                    e.kind.as_str()
                 ),
             ));
         }
-        if e.kind == EntryKind::Symlink {
-            let target = e.target.as_deref().unwrap_or("");
-            validate_relative_path(target).map_err(|err| {
-                Error::new(
-                    ErrorKind::UnsafePath,
-                    format!(
-                        "unsafe symbolic link {:?} -> {target:?}: only relative targets without '..' are replicated ({})",
-                        e.path,
-                        err.message()
-                    ),
-                )
-            })?;
-        }
+    }
+    if e.mode > 0o7777 || (e.kind == EntryKind::File && e.mode & 0o7000 != 0) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "manifest entry {:?} has mode {:o}; replicated files never carry setuid, setgid or sticky bits",
+                e.path, e.mode
+            ),
+        ));
+    }
+    if e.kind == EntryKind::Symlink {
+        let target = e.target.as_deref().unwrap_or("");
+        validate_relative_path(target).map_err(|err| {
+            Error::new(
+                ErrorKind::UnsafePath,
+                format!(
+                    "unsafe symbolic link {:?} -> {target:?}: only relative targets without '..' are replicated ({})",
+                    e.path,
+                    err.message()
+                ),
+            )
+        })?;
     }
     Ok(())
 }
@@ -1035,6 +1101,170 @@ fn file_entry(abs: &Path, rel: &str) -> Result<Option<Entry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod merge {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        const PATHS: &[&str] = &[
+            "ca",
+            "ca/ca_crt.pem",
+            "ca/ca_key.pem",
+            "ca/signed",
+            "ca/signed/a.pem",
+            "ca/signed/a.pem/x",
+            "ca/signed/b",
+            "ca/signed/b/c.pem",
+            "ca/l",
+            "ca/l/y.pem",
+            "ca/.pe_failover-tmp-1",
+            "ssl",
+            "ssl/certs",
+            "ssl/certs/ca.pem",
+            "ssl/crl.pem",
+            "etc/passwd",
+            "groups.json",
+        ];
+
+        /// Any entry at one of PATHS, often one that breaks a rule.
+        fn entry() -> impl Strategy<Value = Entry> {
+            (
+                prop::sample::select(PATHS),
+                prop::sample::select(vec![EntryKind::File, EntryKind::Dir, EntryKind::Symlink]),
+                prop::sample::select(vec![0o644u32, 0o755, 0o4755]),
+                prop::sample::select(vec![Some("a".repeat(64)), Some("x".into()), None]),
+                prop::sample::select(vec![Some("t".to_string()), Some("../t".into()), None]),
+            )
+                .prop_map(|(path, kind, mode, sha, target)| Entry {
+                    path: path.to_string(),
+                    kind,
+                    mode,
+                    uid: 0,
+                    gid: 0,
+                    size: 1,
+                    mtime_ns: 0,
+                    sha256: sha.filter(|_| kind == EntryKind::File),
+                    target: target.filter(|_| kind == EntryKind::Symlink),
+                })
+        }
+
+        /// A valid base of `kind`: some of a template's entries, each kept
+        /// only with its parent directory.
+        fn base(kind: Kind, keep: &[bool]) -> BTreeMap<String, Entry> {
+            let file = |path: &str| Entry {
+                path: path.into(),
+                kind: EntryKind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                size: 1,
+                mtime_ns: 0,
+                sha256: Some("b".repeat(64)),
+                target: None,
+            };
+            let dir = Entry::synthetic_dir;
+            let link = |path: &str| Entry {
+                kind: EntryKind::Symlink,
+                target: Some("signed".into()),
+                sha256: None,
+                ..file(path)
+            };
+            let template = match kind {
+                Kind::Nc => vec![file("groups.json")],
+                Kind::Ca => vec![
+                    dir("ca"),
+                    file("ca/ca_crt.pem"),
+                    link("ca/l"),
+                    dir("ca/signed"),
+                    file("ca/signed/a.pem"),
+                    dir("ca/signed/b"),
+                    file("ca/signed/b/c.pem"),
+                    dir("ssl"),
+                    dir("ssl/certs"),
+                    file("ssl/certs/ca.pem"),
+                    file("ssl/crl.pem"),
+                ],
+            };
+            let mut out: BTreeMap<String, Entry> = BTreeMap::new();
+            for (e, keep) in template.into_iter().zip(keep.iter().cycle()) {
+                let parent_ok = e.path.rsplit_once('/').is_none_or(|(parent, _)| {
+                    out.get(parent).is_some_and(|p| p.kind == EntryKind::Dir)
+                });
+                if *keep && parent_ok {
+                    out.insert(e.path.clone(), e);
+                }
+            }
+            out
+        }
+
+        #[test]
+        fn a_directory_removed_or_replaced_under_its_entries_is_refused() {
+            let base = base(Kind::Ca, &[true]);
+            let without = |paths: &[&str]| -> Vec<Entry> {
+                base.values()
+                    .filter(|e| !paths.contains(&e.path.as_str()))
+                    .cloned()
+                    .collect()
+            };
+            let err =
+                manifest_from_merge(Kind::Ca, without(&["ca/signed/b"]), &[], &["ca/signed/b"])
+                    .unwrap_err();
+            assert!(err.message().contains("no parent directory entry"), "{err}");
+            let mut link = base["ca/signed/b"].clone();
+            link.kind = EntryKind::Symlink;
+            link.target = Some("a.pem".into());
+            let mut merged = without(&[]);
+            merged.retain(|e| e.path != link.path);
+            merged.push(link.clone());
+            let err = manifest_from_merge(Kind::Ca, merged, &[&link], &[]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::UnsafePath, "{err}");
+            assert!(err.message().contains("below the symbolic link"), "{err}");
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            /// A valid base with any delta: the merge is accepted exactly
+            /// when the whole merged manifest passes every rule.
+            #[test]
+            fn checking_what_a_delta_changed_is_checking_the_whole_manifest(
+                keep in prop::collection::vec(any::<bool>(), 1..12),
+                upserts in prop::collection::vec(entry(), 0..4),
+                removes in prop::collection::vec(prop::sample::select(PATHS), 0..3),
+                nc in any::<bool>(),
+            ) {
+                let kind = if nc { Kind::Nc } else { Kind::Ca };
+                let dedup = |v: Vec<Entry>| -> BTreeMap<String, Entry> {
+                    v.into_iter().map(|e| (e.path.clone(), e)).collect()
+                };
+                let base = base(kind, &keep);
+                prop_assert!(manifest_from_entries_of(kind, base.values().cloned().collect()).is_ok());
+                let upserts = dedup(upserts);
+                let removed: Vec<&str> = removes
+                    .into_iter()
+                    .filter(|p| base.contains_key(*p) && !upserts.contains_key(*p))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let mut merged = base.clone();
+                for p in &removed {
+                    merged.remove(*p);
+                }
+                merged.extend(upserts.clone());
+                let merged: Vec<Entry> = merged.into_values().collect();
+                let ups: Vec<&Entry> = upserts.values().collect();
+                let whole = manifest_from_entries_of(kind, merged.clone());
+                let part = manifest_from_merge(kind, merged, &ups, &removed);
+                // (With several problems, each may name another first.)
+                prop_assert_eq!(
+                    part.as_ref().ok(),
+                    whole.as_ref().ok(),
+                    "part: {:?}, whole: {:?}", part.as_ref().err(), whole.as_ref().err()
+                );
+            }
+        }
+    }
 
     fn file(path: &str) -> Entry {
         Entry {

@@ -119,6 +119,35 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// The rules a manifest entry must keep on its own: a file has a valid
+    /// SHA-256, a symbolic link a target.
+    pub(crate) fn check_fields(&self) -> Result<()> {
+        match self.kind {
+            EntryKind::File if self.sha256.as_ref().is_none_or(|s| !is_sha256_hex(s)) => {
+                Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("manifest entry {:?} has no valid SHA-256", self.path),
+                ))
+            }
+            EntryKind::Symlink if self.target.is_none() => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("manifest symlink {:?} has no target", self.path),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The error for a manifest entry at `path` whose parent `parent` is not a
+/// directory entry of the manifest.
+pub(crate) fn no_parent_dir(path: &str, parent: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!("manifest entry {path:?} has no parent directory entry {parent:?}"),
+    )
+}
+
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
     out.extend_from_slice(bytes);
@@ -237,36 +266,14 @@ impl Manifest {
             if !paths_checked {
                 validate_relative_path(&entry.path)?;
             }
-            match entry.kind {
-                EntryKind::File if entry.sha256.as_ref().is_none_or(|s| !is_sha256_hex(s)) => {
-                    return Err(Error::new(
-                        ErrorKind::InvalidInput,
-                        format!("manifest entry {:?} has no valid SHA-256", entry.path),
-                    ));
-                }
-                EntryKind::Symlink if entry.target.is_none() => {
-                    return Err(Error::new(
-                        ErrorKind::InvalidInput,
-                        format!("manifest symlink {:?} has no target", entry.path),
-                    ));
-                }
-                _ => {}
-            }
+            entry.check_fields()?;
             if let Some((parent, _)) = entry.path.rsplit_once('/') {
                 if last_dir == Some(parent) {
                     continue;
                 }
                 match manifest.get(parent) {
                     Some(p) if p.kind == EntryKind::Dir => last_dir = Some(parent),
-                    _ => {
-                        return Err(Error::new(
-                            ErrorKind::InvalidInput,
-                            format!(
-                                "manifest entry {:?} has no parent directory entry {parent:?}",
-                                entry.path
-                            ),
-                        ))
-                    }
+                    _ => return Err(no_parent_dir(&entry.path, parent)),
                 }
             }
         }

@@ -17,7 +17,7 @@ use super::{
 use crate::cancel::CancelToken;
 use crate::fsutil::{self, FileLock};
 use crate::pack::PACK_MIN;
-use crate::replset::{is_allowed_path_of, manifest_from_entries_of};
+use crate::replset::{is_allowed_path_of, manifest_from_merge};
 use crate::snapshot::{
     is_sha256_hex, sha256_bytes, validate_relative_path, Entry, EntryKind, Manifest,
 };
@@ -492,7 +492,10 @@ impl Receiver {
                 limits.max_entries
             )));
         }
-        let manifest = manifest_from_entries_of(kind, merged)?;
+        // The base passed every rule when it was read: only what the delta
+        // changes is checked again.
+        let removed: Vec<&str> = removed.into_iter().collect();
+        let manifest = manifest_from_merge(kind, merged, &sorted, &removed)?;
         let digest = manifest.digest();
         if digest != head.digest {
             return Err(Error::new(
