@@ -738,6 +738,7 @@ impl Applier {
         .collect();
         let protect_refs: Vec<&str> = protect.iter().map(String::as_str).collect();
         let pruned = prune_snapshots(&self.state, self.keep, &protect_refs);
+        crate::drop_in_background(latest);
         applied?;
         report.pruned = pruned?;
         failure.map_or(Ok(()), Err)
@@ -876,6 +877,7 @@ impl Applier {
         }
         self.finish_record(record, target)?;
         report.applied_digest = Some(digest);
+        crate::drop_in_background(previous);
         Ok(())
     }
 

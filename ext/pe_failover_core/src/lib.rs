@@ -55,3 +55,13 @@ pub mod state;
 pub mod watch;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// Drops `value` on a short-lived thread of its own: freeing a large scan
+/// or manifest (200,000 allocations at 100k certificates) takes
+/// milliseconds a caller that is done with it need not wait for. Dropped
+/// here when no thread can be started.
+pub(crate) fn drop_in_background<T: Send + 'static>(value: T) {
+    let _ = std::thread::Builder::new()
+        .name("pe_failover-drop".into())
+        .spawn(move || drop(value));
+}

@@ -619,6 +619,7 @@ impl Receiver {
             },
         )?;
         conn.flush()?;
+        crate::drop_in_background(manifest);
         Ok((dir, digest))
     }
 }

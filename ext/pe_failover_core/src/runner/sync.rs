@@ -14,7 +14,7 @@ use crate::config::ReplicaConfig;
 use crate::log::Status;
 use crate::protocol::{is_source_changed, Sender, SyncReport};
 use crate::replset::{ReplicatedSet, SetScan};
-use crate::snapshot::{Contents, Manifest};
+use crate::snapshot::Manifest;
 use crate::ssh::{Channel, Session, SshTarget};
 use crate::state::{sender_status_path, ErrorRecord, Role, SenderStatus, Stamp, SyncOutcome};
 use crate::{Error, ErrorKind, Result};
@@ -247,7 +247,10 @@ impl Runner {
 
     pub(crate) fn sync_replicas(&self, replicas: &[ReplicaConfig], noop: bool) -> Result<SyncRun> {
         self.sync_replicas_from(replicas, noop, None, None)
-            .map(|(run, _)| run)
+            .map(|(run, scan)| {
+                crate::drop_in_background(scan);
+                run
+            })
     }
 
     /// [`sync_replicas`](Self::sync_replicas) from `scan` when given (the
@@ -362,7 +365,7 @@ impl Runner {
             run.replicas.push(item);
         }
         // The caller may keep the scan (the watcher does), not the contents.
-        scan.contents = Contents::default();
+        crate::drop_in_background(std::mem::take(&mut scan.contents));
         Ok((run, scan))
     }
 
