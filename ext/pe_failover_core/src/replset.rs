@@ -281,7 +281,29 @@ pub(crate) fn manifest_from_merge(
     upserts: &[&Entry],
     removed: &[&str],
 ) -> Result<Manifest> {
+    // A large change (a first sync) is checked whole: one pass over the
+    // entries costs less than looking up the ancestors of each.
+    if (upserts.len() + removed.len()).saturating_mul(MERGE_CHECK_SHARE) > merged.len() {
+        return manifest_from_entries_of(kind, merged);
+    }
+    check_merge(kind, merged, upserts, removed)
+}
+
+/// [`manifest_from_merge`] checks the whole manifest when the upserts and
+/// removes are more than one in this many of its entries.
+const MERGE_CHECK_SHARE: usize = 8;
+
+/// [`manifest_from_merge`] by the change alone, whatever its size.
+fn check_merge(
+    kind: Kind,
+    merged: Vec<Entry>,
+    upserts: &[&Entry],
+    removed: &[&str],
+) -> Result<Manifest> {
     let manifest = Manifest::from_own_entries(merged)?;
+    // The last parent found to be a directory entry with no symbolic link
+    // above it: upserted siblings (in path order) share it.
+    let mut clean: Option<&str> = None;
     for u in upserts {
         validate_relative_path(&u.path)?;
         u.check_fields()?;
@@ -289,24 +311,29 @@ pub(crate) fn manifest_from_merge(
             Kind::Ca => check_ca_entry(u)?,
             Kind::Nc => crate::ncship::check_nc_entry(u)?,
         }
+        let Some((parent, _)) = u.path.rsplit_once('/') else {
+            continue;
+        };
+        if clean == Some(parent) {
+            continue;
+        }
         let mut rest = u.path.as_str();
-        while let Some((parent, _)) = rest.rsplit_once('/') {
+        while let Some((ancestor, _)) = rest.rsplit_once('/') {
             if manifest
-                .get(parent)
+                .get(ancestor)
                 .is_some_and(|p| p.kind == EntryKind::Symlink)
             {
-                return Err(below_symlink(&u.path, parent));
+                return Err(below_symlink(&u.path, ancestor));
             }
-            rest = parent;
+            rest = ancestor;
         }
-        if let Some((parent, _)) = u.path.rsplit_once('/') {
-            if manifest
-                .get(parent)
-                .is_none_or(|p| p.kind != EntryKind::Dir)
-            {
-                return Err(crate::snapshot::no_parent_dir(&u.path, parent));
-            }
+        if manifest
+            .get(parent)
+            .is_none_or(|p| p.kind != EntryKind::Dir)
+        {
+            return Err(crate::snapshot::no_parent_dir(&u.path, parent));
         }
+        clean = Some(parent);
     }
     // Entries the merge kept below a path that is no longer a directory.
     let entries = manifest.entries();
@@ -315,8 +342,11 @@ pub(crate) fn manifest_from_merge(
         .iter()
         .filter(|u| u.kind != EntryKind::Dir)
         .map(|u| (u.path.as_str(), Some(u.kind)));
+    let mut below = String::new();
     for (path, now) in gone.chain(undone) {
-        let below = format!("{path}/");
+        below.clear();
+        below.push_str(path);
+        below.push('/');
         let first = entries.partition_point(|e| e.path < below);
         if let Some(child) = entries.get(first).filter(|e| e.path.starts_with(&below)) {
             return Err(match now {
@@ -1207,9 +1237,8 @@ mod tests {
                     .cloned()
                     .collect()
             };
-            let err =
-                manifest_from_merge(Kind::Ca, without(&["ca/signed/b"]), &[], &["ca/signed/b"])
-                    .unwrap_err();
+            let err = check_merge(Kind::Ca, without(&["ca/signed/b"]), &[], &["ca/signed/b"])
+                .unwrap_err();
             assert!(err.message().contains("no parent directory entry"), "{err}");
             let mut link = base["ca/signed/b"].clone();
             link.kind = EntryKind::Symlink;
@@ -1217,7 +1246,7 @@ mod tests {
             let mut merged = without(&[]);
             merged.retain(|e| e.path != link.path);
             merged.push(link.clone());
-            let err = manifest_from_merge(Kind::Ca, merged, &[&link], &[]).unwrap_err();
+            let err = check_merge(Kind::Ca, merged, &[&link], &[]).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::UnsafePath, "{err}");
             assert!(err.message().contains("below the symbolic link"), "{err}");
         }
@@ -1255,7 +1284,7 @@ mod tests {
                 let merged: Vec<Entry> = merged.into_values().collect();
                 let ups: Vec<&Entry> = upserts.values().collect();
                 let whole = manifest_from_entries_of(kind, merged.clone());
-                let part = manifest_from_merge(kind, merged, &ups, &removed);
+                let part = check_merge(kind, merged, &ups, &removed);
                 // (With several problems, each may name another first.)
                 prop_assert_eq!(
                     part.as_ref().ok(),
