@@ -223,7 +223,8 @@ pub struct LivePlan {
     pub remove_dirs: Vec<String>,
     /// Replica-only certificates kept (`ca/signed/<certname>.pem`).
     pub kept: Vec<String>,
-    /// Temporary files of an interrupted apply.
+    /// Temporary files and directories of an interrupted apply (a
+    /// directory is removed with all it holds).
     pub temp_files: Vec<String>,
     /// Regular files in the live CA directory (the deletion guard's base).
     pub live_files: u64,
@@ -290,10 +291,30 @@ pub fn plan_live(
             std::cmp::Ordering::Equal => (t_iter.next(), l_iter.next()),
         };
         let path = t.or(l).map(|e| e.path.as_str()).unwrap_or_default();
+        // What an interrupted apply left: a temporary file, or a directory
+        // being filled, removed whole (what it holds is not counted and
+        // needs nothing more).
+        let mut temp = None;
+        if let (None, Some(_)) = (t, l) {
+            let mut names = path.split('/');
+            if names.any(|n| n.starts_with(TEMP_PREFIX)) {
+                temp = Some(names.next().is_none());
+            }
+        }
         if let Some(l) = l {
-            if l.kind == EntryKind::File && path.starts_with("ca/") && !excluded(path) {
+            if l.kind == EntryKind::File
+                && path.starts_with("ca/")
+                && !excluded(path)
+                && temp != Some(false)
+            {
                 plan.live_files += 1;
             }
+        }
+        if let Some(itself) = temp {
+            if itself {
+                plan.temp_files.push(path.to_string());
+            }
+            continue;
         }
         if unmanaged(path) || excluded(path) {
             continue;
@@ -331,10 +352,7 @@ pub fn plan_live(
                 if path.starts_with("ssl/") {
                     continue;
                 }
-                let name = path.rsplit('/').next().unwrap_or(path);
-                if name.starts_with(TEMP_PREFIX) && l.kind != EntryKind::Dir {
-                    plan.temp_files.push(path.to_string());
-                } else if l.kind == EntryKind::File
+                if l.kind == EntryKind::File
                     && signed_certname(path).is_some()
                     && !previous.iter().any(|p| p.get(path).is_some())
                 {
@@ -1021,35 +1039,78 @@ impl Applier {
         for rel in &plan.replace {
             fsutil::remove_any(&resolve(rel)?)?;
         }
-        // Directories, parents first.
-        for e in &plan.create_dirs {
-            self.cancel.check()?;
-            let path = resolve(&e.path)?;
-            if !path.is_dir() {
-                fs::create_dir_all(&path)
-                    .map_err(|err| Error::io("create directory", &path, err))?;
+        // Directories, parents first. One that does not exist yet is filled
+        // under a temporary name beside it and renamed into place whole once
+        // everything in it is written and synced (a first sync fills
+        // `signed/` so: one rename instead of one per certificate, and
+        // nothing in it is seen before all of it is there).
+        let mut fresh: Vec<FreshDir> = Vec::new();
+        let result = (|| -> Result<()> {
+            for e in &plan.create_dirs {
+                self.cancel.check()?;
+                let live = resolve(&e.path)?;
+                let path = match place(&fresh, &e.path, &live) {
+                    Some(inside) => inside,
+                    None if fs::symlink_metadata(&live).is_err() => {
+                        let parent = live.parent().unwrap_or(Path::new("/"));
+                        fs::create_dir_all(parent)
+                            .map_err(|err| Error::io("create directory", parent, err))?;
+                        let tmp = parent.join(format!("{TEMP_PREFIX}{}", fsutil::unique_hex()));
+                        fs::create_dir(&tmp)
+                            .map_err(|err| Error::io("create directory", &tmp, err))?;
+                        fresh.push(FreshDir {
+                            rel: e.path.clone(),
+                            tmp: tmp.clone(),
+                            live: live.clone(),
+                            dirs: Vec::new(),
+                        });
+                        tmp
+                    }
+                    None => live.clone(),
+                };
+                if !path.is_dir() {
+                    fs::create_dir_all(&path)
+                        .map_err(|err| Error::io("create directory", &path, err))?;
+                }
+                set_mode(&path, e.mode)?;
+                if let Some((uid, gid)) = self.owner_for(&path, None) {
+                    lchown(&path, Some(uid), Some(gid))
+                        .map_err(|err| Error::io("change owner of", &path, err))?;
+                }
+                out.dirs_created.push(e.path.clone());
+                match fresh.iter_mut().find(|f| f.holds(&e.path)) {
+                    Some(f) => f.dirs.push(path),
+                    None => {
+                        if let Some(parent) = live.parent() {
+                            touched_dirs.push(parent.to_path_buf());
+                        }
+                    }
+                }
             }
-            set_mode(&path, e.mode)?;
-            if let Some((uid, gid)) = self.owner_for(&path, None) {
-                lchown(&path, Some(uid), Some(gid))
-                    .map_err(|err| Error::io("change owner of", &path, err))?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for f in &fresh {
+                let _ = fsutil::remove_any(&f.tmp);
             }
-            out.dirs_created.push(e.path.clone());
-            if let Some(parent) = path.parent() {
-                touched_dirs.push(parent.to_path_buf());
-            }
+            return Err(e);
         }
 
         // Files: temporary copies first (written by every core), synced,
-        // then renamed into place.
-        let mut temps: Vec<(PathBuf, PathBuf, &Entry)> = Vec::new();
+        // then renamed into place; in a directory filled under a temporary
+        // name, the files themselves.
+        let mut temps: Vec<(PathBuf, Option<PathBuf>, &Entry)> = Vec::new();
         let result = (|| -> Result<bool> {
             // Each temporary file's place and owner. Siblings share a parent:
             // it is checked (and its owner read) once per run of them.
             let mut owners: Vec<Option<(u32, u32)>> = Vec::with_capacity(plan.write.len());
             let mut known_dir: Option<(PathBuf, Option<(u32, u32)>)> = None;
             for e in plan.write.iter().filter(|e| e.kind != EntryKind::Dir) {
-                let dest = resolve(&e.path)?;
+                let live_dest = resolve(&e.path)?;
+                // In a directory filled under a temporary name: written
+                // there under its own name (no rename of its own).
+                let inside = place(&fresh, &e.path, &live_dest);
+                let dest = inside.clone().unwrap_or(live_dest);
                 let dir = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
                 if known_dir.as_ref().map(|(d, _)| d) != Some(&dir) {
                     if !dir.is_dir() {
@@ -1065,11 +1126,25 @@ impl Applier {
                     Owner::Fixed { uid, gid } => Some((uid, gid)),
                     Owner::Inherit => existing.map(|l| (l.uid, l.gid)).or(parent_owner),
                 });
-                let tmp = dir.join(format!("{TEMP_PREFIX}{}", fsutil::unique_hex()));
-                temps.push((tmp, dest, e));
+                temps.push(match inside {
+                    Some(_) => (dest, None, e),
+                    None => {
+                        let tmp = dir.join(format!("{TEMP_PREFIX}{}", fsutil::unique_hex()));
+                        (tmp, Some(dest), e)
+                    }
+                });
             }
             let cancel = &self.cancel;
-            let flusher = fsutil::Flusher::new(&paths.cadir);
+            // The file systems to sync, named by directories that exist (the
+            // cadir itself may still be filling under a temporary name).
+            let anchor_of = |dir: &Path| -> PathBuf {
+                dir.ancestors()
+                    .find(|d| d.is_dir())
+                    .unwrap_or(Path::new("/"))
+                    .to_path_buf()
+            };
+            let (ca_anchor, ssl_anchor) = (anchor_of(&paths.cadir), anchor_of(&paths.ssldir));
+            let flusher = fsutil::Flusher::new(&ca_anchor);
             let written: Vec<Result<u64>> = temps
                 .par_iter()
                 .zip(owners.par_iter())
@@ -1085,7 +1160,7 @@ impl Applier {
                 out.bytes_written += bytes?;
             }
             // One sync per file system (the ssl files may live on another).
-            for (under_ca, anchor) in [(true, &paths.cadir), (false, &paths.ssldir)] {
+            for (under_ca, anchor) in [(true, &ca_anchor), (false, &ssl_anchor)] {
                 let files: Vec<PathBuf> = temps
                     .iter()
                     .filter(|(_, _, e)| e.kind == EntryKind::File)
@@ -1100,23 +1175,46 @@ impl Applier {
             let mut renamed = 0;
             for (tmp, dest, e) in &temps {
                 self.cancel.check()?;
-                fs::rename(tmp, dest).map_err(|err| Error::io("rename into place", dest, err))?;
+                if let Some(dest) = dest {
+                    fs::rename(tmp, dest)
+                        .map_err(|err| Error::io("rename into place", dest, err))?;
+                    if let Some(parent) = dest.parent() {
+                        if !touched_dirs.iter().any(|d| d == parent) {
+                            touched_dirs.push(parent.to_path_buf());
+                        }
+                    }
+                }
                 renamed += 1;
                 out.written.push(e.path.clone());
                 crl |= e.path == CA_CRL || e.path == SSL_CRL;
-                if let Some(parent) = dest.parent() {
+                self.progress.live_entry(&e.path);
+            }
+            temps.drain(..renamed);
+            // The directories filled under temporary names: their entries
+            // made durable, then each renamed into place whole.
+            for f in &fresh {
+                for d in f.dirs.iter().rev() {
+                    fsutil::fsync_dir(d)?;
+                }
+                fs::rename(&f.tmp, &f.live)
+                    .map_err(|err| Error::io("rename into place", &f.live, err))?;
+                if let Some(parent) = f.live.parent() {
                     if !touched_dirs.iter().any(|d| d == parent) {
                         touched_dirs.push(parent.to_path_buf());
                     }
                 }
-                self.progress.live_entry(&e.path);
             }
-            temps.drain(..renamed);
+            fresh.clear();
             Ok(crl)
         })();
         if result.is_err() {
-            for (tmp, _, _) in &temps {
-                let _ = fs::remove_file(tmp);
+            for (tmp, dest, _) in &temps {
+                if dest.is_some() {
+                    let _ = fs::remove_file(tmp);
+                }
+            }
+            for f in &fresh {
+                let _ = fsutil::remove_any(&f.tmp);
             }
         }
         let crl = result?;
@@ -1372,6 +1470,40 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 /// owned by `owner` when given; returns the bytes written. Contents found
 /// damaged in the store are removed from it (named by their SHA-256, they
 /// are garbage: a resent transaction stores them again).
+/// A live directory the applier creates under a temporary name beside it
+/// and fills before renaming it into place.
+struct FreshDir {
+    /// Its manifest path.
+    rel: String,
+    /// The temporary name it is filled under.
+    tmp: PathBuf,
+    /// Its live path.
+    live: PathBuf,
+    /// It and the directories created in it, parents first.
+    dirs: Vec<PathBuf>,
+}
+
+impl FreshDir {
+    /// Whether the manifest path `rel` is this directory or below it.
+    fn holds(&self, rel: &str) -> bool {
+        rel.strip_prefix(self.rel.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+}
+
+/// Where the entry at manifest path `rel` (live path `live`) is written
+/// when it is in one of the directories `fresh`: the same place under the
+/// directory's temporary name.
+fn place(fresh: &[FreshDir], rel: &str, live: &Path) -> Option<PathBuf> {
+    let f = fresh.iter().find(|f| f.holds(rel))?;
+    let below = live.strip_prefix(&f.live).ok()?;
+    Some(if below.as_os_str().is_empty() {
+        f.tmp.clone()
+    } else {
+        f.tmp.join(below)
+    })
+}
+
 fn write_temp(target: &Snapshot, tmp: &Path, e: &Entry, owner: Option<(u32, u32)>) -> Result<u64> {
     match e.kind {
         EntryKind::File => {

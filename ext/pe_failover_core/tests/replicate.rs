@@ -604,11 +604,21 @@ fn an_interrupted_apply_converges_when_run_again() {
         .filter(|n| n.contains(".pe_failover-tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    // A crash could leave a temporary file behind: plant one.
+    // A crash could leave a temporary file behind, or a directory being
+    // filled: plant both (the directory's files are no certificates to
+    // keep, nor deletions the guard counts).
     fs::write(p.b_cadir.join(".pe_failover-tmp-0123"), "half").unwrap();
+    let filling = p.b_cadir.join(".pe_failover-tmp-4567");
+    fs::create_dir_all(filling.join("sub")).unwrap();
+    for i in 0..40 {
+        fs::write(filling.join(format!("node{i}.pem")), "cert").unwrap();
+    }
+    fs::write(filling.join("sub/x.pem"), "cert").unwrap();
 
     let a = p.apply();
-    assert_eq!(a.live.temp_removed, 1);
+    assert_eq!(a.live.temp_removed, 2);
+    assert!(a.live.deleted.is_empty(), "{:?}", a.live.deleted);
+    assert!(!filling.exists());
     p.assert_converged(&[PASSIVE]);
     // Idempotent: nothing left to do.
     let a = p.apply();
@@ -617,6 +627,58 @@ fn an_interrupted_apply_converges_when_run_again() {
         "{:?}",
         a.live
     );
+}
+
+#[test]
+fn a_live_directory_that_does_not_exist_yet_appears_whole() {
+    // More files than are synced one by one: the file system is synced
+    // through a directory that exists.
+    let p = Pair::new(100);
+    p.sync();
+    // A replica without a CA directory (a fresh standby): the applier
+    // fills it under a temporary name and renames it into place.
+    fs::remove_dir_all(&p.b_cadir).unwrap();
+    let token = CancelToken::new();
+    let e = p
+        .applier()
+        .cancel_token(token.clone())
+        .progress(StopAfter {
+            left: 7.into(),
+            token: token.clone(),
+        })
+        .run()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled);
+    // Interrupted: nothing of it is there, and nothing is left beside it.
+    assert!(!p.b_cadir.exists());
+    let parent = p.b_cadir.parent().unwrap();
+    let leftovers: Vec<_> = walk(parent)
+        .into_iter()
+        .filter(|n| n.contains(".pe_failover-tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let a = p.apply();
+    assert!(
+        a.live.dirs_created.iter().any(|d| d == "ca/signed"),
+        "{:?}",
+        a.live
+    );
+    for i in 0..100 {
+        let cert = format!("ca/signed/node{i}.example.com.pem");
+        assert!(
+            a.live.written.contains(&cert),
+            "{cert}: {:?}",
+            a.live.written
+        );
+    }
+    // The owner, modes and contents of every file, as a normal apply.
+    p.assert_converged(&[]);
+    let leftovers: Vec<_> = walk(parent)
+        .into_iter()
+        .filter(|n| n.contains(".pe_failover-tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {
