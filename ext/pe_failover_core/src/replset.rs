@@ -243,20 +243,32 @@ pub fn manifest_from_entries_of(kind: Kind, mut entries: Vec<Entry>) -> Result<M
         if clean == Some(first_parent) {
             continue;
         }
-        let mut rest = e.path.as_str();
-        while let Some((parent, _)) = rest.rsplit_once('/') {
-            if let Ok(i) = entries.binary_search_by(|x| x.path.as_str().cmp(parent)) {
-                if entries[i].kind == EntryKind::Symlink {
-                    return Err(below_symlink(&e.path, parent));
-                }
-            }
-            rest = parent;
+        let is_link = |p: &str| {
+            entries
+                .binary_search_by(|x| x.path.as_str().cmp(p))
+                .is_ok_and(|i| entries[i].kind == EntryKind::Symlink)
+        };
+        if let Some(link) = symlink_above(&e.path, is_link) {
+            return Err(below_symlink(&e.path, link));
         }
         clean = Some(first_parent);
     }
     let manifest = Manifest::from_entries_with_valid_paths(entries)?;
     validate_manifest_of(kind, &manifest)?;
     Ok(manifest)
+}
+
+/// The nearest directory above `path` that `is_link` says is a symbolic
+/// link, if any.
+fn symlink_above(path: &str, is_link: impl Fn(&str) -> bool) -> Option<&str> {
+    let mut rest = path;
+    while let Some((parent, _)) = rest.rsplit_once('/') {
+        if is_link(parent) {
+            return Some(parent);
+        }
+        rest = parent;
+    }
+    None
 }
 
 fn below_symlink(path: &str, link: &str) -> Error {
@@ -317,15 +329,13 @@ fn check_merge(
         if clean == Some(parent) {
             continue;
         }
-        let mut rest = u.path.as_str();
-        while let Some((ancestor, _)) = rest.rsplit_once('/') {
-            if manifest
-                .get(ancestor)
-                .is_some_and(|p| p.kind == EntryKind::Symlink)
-            {
-                return Err(below_symlink(&u.path, ancestor));
-            }
-            rest = ancestor;
+        let is_link = |p: &str| {
+            manifest
+                .get(p)
+                .is_some_and(|e| e.kind == EntryKind::Symlink)
+        };
+        if let Some(link) = symlink_above(&u.path, is_link) {
+            return Err(below_symlink(&u.path, link));
         }
         if manifest
             .get(parent)

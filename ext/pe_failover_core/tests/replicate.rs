@@ -581,11 +581,9 @@ impl ApplyProgress for StopAfter {
     }
 }
 
-#[test]
-fn an_interrupted_apply_converges_when_run_again() {
-    let p = Pair::new(30);
+/// Runs the applier of `p` and cancels it after 7 live entries.
+fn apply_cancelled_after_7_entries(p: &Pair) {
     let token = CancelToken::new();
-    p.sync();
     let e = p
         .applier()
         .cancel_token(token.clone())
@@ -596,6 +594,13 @@ fn an_interrupted_apply_converges_when_run_again() {
         .run()
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Cancelled);
+}
+
+#[test]
+fn an_interrupted_apply_converges_when_run_again() {
+    let p = Pair::new(30);
+    p.sync();
+    apply_cancelled_after_7_entries(&p);
     // Half-applied: some files new, none torn, no temporary files left.
     let written = fs::read_dir(p.b_cadir.join("signed")).unwrap().count();
     assert!(written < 31, "{written}");
@@ -638,17 +643,7 @@ fn a_live_directory_that_does_not_exist_yet_appears_whole() {
     // A replica without a CA directory (a fresh standby): the applier
     // fills it under a temporary name and renames it into place.
     fs::remove_dir_all(&p.b_cadir).unwrap();
-    let token = CancelToken::new();
-    let e = p
-        .applier()
-        .cancel_token(token.clone())
-        .progress(StopAfter {
-            left: 7.into(),
-            token: token.clone(),
-        })
-        .run()
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Cancelled);
+    apply_cancelled_after_7_entries(&p);
     // Interrupted: nothing of it is there, and nothing is left beside it.
     assert!(!p.b_cadir.exists());
     let parent = p.b_cadir.parent().unwrap();
