@@ -1135,16 +1135,10 @@ impl Applier {
                 });
             }
             let cancel = &self.cancel;
-            // The file systems to sync, named by directories that exist (the
-            // cadir itself may still be filling under a temporary name).
-            let anchor_of = |dir: &Path| -> PathBuf {
-                dir.ancestors()
-                    .find(|d| d.is_dir())
-                    .unwrap_or(Path::new("/"))
-                    .to_path_buf()
-            };
-            let (ca_anchor, ssl_anchor) = (anchor_of(&paths.cadir), anchor_of(&paths.ssldir));
-            let flusher = fsutil::Flusher::new(&ca_anchor);
+            // The cadir itself may still be filling under a temporary name
+            // beside it, on the same file system.
+            let ca_fs = paths.cadir.ancestors().find(|d| d.is_dir());
+            let flusher = fsutil::Flusher::new(ca_fs.unwrap_or(Path::new("/")));
             let written: Vec<Result<u64>> = temps
                 .par_iter()
                 .zip(owners.par_iter())
@@ -1160,7 +1154,7 @@ impl Applier {
                 out.bytes_written += bytes?;
             }
             // One sync per file system (the ssl files may live on another).
-            for (under_ca, anchor) in [(true, &ca_anchor), (false, &ssl_anchor)] {
+            for under_ca in [true, false] {
                 let files: Vec<PathBuf> = temps
                     .iter()
                     .filter(|(_, _, e)| e.kind == EntryKind::File)
@@ -1168,7 +1162,7 @@ impl Applier {
                     .map(|(t, _, _)| t.clone())
                     .collect();
                 if !files.is_empty() {
-                    fsutil::sync_new_files(&files, anchor)?;
+                    fsutil::sync_new_files(&files)?;
                 }
             }
             let mut crl = false;

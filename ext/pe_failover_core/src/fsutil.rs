@@ -90,15 +90,16 @@ pub(crate) fn remove_any(path: &Path) -> Result<()> {
     }
 }
 
-/// Makes the new files in `files` durable: an `fsync` each when there are
-/// few, one `syncfs` of the file system holding `anchor` when there are many.
-/// Returns whether `syncfs` was used (it also covers directory entries;
-/// per-file syncs do not).
-pub(crate) fn sync_new_files(files: &[PathBuf], anchor: &Path) -> Result<bool> {
-    if files.len() > SYNCFS_THRESHOLD {
-        let dir = File::open(anchor).map_err(|e| Error::io("open", anchor, e))?;
-        // SAFETY: `dir` is an open descriptor for the whole call.
-        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+/// Makes the new files in `files`, all on one file system, durable: an
+/// `fsync` each when there are few, one `syncfs` of their file system
+/// (reached through the first of them) when there are many. Returns whether
+/// `syncfs` was used (it also covers directory entries; per-file syncs do
+/// not).
+pub(crate) fn sync_new_files(files: &[PathBuf]) -> Result<bool> {
+    if let (true, Some(first)) = (files.len() > SYNCFS_THRESHOLD, files.first()) {
+        let file = open_nofollow(first).map_err(|e| Error::io("open", first, e))?;
+        // SAFETY: `file` is an open descriptor for the whole call.
+        let rc = unsafe { libc::syncfs(file.as_raw_fd()) };
         if rc == 0 {
             return Ok(true);
         }

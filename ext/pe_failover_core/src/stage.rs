@@ -689,7 +689,7 @@ impl TxnWriter {
         let bytes = serde_json::to_vec_pretty(meta)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
         write_atomically(&self.partial.join("meta.json"), &bytes, 0o600)?;
-        if !fsutil::sync_new_files(&self.written, &self.partial)? {
+        if !fsutil::sync_new_files(&self.written)? {
             fsutil::fsync_dir(&self.partial.join("objects"))?;
         }
         fsutil::fsync_dir(&self.partial)?;
@@ -1086,7 +1086,7 @@ pub(crate) fn build_snapshot(
         // A moved object's contents were made durable by the receiver; only
         // its owner and mode changed (a crash may undo them, which only
         // root can see in this private store). Copies are new data.
-        fsutil::sync_new_files(&written, &objects)?;
+        fsutil::sync_new_files(&written)?;
         new.par_iter().try_for_each(|(tmp, dst)| {
             fs::rename(tmp, dst).map_err(|err| Error::io("rename into place", dst, err))
         })?;
