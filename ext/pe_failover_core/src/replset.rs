@@ -233,42 +233,42 @@ pub fn manifest_from_entries_of(kind: Kind, mut entries: Vec<Entry>) -> Result<M
         validate_relative_path(&e.path)?;
     }
     crate::snapshot::sort_by_path_once(&mut entries)?;
-    // The last parent whose whole ancestry was found free of symlinks:
-    // siblings share it, so most entries need no search.
-    let mut clean: Option<&str> = None;
-    for e in &entries {
-        let Some((first_parent, _)) = e.path.rsplit_once('/') else {
-            continue;
-        };
-        if clean == Some(first_parent) {
-            continue;
-        }
-        let is_link = |p: &str| {
-            entries
-                .binary_search_by(|x| x.path.as_str().cmp(p))
-                .is_ok_and(|i| entries[i].kind == EntryKind::Symlink)
-        };
-        if let Some(link) = symlink_above(&e.path, is_link) {
-            return Err(below_symlink(&e.path, link));
-        }
-        clean = Some(first_parent);
-    }
+    check_no_link_above(entries.iter().map(|e| e.path.as_str()), |p| {
+        entries
+            .binary_search_by(|x| x.path.as_str().cmp(p))
+            .is_ok_and(|i| entries[i].kind == EntryKind::Symlink)
+    })?;
     let manifest = Manifest::from_entries_with_valid_paths(entries)?;
     validate_manifest_of(kind, &manifest)?;
     Ok(manifest)
 }
 
-/// The nearest directory above `path` that `is_link` says is a symbolic
-/// link, if any.
-fn symlink_above(path: &str, is_link: impl Fn(&str) -> bool) -> Option<&str> {
-    let mut rest = path;
-    while let Some((parent, _)) = rest.rsplit_once('/') {
-        if is_link(parent) {
-            return Some(parent);
+/// Refuses a path of `paths` (in path order) below a symbolic link,
+/// `is_link` telling which paths are links. The last parent whose whole
+/// ancestry was found free of links is remembered: siblings share it, so
+/// most paths need no search.
+fn check_no_link_above<'a>(
+    paths: impl IntoIterator<Item = &'a str>,
+    is_link: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let mut clean: Option<&str> = None;
+    for path in paths {
+        let Some((parent, _)) = path.rsplit_once('/') else {
+            continue;
+        };
+        if clean == Some(parent) {
+            continue;
         }
-        rest = parent;
+        let mut rest = path;
+        while let Some((dir, _)) = rest.rsplit_once('/') {
+            if is_link(dir) {
+                return Err(below_symlink(path, dir));
+            }
+            rest = dir;
+        }
+        clean = Some(parent);
     }
-    None
+    Ok(())
 }
 
 fn below_symlink(path: &str, link: &str) -> Error {
@@ -313,37 +313,32 @@ fn check_merge(
     removed: &[&str],
 ) -> Result<Manifest> {
     let manifest = Manifest::from_own_entries(merged)?;
-    // The last parent found to be a directory entry with no symbolic link
-    // above it: upserted siblings (in path order) share it.
-    let mut clean: Option<&str> = None;
     for u in upserts {
         validate_relative_path(&u.path)?;
         u.check_fields()?;
-        match kind {
-            Kind::Ca => check_ca_entry(u)?,
-            Kind::Nc => crate::ncship::check_nc_entry(u)?,
-        }
+        check_entry_of(kind, u)?;
+    }
+    check_no_link_above(upserts.iter().map(|u| u.path.as_str()), |p| {
+        manifest
+            .get(p)
+            .is_some_and(|e| e.kind == EntryKind::Symlink)
+    })?;
+    // The last parent found to be a directory entry: upserted siblings (in
+    // path order) share it.
+    let mut last_dir: Option<&str> = None;
+    for u in upserts {
         let Some((parent, _)) = u.path.rsplit_once('/') else {
             continue;
         };
-        if clean == Some(parent) {
-            continue;
+        if last_dir != Some(parent) {
+            if manifest
+                .get(parent)
+                .is_none_or(|p| p.kind != EntryKind::Dir)
+            {
+                return Err(crate::snapshot::no_parent_dir(&u.path, parent));
+            }
+            last_dir = Some(parent);
         }
-        let is_link = |p: &str| {
-            manifest
-                .get(p)
-                .is_some_and(|e| e.kind == EntryKind::Symlink)
-        };
-        if let Some(link) = symlink_above(&u.path, is_link) {
-            return Err(below_symlink(&u.path, link));
-        }
-        if manifest
-            .get(parent)
-            .is_none_or(|p| p.kind != EntryKind::Dir)
-        {
-            return Err(crate::snapshot::no_parent_dir(&u.path, parent));
-        }
-        clean = Some(parent);
     }
     // Entries the merge kept below a path that is no longer a directory.
     let entries = manifest.entries();
@@ -370,9 +365,17 @@ fn check_merge(
 
 /// [`validate_manifest`] for `kind`.
 pub fn validate_manifest_of(kind: Kind, manifest: &Manifest) -> Result<()> {
+    manifest
+        .entries()
+        .iter()
+        .try_for_each(|e| check_entry_of(kind, e))
+}
+
+/// The rules of [`validate_manifest_of`] for one entry.
+fn check_entry_of(kind: Kind, e: &Entry) -> Result<()> {
     match kind {
-        Kind::Ca => validate_manifest(manifest),
-        Kind::Nc => crate::ncship::validate_nc_manifest(manifest),
+        Kind::Ca => check_ca_entry(e),
+        Kind::Nc => crate::ncship::check_nc_entry(e),
     }
 }
 
