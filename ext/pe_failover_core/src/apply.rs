@@ -291,29 +291,20 @@ pub fn plan_live(
             std::cmp::Ordering::Equal => (t_iter.next(), l_iter.next()),
         };
         let path = t.or(l).map(|e| e.path.as_str()).unwrap_or_default();
-        // What an interrupted apply left: a temporary file, or a directory
-        // being filled, removed whole (what it holds is not counted and
-        // needs nothing more).
-        let mut temp = None;
-        if let (None, Some(_)) = (t, l) {
-            let mut names = path.split('/');
-            if names.any(|n| n.starts_with(TEMP_PREFIX)) {
-                temp = Some(names.next().is_none());
-            }
+        // What an interrupted apply left (never in a target): a temporary
+        // file, or a directory being filled, removed whole; what such a
+        // directory holds is neither counted nor planned.
+        let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
+        if t.is_none() && dirs.split('/').any(|n| n.starts_with(TEMP_PREFIX)) {
+            continue;
         }
         if let Some(l) = l {
-            if l.kind == EntryKind::File
-                && path.starts_with("ca/")
-                && !excluded(path)
-                && temp != Some(false)
-            {
+            if l.kind == EntryKind::File && path.starts_with("ca/") && !excluded(path) {
                 plan.live_files += 1;
             }
         }
-        if let Some(itself) = temp {
-            if itself {
-                plan.temp_files.push(path.to_string());
-            }
+        if t.is_none() && name.starts_with(TEMP_PREFIX) {
+            plan.temp_files.push(path.to_string());
             continue;
         }
         if unmanaged(path) || excluded(path) {
