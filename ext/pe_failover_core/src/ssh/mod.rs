@@ -510,28 +510,50 @@ fn set_tcp_keepalive(tcp: &TcpStream, interval: Option<Duration>) {
     let Some(interval) = interval else { return };
     let fd = tcp.as_raw_fd();
     let secs = interval.as_secs().clamp(1, 3600) as libc::c_int;
-    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
-        // SAFETY: fd is an open socket owned by `tcp`; the option value is a
-        // c_int that outlives the call.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set_socket_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
     #[cfg(target_os = "linux")]
     {
-        set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs);
-        set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs);
-        set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4);
+        set_socket_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs);
+        set_socket_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs);
+        set_socket_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4);
     }
     #[cfg(not(target_os = "linux"))]
     let _ = secs;
+}
+
+/// Acknowledges what the server sent at once instead of after Linux's
+/// delayed-ACK timer (up to 40 ms), both for data already received and for
+/// what arrives next.
+///
+/// sshd leaves Nagle's algorithm on for sessions without a terminal, such
+/// as the receiver's: it holds back a small packet until the previous one
+/// is acknowledged. A reply made of several small packets (the answer to a
+/// channel request, the receiver's frames, exit status and close) then
+/// stalls on our delayed ACK at every step. Linux forgets this setting on
+/// its own, so it is renewed before each wait. Best effort: elsewhere it is
+/// a no-op.
+fn ack_promptly(fd: RawFd) {
+    #[cfg(target_os = "linux")]
+    set_socket_option(fd, libc::IPPROTO_TCP, libc::TCP_QUICKACK, 1);
+    #[cfg(not(target_os = "linux"))]
+    let _ = fd;
+}
+
+/// `setsockopt` with an integer value; failures are ignored (every caller
+/// is best effort).
+fn set_socket_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
+    // SAFETY: fd is an open socket for the duration of the call (owned by
+    // the caller's stream or session); the option value is a c_int that
+    // outlives the call.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 fn seconds(d: Duration) -> String {
@@ -894,6 +916,7 @@ impl Link {
             revents: 0,
         };
         let ms = wait.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+        ack_promptly(self.fd);
         // SAFETY: pfd is a valid pollfd for the duration of the call.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
         if rc < 0 {
