@@ -21,6 +21,56 @@ use crate::{Error, ErrorKind, Result};
 
 const MAGIC: &[u8] = b"pe_failover stat cache v1\n";
 
+/// A stat cache being written by a thread of its own (see
+/// [`Scanner::save_cache_in_background`](crate::snapshot::Scanner::save_cache_in_background)),
+/// or nothing.
+///
+/// [`wait`](Self::wait) gives the write's outcome. Dropping it waits too: a
+/// write is never cut short, and a scan that follows reads the new cache.
+#[derive(Debug, Default)]
+pub struct CacheSave {
+    writer: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl CacheSave {
+    /// Writes `cache` for `root` to `path` on a new thread. Fails only
+    /// when no thread can be started (the cache is then not updated).
+    pub(crate) fn start(cache: StatCache, path: PathBuf, root: PathBuf) -> Result<CacheSave> {
+        let writer = std::thread::Builder::new()
+            .name("pe_failover-cache".into())
+            .spawn(move || cache.save(&path, &root))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("cannot start a thread to write the stat cache: {e}"),
+                )
+            })?;
+        Ok(CacheSave {
+            writer: Some(writer),
+        })
+    }
+
+    /// Waits for the write to end and returns its outcome (`Ok` when there
+    /// was none, or it was already waited for).
+    pub fn wait(&mut self) -> Result<()> {
+        match self.writer.take() {
+            None => Ok(()),
+            Some(writer) => writer.join().unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Internal,
+                    "the thread writing the stat cache panicked",
+                ))
+            }),
+        }
+    }
+}
+
+impl Drop for CacheSave {
+    fn drop(&mut self) {
+        let _ = self.wait();
+    }
+}
+
 /// What happened to the stat cache during a scan.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -236,7 +286,14 @@ impl StatCache {
     /// (as a scan produces them) cost O(1) each. An entry whose digest is not
     /// 64 lowercase hex digits is not cached (it could never be trusted).
     pub fn insert(&mut self, path: String, entry: CacheEntry) {
-        if !is_sha256_hex(&entry.sha256) {
+        self.insert_parts(&path, &entry, &entry.sha256);
+    }
+
+    /// [`insert`](Self::insert) of `path` with the stat fields of `key` and
+    /// the digest `sha256`, copied into the cache's buffer (a scan records
+    /// 100,000 files without allocating for each).
+    pub(crate) fn insert_parts(&mut self, path: &str, key: &CacheEntry, sha256: &str) {
+        if !is_sha256_hex(sha256) {
             return;
         }
         let at = match self.slots.last() {
@@ -249,12 +306,12 @@ impl StatCache {
             path_len: path.len(),
         };
         self.buf.extend_from_slice(path.as_bytes());
-        self.buf.extend_from_slice(&entry.size.to_le_bytes());
-        self.buf.extend_from_slice(&entry.mtime_ns.to_le_bytes());
-        self.buf.extend_from_slice(&entry.ctime_ns.to_le_bytes());
-        self.buf.extend_from_slice(&entry.ino.to_le_bytes());
-        self.buf.extend_from_slice(&entry.dev.to_le_bytes());
-        self.buf.extend_from_slice(entry.sha256.as_bytes());
+        self.buf.extend_from_slice(&key.size.to_le_bytes());
+        self.buf.extend_from_slice(&key.mtime_ns.to_le_bytes());
+        self.buf.extend_from_slice(&key.ctime_ns.to_le_bytes());
+        self.buf.extend_from_slice(&key.ino.to_le_bytes());
+        self.buf.extend_from_slice(&key.dev.to_le_bytes());
+        self.buf.extend_from_slice(sha256.as_bytes());
         match at {
             // The old record stays in `buf`, unreferenced.
             Ok(i) => self.slots[i] = slot,

@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cache::write_atomically;
+use crate::cache::{write_atomically, CacheSave};
 use crate::cancel::CancelToken;
 use crate::exclude::Excludes;
 use crate::fsutil;
@@ -682,6 +682,9 @@ pub struct SetScan {
     pub stats: ScanStats,
     /// Contents kept while hashing ([`ReplicatedSet::keep_contents`]).
     pub contents: Contents,
+    /// The cadir's stat cache, written while the scan is shipped (see
+    /// [`Scanner::save_cache_in_background`]).
+    pub cache_save: CacheSave,
 }
 
 /// The replicated set of the active primary: its CA directory plus the
@@ -844,9 +847,13 @@ impl ReplicatedSet {
         if let Some(w) = self.racy_window {
             scanner = scanner.racy_window(w);
         }
-        let mut scan = scanner.keep_contents(self.keep_contents).scan()?;
+        let mut scan = scanner
+            .keep_contents(self.keep_contents)
+            .save_cache_in_background(true)
+            .scan()?;
         let stats = scan.stats.clone();
         let contents = std::mem::take(&mut scan.contents);
+        let cache_save = std::mem::take(&mut scan.cache_save);
         let inner = scan.into_complete()?;
 
         let root_meta = fs::metadata(&cadir).map_err(|e| Error::io("stat", &cadir, e))?;
@@ -873,6 +880,7 @@ impl ReplicatedSet {
             paths,
             stats,
             contents,
+            cache_save,
         })
     }
 
@@ -1016,6 +1024,7 @@ impl ReplicatedSet {
             paths: prev.paths.clone(),
             stats: ScanStats::default(),
             contents: Contents::default(),
+            cache_save: CacheSave::default(),
         }))
     }
 }

@@ -26,7 +26,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cache::{CacheEntry, CacheStatus, StatCache};
+use crate::cache::{CacheEntry, CacheSave, CacheStatus, StatCache};
 use crate::cancel::CancelToken;
 use crate::exclude::Excludes;
 use crate::{Error, ErrorKind, Result};
@@ -669,6 +669,9 @@ pub struct Scan {
     /// Contents read while hashing, when asked for
     /// ([`Scanner::keep_contents`]).
     pub contents: Contents,
+    /// The stat cache still being written
+    /// ([`Scanner::save_cache_in_background`]).
+    pub cache_save: CacheSave,
 }
 
 /// Contents of small files, by SHA-256, kept from the reads that hashed
@@ -750,6 +753,7 @@ pub struct Scanner {
     racy_window_ns: i64,
     prefix: String,
     keep_budget: u64,
+    cache_in_background: bool,
 }
 
 /// Files modified this close to the start of a scan are hashed again next
@@ -805,6 +809,7 @@ impl Scanner {
             racy_window_ns: DEFAULT_RACY_WINDOW_NS,
             prefix: String::new(),
             keep_budget: 0,
+            cache_in_background: false,
         }
     }
 
@@ -839,6 +844,16 @@ impl Scanner {
     /// or corrupt cache is ignored. Default: no cache.
     pub fn cache_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.cache_file = Some(path.into());
+        self
+    }
+
+    /// Writes the updated stat cache on a thread of its own instead of
+    /// before [`scan`](Self::scan) returns (about 40 ms at 100,000 files,
+    /// which the caller can spend shipping the result): [`Scan::cache_save`]
+    /// waits for it and tells how it went, and [`ScanStats::cache`] only says
+    /// how the cache was read. Default: off.
+    pub fn save_cache_in_background(mut self, yes: bool) -> Self {
+        self.cache_in_background = yes;
         self
     }
 
@@ -980,20 +995,24 @@ impl Scanner {
         // The cache is rewritten only when it would change: some trusted
         // file was hashed, or some cached file is gone.
         let reused = stats.cached as usize;
+        let mut cache_save = CacheSave::default();
         if let Some(path) = &self.cache_file {
             if keys.len() != reused || cache.len() != reused {
                 let mut new_cache = StatCache::with_capacity(keys.len());
                 for (i, key) in keys {
                     let entry = &entries[i];
                     if let Some(sha) = &entry.sha256 {
-                        new_cache.insert(
-                            self.below_root(&entry.path).to_string(),
-                            key.with_sha(sha.clone()),
-                        );
+                        new_cache.insert_parts(self.below_root(&entry.path), &key, sha);
                     }
                 }
-                if let Err(e) = new_cache.save(path, &self.root) {
-                    // A cache that cannot be written only costs speed.
+                // A cache that cannot be written only costs speed.
+                let saved = if self.cache_in_background {
+                    CacheSave::start(new_cache, path.clone(), self.root.clone())
+                        .map(|pending| cache_save = pending)
+                } else {
+                    new_cache.save(path, &self.root)
+                };
+                if let Err(e) = saved {
                     stats.cache = CacheStatus::WriteFailed(e.to_string());
                 }
             }
@@ -1010,6 +1029,7 @@ impl Scanner {
             contents: Contents {
                 map: Arc::new(contents),
             },
+            cache_save,
         })
     }
 

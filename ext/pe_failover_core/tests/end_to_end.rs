@@ -327,6 +327,25 @@ fn noop_reports_changes_and_ships_nothing() {
 }
 
 #[test]
+fn a_stat_cache_that_cannot_be_written_is_a_warning_and_the_sync_goes_on() {
+    let e = E2e::new(3);
+    fs::create_dir_all(e.a_state().join("ca.scan")).unwrap();
+    // Only files older than the cache's racy window (2 s) are cached.
+    thread::sleep(Duration::from_millis(2100));
+    let run = e.sync_ok();
+    assert_eq!(run.replicas[0].outcome, ReplicaOutcome::Committed);
+    let warning = run
+        .lines
+        .iter()
+        .find(|l| l.contains("stat cache was not updated"))
+        .unwrap_or_else(|| panic!("no warning about the stat cache: {:?}", run.lines));
+    assert!(warning.contains("[WARNING]"), "{warning}");
+    assert!(warning.contains("ca.scan"), "names the file: {warning}");
+    e.passive().apply(false).unwrap();
+    e.assert_converged();
+}
+
+#[test]
 fn a_connection_killed_mid_transfer_leaves_the_live_ca_alone_and_the_next_sync_completes() {
     let e = E2e::new(3);
     e.sync_ok();

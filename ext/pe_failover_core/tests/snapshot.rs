@@ -130,6 +130,64 @@ fn stat_cache_hashes_only_changed_files() {
 }
 
 #[test]
+fn a_stat_cache_saved_in_the_background_serves_the_next_scan() {
+    let t = ca_tree(200);
+    let cache = t.path("../scan.cache");
+    let background = |root: &Path| {
+        scanner(root)
+            .cache_file(&cache)
+            .save_cache_in_background(true)
+    };
+
+    // Waited for: the write's outcome is known and the next scan uses it.
+    let mut first = background(t.root()).scan().unwrap();
+    assert_eq!(first.stats.cache, CacheStatus::Missing);
+    first.cache_save.wait().unwrap();
+    let second = background(t.root()).scan().unwrap();
+    assert_eq!(second.stats.cache, CacheStatus::Loaded);
+    assert_eq!(second.stats.hashed, 0, "{:?}", second.stats);
+    assert_eq!(first.manifest, second.manifest);
+
+    // Not waited for: dropping the scan finishes the write all the same.
+    fs::write(t.path("ca/signed/new.pem"), "new").unwrap();
+    let third = background(t.root()).scan().unwrap();
+    assert_eq!(third.stats.hashed, 1, "{:?}", third.stats);
+    drop(third);
+    let fourth = scanner(t.root()).cache_file(&cache).scan().unwrap();
+    assert_eq!(fourth.stats.hashed, 0, "{:?}", fourth.stats);
+    assert_eq!(fourth.stats.cached, fourth.stats.files);
+}
+
+#[test]
+fn a_stat_cache_that_cannot_be_saved_in_the_background_says_so_and_costs_only_time() {
+    let t = ca_tree(20);
+    // A directory where the cache file should be: it can be neither read
+    // nor replaced.
+    let cache = t.path("../scan.cache");
+    fs::create_dir(&cache).unwrap();
+    let mut scan = scanner(t.root())
+        .cache_file(&cache)
+        .save_cache_in_background(true)
+        .scan()
+        .unwrap();
+    assert!(
+        matches!(scan.stats.cache, CacheStatus::Ignored(_)),
+        "{:?}",
+        scan.stats.cache
+    );
+    assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+    let plain = scanner(t.root()).scan().unwrap();
+    assert_eq!(scan.manifest, plain.manifest);
+    let err = scan.cache_save.wait().unwrap_err();
+    assert!(
+        err.to_string().contains("scan.cache"),
+        "the error names the cache file: {err}"
+    );
+    // Waited for once, the outcome is not reported twice.
+    scan.cache_save.wait().unwrap();
+}
+
+#[test]
 fn a_prefixed_scan_records_the_same_tree_under_the_prefix_and_shares_the_cache() {
     // More entries in one directory than one stat batch (statted while the
     // directory is still being read), plus an excluded file and a subtree.

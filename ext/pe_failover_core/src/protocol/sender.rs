@@ -13,6 +13,7 @@ use super::{
     delta_objects, local_hostname, read_batches, send_batches, violation, Bye, Commit, DeltaHead,
     Hello, Kind, Limits, ManifestHead, Stats, Welcome, DATA_CHUNK, PROTOCOL_NAME, PROTOCOL_VERSION,
 };
+use crate::cache::CacheSave;
 use crate::cancel::CancelToken;
 use crate::diff::{diff, Changeset};
 use crate::fsutil;
@@ -216,16 +217,21 @@ impl Sender {
     /// CA; no NC dump prepared) sends nothing but an `ERROR` frame. Records
     /// the outcome in the status file.
     pub fn sync<S: Read + Write>(&self, stream: S) -> Result<SyncReport> {
+        // The CA's stat cache is written while the scan is shipped.
         let scanned = match &self.source {
-            Source::Ca(set) => set
-                .scan()
-                .map(|scan| (scan.manifest, Resolver::Ca(scan.paths, scan.contents))),
-            Source::Nc(outbox) => outbox
-                .scan()
-                .map(|manifest| (manifest, Resolver::Nc(outbox.dir().to_path_buf()))),
+            Source::Ca(set) => set.scan().map(|scan| {
+                let resolver = Resolver::Ca(scan.paths, scan.contents);
+                (scan.manifest, resolver, scan.cache_save)
+            }),
+            Source::Nc(outbox) => outbox.scan().map(|manifest| {
+                let resolver = Resolver::Nc(outbox.dir().to_path_buf());
+                (manifest, resolver, CacheSave::default())
+            }),
         };
         match scanned {
-            Ok((manifest, resolver)) => self.sync_manifest(&manifest, None, &resolver, stream),
+            Ok((manifest, resolver, _cache_save)) => {
+                self.sync_manifest(&manifest, None, &resolver, stream)
+            }
             Err(e) => {
                 let mut conn = Conn::new(stream, self.limits, "the receiver");
                 conn.send_error(&e);
