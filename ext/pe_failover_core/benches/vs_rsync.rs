@@ -8,6 +8,10 @@
 //! - full: an empty replica receives the whole CA;
 //! - no change: nothing changed since the last sync;
 //! - 10 signings + 1 revocation: the usual burst;
+//! - session (once, before the sizes): what every one-shot sync of either
+//!   tool pays first, an SSH session to the same sshd that runs `true`
+//!   (forced command) and returns its exit status: this project's client
+//!   (libssh2) against the OpenSSH client rsync runs;
 //! - lag: with both watchers running (`Runner::watch`, the module's default
 //!   debounce of 150 ms), the time from a signing on the active to the
 //!   certificate's arrival, complete, in the replica's live CA directory
@@ -24,8 +28,8 @@
 //!
 //! `cargo bench -p pe_failover_core --bench vs_rsync` (env: PEF_BENCH_SIZES,
 //! e.g. `10000,100000`; PEF_BENCH_RUNS; PEF_BENCH_LAG; PEF_BENCH_DIR, where
-//! the trees go; PEF_BENCH_ONLY, a comma-separated subset of `full`,
-//! `nochange`, `burst` and `lag`; PEF_BENCH_PHASES, the sync and apply times
+//! the trees go; PEF_BENCH_ONLY, a comma-separated subset of `session`,
+//! `full`, `nochange`, `burst` and `lag`; PEF_BENCH_PHASES, the sync and apply times
 //! of each run and every lag).
 //! Needs root, `openssh-server`, `openssh-client` and `rsync`.
 
@@ -143,12 +147,7 @@ impl Bench {
     fn rsync(&self) {
         let dest = self.root.join("r/ca");
         fs::create_dir_all(&dest).unwrap();
-        let ssh = format!(
-            "ssh -p {} -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
-            self.sshd.port(),
-            self.rsync_key.private.display(),
-            self.sshd.known_hosts().display()
-        );
+        let ssh = self.ssh_command(&self.rsync_key);
         let status = Command::new("rsync")
             .arg("-a")
             .arg("--delete")
@@ -163,6 +162,39 @@ impl Bench {
             .status()
             .expect("run rsync");
         assert!(status.success(), "rsync failed: {status}");
+    }
+
+    /// The OpenSSH client command line rsync runs (`-e`), with `key`.
+    fn ssh_command(&self, key: &ClientKey) -> String {
+        format!(
+            "ssh -p {} -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes",
+            self.sshd.port(),
+            key.private.display(),
+            self.sshd.known_hosts().display()
+        )
+    }
+
+    /// One SSH session that runs `true` (the key's forced command) and
+    /// returns its exit status: ours, then the OpenSSH client's.
+    fn session(&self, key: &ClientKey) -> (Duration, Duration) {
+        let target = self.sshd.target(key);
+        let ours = timed(|| {
+            let session = pe_failover_core::ssh::connect(&target).expect("connect");
+            let mut channel = session.exec("true").expect("exec");
+            channel.send_eof().expect("eof");
+            assert_eq!(channel.finish().expect("exit status"), 0);
+        });
+        let theirs = timed(|| {
+            let mut argv = self.ssh_command(key);
+            argv.push_str(&format!(" {}@127.0.0.1 true", self.sshd.user()));
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(argv)
+                .status()
+                .expect("run ssh");
+            assert!(status.success(), "ssh failed: {status}");
+        });
+        (ours, theirs)
     }
 
     /// Writes the two watchers' configurations (the replica `b` is the one
@@ -416,6 +448,20 @@ fn main() {
         let mut b = Bench::new(work.path(), n);
         works.push(work);
         let full_runs = if n >= 50_000 { runs.min(3) } else { runs };
+        if wanted("session") && works.len() == 1 {
+            let key = b.sshd.client("session", "true");
+            let (ours, theirs): (Vec<_>, Vec<_>) =
+                (0..runs.max(9)).map(|_| b.session(&key)).unzip();
+            let (ours, theirs) = (median(ours), median(theirs));
+            println!(
+                "{:>8} {:<28} {:>12.1} {:>12.1} {:>9.1}x   (OpenSSH client)",
+                "-",
+                "SSH session running `true`",
+                ours.as_secs_f64() * 1000.0,
+                theirs.as_secs_f64() * 1000.0,
+                theirs.as_secs_f64() / ours.as_secs_f64()
+            );
+        }
         if wanted("full") {
             compare(
                 &mut b,

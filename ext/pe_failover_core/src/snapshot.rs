@@ -848,7 +848,7 @@ impl Scanner {
     }
 
     /// Writes the updated stat cache on a thread of its own instead of
-    /// before [`scan`](Self::scan) returns (about 40 ms at 100,000 files,
+    /// before [`scan`](Self::scan) returns (25-40 ms at 100,000 files,
     /// which the caller can spend shipping the result): [`Scan::cache_save`]
     /// waits for it and tells how it went, and [`ScanStats::cache`] only says
     /// how the cache was read. Default: off.
