@@ -121,12 +121,6 @@ impl CacheEntry {
         }
     }
 
-    /// The same key with a digest attached.
-    pub fn with_sha(mut self, sha256: String) -> CacheEntry {
-        self.sha256 = sha256;
-        self
-    }
-
     /// Whether both describe the same unchanged file (digests not compared).
     pub fn same_file_as(&self, other: &CacheEntry) -> bool {
         self.size == other.size
