@@ -1072,9 +1072,7 @@ impl Applier {
                 match fresh.iter_mut().find(|f| f.holds(&e.path)) {
                     Some(f) => f.dirs.push(path),
                     None => {
-                        if let Some(parent) = live.parent() {
-                            touched_dirs.push(parent.to_path_buf());
-                        }
+                        note_parent(&mut touched_dirs, &live);
                     }
                 }
             }
@@ -1163,11 +1161,7 @@ impl Applier {
                 if let Some(dest) = dest {
                     fs::rename(tmp, dest)
                         .map_err(|err| Error::io("rename into place", dest, err))?;
-                    if let Some(parent) = dest.parent() {
-                        if !touched_dirs.iter().any(|d| d == parent) {
-                            touched_dirs.push(parent.to_path_buf());
-                        }
-                    }
+                    note_parent(&mut touched_dirs, dest);
                 }
                 renamed += 1;
                 out.written.push(e.path.clone());
@@ -1183,11 +1177,7 @@ impl Applier {
                 }
                 fs::rename(&f.tmp, &f.live)
                     .map_err(|err| Error::io("rename into place", &f.live, err))?;
-                if let Some(parent) = f.live.parent() {
-                    if !touched_dirs.iter().any(|d| d == parent) {
-                        touched_dirs.push(parent.to_path_buf());
-                    }
-                }
+                note_parent(&mut touched_dirs, &f.live);
             }
             fresh.clear();
             Ok(crl)
@@ -1250,9 +1240,9 @@ impl Applier {
         }
         if !plan.delete.is_empty() || !plan.remove_dirs.is_empty() {
             for rel in plan.delete.iter().chain(&plan.remove_dirs) {
-                if let Some(parent) = resolve(rel)?.parent() {
-                    if parent.is_dir() && !touched_dirs.iter().any(|d| d == parent) {
-                        touched_dirs.push(parent.to_path_buf());
+                let path = resolve(rel)?;
+                if let Some(parent) = path.parent().filter(|p| p.is_dir()) {
+                    if note_parent(&mut touched_dirs, &path) {
                         fsutil::fsync_dir(parent)?;
                     }
                 }
@@ -1450,11 +1440,18 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io("set permissions of", path, e))
 }
 
-/// Writes the temporary file `tmp` for the snapshot entry `e` (a file
-/// copied from `target`'s store and verified on the way, or a symlink),
-/// owned by `owner` when given; returns the bytes written. Contents found
-/// damaged in the store are removed from it (named by their SHA-256, they
-/// are garbage: a resent transaction stores them again).
+/// Adds `path`'s parent to `dirs` (the directories whose entries changed,
+/// synced once each) unless it is there; returns whether it was added.
+fn note_parent(dirs: &mut Vec<PathBuf>, path: &Path) -> bool {
+    match path.parent() {
+        Some(parent) if !dirs.iter().any(|d| d == parent) => {
+            dirs.push(parent.to_path_buf());
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A live directory the applier creates under a temporary name beside it
 /// and fills before renaming it into place.
 struct FreshDir {
@@ -1489,6 +1486,11 @@ fn place(fresh: &[FreshDir], rel: &str, live: &Path) -> Option<PathBuf> {
     })
 }
 
+/// Writes the temporary file `tmp` for the snapshot entry `e` (a file
+/// copied from `target`'s store and verified on the way, or a symlink),
+/// owned by `owner` when given; returns the bytes written. Contents found
+/// damaged in the store are removed from it (named by their SHA-256, they
+/// are garbage: a resent transaction stores them again).
 fn write_temp(target: &Snapshot, tmp: &Path, e: &Entry, owner: Option<(u32, u32)>) -> Result<u64> {
     match e.kind {
         EntryKind::File => {
