@@ -323,23 +323,7 @@ fn check_merge(
             .get(p)
             .is_some_and(|e| e.kind == EntryKind::Symlink)
     })?;
-    // The last parent found to be a directory entry: upserted siblings (in
-    // path order) share it.
-    let mut last_dir: Option<&str> = None;
-    for u in upserts {
-        let Some((parent, _)) = u.path.rsplit_once('/') else {
-            continue;
-        };
-        if last_dir != Some(parent) {
-            if manifest
-                .get(parent)
-                .is_none_or(|p| p.kind != EntryKind::Dir)
-            {
-                return Err(crate::snapshot::no_parent_dir(&u.path, parent));
-            }
-            last_dir = Some(parent);
-        }
-    }
+    manifest.check_parent_dirs(upserts.iter().map(|u| u.path.as_str()))?;
     // Entries the merge kept below a path that is no longer a directory.
     let entries = manifest.entries();
     let gone = removed.iter().map(|p| (*p, None));
@@ -1204,18 +1188,6 @@ mod tests {
         /// A valid base of `kind`: some of a template's entries, each kept
         /// only with its parent directory.
         fn base(kind: Kind, keep: &[bool]) -> BTreeMap<String, Entry> {
-            let file = |path: &str| Entry {
-                path: path.into(),
-                kind: EntryKind::File,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                size: 1,
-                mtime_ns: 0,
-                sha256: Some("b".repeat(64)),
-                target: None,
-            };
-            let dir = Entry::synthetic_dir;
             let link = |path: &str| Entry {
                 kind: EntryKind::Symlink,
                 target: Some("signed".into()),

@@ -259,25 +259,37 @@ impl Manifest {
     fn build(mut entries: Vec<Entry>, paths_checked: bool) -> Result<Self> {
         sort_by_path_once(&mut entries)?;
         let manifest = Manifest::sorted(entries);
-        // The last parent found to be a directory entry: siblings share it,
-        // so most entries need no search.
-        let mut last_dir: Option<&str> = None;
         for entry in &manifest.entries {
             if !paths_checked {
                 validate_relative_path(&entry.path)?;
             }
             entry.check_fields()?;
-            if let Some((parent, _)) = entry.path.rsplit_once('/') {
-                if last_dir == Some(parent) {
-                    continue;
-                }
-                match manifest.get(parent) {
-                    Some(p) if p.kind == EntryKind::Dir => last_dir = Some(parent),
-                    _ => return Err(no_parent_dir(&entry.path, parent)),
-                }
+        }
+        manifest.check_parent_dirs(manifest.entries.iter().map(|e| e.path.as_str()))?;
+        Ok(manifest)
+    }
+
+    /// Refuses a path of `paths` (in path order) whose parent is not a
+    /// directory entry of this manifest. The last parent found to be one is
+    /// remembered: siblings share it, so most paths need no search.
+    pub(crate) fn check_parent_dirs<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a str>,
+    ) -> Result<()> {
+        let mut last_dir: Option<&str> = None;
+        for path in paths {
+            let Some((parent, _)) = path.rsplit_once('/') else {
+                continue;
+            };
+            if last_dir == Some(parent) {
+                continue;
+            }
+            match self.get(parent) {
+                Some(p) if p.kind == EntryKind::Dir => last_dir = Some(parent),
+                _ => return Err(no_parent_dir(path, parent)),
             }
         }
-        Ok(manifest)
+        Ok(())
     }
 
     /// A manifest of entries this host recorded itself: a [`Scanner`]'s, or
