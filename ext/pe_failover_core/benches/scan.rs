@@ -93,47 +93,37 @@ fn main() {
         let s = Scanner::new(&root).cache_file(&cache).scan().unwrap();
         assert_eq!(s.stats.hashed, 0);
     });
-    let one_changed = time(runs, || {
-        fs::write(
-            root.join("d000/node0000000.example.com.pem"),
-            format!("{body}changed {:?}\n", Instant::now()),
-        )
-        .unwrap();
-        // The changed file is trusted at once, so every run rewrites the
-        // cache (as a sync right after a signing does: the records of the
-        // CRL, serial and inventory it replaced are dropped).
-        let s = Scanner::new(&root)
-            .cache_file(&cache)
-            .racy_window(Duration::ZERO)
-            .scan()
-            .unwrap();
-        assert_eq!(s.stats.hashed, 1);
-    });
-    // The same, with the cache written by a thread of its own (as the
-    // replication scans do): the time until the scan returns; the wait for
-    // the write comes after, outside the timing.
-    let one_changed_bg = median(
-        (0..runs)
-            .map(|_| {
-                fs::write(
-                    root.join("d000/node0000000.example.com.pem"),
-                    format!("{body}changed {:?}\n", Instant::now()),
-                )
-                .unwrap();
-                let t = Instant::now();
-                let mut s = Scanner::new(&root)
-                    .cache_file(&cache)
-                    .racy_window(Duration::ZERO)
-                    .save_cache_in_background(true)
-                    .scan()
+    // One file changed, then a scan that trusts it at once, so every run
+    // rewrites the cache (as a sync right after a signing does: the records
+    // of the CRL, serial and inventory it replaced are dropped); timed until
+    // the scan returns. In the background (as the replication scans do),
+    // the write is waited for after the timing.
+    let one_changed_scan = |background: bool| -> Duration {
+        median(
+            (0..runs)
+                .map(|_| {
+                    fs::write(
+                        root.join("d000/node0000000.example.com.pem"),
+                        format!("{body}changed {:?}\n", Instant::now()),
+                    )
                     .unwrap();
-                let took = t.elapsed();
-                assert_eq!(s.stats.hashed, 1);
-                s.cache_save.wait().unwrap();
-                took
-            })
-            .collect(),
-    );
+                    let t = Instant::now();
+                    let mut s = Scanner::new(&root)
+                        .cache_file(&cache)
+                        .racy_window(Duration::ZERO)
+                        .save_cache_in_background(background)
+                        .scan()
+                        .unwrap();
+                    let took = t.elapsed();
+                    assert_eq!(s.stats.hashed, 1);
+                    s.cache_save.wait().unwrap();
+                    took
+                })
+                .collect(),
+        )
+    };
+    let one_changed = one_changed_scan(false);
+    let one_changed_bg = one_changed_scan(true);
     // The first scan after a reboot reads from disk: measure it too when we
     // may drop the page cache (root).
     let drop_caches = || {

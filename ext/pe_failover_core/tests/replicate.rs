@@ -647,11 +647,13 @@ fn a_live_directory_that_does_not_exist_yet_appears_whole() {
     // Interrupted: nothing of it is there, and nothing is left beside it.
     assert!(!p.b_cadir.exists());
     let parent = p.b_cadir.parent().unwrap();
-    let leftovers: Vec<_> = walk(parent)
-        .into_iter()
-        .filter(|n| n.contains(".pe_failover-tmp-"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let leftovers = || -> Vec<String> {
+        walk(parent)
+            .into_iter()
+            .filter(|n| n.contains(".pe_failover-tmp-"))
+            .collect()
+    };
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
 
     let a = p.apply();
     assert!(
@@ -669,11 +671,7 @@ fn a_live_directory_that_does_not_exist_yet_appears_whole() {
     }
     // The owner, modes and contents of every file, as a normal apply.
     p.assert_converged(&[]);
-    let leftovers: Vec<_> = walk(parent)
-        .into_iter()
-        .filter(|n| n.contains(".pe_failover-tmp-"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(leftovers().is_empty(), "{:?}", leftovers());
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {
