@@ -244,21 +244,13 @@ pub fn manifest_from_entries_of(kind: Kind, mut entries: Vec<Entry>) -> Result<M
 }
 
 /// Refuses a path of `paths` (in path order) below a symbolic link,
-/// `is_link` telling which paths are links. The last parent whose whole
-/// ancestry was found free of links is remembered: siblings share it, so
-/// most paths need no search.
+/// `is_link` telling which paths are links. Siblings share one walk up
+/// their parent's ancestry.
 fn check_no_link_above<'a>(
     paths: impl IntoIterator<Item = &'a str>,
     is_link: impl Fn(&str) -> bool,
 ) -> Result<()> {
-    let mut clean: Option<&str> = None;
-    for path in paths {
-        let Some((parent, _)) = path.rsplit_once('/') else {
-            continue;
-        };
-        if clean == Some(parent) {
-            continue;
-        }
+    crate::snapshot::check_each_parent(paths, |path, _| {
         let mut rest = path;
         while let Some((dir, _)) = rest.rsplit_once('/') {
             if is_link(dir) {
@@ -266,9 +258,8 @@ fn check_no_link_above<'a>(
             }
             rest = dir;
         }
-        clean = Some(parent);
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 fn below_symlink(path: &str, link: &str) -> Error {

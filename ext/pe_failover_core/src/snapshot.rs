@@ -139,6 +139,26 @@ impl Entry {
     }
 }
 
+/// Runs `check(path, parent)` for each path of `paths` (in path order) that
+/// has a parent, except the siblings of the last path that passed: paths
+/// sharing a parent have what depends on it checked once.
+pub(crate) fn check_each_parent<'a>(
+    paths: impl IntoIterator<Item = &'a str>,
+    mut check: impl FnMut(&'a str, &'a str) -> Result<()>,
+) -> Result<()> {
+    let mut passed: Option<&str> = None;
+    for path in paths {
+        let Some((parent, _)) = path.rsplit_once('/') else {
+            continue;
+        };
+        if passed != Some(parent) {
+            check(path, parent)?;
+            passed = Some(parent);
+        }
+    }
+    Ok(())
+}
+
 /// The error for a manifest entry at `path` whose parent `parent` is not a
 /// directory entry of the manifest.
 pub(crate) fn no_parent_dir(path: &str, parent: &str) -> Error {
@@ -270,26 +290,15 @@ impl Manifest {
     }
 
     /// Refuses a path of `paths` (in path order) whose parent is not a
-    /// directory entry of this manifest. The last parent found to be one is
-    /// remembered: siblings share it, so most paths need no search.
+    /// directory entry of this manifest (siblings share one lookup).
     pub(crate) fn check_parent_dirs<'a>(
         &self,
         paths: impl IntoIterator<Item = &'a str>,
     ) -> Result<()> {
-        let mut last_dir: Option<&str> = None;
-        for path in paths {
-            let Some((parent, _)) = path.rsplit_once('/') else {
-                continue;
-            };
-            if last_dir == Some(parent) {
-                continue;
-            }
-            match self.get(parent) {
-                Some(p) if p.kind == EntryKind::Dir => last_dir = Some(parent),
-                _ => return Err(no_parent_dir(path, parent)),
-            }
-        }
-        Ok(())
+        check_each_parent(paths, |path, parent| match self.get(parent) {
+            Some(p) if p.kind == EntryKind::Dir => Ok(()),
+            _ => Err(no_parent_dir(path, parent)),
+        })
     }
 
     /// A manifest of entries this host recorded itself: a [`Scanner`]'s, or
