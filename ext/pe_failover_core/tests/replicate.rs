@@ -816,6 +816,32 @@ fn noop_reports_the_changes_and_sends_no_content() {
 }
 
 #[test]
+fn a_stat_cache_that_cannot_be_written_is_a_warning_of_the_sync_not_a_failure() {
+    let p = Pair::new(3);
+    // A directory where the cache file should be: it can be neither read
+    // nor replaced. Only files older than the cache's racy window (2 s) are
+    // cached, so wait for there to be something to write.
+    let cache = p.a_state.join("ca.scan");
+    fs::create_dir_all(&cache).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let sender =
+        pe_failover_core::protocol::Sender::new(p.set().cache_file(&cache), PASSIVE, &p.a_state)
+            .sender_host(ACTIVE);
+    let (s, r) = p.sync_with(sender, p.receiver());
+    let s = s.unwrap();
+    assert_eq!(s.outcome, SyncOutcome::Committed);
+    assert_eq!(r.unwrap().outcome, ReceiveOutcome::Stored);
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    assert!(
+        s.warnings[0].contains("stat cache was not updated") && s.warnings[0].contains("ca.scan"),
+        "names the file: {:?}",
+        s.warnings
+    );
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
 fn the_cadir_is_detected_in_both_layouts() {
     let p = Pair::new(1);
     let ps = p.a_cadir.clone();

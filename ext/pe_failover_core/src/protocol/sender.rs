@@ -64,8 +64,8 @@ pub struct SyncReport {
     pub changes: Changeset,
     /// Counters.
     pub stats: Stats,
-    /// Problems that did not fail the sync (a status file that could not be
-    /// written).
+    /// Problems that did not fail the sync (a status file or the stat cache
+    /// that could not be written).
     pub warnings: Vec<String>,
 }
 
@@ -229,8 +229,17 @@ impl Sender {
             }),
         };
         match scanned {
-            Ok((manifest, resolver, _cache_save)) => {
-                self.sync_manifest(&manifest, None, &resolver, stream)
+            Ok((manifest, resolver, mut cache_save)) => {
+                let mut result = self.sync_manifest(&manifest, None, &resolver, stream);
+                // Waited for even when the sync failed: the cache only
+                // speeds up the next scan, it never decides this one.
+                if let (Err(e), Ok(report)) = (cache_save.wait(), result.as_mut()) {
+                    report.warnings.push(format!(
+                        "the stat cache was not updated: {e}; the next scan reads the files \
+                         changed since it was last written again"
+                    ));
+                }
+                result
             }
             Err(e) => {
                 let mut conn = Conn::new(stream, self.limits, "the receiver");
