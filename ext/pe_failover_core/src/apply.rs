@@ -17,7 +17,8 @@
 //!    the CA certificate or key, or one that would delete more than the
 //!    allowed share of the live CA files;
 //! 4. writes each changed file as a temporary file in the same directory
-//!    (owner, mode, modification time set, synced), renames it into place,
+//!    (owner, mode, modification time and, when the file it replaces has
+//!    one, that file's SELinux label set; synced), renames it into place,
 //!    then fixes modes and owners, then deletes;
 //! 5. reloads puppetserver when a CRL changed (a failed reload is a warning);
 //! 6. records `applied.json` and `status.json`.
@@ -173,6 +174,9 @@ pub struct LiveChanges {
     pub temp_removed: u64,
     /// Bytes written.
     pub bytes_written: u64,
+    /// Replaced files and symlinks whose SELinux label the new ones took
+    /// over (none where SELinux never ran).
+    pub labels_kept: u64,
 }
 
 /// What one [`Applier::run`] did.
@@ -1093,12 +1097,20 @@ impl Applier {
             // Each temporary file's place and owner. Siblings share a parent:
             // it is checked (and its owner read) once per run of them.
             let mut owners: Vec<Option<(u32, u32)>> = Vec::with_capacity(plan.write.len());
+            // The SELinux label of each file or symlink replaced, if it has
+            // one: the new one gets it before it takes the old one's place.
+            let mut labels: Vec<Option<Vec<u8>>> = Vec::with_capacity(plan.write.len());
             let mut known_dir: Option<(PathBuf, Option<(u32, u32)>)> = None;
             for e in plan.write.iter().filter(|e| e.kind != EntryKind::Dir) {
                 let live_dest = resolve(&e.path)?;
                 // In a directory filled under a temporary name: written
                 // there under its own name (no rename of its own).
                 let inside = place(&fresh, &e.path, &live_dest);
+                let existing = live.get(&e.path).filter(|l| l.kind == e.kind);
+                labels.push(match (existing, &inside) {
+                    (Some(_), None) => fsutil::selinux_label(&live_dest)?,
+                    _ => None,
+                });
                 let dest = inside.clone().unwrap_or(live_dest);
                 let dir = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
                 if known_dir.as_ref().map(|(d, _)| d) != Some(&dir) {
@@ -1109,7 +1121,6 @@ impl Applier {
                     let parent_owner = fs::metadata(&dir).ok().map(|m| (m.uid(), m.gid()));
                     known_dir = Some((dir.clone(), parent_owner));
                 }
-                let existing = live.get(&e.path).filter(|l| l.kind == e.kind);
                 let parent_owner = known_dir.as_ref().and_then(|(_, o)| *o);
                 owners.push(match self.owner {
                     Owner::Fixed { uid, gid } => Some((uid, gid)),
@@ -1131,9 +1142,10 @@ impl Applier {
             let written: Vec<Result<u64>> = temps
                 .par_iter()
                 .zip(owners.par_iter())
-                .map(|((tmp, _, e), owner)| {
+                .zip(labels.par_iter())
+                .map(|(((tmp, _, e), owner), label)| {
                     cancel.check()?;
-                    let bytes = write_temp(target, tmp, e, *owner)?;
+                    let bytes = write_temp(target, tmp, e, *owner, label.as_deref())?;
                     flusher.wrote(bytes);
                     Ok(bytes)
                 })
@@ -1142,6 +1154,7 @@ impl Applier {
             for bytes in written {
                 out.bytes_written += bytes?;
             }
+            out.labels_kept += labels.iter().flatten().count() as u64;
             // One sync per file system (the ssl files may live on another).
             for under_ca in [true, false] {
                 let files: Vec<PathBuf> = temps
@@ -1488,10 +1501,17 @@ fn place(fresh: &[FreshDir], rel: &str, live: &Path) -> Option<PathBuf> {
 
 /// Writes the temporary file `tmp` for the snapshot entry `e` (a file
 /// copied from `target`'s store and verified on the way, or a symlink),
-/// owned by `owner` when given; returns the bytes written. Contents found
-/// damaged in the store are removed from it (named by their SHA-256, they
-/// are garbage: a resent transaction stores them again).
-fn write_temp(target: &Snapshot, tmp: &Path, e: &Entry, owner: Option<(u32, u32)>) -> Result<u64> {
+/// owned by `owner` and labelled `label` (SELinux) when given; returns the
+/// bytes written. Contents found damaged in the store are removed from it
+/// (named by their SHA-256, they are garbage: a resent transaction stores
+/// them again).
+fn write_temp(
+    target: &Snapshot,
+    tmp: &Path,
+    e: &Entry,
+    owner: Option<(u32, u32)>,
+    label: Option<&[u8]>,
+) -> Result<u64> {
     match e.kind {
         EntryKind::File => {
             let sha = e.sha256.as_deref().unwrap_or_default();
@@ -1527,6 +1547,9 @@ fn write_temp(target: &Snapshot, tmp: &Path, e: &Entry, owner: Option<(u32, u32)
                     .map_err(|err| Error::io("change owner of", tmp, err))?;
             }
             let _ = file.set_modified(system_time(e.mtime_ns));
+            if let Some(label) = label {
+                fsutil::set_selinux_label(tmp, label)?;
+            }
             Ok(e.size)
         }
         EntryKind::Symlink => {
@@ -1535,6 +1558,9 @@ fn write_temp(target: &Snapshot, tmp: &Path, e: &Entry, owner: Option<(u32, u32)
             if let Some((uid, gid)) = owner {
                 lchown(tmp, Some(uid), Some(gid))
                     .map_err(|err| Error::io("change owner of", tmp, err))?;
+            }
+            if let Some(label) = label {
+                fsutil::set_selinux_label(tmp, label)?;
             }
             Ok(0)
         }

@@ -567,6 +567,82 @@ pub(crate) fn unique_hex() -> String {
     )
 }
 
+/// The extended attribute that holds a file's SELinux label
+/// (NUL-terminated, as the system calls take it).
+const SELINUX_XATTR: &[u8] = b"security.selinux\0";
+
+fn c_path(path: &Path) -> Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} has a NUL byte in its name", path.display()),
+        )
+        .with_path(path)
+    })
+}
+
+/// The SELinux label of `path` (a symlink's own, not its target's), or
+/// none when it has none: SELinux was never enabled on the host, or the
+/// file system keeps no labels.
+pub(crate) fn selinux_label(path: &Path) -> Result<Option<Vec<u8>>> {
+    let name = c_path(path)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `name` and the attribute name are NUL-terminated; `buf`
+        // is valid for `buf.len()` bytes of writing.
+        let n = unsafe {
+            libc::lgetxattr(
+                name.as_ptr(),
+                SELINUX_XATTR.as_ptr().cast(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if let Ok(n) = usize::try_from(n) {
+            buf.truncate(n);
+            return Ok(Some(buf));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENODATA | libc::EOPNOTSUPP) => return Ok(None),
+            // Longer than expected (labels are short): once more with the
+            // largest value an attribute can have.
+            Some(libc::ERANGE) if buf.len() < 64 * 1024 => buf.resize(64 * 1024, 0),
+            _ => return Err(Error::io("read the SELinux label of", path, err)),
+        }
+    }
+}
+
+/// Gives `path` (a symlink itself, not its target) the SELinux `label`,
+/// as read by [`selinux_label`].
+pub(crate) fn set_selinux_label(path: &Path, label: &[u8]) -> Result<()> {
+    let name = c_path(path)?;
+    // SAFETY: `name` and the attribute name are NUL-terminated; `label` is
+    // valid for `label.len()` bytes of reading.
+    let rc = unsafe {
+        libc::lsetxattr(
+            name.as_ptr(),
+            SELINUX_XATTR.as_ptr().cast(),
+            label.as_ptr().cast(),
+            label.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    Err(
+        Error::io("set the SELinux label of", path, err).with_hint(format!(
+            "the applier gives each file it replaces the label of the old one ({}); \
+             run it as root in an unconfined domain (as the module's service does); \
+             no live file was replaced",
+            String::from_utf8_lossy(label.strip_suffix(b"\0").unwrap_or(label))
+        )),
+    )
+}
+
 /// Reads at most `limit` bytes of the regular file at `path` (not following
 /// a symlink); larger files are an [`ErrorKind::InvalidInput`] error.
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
@@ -623,6 +699,43 @@ mod tests {
         let gone = Flusher::new(&dir.path().join("missing"));
         gone.wrote(FLUSH_EVERY);
         assert!(gone.thread.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn selinux_labels_are_read_and_set_on_the_link_itself_and_absent_ones_are_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        let link = dir.path().join("l");
+        fs::write(&file, b"x").unwrap();
+        std::os::unix::fs::symlink("f", &link).unwrap();
+        assert_eq!(selinux_label(&file).unwrap(), None);
+        let missing = selinux_label(&dir.path().join("gone")).unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        assert!(missing.to_string().contains("gone"), "{missing}");
+        // Without SELinux the kernel keeps `security.*` attributes as given,
+        // but only root may set them.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let label = b"system_u:object_r:puppet_etc_t:s0\0";
+        set_selinux_label(&file, label).unwrap();
+        assert_eq!(selinux_label(&file).unwrap().as_deref(), Some(&label[..]));
+        assert_eq!(selinux_label(&link).unwrap(), None, "the link's own label");
+        let long = [
+            b"system_u:object_r:cert_t:s0:".as_slice(),
+            &[b'c'; 400],
+            b"\0",
+        ]
+        .concat();
+        set_selinux_label(&link, &long).unwrap();
+        assert_eq!(selinux_label(&link).unwrap(), Some(long));
+        assert_eq!(selinux_label(&file).unwrap().as_deref(), Some(&label[..]));
+        let err = set_selinux_label(&dir.path().join("gone"), label).unwrap_err();
+        assert!(
+            err.to_string().contains("gone") && err.to_string().contains("puppet_etc_t"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use pe_failover_core::cancel::CancelToken;
 use pe_failover_core::log::Logger;
 use pe_failover_core::runner::{ReplicaOutcome, Runner, WatchSummary};
 use pe_failover_core::ErrorKind;
+use util::selinux::{selinux_label, set_selinux_label};
 use util::sshd::{ClientKey, Sshd};
 use util::{ca_tree, TempTree};
 
@@ -279,13 +280,25 @@ fn sign_revoke_and_clean_each_reach_the_passive_through_sshd() {
     e.passive().apply(false).unwrap();
     e.assert_converged();
 
-    // Revoke only: the CRL changes, nothing in signed/.
+    // Revoke only: the CRL changes, nothing in signed/. The replaced CRL
+    // keeps its SELinux label (settable by root where no SELinux runs).
     e.revoke("node1.example.com");
     let run = e.sync_ok();
     assert_eq!(run.replicas[0].changed, ["ca/ca_crl.pem"]);
+    let label = b"system_u:object_r:puppet_etc_t:s0\0";
+    set_selinux_label(&e.b_cadir().join("ca_crl.pem"), label);
     let a = e.passive().apply(false).unwrap();
     assert!(a.report.live.written.contains(&"ca/ca_crl.pem".to_string()));
     assert!(a.report.reloaded);
+    assert_eq!(
+        selinux_label(&e.b_cadir().join("ca_crl.pem")).as_deref(),
+        Some(&label[..])
+    );
+    assert!(
+        a.lines[0].contains("SELinux labels kept on replaced files: 1"),
+        "{:?}",
+        a.lines
+    );
     e.assert_converged();
 
     // Clean: removed on the passive.

@@ -4,6 +4,8 @@
 
 #[path = "util/pair.rs"]
 mod pair;
+#[path = "util/selinux.rs"]
+mod selinux;
 
 use std::fs;
 use std::net::Shutdown;
@@ -21,6 +23,7 @@ use pe_failover_core::protocol::ReceiveOutcome;
 use pe_failover_core::replset::{detect_cadir, ReplicatedSet};
 use pe_failover_core::state::{ReceiverStatus, ReplicaStatus, SenderStatus, SyncOutcome};
 use pe_failover_core::ErrorKind;
+use selinux::{selinux_label, set_selinux_label};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -838,6 +841,62 @@ fn a_stat_cache_that_cannot_be_written_is_a_warning_of_the_sync_not_a_failure() 
         s.warnings
     );
     p.apply();
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn replaced_live_files_keep_their_selinux_labels() {
+    // Without SELinux the kernel keeps `security.selinux` as given, which
+    // stands in for the labels of an enforcing host; only root sets it.
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let p = Pair::new(5);
+    p.sync_and_apply();
+    let crl = p.b_cadir.join("ca_crl.pem");
+    let inventory = p.b_cadir.join("inventory.txt");
+    let ca_crt = p.b_cadir.join("ca_crt.pem");
+    let crl_label = b"system_u:object_r:puppet_etc_t:s0\0";
+    let inventory_label = b"unconfined_u:object_r:cert_t:s0\0";
+    set_selinux_label(&crl, crl_label);
+    set_selinux_label(&inventory, inventory_label);
+    set_selinux_label(&ca_crt, crl_label);
+    let inodes = |path: &Path| fs::symlink_metadata(path).unwrap().ino();
+    let (crl_ino, inventory_ino) = (inodes(&crl), inodes(&inventory));
+
+    p.sign("new.example.com");
+    p.revoke("node1.example.com");
+    let (_, a) = p.sync_and_apply();
+    for path in [
+        "ca/ca_crl.pem",
+        "ca/inventory.txt",
+        "ca/signed/new.example.com.pem",
+    ] {
+        assert!(
+            a.live.written.contains(&path.to_string()),
+            "{path}: {:?}",
+            a.live.written
+        );
+    }
+    assert_ne!(inodes(&crl), crl_ino, "replaced, not rewritten in place");
+    assert_ne!(inodes(&inventory), inventory_ino);
+    assert_eq!(selinux_label(&crl).as_deref(), Some(&crl_label[..]));
+    assert_eq!(
+        selinux_label(&inventory).as_deref(),
+        Some(&inventory_label[..])
+    );
+    assert_eq!(
+        selinux_label(&ca_crt).as_deref(),
+        Some(&crl_label[..]),
+        "untouched"
+    );
+    assert_eq!(
+        selinux_label(&p.b_cadir.join("signed/new.example.com.pem")),
+        None,
+        "a new file gets what its directory gives"
+    );
+    assert_eq!(a.live.labels_kept, 2);
     p.assert_converged(&[PASSIVE]);
 }
 

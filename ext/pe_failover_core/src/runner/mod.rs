@@ -374,6 +374,12 @@ impl Runner {
                 r.live.metadata_fixed.len()
             )
         };
+        if r.live.labels_kept > 0 {
+            msg.push_str(&format!(
+                "; SELinux labels kept on replaced files: {}",
+                r.live.labels_kept
+            ));
+        }
         if r.reloaded {
             msg.push_str("; puppetserver reloaded for the new CRL");
         }
