@@ -1547,9 +1547,7 @@ fn write_temp(
                     .map_err(|err| Error::io("change owner of", tmp, err))?;
             }
             let _ = file.set_modified(system_time(e.mtime_ns));
-            if let Some(label) = label {
-                fsutil::set_selinux_label(tmp, label)?;
-            }
+            keep_label(tmp, e, label)?;
             Ok(e.size)
         }
         EntryKind::Symlink => {
@@ -1559,13 +1557,35 @@ fn write_temp(
                 lchown(tmp, Some(uid), Some(gid))
                     .map_err(|err| Error::io("change owner of", tmp, err))?;
             }
-            if let Some(label) = label {
-                fsutil::set_selinux_label(tmp, label)?;
-            }
+            keep_label(tmp, e, label)?;
             Ok(0)
         }
         EntryKind::Dir => Ok(0),
     }
+}
+
+/// Gives the temporary file `tmp` for `e` the SELinux `label` of the live
+/// file it replaces, if any.
+fn keep_label(tmp: &Path, e: &Entry, label: Option<&[u8]>) -> Result<()> {
+    let Some(label) = label else {
+        return Ok(());
+    };
+    fsutil::set_selinux_label(tmp, label).map_err(|err| {
+        let shown = String::from_utf8_lossy(label.strip_suffix(b"\0").unwrap_or(label));
+        Error::new(
+            err.kind(),
+            format!(
+                "cannot give the new {} the SELinux label of the live file it replaces ({shown}): {}",
+                e.path,
+                err.message()
+            ),
+        )
+        .with_path(tmp)
+        .with_hint(
+            "the applier must be allowed to relabel files: run it as root in an unconfined \
+             domain, as the module's service does; no live file was replaced",
+        )
+    })
 }
 
 fn system_time(ns: i64) -> SystemTime {
@@ -1624,6 +1644,26 @@ mod tests {
             sha256: Some(sha.to_string().repeat(64)),
             target: None,
         }
+    }
+
+    #[test]
+    fn a_label_that_cannot_be_kept_names_the_file_the_label_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = file("ca/ca_crl.pem", 'a', 0o644);
+        // No label to keep: nothing to do, even for a path that is not there.
+        keep_label(&dir.path().join("gone"), &e, None).unwrap();
+        // A temporary file that vanished stands in for a refused relabel.
+        let err = keep_label(
+            &dir.path().join("gone"),
+            &e,
+            Some(b"system_u:object_r:cert_t:s0\0"),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("ca/ca_crl.pem"), "{text}");
+        assert!(text.contains("(system_u:object_r:cert_t:s0)"), "{text}");
+        assert!(text.contains("no live file was replaced"), "{text}");
+        assert_eq!(err.path(), Some(dir.path().join("gone").as_path()));
     }
 
     fn dir(path: &str) -> Entry {
