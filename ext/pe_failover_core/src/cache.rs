@@ -279,8 +279,8 @@ impl StatCache {
     /// Adds or replaces the entry for `path`. Entries added in path order
     /// (as a scan produces them) cost O(1) each. An entry whose digest is not
     /// 64 lowercase hex digits is not cached (it could never be trusted).
-    pub fn insert(&mut self, path: String, entry: CacheEntry) {
-        self.insert_parts(&path, &entry, &entry.sha256);
+    pub fn insert(&mut self, path: &str, entry: &CacheEntry) {
+        self.insert_parts(path, entry, &entry.sha256);
     }
 
     /// [`insert`](Self::insert) of `path` with the stat fields of `key` and
@@ -537,8 +537,8 @@ mod tests {
     fn sample() -> StatCache {
         let mut c = StatCache::default();
         c.insert(
-            "signed/a.pem".into(),
-            CacheEntry {
+            "signed/a.pem",
+            &CacheEntry {
                 size: 10,
                 mtime_ns: 1,
                 ctime_ns: 2,
@@ -632,11 +632,11 @@ mod tests {
     #[test]
     fn inserts_in_any_order_replace_and_look_up() {
         let mut c = StatCache::with_capacity(2);
-        c.insert("b".into(), entry(2, 'b'));
-        c.insert("a".into(), entry(1, 'a'));
-        c.insert("c".into(), entry(3, 'c'));
-        c.insert("b".into(), entry(20, 'd'));
-        c.insert("bad".into(), entry(9, 'x'));
+        c.insert("b", &entry(2, 'b'));
+        c.insert("a", &entry(1, 'a'));
+        c.insert("c", &entry(3, 'c'));
+        c.insert("b", &entry(20, 'd'));
+        c.insert("bad", &entry(9, 'x'));
         assert_eq!(c.len(), 3);
         assert_eq!(c.lookup("a", &entry(1, '0')), Some("a".repeat(64).as_str()));
         assert_eq!(c.lookup("b", &entry(2, '0')), None);
