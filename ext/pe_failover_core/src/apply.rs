@@ -17,8 +17,8 @@
 //!    the CA certificate or key, or one that would delete more than the
 //!    allowed share of the live CA files;
 //! 4. writes each changed file as a temporary file in the same directory
-//!    (owner, mode, modification time and, when the file it replaces has
-//!    one, that file's SELinux label set; synced), renames it into place,
+//!    (owner, mode, modification time and, when the entry it replaces has
+//!    one, that entry's SELinux label set; synced), renames it into place,
 //!    then fixes modes and owners, then deletes;
 //! 5. reloads puppetserver when a CRL changed (a failed reload is a warning);
 //! 6. records `applied.json` and `status.json`.
@@ -174,8 +174,8 @@ pub struct LiveChanges {
     pub temp_removed: u64,
     /// Bytes written.
     pub bytes_written: u64,
-    /// Replaced files and symlinks whose SELinux label the new ones took
-    /// over (none where SELinux never ran).
+    /// Replaced entries whose SELinux label the new ones took over (none
+    /// where SELinux never ran).
     pub labels_kept: u64,
 }
 
@@ -986,6 +986,8 @@ impl Applier {
     /// files hashed: the live side of a plan restricted to them.
     fn stat_live(&self, paths: &CaPaths, rels: &[&str]) -> Result<Manifest> {
         let mut entries = Vec::new();
+        // Whether each live directory of the cadir met so far is a real one.
+        let mut real_dirs: std::collections::HashMap<&str, bool> = Default::default();
         for (i, rel) in rels.iter().enumerate() {
             if i % 256 == 0 {
                 self.cancel.check()?;
@@ -997,6 +999,12 @@ impl Applier {
             let Some(abs) = paths.resolve(rel) else {
                 continue;
             };
+            // Below a symlink or a file (the target turns it into a
+            // directory), the live entry does not exist: a stat would go
+            // through the link into whatever it points to, or fail.
+            if !in_real_dirs(paths, rel, &mut real_dirs)? {
+                continue;
+            }
             let meta = match fs::symlink_metadata(&abs) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -1030,9 +1038,15 @@ impl Applier {
         };
         let mut touched_dirs: Vec<PathBuf> = Vec::new();
 
-        // Kind changes: clear the way.
+        // Kind changes: clear the way. The new entry gets the SELinux label
+        // of the one it replaces, as a file replaced by a file does.
+        let mut replaced_labels: std::collections::HashMap<&str, Vec<u8>> = Default::default();
         for rel in &plan.replace {
-            fsutil::remove_any(&resolve(rel)?)?;
+            let path = resolve(rel)?;
+            if let Some(label) = fsutil::selinux_label(&path)? {
+                replaced_labels.insert(rel.as_str(), label);
+            }
+            fsutil::remove_any(&path)?;
         }
         // Directories, parents first. One that does not exist yet is filled
         // under a temporary name beside it and renamed into place whole once
@@ -1072,6 +1086,10 @@ impl Applier {
                     lchown(&path, Some(uid), Some(gid))
                         .map_err(|err| Error::io("change owner of", &path, err))?;
                 }
+                if let Some(label) = replaced_labels.get(e.path.as_str()) {
+                    keep_label(&path, e, Some(label))?;
+                    out.labels_kept += 1;
+                }
                 out.dirs_created.push(e.path.clone());
                 match fresh.iter_mut().find(|f| f.holds(&e.path)) {
                     Some(f) => f.dirs.push(path),
@@ -1109,7 +1127,7 @@ impl Applier {
                 let existing = live.get(&e.path).filter(|l| l.kind == e.kind);
                 labels.push(match (existing, &inside) {
                     (Some(_), None) => fsutil::selinux_label(&live_dest)?,
-                    _ => None,
+                    _ => replaced_labels.get(e.path.as_str()).cloned(),
                 });
                 let dest = inside.clone().unwrap_or(live_dest);
                 let dir = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -1230,10 +1248,15 @@ impl Applier {
             fsutil::remove_any(&resolve(rel)?)?;
             out.temp_removed += 1;
         }
+        // Below an entry that a symlink or a file replaced, nothing is left
+        // to delete (it went with the directory), and a path through the
+        // new symlink would reach into whatever it points to.
+        let mut real_dirs: std::collections::HashMap<&str, bool> = Default::default();
         for rel in &plan.delete {
             self.cancel.check()?;
             let path = resolve(rel)?;
-            match fs::remove_file(&path) {
+            let gone = !in_real_dirs(paths, rel, &mut real_dirs)?;
+            match if gone { Ok(()) } else { fs::remove_file(&path) } {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io("remove", &path, e)),
@@ -1243,6 +1266,9 @@ impl Applier {
         }
         for rel in &plan.remove_dirs {
             let path = resolve(rel)?;
+            if !in_real_dirs(paths, rel, &mut real_dirs)? {
+                continue;
+            }
             match fs::remove_dir(&path) {
                 Ok(()) => out.dirs_removed.push(rel.clone()),
                 // Still holds kept or excluded files.
@@ -1417,6 +1443,44 @@ fn entry_of(path: &str, meta: &fs::Metadata, kind: EntryKind) -> Entry {
 
 /// The live entry of `<ssldir>/crl.pem` or `<ssldir>/certs/ca.pem`: a file
 /// (hashed), a symlink (to be replaced), or none.
+/// Whether every directory between the live cadir and the manifest path
+/// `rel` is a real directory (not a symlink, a file or missing); `known`
+/// remembers the answers for the next paths. Paths outside `ca/` are not
+/// checked.
+fn in_real_dirs<'a>(
+    paths: &CaPaths,
+    rel: &'a str,
+    known: &mut std::collections::HashMap<&'a str, bool>,
+) -> Result<bool> {
+    let Some(below) = rel.strip_prefix("ca/") else {
+        return Ok(true);
+    };
+    let mut end = 0;
+    while let Some(slash) = below[end..].find('/') {
+        end += slash;
+        let dir = &rel[..3 + end];
+        let real = match known.get(dir) {
+            Some(real) => *real,
+            None => {
+                let abs = paths.cadir.join(&below[..end]);
+                let real = match fs::symlink_metadata(&abs) {
+                    Ok(meta) => meta.is_dir(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => false,
+                    Err(e) => return Err(Error::io("stat", &abs, e)),
+                };
+                known.insert(dir, real);
+                real
+            }
+        };
+        if !real {
+            return Ok(false);
+        }
+        end += 1;
+    }
+    Ok(true)
+}
+
 fn live_file_entry(abs: &Path, rel: &str) -> Result<Option<Entry>> {
     let meta = match fs::symlink_metadata(abs) {
         Ok(m) => m,
@@ -1564,8 +1628,8 @@ fn write_temp(
     }
 }
 
-/// Gives the temporary file `tmp` for `e` the SELinux `label` of the live
-/// file it replaces, if any.
+/// Gives `tmp`, the new file, symlink or directory for `e`, the SELinux
+/// `label` of the live entry it replaces, if any.
 fn keep_label(tmp: &Path, e: &Entry, label: Option<&[u8]>) -> Result<()> {
     let Some(label) = label else {
         return Ok(());

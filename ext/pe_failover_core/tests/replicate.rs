@@ -901,6 +901,105 @@ fn replaced_live_files_keep_their_selinux_labels() {
 }
 
 #[test]
+fn an_entry_that_changes_kind_keeps_the_selinux_label_of_the_one_it_replaces() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let p = Pair::new(3);
+    let a_extra = p.a_cadir.join("extra.pem");
+    let b_extra = p.b_cadir.join("extra.pem");
+    fs::write(&a_extra, "a file first").unwrap();
+    p.sync_and_apply();
+    let label = b"system_u:object_r:cert_t:s0\0";
+    set_selinux_label(&b_extra, label);
+
+    // File -> symlink.
+    fs::remove_file(&a_extra).unwrap();
+    std::os::unix::fs::symlink("ca_crt.pem", &a_extra).unwrap();
+    let (_, a) = p.sync_and_apply();
+    assert!(fs::symlink_metadata(&b_extra)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(selinux_label(&b_extra).as_deref(), Some(&label[..]));
+    assert_eq!(a.live.labels_kept, 1);
+
+    // Symlink -> directory (with a file in it, which gets no label).
+    fs::remove_file(&a_extra).unwrap();
+    fs::create_dir(&a_extra).unwrap();
+    fs::write(a_extra.join("inside.pem"), "new").unwrap();
+    let (_, a) = p.sync_and_apply();
+    assert!(fs::symlink_metadata(&b_extra).unwrap().is_dir());
+    assert_eq!(selinux_label(&b_extra).as_deref(), Some(&label[..]));
+    assert_eq!(selinux_label(&b_extra.join("inside.pem")), None);
+    assert_eq!(a.live.labels_kept, 1);
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
+fn a_symlink_turned_into_a_directory_is_applied_whole_without_looking_through_it() {
+    let p = Pair::new(3);
+    let a_extra = p.a_cadir.join("extra");
+    let b_extra = p.b_cadir.join("extra");
+    // A symlink to signed/, then a directory holding a copy of one of the
+    // certificates in signed/: a stat of extra/<cert> through the old link
+    // finds that certificate, same contents, same mode.
+    std::os::unix::fs::symlink("signed", &a_extra).unwrap();
+    p.sync_and_apply();
+    assert!(fs::symlink_metadata(&b_extra)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let cert = "node1.example.com.pem";
+    fs::remove_file(&a_extra).unwrap();
+    fs::create_dir(&a_extra).unwrap();
+    fs::copy(p.a_cadir.join("signed").join(cert), a_extra.join(cert)).unwrap();
+    // Only the changed paths are compared (the watcher's applies).
+    let a = p.applier().verify(false);
+    p.sync();
+    let report = a.run().unwrap();
+    assert!(
+        report.live.written.contains(&format!("ca/extra/{cert}")),
+        "{:?}",
+        report.live
+    );
+    assert!(fs::symlink_metadata(&b_extra).unwrap().is_dir());
+    assert!(b_extra.join(cert).is_file());
+    p.assert_converged(&[PASSIVE]);
+
+    // Back to the symlink: extra/<cert> is deleted with the directory, not
+    // through the new link (which would delete signed/<cert>).
+    fs::remove_dir_all(&a_extra).unwrap();
+    std::os::unix::fs::symlink("signed", &a_extra).unwrap();
+    p.sync();
+    let report = p.applier().verify(false).run().unwrap();
+    assert!(report.live.deleted.contains(&format!("ca/extra/{cert}")));
+    assert!(
+        p.b_cadir.join("signed").join(cert).is_file(),
+        "deleted through the link"
+    );
+    p.assert_converged(&[PASSIVE]);
+
+    // A symlink to a file turned into a directory: the stat below it fails
+    // with "not a directory", which is no failure of the apply.
+    fs::remove_file(&a_extra).unwrap();
+    std::os::unix::fs::symlink("ca_crt.pem", &a_extra).unwrap();
+    p.sync_and_apply();
+    fs::remove_file(&a_extra).unwrap();
+    fs::create_dir(&a_extra).unwrap();
+    fs::write(a_extra.join("inside.pem"), "new").unwrap();
+    p.sync();
+    let report = p.applier().verify(false).run().unwrap();
+    assert!(report
+        .live
+        .written
+        .contains(&"ca/extra/inside.pem".to_string()));
+    assert!(report.live.dirs_created.contains(&"ca/extra".to_string()));
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
 fn the_cadir_is_detected_in_both_layouts() {
     let p = Pair::new(1);
     let ps = p.a_cadir.clone();
