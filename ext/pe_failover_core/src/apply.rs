@@ -808,10 +808,20 @@ impl Applier {
             .filter(|_| {
                 !self.verify && !self.force && record.in_progress.is_none() && paths.cadir.is_dir()
             });
-        let (live, restricted, live_files) = match delta_from {
+        // A changed path below something that is not a real directory (a
+        // kind change, or drift on this host such as a directory replaced by
+        // a symlink) makes it compare everything: only a whole scan sees
+        // what stands in the way, and nothing is written through a link.
+        let incremental = match delta_from {
             Some(prev) => {
                 let changed = changed_paths(&prev.manifest, &target.manifest);
-                let live = self.stat_live(&paths, &changed)?;
+                self.stat_live(&paths, &changed)?
+                    .map(|live| (prev, changed, live))
+            }
+            None => None,
+        };
+        let (live, restricted, live_files) = match incremental {
+            Some((prev, changed, live)) => {
                 let restricted = Manifest::from_entries(
                     changed
                         .iter()
@@ -982,9 +992,10 @@ impl Applier {
         Manifest::from_entries(entries)
     }
 
-    /// The live entries at the manifest paths `paths_of` (those that exist),
-    /// files hashed: the live side of a plan restricted to them.
-    fn stat_live(&self, paths: &CaPaths, rels: &[&str]) -> Result<Manifest> {
+    /// The live entries at the manifest paths `rels` (those that exist),
+    /// files hashed: the live side of a plan restricted to them. None when
+    /// one of them lies below something that is not a real directory.
+    fn stat_live(&self, paths: &CaPaths, rels: &[&str]) -> Result<Option<Manifest>> {
         let mut entries = Vec::new();
         // Whether each live directory of the cadir met so far is a real one.
         let mut real_dirs: std::collections::HashMap<&str, bool> = Default::default();
@@ -999,11 +1010,10 @@ impl Applier {
             let Some(abs) = paths.resolve(rel) else {
                 continue;
             };
-            // Below a symlink or a file (the target turns it into a
-            // directory), the live entry does not exist: a stat would go
-            // through the link into whatever it points to, or fail.
+            // Below a symlink or a file: a stat would go through the link
+            // into whatever it points to, or fail.
             if !in_real_dirs(paths, rel, &mut real_dirs)? {
-                continue;
+                return Ok(None);
             }
             let meta = match fs::symlink_metadata(&abs) {
                 Ok(m) => m,
@@ -1016,7 +1026,7 @@ impl Applier {
                 entries.push(e);
             }
         }
-        Manifest::from_entries(entries)
+        Manifest::from_entries(entries).map(Some)
     }
 
     /// Carries out `plan`; returns whether a CRL was written.

@@ -1000,6 +1000,35 @@ fn a_symlink_turned_into_a_directory_is_applied_whole_without_looking_through_it
 }
 
 #[test]
+fn a_live_directory_replaced_by_a_symlink_on_the_replica_is_not_written_through() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    // Drift on the replica: signed/ moved away and a symlink to another
+    // directory put in its place (by hand, or by whoever owns the cadir).
+    let elsewhere = p.dir.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let b_signed = p.b_cadir.join("signed");
+    fs::rename(&b_signed, p.dir.path().join("signed.moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &b_signed).unwrap();
+
+    p.sign("new.example.com");
+    p.sync();
+    // Only the changed paths would be compared; the link below one of them
+    // makes the applier compare everything, and replace the link.
+    let report = p.applier().verify(false).run().unwrap();
+    assert!(report.verified, "fell back to comparing everything");
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing written through the link"
+    );
+    assert!(fs::symlink_metadata(&b_signed).unwrap().is_dir());
+    assert!(b_signed.join("new.example.com.pem").is_file());
+    // The replica's own certificate went with the moved directory.
+    p.assert_converged(&[]);
+}
+
+#[test]
 fn the_cadir_is_detected_in_both_layouts() {
     let p = Pair::new(1);
     let ps = p.a_cadir.clone();
