@@ -997,8 +997,8 @@ impl Applier {
     /// one of them lies below something that is not a real directory.
     fn stat_live(&self, paths: &CaPaths, rels: &[&str]) -> Result<Option<Manifest>> {
         let mut entries = Vec::new();
-        // Whether each live directory of the cadir met so far is a real one.
-        let mut real_dirs: std::collections::HashMap<&str, bool> = Default::default();
+        // What each live directory of the cadir met so far is.
+        let mut dirs_met = Default::default();
         for (i, rel) in rels.iter().enumerate() {
             if i % 256 == 0 {
                 self.cancel.check()?;
@@ -1012,7 +1012,7 @@ impl Applier {
             };
             // Below a symlink or a file: a stat would go through the link
             // into whatever it points to, or fail.
-            if !in_real_dirs(paths, rel, &mut real_dirs)? {
+            if below_non_dir(paths, rel, &mut dirs_met)? {
                 return Ok(None);
             }
             let meta = match fs::symlink_metadata(&abs) {
@@ -1261,11 +1261,11 @@ impl Applier {
         // Below an entry that a symlink or a file replaced, nothing is left
         // to delete (it went with the directory), and a path through the
         // new symlink would reach into whatever it points to.
-        let mut real_dirs: std::collections::HashMap<&str, bool> = Default::default();
+        let mut dirs_met = Default::default();
         for rel in &plan.delete {
             self.cancel.check()?;
             let path = resolve(rel)?;
-            let gone = !in_real_dirs(paths, rel, &mut real_dirs)?;
+            let gone = below_non_dir(paths, rel, &mut dirs_met)?;
             match if gone { Ok(()) } else { fs::remove_file(&path) } {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -1276,7 +1276,7 @@ impl Applier {
         }
         for rel in &plan.remove_dirs {
             let path = resolve(rel)?;
-            if !in_real_dirs(paths, rel, &mut real_dirs)? {
+            if below_non_dir(paths, rel, &mut dirs_met)? {
                 continue;
             }
             match fs::remove_dir(&path) {
@@ -1451,46 +1451,49 @@ fn entry_of(path: &str, meta: &fs::Metadata, kind: EntryKind) -> Entry {
     }
 }
 
-/// The live entry of `<ssldir>/crl.pem` or `<ssldir>/certs/ca.pem`: a file
-/// (hashed), a symlink (to be replaced), or none.
-/// Whether every directory between the live cadir and the manifest path
-/// `rel` is a real directory (not a symlink, a file or missing); `known`
-/// remembers the answers for the next paths. Paths outside `ca/` are not
-/// checked.
-fn in_real_dirs<'a>(
+/// Whether something other than a directory (a symlink, a file) stands
+/// between the live cadir and the manifest path `rel`: no entry can exist
+/// there, and a path through a symlink would reach into whatever it points
+/// to. A missing directory is no such thing (nothing exists below it either,
+/// and writing creates it). `known` remembers each directory met (a
+/// directory, something else, or missing) for the next paths. Paths outside
+/// `ca/` are not checked.
+fn below_non_dir<'a>(
     paths: &CaPaths,
     rel: &'a str,
-    known: &mut std::collections::HashMap<&'a str, bool>,
+    known: &mut std::collections::HashMap<&'a str, Option<bool>>,
 ) -> Result<bool> {
     let Some(below) = rel.strip_prefix("ca/") else {
-        return Ok(true);
+        return Ok(false);
     };
     let mut end = 0;
     while let Some(slash) = below[end..].find('/') {
         end += slash;
-        let dir = &rel[..3 + end];
-        let real = match known.get(dir) {
-            Some(real) => *real,
+        let dir = &rel[.."ca/".len() + end];
+        let is_dir = match known.get(dir) {
+            Some(is_dir) => *is_dir,
             None => {
                 let abs = paths.cadir.join(&below[..end]);
-                let real = match fs::symlink_metadata(&abs) {
-                    Ok(meta) => meta.is_dir(),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => false,
+                let is_dir = match fs::symlink_metadata(&abs) {
+                    Ok(meta) => Some(meta.is_dir()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                     Err(e) => return Err(Error::io("stat", &abs, e)),
                 };
-                known.insert(dir, real);
-                real
+                known.insert(dir, is_dir);
+                is_dir
             }
         };
-        if !real {
-            return Ok(false);
+        match is_dir {
+            Some(true) => end += 1,
+            Some(false) => return Ok(true),
+            None => return Ok(false),
         }
-        end += 1;
     }
-    Ok(true)
+    Ok(false)
 }
 
+/// The live entry of `<ssldir>/crl.pem` or `<ssldir>/certs/ca.pem`: a file
+/// (hashed), a symlink (to be replaced), or none.
 fn live_file_entry(abs: &Path, rel: &str) -> Result<Option<Entry>> {
     let meta = match fs::symlink_metadata(abs) {
         Ok(m) => m,

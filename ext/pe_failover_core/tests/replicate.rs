@@ -1000,6 +1000,25 @@ fn a_symlink_turned_into_a_directory_is_applied_whole_without_looking_through_it
 }
 
 #[test]
+fn new_directories_are_applied_comparing_only_the_changed_paths() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    fs::create_dir_all(p.a_cadir.join("new/deeper")).unwrap();
+    fs::write(p.a_cadir.join("new/deeper/x.pem"), "x").unwrap();
+    p.sync();
+    let report = p.applier().verify(false).run().unwrap();
+    assert!(
+        !report.verified,
+        "a missing directory is no reason to compare everything"
+    );
+    assert!(report
+        .live
+        .written
+        .contains(&"ca/new/deeper/x.pem".to_string()));
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
 fn a_live_directory_replaced_by_a_symlink_on_the_replica_is_not_written_through() {
     let p = Pair::new(3);
     p.sync_and_apply();
