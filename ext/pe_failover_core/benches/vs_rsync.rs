@@ -322,10 +322,12 @@ fn timed(f: impl FnOnce()) -> Duration {
     t.elapsed()
 }
 
-fn row(n: usize, scenario: &str, ours: Duration, rsync: Duration) {
+/// One line of the table: `certs` (a count, or `-`), the scenario, both
+/// medians in ms, their ratio, then `note`.
+fn row(certs: &str, scenario: &str, ours: Duration, rsync: Duration, note: &str) {
     println!(
-        "{:>8} {:<28} {:>12.1} {:>12.1} {:>9.1}x",
-        n,
+        "{:>8} {:<28} {:>12.1} {:>12.1} {:>9.1}x{note}",
+        certs,
         scenario,
         ours.as_secs_f64() * 1000.0,
         rsync.as_secs_f64() * 1000.0,
@@ -350,7 +352,7 @@ fn compare(
         ours.push(timed(|| assert_eq!(b.ours(), expect)));
         theirs.push(timed(|| b.rsync()));
     }
-    row(n, scenario, median(ours), median(theirs));
+    row(&n.to_string(), scenario, median(ours), median(theirs), "");
 }
 
 fn percentile(mut v: Vec<Duration>, p: usize) -> Duration {
@@ -452,14 +454,12 @@ fn main() {
             let key = b.sshd.client("session", "true");
             let (ours, theirs): (Vec<_>, Vec<_>) =
                 (0..runs.max(9)).map(|_| b.session(&key)).unzip();
-            let (ours, theirs) = (median(ours), median(theirs));
-            println!(
-                "{:>8} {:<28} {:>12.1} {:>12.1} {:>9.1}x   (OpenSSH client)",
+            row(
                 "-",
                 "SSH session running `true`",
-                ours.as_secs_f64() * 1000.0,
-                theirs.as_secs_f64() * 1000.0,
-                theirs.as_secs_f64() / ours.as_secs_f64()
+                median(ours),
+                median(theirs),
+                "   (OpenSSH client)",
             );
         }
         if wanted("full") {
