@@ -50,6 +50,17 @@ impl CacheSave {
         })
     }
 
+    /// [`wait`](Self::wait), its failure told as a warning for the sync's
+    /// log or report (the cache only saves time: a sync never fails for it).
+    pub fn wait_for_warning(&mut self) -> Option<String> {
+        self.wait().err().map(|e| {
+            format!(
+                "the stat cache was not updated: {e}; it only saves time (files changed since \
+                 it was last written are read again by every scan), so fix this when convenient"
+            )
+        })
+    }
+
     /// Waits for the write to end and returns its outcome (`Ok` when there
     /// was none, or it was already waited for).
     pub fn wait(&mut self) -> Result<()> {

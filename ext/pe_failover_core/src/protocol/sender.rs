@@ -233,11 +233,10 @@ impl Sender {
                 let mut result = self.sync_manifest(&manifest, None, &resolver, stream);
                 // Waited for even when the sync failed: the cache only
                 // speeds up the next scan, it never decides this one.
-                if let (Err(e), Ok(report)) = (cache_save.wait(), result.as_mut()) {
-                    report.warnings.push(format!(
-                        "the stat cache was not updated: {e}; the next scan reads the files \
-                         changed since it was last written again"
-                    ));
+                if let (Some(warning), Ok(report)) =
+                    (cache_save.wait_for_warning(), result.as_mut())
+                {
+                    report.warnings.push(warning);
                 }
                 result
             }

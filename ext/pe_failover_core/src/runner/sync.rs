@@ -366,17 +366,8 @@ impl Runner {
         }
         // The caller may keep the scan (the watcher does), not the contents.
         crate::drop_in_background(std::mem::take(&mut scan.contents));
-        if let Err(e) = scan.cache_save.wait() {
-            let line = self.log(
-                "sync",
-                Status::Warning,
-                &format!(
-                    "the stat cache was not updated: {e}; it only saves time (files changed \
-                     since it was last written are read again by every scan), so fix this when \
-                     convenient"
-                ),
-            );
-            run.lines.push(line);
+        if let Some(warning) = scan.cache_save.wait_for_warning() {
+            run.lines.push(self.log("sync", Status::Warning, &warning));
         }
         Ok((run, scan))
     }
