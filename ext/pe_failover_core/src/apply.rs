@@ -996,9 +996,20 @@ impl Applier {
     /// files hashed: the live side of a plan restricted to them. None when
     /// one of them lies below something that is not a real directory.
     fn stat_live(&self, paths: &CaPaths, rels: &[&str]) -> Result<Option<Manifest>> {
+        // Below a symlink or a file, a stat would go through the link into
+        // whatever it points to, or fail: the caller compares everything.
+        let mut blocked = false;
+        crate::snapshot::check_each_parent(
+            rels.iter().copied().filter(|r| r.starts_with("ca/")),
+            |_, parent| {
+                blocked = blocked || non_dir_on_the_way(paths, parent)?;
+                Ok(())
+            },
+        )?;
+        if blocked {
+            return Ok(None);
+        }
         let mut entries = Vec::new();
-        // What each live directory of the cadir met so far is.
-        let mut dirs_met = Default::default();
         for (i, rel) in rels.iter().enumerate() {
             if i % 256 == 0 {
                 self.cancel.check()?;
@@ -1010,11 +1021,6 @@ impl Applier {
             let Some(abs) = paths.resolve(rel) else {
                 continue;
             };
-            // Below a symlink or a file: a stat would go through the link
-            // into whatever it points to, or fail.
-            if below_non_dir(paths, rel, &mut dirs_met)? {
-                return Ok(None);
-            }
             let meta = match fs::symlink_metadata(&abs) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -1258,14 +1264,19 @@ impl Applier {
             fsutil::remove_any(&resolve(rel)?)?;
             out.temp_removed += 1;
         }
-        // Below an entry that a symlink or a file replaced, nothing is left
-        // to delete (it went with the directory), and a path through the
-        // new symlink would reach into whatever it points to.
-        let mut dirs_met = Default::default();
+        // Below an entry of another kind now, nothing is left to delete (it
+        // went with the directory), and a path through a new symlink would
+        // reach into whatever it points to.
+        let under_replaced = |rel: &str| {
+            plan.replace.iter().any(|r| {
+                rel.strip_prefix(r.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        };
         for rel in &plan.delete {
             self.cancel.check()?;
             let path = resolve(rel)?;
-            let gone = below_non_dir(paths, rel, &mut dirs_met)?;
+            let gone = under_replaced(rel);
             match if gone { Ok(()) } else { fs::remove_file(&path) } {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -1276,7 +1287,7 @@ impl Applier {
         }
         for rel in &plan.remove_dirs {
             let path = resolve(rel)?;
-            if below_non_dir(paths, rel, &mut dirs_met)? {
+            if under_replaced(rel) {
                 continue;
             }
             match fs::remove_dir(&path) {
@@ -1451,42 +1462,22 @@ fn entry_of(path: &str, meta: &fs::Metadata, kind: EntryKind) -> Entry {
     }
 }
 
-/// Whether something other than a directory (a symlink, a file) stands
-/// between the live cadir and the manifest path `rel`: no entry can exist
-/// there, and a path through a symlink would reach into whatever it points
-/// to. A missing directory is no such thing (nothing exists below it either,
-/// and writing creates it). `known` remembers each directory met (a
-/// directory, something else, or missing) for the next paths. Paths outside
-/// `ca/` are not checked.
-fn below_non_dir<'a>(
-    paths: &CaPaths,
-    rel: &'a str,
-    known: &mut std::collections::HashMap<&'a str, Option<bool>>,
-) -> Result<bool> {
-    let Some(below) = rel.strip_prefix("ca/") else {
+/// Whether something other than a directory (a symlink, a file) stands at
+/// the manifest directory path `dir` or above it in the live cadir. A
+/// missing directory ends the walk: nothing is below it, and writing
+/// creates it. Paths outside `ca/` are not checked.
+fn non_dir_on_the_way(paths: &CaPaths, dir: &str) -> Result<bool> {
+    let Some(below) = dir.strip_prefix("ca/") else {
         return Ok(false);
     };
-    let mut end = 0;
-    while let Some(slash) = below[end..].find('/') {
-        end += slash;
-        let dir = &rel[.."ca/".len() + end];
-        let is_dir = match known.get(dir) {
-            Some(is_dir) => *is_dir,
-            None => {
-                let abs = paths.cadir.join(&below[..end]);
-                let is_dir = match fs::symlink_metadata(&abs) {
-                    Ok(meta) => Some(meta.is_dir()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(Error::io("stat", &abs, e)),
-                };
-                known.insert(dir, is_dir);
-                is_dir
-            }
-        };
-        match is_dir {
-            Some(true) => end += 1,
-            Some(false) => return Ok(true),
-            None => return Ok(false),
+    let mut abs = paths.cadir.clone();
+    for part in below.split('/') {
+        abs.push(part);
+        match fs::symlink_metadata(&abs) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("stat", &abs, e)),
         }
     }
     Ok(false)
