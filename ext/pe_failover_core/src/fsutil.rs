@@ -587,8 +587,17 @@ fn c_path(path: &Path) -> Result<std::ffi::CString> {
 /// file system keeps no labels.
 pub(crate) fn selinux_label(path: &Path) -> Result<Option<Vec<u8>>> {
     let name = c_path(path)?;
-    let mut buf = vec![0u8; 256];
+    // Labels are short: read into the stack first (nothing allocated for a
+    // file without one), then, when that is too small, into the largest
+    // value an attribute can have.
+    let mut small = [0u8; 256];
+    let mut large = Vec::new();
     loop {
+        let buf: &mut [u8] = if large.is_empty() {
+            &mut small
+        } else {
+            &mut large
+        };
         // SAFETY: `name` and the attribute name are NUL-terminated; `buf`
         // is valid for `buf.len()` bytes of writing.
         let n = unsafe {
@@ -600,15 +609,12 @@ pub(crate) fn selinux_label(path: &Path) -> Result<Option<Vec<u8>>> {
             )
         };
         if let Ok(n) = usize::try_from(n) {
-            buf.truncate(n);
-            return Ok(Some(buf));
+            return Ok(Some(buf[..n].to_vec()));
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::ENODATA | libc::EOPNOTSUPP) => return Ok(None),
-            // Longer than expected (labels are short): once more with the
-            // largest value an attribute can have.
-            Some(libc::ERANGE) if buf.len() < 64 * 1024 => buf.resize(64 * 1024, 0),
+            Some(libc::ERANGE) if large.is_empty() => large = vec![0u8; 64 * 1024],
             _ => return Err(Error::io("read the SELinux label of", path, err)),
         }
     }
