@@ -827,10 +827,7 @@ fn a_stat_cache_that_cannot_be_written_is_a_warning_of_the_sync_not_a_failure() 
     let cache = p.a_state.join("ca.scan");
     fs::create_dir_all(&cache).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    let sender =
-        pe_failover_core::protocol::Sender::new(p.set().cache_file(&cache), PASSIVE, &p.a_state)
-            .sender_host(ACTIVE);
-    let (s, r) = p.sync_with(sender, p.receiver());
+    let (s, r) = p.sync_with(p.sender_of(p.set().cache_file(&cache)), p.receiver());
     let s = s.unwrap();
     assert_eq!(s.outcome, SyncOutcome::Committed);
     assert_eq!(r.unwrap().outcome, ReceiveOutcome::Stored);

@@ -146,7 +146,12 @@ impl Pair {
     }
 
     pub fn sender(&self) -> Sender {
-        Sender::new(self.set(), PASSIVE, &self.a_state).sender_host(ACTIVE)
+        self.sender_of(self.set())
+    }
+
+    /// The active's sender to the passive, shipping `set`.
+    pub fn sender_of(&self, set: ReplicatedSet) -> Sender {
+        Sender::new(set, PASSIVE, &self.a_state).sender_host(ACTIVE)
     }
 
     pub fn receiver(&self) -> Receiver {
