@@ -45,6 +45,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::beneath::Beneath;
 use crate::cache::write_atomically;
 use crate::cancel::CancelToken;
 use crate::exclude::Excludes;
@@ -1035,9 +1036,28 @@ impl Applier {
         Manifest::from_entries(entries).map(Some)
     }
 
-    /// Carries out `plan`; returns whether a CRL was written.
+    /// Carries out `plan`; returns whether a CRL was written. Every live
+    /// entry is reached through its directory, opened down from the
+    /// directories above the cadir and the ssldir without following links
+    /// (see [`Beneath`]), so nothing is written or deleted through a link
+    /// put in place of a directory after the compare.
     fn execute(
         &self,
+        paths: &CaPaths,
+        target: &Snapshot,
+        live: &Manifest,
+        plan: &LivePlan,
+        out: &mut LiveChanges,
+    ) -> Result<bool> {
+        let anchor = |p: &Path| p.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let mut tree = Beneath::new([anchor(&paths.cadir), anchor(&paths.ssldir)])?;
+        let result = self.execute_in(&mut tree, paths, target, live, plan, out);
+        result.map_err(|e| tree.explain(e))
+    }
+
+    fn execute_in(
+        &self,
+        tree: &mut Beneath,
         paths: &CaPaths,
         target: &Snapshot,
         live: &Manifest,
@@ -1059,10 +1079,12 @@ impl Applier {
         let mut replaced_labels: std::collections::HashMap<&str, Vec<u8>> = Default::default();
         for rel in &plan.replace {
             let path = resolve(rel)?;
-            if let Some(label) = fsutil::selinux_label(&path)? {
+            let at = tree.at(&path)?;
+            if let Some(label) = fsutil::selinux_label(&at)? {
                 replaced_labels.insert(rel.as_str(), label);
             }
-            fsutil::remove_any(&path)?;
+            fsutil::remove_any(&at)?;
+            tree.forget(&path);
         }
         // Directories, parents first. One that does not exist yet is filled
         // under a temporary name beside it and renamed into place whole once
@@ -1074,36 +1096,35 @@ impl Applier {
             for e in &plan.create_dirs {
                 self.cancel.check()?;
                 let live = resolve(&e.path)?;
+                let parent = live.parent().unwrap_or(Path::new("/"));
                 let path = match place(&fresh, &e.path, &live) {
                     Some(inside) => inside,
-                    None if fs::symlink_metadata(&live).is_err() => {
-                        let parent = live.parent().unwrap_or(Path::new("/"));
-                        fs::create_dir_all(parent)
-                            .map_err(|err| Error::io("create directory", parent, err))?;
-                        let tmp = parent.join(format!("{TEMP_PREFIX}{}", fsutil::unique_hex()));
-                        fs::create_dir(&tmp)
-                            .map_err(|err| Error::io("create directory", &tmp, err))?;
-                        fresh.push(FreshDir {
-                            rel: e.path.clone(),
-                            tmp: tmp.clone(),
-                            live: live.clone(),
-                            dirs: Vec::new(),
-                        });
-                        tmp
+                    None => {
+                        tree.make_dirs(parent)?;
+                        if fs::symlink_metadata(tree.at(&live)?).is_err() {
+                            let tmp = parent.join(format!("{TEMP_PREFIX}{}", fsutil::unique_hex()));
+                            fs::create_dir(tree.at(&tmp)?)
+                                .map_err(|err| Error::io("create directory", &tmp, err))?;
+                            fresh.push(FreshDir {
+                                rel: e.path.clone(),
+                                tmp: tmp.clone(),
+                                live: live.clone(),
+                                dirs: Vec::new(),
+                            });
+                            tmp
+                        } else {
+                            live.clone()
+                        }
                     }
-                    None => live.clone(),
                 };
-                if !path.is_dir() {
-                    fs::create_dir_all(&path)
-                        .map_err(|err| Error::io("create directory", &path, err))?;
-                }
-                set_mode(&path, e.mode)?;
-                if let Some((uid, gid)) = self.owner_for(&path, None) {
-                    lchown(&path, Some(uid), Some(gid))
-                        .map_err(|err| Error::io("change owner of", &path, err))?;
-                }
+                tree.make_dirs(&path)?;
+                let owner = match self.owner {
+                    Owner::Fixed { uid, gid } => Some((uid, gid)),
+                    Owner::Inherit => tree.owner_of(path.parent().unwrap_or(parent))?,
+                };
+                tree.set_dir_meta(&path, e.mode, owner)?;
                 if let Some(label) = replaced_labels.get(e.path.as_str()) {
-                    keep_label(&path, e, Some(label))?;
+                    keep_label(&tree.at(&path)?, e, Some(label))?;
                     out.labels_kept += 1;
                 }
                 out.dirs_created.push(e.path.clone());
@@ -1118,7 +1139,9 @@ impl Applier {
         })();
         if let Err(e) = result {
             for f in &fresh {
-                let _ = fsutil::remove_any(&f.tmp);
+                if let Ok(at) = tree.at(&f.tmp) {
+                    let _ = fsutil::remove_any(&at);
+                }
             }
             return Err(e);
         }
@@ -1126,7 +1149,7 @@ impl Applier {
         // Files: temporary copies first (written by every core), synced,
         // then renamed into place; in a directory filled under a temporary
         // name, the files themselves.
-        let mut temps: Vec<(PathBuf, Option<PathBuf>, &Entry)> = Vec::new();
+        let mut temps: Vec<Temp> = Vec::new();
         let result = (|| -> Result<bool> {
             // Each temporary file's place and owner. Siblings share a parent:
             // it is checked (and its owner read) once per run of them.
@@ -1142,17 +1165,14 @@ impl Applier {
                 let inside = place(&fresh, &e.path, &live_dest);
                 let existing = live.get(&e.path).filter(|l| l.kind == e.kind);
                 labels.push(match (existing, &inside) {
-                    (Some(_), None) => fsutil::selinux_label(&live_dest)?,
+                    (Some(_), None) => fsutil::selinux_label(&tree.at(&live_dest)?)?,
                     _ => replaced_labels.get(e.path.as_str()).cloned(),
                 });
                 let dest = inside.clone().unwrap_or(live_dest);
                 let dir = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
                 if known_dir.as_ref().map(|(d, _)| d) != Some(&dir) {
-                    if !dir.is_dir() {
-                        fs::create_dir_all(&dir)
-                            .map_err(|err| Error::io("create directory", &dir, err))?;
-                    }
-                    let parent_owner = fs::metadata(&dir).ok().map(|m| (m.uid(), m.gid()));
+                    tree.make_dirs(&dir)?;
+                    let parent_owner = tree.owner_of(&dir)?;
                     known_dir = Some((dir.clone(), parent_owner));
                 }
                 let parent_owner = known_dir.as_ref().and_then(|(_, o)| *o);
@@ -1161,10 +1181,18 @@ impl Applier {
                     Owner::Inherit => existing.map(|l| (l.uid, l.gid)).or(parent_owner),
                 });
                 temps.push(match inside {
-                    Some(_) => (dest, None, e),
+                    Some(_) => Temp {
+                        at: tree.at(&dest)?,
+                        dest: None,
+                        entry: e,
+                    },
                     None => {
                         let tmp = dir.join(format!("{TEMP_PREFIX}{}", fsutil::unique_hex()));
-                        (tmp, Some(dest), e)
+                        Temp {
+                            at: tree.at(&tmp)?,
+                            dest: Some((tree.at(&dest)?, dest)),
+                            entry: e,
+                        }
                     }
                 });
             }
@@ -1177,9 +1205,9 @@ impl Applier {
                 .par_iter()
                 .zip(owners.par_iter())
                 .zip(labels.par_iter())
-                .map(|(((tmp, _, e), owner), label)| {
+                .map(|((t, owner), label)| {
                     cancel.check()?;
-                    let bytes = write_temp(target, tmp, e, *owner, label.as_deref())?;
+                    let bytes = write_temp(target, &t.at, t.entry, *owner, label.as_deref())?;
                     flusher.wrote(bytes);
                     Ok(bytes)
                 })
@@ -1193,9 +1221,9 @@ impl Applier {
             for under_ca in [true, false] {
                 let files: Vec<PathBuf> = temps
                     .iter()
-                    .filter(|(_, _, e)| e.kind == EntryKind::File)
-                    .filter(|(_, _, e)| e.path.starts_with("ca/") == under_ca)
-                    .map(|(t, _, _)| t.clone())
+                    .filter(|t| t.entry.kind == EntryKind::File)
+                    .filter(|t| t.entry.path.starts_with("ca/") == under_ca)
+                    .map(|t| t.at.clone())
                     .collect();
                 if !files.is_empty() {
                     fsutil::sync_new_files(&files)?;
@@ -1203,56 +1231,62 @@ impl Applier {
             }
             let mut crl = false;
             let mut renamed = 0;
-            for (tmp, dest, e) in &temps {
+            for t in &temps {
                 self.cancel.check()?;
-                if let Some(dest) = dest {
-                    fs::rename(tmp, dest)
+                if let Some((dest_at, dest)) = &t.dest {
+                    fs::rename(&t.at, dest_at)
                         .map_err(|err| Error::io("rename into place", dest, err))?;
                     note_parent(&mut touched_dirs, dest);
                 }
                 renamed += 1;
-                out.written.push(e.path.clone());
-                crl |= e.path == CA_CRL || e.path == SSL_CRL;
-                self.progress.live_entry(&e.path);
+                let path = &t.entry.path;
+                out.written.push(path.clone());
+                crl |= path == CA_CRL || path == SSL_CRL;
+                self.progress.live_entry(path);
             }
             temps.drain(..renamed);
             // The directories filled under temporary names: their entries
             // made durable, then each renamed into place whole.
             for f in &fresh {
                 for d in f.dirs.iter().rev() {
-                    fsutil::fsync_dir(d)?;
+                    tree.sync_dir(d)?;
                 }
-                fs::rename(&f.tmp, &f.live)
+                fs::rename(tree.at(&f.tmp)?, tree.at(&f.live)?)
                     .map_err(|err| Error::io("rename into place", &f.live, err))?;
+                tree.forget(&f.tmp);
                 note_parent(&mut touched_dirs, &f.live);
             }
             fresh.clear();
             Ok(crl)
         })();
         if result.is_err() {
-            for (tmp, dest, _) in &temps {
-                if dest.is_some() {
-                    let _ = fs::remove_file(tmp);
+            for t in &temps {
+                if t.dest.is_some() {
+                    let _ = fs::remove_file(&t.at);
                 }
             }
             for f in &fresh {
-                let _ = fsutil::remove_any(&f.tmp);
+                if let Ok(at) = tree.at(&f.tmp) {
+                    let _ = fsutil::remove_any(&at);
+                }
             }
         }
         let crl = result?;
         for d in &touched_dirs {
-            fsutil::fsync_dir(d)?;
+            tree.sync_dir(d)?;
         }
 
         // Modes and owners.
         for e in &plan.fix_metadata {
             self.cancel.check()?;
             let path = resolve(&e.path)?;
+            let at = tree.at(&path)?;
             if e.kind != EntryKind::Symlink {
-                set_mode(&path, e.mode)?;
+                fsutil::chmod_nofollow(&at, e.mode)
+                    .map_err(|err| Error::io("set permissions of", &path, err))?;
             }
             if let Owner::Fixed { uid, gid } = self.owner {
-                lchown(&path, Some(uid), Some(gid))
+                lchown(&at, Some(uid), Some(gid))
                     .map_err(|err| Error::io("change owner of", &path, err))?;
             }
             out.metadata_fixed.push(e.path.clone());
@@ -1261,12 +1295,13 @@ impl Applier {
 
         // Deletions, deepest first.
         for rel in &plan.temp_files {
-            fsutil::remove_any(&resolve(rel)?)?;
+            if let Some(at) = tree.at_existing(&resolve(rel)?)? {
+                fsutil::remove_any(&at)?;
+            }
             out.temp_removed += 1;
         }
         // Below an entry of another kind now, nothing is left to delete (it
-        // went with the directory), and a path through a new symlink would
-        // reach into whatever it points to.
+        // went with the directory).
         let under_replaced = |rel: &str| {
             plan.replace.iter().any(|r| {
                 rel.strip_prefix(r.as_str())
@@ -1276,11 +1311,14 @@ impl Applier {
         for rel in &plan.delete {
             self.cancel.check()?;
             let path = resolve(rel)?;
-            let gone = under_replaced(rel);
-            match if gone { Ok(()) } else { fs::remove_file(&path) } {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove", &path, e)),
+            if !under_replaced(rel) {
+                if let Some(at) = tree.at_existing(&path)? {
+                    match fs::remove_file(at) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io("remove", &path, e)),
+                    }
+                }
             }
             out.deleted.push(rel.clone());
             self.progress.live_entry(rel);
@@ -1290,37 +1328,27 @@ impl Applier {
             if under_replaced(rel) {
                 continue;
             }
-            match fs::remove_dir(&path) {
-                Ok(()) => out.dirs_removed.push(rel.clone()),
+            let Some(at) = tree.at_existing(&path)? else {
+                continue;
+            };
+            match fs::remove_dir(at) {
+                Ok(()) => {
+                    tree.forget(&path);
+                    out.dirs_removed.push(rel.clone());
+                }
                 // Still holds kept or excluded files.
                 Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io("remove directory", &path, e)),
             }
         }
-        if !plan.delete.is_empty() || !plan.remove_dirs.is_empty() {
-            for rel in plan.delete.iter().chain(&plan.remove_dirs) {
-                let path = resolve(rel)?;
-                if let Some(parent) = path.parent().filter(|p| p.is_dir()) {
-                    if note_parent(&mut touched_dirs, &path) {
-                        fsutil::fsync_dir(parent)?;
-                    }
-                }
+        for rel in plan.delete.iter().chain(&plan.remove_dirs) {
+            let path = resolve(rel)?;
+            if !under_replaced(rel) && note_parent(&mut touched_dirs, &path) {
+                tree.sync_dir(path.parent().unwrap_or(Path::new("/")))?;
             }
         }
         Ok(crl)
-    }
-
-    /// The owner a written entry at `path` gets.
-    fn owner_for(&self, path: &Path, existing: Option<&Entry>) -> Option<(u32, u32)> {
-        match self.owner {
-            Owner::Fixed { uid, gid } => Some((uid, gid)),
-            Owner::Inherit => existing.map(|e| (e.uid, e.gid)).or_else(|| {
-                path.parent()
-                    .and_then(|p| fs::metadata(p).ok())
-                    .map(|m| (m.uid(), m.gid()))
-            }),
-        }
     }
 
     fn write_status(
@@ -1515,12 +1543,6 @@ fn live_file_entry(abs: &Path, rel: &str) -> Result<Option<Entry>> {
     Ok(Some(e))
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io("set permissions of", path, e))
-}
-
 /// Adds `path`'s parent to `dirs` (the directories whose entries changed,
 /// synced once each) unless it is there; returns whether it was added.
 fn note_parent(dirs: &mut Vec<PathBuf>, path: &Path) -> bool {
@@ -1552,6 +1574,16 @@ impl FreshDir {
         rel.strip_prefix(self.rel.as_str())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
+}
+
+/// A file or symlink the applier writes: where (a name through its
+/// directory's descriptor), and, unless it is written in a directory
+/// filled under a temporary name, where it is renamed to (through its
+/// directory's descriptor, and the live path).
+struct Temp<'p> {
+    at: PathBuf,
+    dest: Option<(PathBuf, PathBuf)>,
+    entry: &'p Entry,
 }
 
 /// Where the entry at manifest path `rel` (live path `live`) is written

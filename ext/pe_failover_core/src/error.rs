@@ -169,6 +169,18 @@ impl Error {
         self
     }
 
+    /// This error with `rewrite` applied to the paths in its message,
+    /// path and hint.
+    pub(crate) fn map_paths(mut self, rewrite: impl Fn(&str) -> String) -> Self {
+        self.message = rewrite(&self.message);
+        self.hint = self.hint.map(|h| rewrite(&h));
+        self.path = self.path.map(|p| match p.to_str() {
+            Some(text) => PathBuf::from(rewrite(text)),
+            None => p,
+        });
+        self
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -35,6 +35,22 @@ pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Gives `path` permission bits `mode` unless it is a symbolic link (a
+/// link at its last component is neither followed nor changed).
+pub(crate) fn chmod_nofollow(path: &Path, mode: u32) -> io::Result<()> {
+    let handle = File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if handle.metadata()?.file_type().is_symlink() {
+        return Ok(());
+    }
+    // The handle's own entry in /proc names the inode it holds, whatever
+    // is at `path` by now.
+    let held = Path::new("/proc/self/fd").join(handle.as_raw_fd().to_string());
+    fs::set_permissions(held, fs::Permissions::from_mode(mode))
+}
+
 /// Creates `path` (and missing parents) and sets the permission bits of
 /// `path` itself to `mode`, whatever the umask.
 pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<()> {

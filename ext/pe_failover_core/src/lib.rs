@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod apply;
+mod beneath;
 pub mod cache;
 pub mod cancel;
 pub mod classifier;

@@ -1395,6 +1395,115 @@ fn a_failing_reload_is_a_warning_not_a_rollback() {
     );
 }
 
+/// When the applier reports the live entry `after`, moves the live entry
+/// `entry` away and leaves a symlink to `elsewhere` in its place: what the
+/// owner of the cadir could do between the applier's compare and its
+/// writes.
+struct SwapForLink {
+    after: &'static str,
+    entry: PathBuf,
+    moved: PathBuf,
+    elsewhere: PathBuf,
+}
+
+impl ApplyProgress for SwapForLink {
+    fn live_entry(&self, path: &str) {
+        if path == self.after {
+            fs::rename(&self.entry, &self.moved).unwrap();
+            std::os::unix::fs::symlink(&self.elsewhere, &self.entry).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_directory_swapped_for_a_symlink_during_the_apply_is_not_written_or_deleted_through() {
+    // Swapped between two renames into `signed/`, and after the last one
+    // (before the deletion).
+    for after in [
+        "ca/signed/new1.example.com.pem",
+        "ca/signed/new2.example.com.pem",
+    ] {
+        let p = Pair::new(20);
+        p.sync_and_apply();
+        // A file of the name the apply deletes, where the link will point.
+        let elsewhere = p.dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(elsewhere.join("node3.example.com.pem"), "not a CA file").unwrap();
+        p.sign("new1.example.com");
+        p.sign("new2.example.com");
+        p.clean("node3.example.com");
+        p.sync();
+
+        let moved = p.dir.path().join("signed.moved");
+        let b_signed = p.b_cadir.join("signed");
+        let report = p
+            .applier()
+            .progress(SwapForLink {
+                after,
+                entry: b_signed.clone(),
+                moved: moved.clone(),
+                elsewhere: elsewhere.clone(),
+            })
+            .run()
+            .unwrap();
+        assert_eq!(report.live.deleted.len(), 1, "{:?}", report.live);
+        assert_eq!(
+            walk(&elsewhere),
+            vec!["node3.example.com.pem".to_string()],
+            "nothing written or deleted through the link (swapped after {after})"
+        );
+        assert_eq!(
+            fs::read(elsewhere.join("node3.example.com.pem")).unwrap(),
+            b"not a CA file"
+        );
+        // The writes and the deletion happened in the directory the
+        // applier had opened, wherever it went.
+        assert!(moved.join("new1.example.com.pem").is_file());
+        assert!(moved.join("new2.example.com.pem").is_file());
+        assert!(!moved.join("node3.example.com.pem").exists());
+        // The next apply that compares everything replaces the link.
+        p.applier().verify(true).run().unwrap();
+        assert!(fs::symlink_metadata(&b_signed).unwrap().is_dir());
+        p.assert_converged(&[]);
+    }
+}
+
+#[test]
+fn a_file_swapped_for_a_symlink_before_its_mode_is_fixed_leaves_the_target_alone() {
+    let p = Pair::new(3);
+    p.sync_and_apply();
+    // Two live files whose modes drifted; the second becomes a link to a
+    // private file once the first is fixed.
+    for f in ["ca_crt.pem", "ca_pub.pem"] {
+        fs::set_permissions(p.b_cadir.join(f), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let secret = p.dir.path().join("secret");
+    fs::write(&secret, "private").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let report = p
+        .applier()
+        .verify(true)
+        .progress(SwapForLink {
+            after: "ca/ca_crt.pem",
+            entry: p.b_cadir.join("ca_pub.pem"),
+            moved: p.dir.path().join("ca_pub.moved"),
+            elsewhere: secret.clone(),
+        })
+        .run()
+        .unwrap();
+    assert_eq!(
+        report.live.metadata_fixed,
+        ["ca/ca_crt.pem", "ca/ca_pub.pem"],
+        "{:?}",
+        report.live
+    );
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&p.b_cadir.join("ca_crt.pem")), 0o644);
+    assert_eq!(mode(&secret), 0o600, "the link's target was changed");
+    p.applier().verify(true).run().unwrap();
+    p.assert_converged(&[PASSIVE]);
+}
+
 #[test]
 fn a_replica_cadir_reached_through_the_migration_symlink_is_applied_to_the_real_directory() {
     let p = Pair::new(3);
