@@ -19,7 +19,10 @@
 //! 4. writes each changed file as a temporary file in the same directory
 //!    (owner, mode, modification time and, when the entry it replaces has
 //!    one, that entry's SELinux label set; synced), renames it into place,
-//!    then fixes modes and owners, then deletes;
+//!    then fixes modes and owners, then deletes; every live entry is
+//!    reached through its directory, opened without following links, so
+//!    a directory swapped for a symlink meanwhile leads nowhere (see
+//!    the `beneath` module);
 //! 5. reloads puppetserver when a CRL changed (a failed reload is a warning);
 //! 6. records `applied.json` and `status.json`.
 //!
@@ -442,6 +445,17 @@ impl std::fmt::Debug for Applier {
 struct AppliedRecord {
     applied: Option<DigestAt>,
     in_progress: Option<String>,
+    /// Where the live CA directory led when it was last written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cadir: Option<CadirPin>,
+}
+
+/// The configured live CA directory and the real directory it led to
+/// (the same unless it is a symlink).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct CadirPin {
+    configured: PathBuf,
+    resolved: PathBuf,
 }
 
 impl Applier {
@@ -800,6 +814,13 @@ impl Applier {
             previous_refs.push(&target.manifest);
         }
         let paths = self.resolved_live()?;
+        let pin = CadirPin {
+            configured: self.live.cadir.clone(),
+            resolved: paths.cadir.clone(),
+        };
+        self.check_pin(record.cadir.as_ref(), &pin)?;
+        let repin = record.cadir.as_ref() != Some(&pin);
+        record.cadir = Some(pin);
         // The live files were brought to the snapshot last applied, and
         // nothing was interrupted: only the paths changed since can differ.
         let applied = record.applied.as_ref().map(|a| a.digest.as_str());
@@ -881,7 +902,8 @@ impl Applier {
         }
 
         if plan.is_empty() {
-            if record.applied.as_ref().map(|a| a.digest.as_str()) != Some(digest.as_str()) {
+            if repin || record.applied.as_ref().map(|a| a.digest.as_str()) != Some(digest.as_str())
+            {
                 self.finish_record(record, target)?;
             }
             report.applied_digest = Some(digest);
@@ -932,6 +954,34 @@ impl Applier {
             )
         })?;
         write_atomically(&self.state.applied_file(), &bytes, 0o644)
+    }
+
+    /// Refuses (unless forced) a live CA directory that now leads somewhere
+    /// else than when it was last written while its configured path is
+    /// the same: a symlink there (`<ssldir>/ca`, in a directory that
+    /// puppetserver's user owns) was pointed elsewhere, and would be
+    /// followed with root's rights.
+    fn check_pin(&self, last: Option<&CadirPin>, now: &CadirPin) -> Result<()> {
+        let Some(last) = last.filter(|l| l.configured == now.configured) else {
+            return Ok(());
+        };
+        if last.resolved == now.resolved || self.force {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Refused,
+            format!(
+                "the live CA directory {} now leads to {}, but the last apply wrote to {}; nothing was changed",
+                now.configured.display(),
+                now.resolved.display(),
+                last.resolved.display()
+            ),
+        )
+        .with_path(&now.configured)
+        .with_hint(
+            "if the CA directory was moved on purpose, apply once with force; otherwise find \
+             out who changed the link: the applier follows it as root",
+        ))
     }
 
     /// The live paths, with a symbolic link at the cadir itself resolved

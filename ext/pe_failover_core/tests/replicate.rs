@@ -1541,6 +1541,49 @@ fn a_replica_cadir_reached_through_the_migration_symlink_is_applied_to_the_real_
 }
 
 #[test]
+fn a_cadir_link_pointed_elsewhere_after_an_apply_is_refused_unless_forced() {
+    let p = Pair::new(3);
+    let link = p.b_ssl.join("ca");
+    std::os::unix::fs::symlink(&p.b_cadir, &link).unwrap();
+    let live = pe_failover_core::replset::CaPaths {
+        cadir: link.clone(),
+        ssldir: p.b_ssl.clone(),
+    };
+    let applier =
+        || pe_failover_core::apply::Applier::new(&p.b_state, live.clone()).reload_command(["true"]);
+    p.sync();
+    applier().run().unwrap();
+    // The link now leads to another directory with a few files (fewer
+    // than the deletions always allowed).
+    let elsewhere = p.dir.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::write(elsewhere.join("authorized_keys"), "ssh-ed25519 AAAA").unwrap();
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    p.sign("new.example.com");
+    p.sync();
+    for verify in [false, true] {
+        let err = applier().verify(verify).run().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&elsewhere.display().to_string())
+                && text.contains(&p.b_cadir.display().to_string())
+                && text.contains("force"),
+            "{text}"
+        );
+        assert_eq!(walk(&elsewhere), ["authorized_keys"]);
+    }
+    // Moved on purpose: forced once, then followed as usual.
+    applier().force(true).run().unwrap();
+    assert!(elsewhere.join("signed/new.example.com.pem").is_file());
+    p.sign("next.example.com");
+    p.sync();
+    applier().run().unwrap();
+    assert!(elsewhere.join("signed/next.example.com.pem").is_file());
+}
+
+#[test]
 fn the_receiver_runs_unprivileged_and_the_applier_as_root() {
     if !is_root() {
         eprintln!("skipped: needs root to switch users");

@@ -126,7 +126,7 @@ module PuppetX
 
       def cmd_apply(argv)
         o = parse(argv, 'apply',
-                  '--force' => ['override the safety guards (mass deletion, missing CA key)', :force, ->(_) { true }],
+                  '--force' => ['override the safety guards (mass deletion, missing CA key, a moved CA directory link)', :force, ->(_) { true }],
                   '--json' => ['print the report as JSON', :json, ->(_) { true }])
         return 0 if o[:help]
 
