@@ -1725,7 +1725,8 @@ fn keep_label(tmp: &Path, e: &Entry, label: Option<&[u8]>) -> Result<()> {
         Error::new(
             err.kind(),
             format!(
-                "cannot give the new {} the SELinux label of the live file it replaces ({shown}): {}",
+                "cannot give the new {} {} the SELinux label of the live entry it replaces ({shown}): {}",
+                e.kind.as_str(),
                 e.path,
                 err.message()
             ),
@@ -1733,7 +1734,7 @@ fn keep_label(tmp: &Path, e: &Entry, label: Option<&[u8]>) -> Result<()> {
         .with_path(tmp)
         .with_hint(
             "the applier must be allowed to relabel files: run it as root in an unconfined \
-             domain, as the module's service does; no live file was replaced",
+             domain, as the module's service does; nothing was put in place without its label",
         )
     })
 }
@@ -1810,9 +1811,12 @@ mod tests {
         )
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("ca/ca_crl.pem"), "{text}");
+        assert!(text.contains("new file ca/ca_crl.pem"), "{text}");
         assert!(text.contains("(system_u:object_r:cert_t:s0)"), "{text}");
-        assert!(text.contains("no live file was replaced"), "{text}");
+        assert!(
+            text.contains("nothing was put in place without its label"),
+            "{text}"
+        );
         assert_eq!(err.path(), Some(dir.path().join("gone").as_path()));
     }
 
