@@ -1469,6 +1469,82 @@ fn a_directory_swapped_for_a_symlink_during_the_apply_is_not_written_or_deleted_
 }
 
 #[test]
+fn applies_racing_a_process_that_keeps_swapping_signed_for_a_symlink_never_reach_through_it() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let p = Pair::new(30);
+    p.sync_and_apply();
+    let elsewhere = p.dir.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let b_signed = p.b_cadir.join("signed");
+    let moved = p.dir.path().join("signed.moved");
+    // Another process of the cadir's owner: signed/ moved away, a link
+    // to `elsewhere` in its place, and back, over and over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, signed, moved, elsewhere) = (
+            stop.clone(),
+            b_signed.clone(),
+            moved.clone(),
+            elsewhere.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                if fs::rename(&signed, &moved).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&elsewhere, &signed);
+                    std::thread::yield_now();
+                    if fs::symlink_metadata(&signed).is_ok_and(|m| m.file_type().is_symlink()) {
+                        let _ = fs::remove_file(&signed);
+                    }
+                    let _ = fs::rename(&moved, &signed);
+                    swaps += 1;
+                }
+                std::thread::yield_now();
+            }
+            swaps
+        })
+    };
+    let mut planted = Vec::new();
+    let mut outcomes = Vec::new();
+    for i in 0..25 {
+        // Files of the names the apply deletes, where the link points.
+        let victim = format!("node{i}.example.com.pem");
+        fs::write(elsewhere.join(&victim), "not a CA file").unwrap();
+        planted.push(victim);
+        p.sign(&format!("new{i}.example.com"));
+        p.clean(&format!("node{i}.example.com"));
+        p.sync();
+        // An apply may stop (a directory that is no longer one, a rename
+        // whose target changed kind): what matters is where it wrote.
+        outcomes.push(match p.applier().verify(i % 2 == 0).run() {
+            Ok(_) => "applied".to_string(),
+            Err(e) => format!("{:?}", e.kind()),
+        });
+    }
+    stop.store(true, Ordering::SeqCst);
+    let swaps = swapper.join().unwrap();
+    planted.sort();
+    let mut found = walk(&elsewhere);
+    found.sort();
+    assert_eq!(
+        found, planted,
+        "written or deleted through the link ({swaps} swaps; applies: {outcomes:?})"
+    );
+    for f in &found {
+        assert_eq!(fs::read(elsewhere.join(f)).unwrap(), b"not a CA file");
+    }
+    // Left alone, the replica converges (forced: the applies that stopped
+    // leave more deletions pending than the guard allows at once).
+    if moved.exists() && fs::symlink_metadata(&b_signed).is_err() {
+        fs::rename(&moved, &b_signed).unwrap();
+    }
+    p.applier().verify(true).force(true).run().unwrap();
+    assert!(b_signed.join("new24.example.com.pem").is_file());
+    assert!(!b_signed.join("node24.example.com.pem").exists());
+}
+
+#[test]
 fn a_file_swapped_for_a_symlink_before_its_mode_is_fixed_leaves_the_target_alone() {
     let p = Pair::new(3);
     p.sync_and_apply();
