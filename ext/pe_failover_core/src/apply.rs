@@ -219,7 +219,8 @@ pub struct LivePlan {
     /// Directories to create, parents first.
     pub create_dirs: Vec<Entry>,
     /// Live entries of another kind than the target's, removed (directories
-    /// recursively) right before the target entry is written.
+    /// recursively, only if the compare found a directory) right before the
+    /// target entry is written.
     pub replace: Vec<String>,
     /// Files and symlinks to write, in path order.
     pub write: Vec<Entry>,
@@ -1133,7 +1134,28 @@ impl Applier {
             if let Some(label) = fsutil::selinux_label(&at)? {
                 replaced_labels.insert(rel.as_str(), label);
             }
-            fsutil::remove_any(&at)?;
+            // Only a directory the compare saw is removed with what it
+            // holds: one that took a link's or a file's place since is left.
+            match live.get(rel).map(|l| l.kind) {
+                Some(EntryKind::Dir) => fsutil::remove_any(&at)?,
+                seen => match fs::remove_file(&at) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
+                        return Err(Error::new(
+                            ErrorKind::UnsafePath,
+                            format!(
+                                "{} is a directory now, but the compare found a {} there; it was left as it is",
+                                path.display(),
+                                seen.map_or("missing entry", EntryKind::as_str)
+                            ),
+                        )
+                        .with_path(&path)
+                        .with_hint("apply again: it compares the whole live CA first"))
+                    }
+                    Err(e) => return Err(Error::io("remove", &path, e)),
+                },
+            }
             tree.forget(&path);
         }
         // Directories, parents first. One that does not exist yet is filled

@@ -1534,6 +1534,13 @@ fn applies_racing_a_process_that_keeps_swapping_signed_for_a_symlink_never_reach
     for f in &found {
         assert_eq!(fs::read(elsewhere.join(f)).unwrap(), b"not a CA file");
     }
+    // The passive's own certificate is never deleted: wherever the swaps
+    // left the directory that holds it, it is there.
+    let own = format!("{PASSIVE}.pem");
+    assert!(
+        b_signed.join(&own).is_file() || moved.join(&own).is_file(),
+        "the replica's own certificate was deleted ({swaps} swaps; applies: {outcomes:?})"
+    );
     // Left alone, the replica converges (forced: the applies that stopped
     // leave more deletions pending than the guard allows at once).
     if moved.exists() && fs::symlink_metadata(&b_signed).is_err() {
