@@ -173,9 +173,9 @@ impl Beneath {
         err.map_paths(|text| real_names(text, &dirs))
     }
 
-    /// The directory `dir`, opened down from its anchor
-    /// without following links; none when it does not exist (unless
-    /// `create`, which makes the missing directories).
+    /// The directory `dir`, opened down from its anchor without following
+    /// links; none when it does not exist (unless `create`, which makes
+    /// the missing directories).
     fn open_dir(&mut self, dir: &Path, create: bool) -> Result<Option<&File>> {
         if self.open.contains_key(dir) {
             return Ok(self.open.get(dir));
@@ -236,9 +236,11 @@ impl Beneath {
                 // SAFETY: `fd` is an open directory of `self.open`; `c_name`
                 // is NUL-terminated.
                 let rc = unsafe { libc::mkdirat(fd, c_name.as_ptr(), 0o777) };
-                let err = io::Error::last_os_error();
-                if rc != 0 && err.kind() != io::ErrorKind::AlreadyExists {
-                    return Err(Error::io("create directory", &here, err));
+                if rc != 0 {
+                    let err = io::Error::last_os_error();
+                    if err.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(Error::io("create directory", &here, err));
+                    }
                 }
                 opened = open_below(fd, &c_name);
             }
