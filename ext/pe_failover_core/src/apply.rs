@@ -1229,44 +1229,57 @@ impl Applier {
             // The SELinux label of each file or symlink replaced, if it has
             // one: the new one gets it before it takes the old one's place.
             let mut labels: Vec<Option<Vec<u8>>> = Vec::with_capacity(plan.write.len());
-            let mut known_dir: Option<(PathBuf, Option<(u32, u32)>)> = None;
+            // The directory of the last file, looked up once per run of
+            // siblings.
+            let mut known: Option<HeldDir> = None;
             for e in plan.write.iter().filter(|e| e.kind != EntryKind::Dir) {
                 let live_dest = resolve(&e.path)?;
                 // In a directory filled under a temporary name: written
                 // there under its own name (no rename of its own).
                 let inside = place(&fresh, &e.path, &live_dest);
                 let existing = live.get(&e.path).filter(|l| l.kind == e.kind);
+                let dest = inside.clone().unwrap_or(live_dest);
+                let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("no live directory for manifest path {}", e.path),
+                    ));
+                };
+                let held = match known.take() {
+                    Some(k) if k.path == dir => k,
+                    _ => {
+                        tree.make_dirs(dir)?;
+                        HeldDir {
+                            path: dir.to_path_buf(),
+                            name: tree.held_dir(dir)?,
+                            owner: tree.owner_of(dir)?,
+                        }
+                    }
+                };
+                let dest_at = held.name.join(name);
                 labels.push(match (existing, &inside) {
-                    (Some(_), None) => fsutil::selinux_label(&tree.at(&live_dest)?)?,
+                    (Some(_), None) => fsutil::selinux_label(&dest_at)?,
                     _ => replaced_labels.get(e.path.as_str()).cloned(),
                 });
-                let dest = inside.clone().unwrap_or(live_dest);
-                let dir = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-                if known_dir.as_ref().map(|(d, _)| d) != Some(&dir) {
-                    tree.make_dirs(&dir)?;
-                    let parent_owner = tree.owner_of(&dir)?;
-                    known_dir = Some((dir.clone(), parent_owner));
-                }
-                let parent_owner = known_dir.as_ref().and_then(|(_, o)| *o);
                 owners.push(match self.owner {
                     Owner::Fixed { uid, gid } => Some((uid, gid)),
-                    Owner::Inherit => existing.map(|l| (l.uid, l.gid)).or(parent_owner),
+                    Owner::Inherit => existing.map(|l| (l.uid, l.gid)).or(held.owner),
                 });
                 temps.push(match inside {
                     Some(_) => Temp {
-                        at: tree.at(&dest)?,
+                        at: dest_at,
                         dest: None,
                         entry: e,
                     },
-                    None => {
-                        let tmp = dir.join(format!("{TEMP_PREFIX}{}", fsutil::unique_hex()));
-                        Temp {
-                            at: tree.at(&tmp)?,
-                            dest: Some((tree.at(&dest)?, dest)),
-                            entry: e,
-                        }
-                    }
+                    None => Temp {
+                        at: held
+                            .name
+                            .join(format!("{TEMP_PREFIX}{}", fsutil::unique_hex())),
+                        dest: Some((dest_at, dest)),
+                        entry: e,
+                    },
                 });
+                known = Some(held);
             }
             let cancel = &self.cancel;
             // The cadir itself may still be filling under a temporary name
@@ -1646,6 +1659,14 @@ impl FreshDir {
         rel.strip_prefix(self.rel.as_str())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
+}
+
+/// A live directory files are written in: its path, its name through its
+/// open descriptor ([`Beneath::held_dir`]) and its owner.
+struct HeldDir {
+    path: PathBuf,
+    name: PathBuf,
+    owner: Option<(u32, u32)>,
 }
 
 /// A file or symlink the applier writes: where (a name through its

@@ -87,9 +87,21 @@ impl Beneath {
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(unsafe_name(path));
         };
-        Ok(self
-            .open_dir(dir, false)?
-            .map(|f| Path::new(FD_DIR).join(f.as_raw_fd().to_string()).join(name)))
+        Ok(self.open_dir(dir, false)?.map(|f| fd_name(f).join(name)))
+    }
+
+    /// The name of the existing directory `dir` through its descriptor: an
+    /// entry's name there is this joined with the entry's (what
+    /// [`Beneath::at`] gives, without looking the directory up again).
+    pub(crate) fn held_dir(&mut self, dir: &Path) -> Result<PathBuf> {
+        match self.open_dir(dir, false)? {
+            Some(f) => Ok(fd_name(f)),
+            None => Err(Error::io(
+                "open directory",
+                dir,
+                io::ErrorKind::NotFound.into(),
+            )),
+        }
     }
 
     /// Creates `dir` and the directories missing above it (down from its
@@ -257,6 +269,11 @@ impl Beneath {
         }
         Ok(self.open.get(dir))
     }
+}
+
+/// `/proc/self/fd/<n>` for the open directory `dir`.
+fn fd_name(dir: &File) -> PathBuf {
+    Path::new(FD_DIR).join(dir.as_raw_fd().to_string())
 }
 
 /// The directory `name` of the directory open as `fd`, not following a
