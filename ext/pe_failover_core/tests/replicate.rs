@@ -1024,8 +1024,7 @@ fn a_live_directory_replaced_by_a_symlink_on_the_replica_is_not_written_through(
     let elsewhere = p.dir.path().join("elsewhere");
     fs::create_dir(&elsewhere).unwrap();
     let b_signed = p.b_cadir.join("signed");
-    fs::rename(&b_signed, p.dir.path().join("signed.moved")).unwrap();
-    std::os::unix::fs::symlink(&elsewhere, &b_signed).unwrap();
+    swap_for_link(&b_signed, &p.dir.path().join("signed.moved"), &elsewhere);
 
     p.sign("new.example.com");
     p.sync();
@@ -1409,10 +1408,15 @@ struct SwapForLink {
 impl ApplyProgress for SwapForLink {
     fn live_entry(&self, path: &str) {
         if path == self.after {
-            fs::rename(&self.entry, &self.moved).unwrap();
-            std::os::unix::fs::symlink(&self.elsewhere, &self.entry).unwrap();
+            swap_for_link(&self.entry, &self.moved, &self.elsewhere);
         }
     }
+}
+
+/// Moves `entry` to `moved` and puts a symlink to `target` in its place.
+fn swap_for_link(entry: &Path, moved: &Path, target: &Path) {
+    fs::rename(entry, moved).unwrap();
+    std::os::unix::fs::symlink(target, entry).unwrap();
 }
 
 #[test]
