@@ -18,6 +18,9 @@
 //! `cargo bench -p pe_failover_core --bench classifier` (env:
 //! PEF_BENCH_GROUPS, PEF_BENCH_RUNS).
 
+#[path = "util/allocator.rs"]
+mod allocator;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

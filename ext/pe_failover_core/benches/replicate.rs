@@ -12,6 +12,9 @@
 //! PEF_BENCH_RUNS, PEF_BENCH_DIR). The comparison with `rsync -a --delete`
 //! over SSH is done elsewhere.
 
+#[path = "util/allocator.rs"]
+mod allocator;
+
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

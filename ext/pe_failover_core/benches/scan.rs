@@ -12,6 +12,9 @@
 //! `cargo bench -p pe_failover_core --bench scan` (env: PEF_BENCH_FILES,
 //! PEF_BENCH_RUNS, PEF_BENCH_DIR).
 
+#[path = "util/allocator.rs"]
+mod allocator;
+
 use std::fs;
 use std::path::Path;
 use std::process::Command;

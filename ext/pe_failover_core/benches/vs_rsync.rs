@@ -33,6 +33,9 @@
 //! of each run and every lag).
 //! Needs root, `openssh-server`, `openssh-client` and `rsync`.
 
+#[path = "util/allocator.rs"]
+mod allocator;
+
 #[path = "util/fake_ca.rs"]
 mod fake_ca;
 #[path = "../tests/util/sshd.rs"]

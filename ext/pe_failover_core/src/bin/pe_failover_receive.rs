@@ -18,6 +18,13 @@ use std::process::ExitCode;
 
 use pe_failover_core::protocol::Receiver;
 
+/// mimalloc rather than the C library's allocator: a receive session reads,
+/// merges and writes manifests of one record per certificate (two or three
+/// allocations each), which mimalloc builds and frees in about 40 % less
+/// time at 100k certificates (README, Benchmarks).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str =
     "usage: pe_failover_receive --state DIR [--role-file FILE] [--host NAME] | --config FILE";
 
