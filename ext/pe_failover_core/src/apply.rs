@@ -96,6 +96,10 @@ pub trait ApplyProgress: Send + Sync {
     fn staged(&self, _txn: &str, _digest: &str) {}
     /// A live entry (manifest path) was written, corrected or deleted.
     fn live_entry(&self, _path: &str) {}
+    /// A live entry (manifest path) of another kind than the snapshot's (a
+    /// symlink where a directory belongs, say) is about to be removed to
+    /// make way for the snapshot's.
+    fn replacing(&self, _path: &str) {}
 }
 
 struct NoProgress;
@@ -1134,6 +1138,7 @@ impl Applier {
             if let Some(label) = fsutil::selinux_label(&at)? {
                 replaced_labels.insert(rel.as_str(), label);
             }
+            self.progress.replacing(rel);
             // Only a directory the compare saw is removed with what it
             // holds: one that took a link's or a file's place since is left.
             match live.get(rel).map(|l| l.kind) {

@@ -1472,6 +1472,70 @@ fn a_directory_swapped_for_a_symlink_during_the_apply_is_not_written_or_deleted_
     }
 }
 
+/// When the applier is about to remove the live entry `entry` (of another
+/// kind than the snapshot's), removes it and renames `back` to its place:
+/// the owner of the cadir undoing a swap between the compare and the
+/// removal.
+struct PutBack {
+    entry: PathBuf,
+    back: PathBuf,
+}
+
+impl ApplyProgress for PutBack {
+    fn replacing(&self, _path: &str) {
+        fs::remove_file(&self.entry).unwrap();
+        fs::rename(&self.back, &self.entry).unwrap();
+    }
+}
+
+#[test]
+fn a_directory_put_back_where_the_compare_saw_a_symlink_is_not_removed_with_its_contents() {
+    let p = Pair::new(20);
+    p.sync_and_apply();
+    // A certificate only the replica holds, in its real signed/.
+    let b_signed = p.b_cadir.join("signed");
+    fs::write(
+        b_signed.join("own.example.com.pem"),
+        "signed by the replica",
+    )
+    .unwrap();
+    let before = walk(&b_signed);
+    // signed/ swapped for a link to `elsewhere`; the compare will see the
+    // link, and the applier plans to replace it by a directory.
+    let elsewhere = p.dir.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::write(elsewhere.join("planted.pem"), "not a CA file").unwrap();
+    let moved = p.dir.path().join("signed.moved");
+    swap_for_link(&b_signed, &moved, &elsewhere);
+    p.sign("new1.example.com");
+    p.sync();
+
+    // The real directory is back by the time the applier removes "the link".
+    let e = p
+        .applier()
+        .verify(true)
+        .progress(PutBack {
+            entry: b_signed.clone(),
+            back: moved.clone(),
+        })
+        .run()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnsafePath, "{e}");
+    assert!(
+        e.message()
+            .contains("is a directory now, but the compare found a symlink there"),
+        "{e}"
+    );
+    assert!(e.message().contains(&b_signed.display().to_string()), "{e}");
+    assert_eq!(walk(&b_signed), before, "signed/ was left whole");
+    assert_eq!(walk(&elsewhere), vec!["planted.pem".to_string()]);
+
+    // The next apply compares again and finds a directory: nothing to replace.
+    p.applier().run().unwrap();
+    assert!(b_signed.join("new1.example.com.pem").is_file());
+    p.assert_converged(&[PASSIVE, "own.example.com"]);
+}
+
 #[test]
 fn applies_racing_a_process_that_keeps_swapping_signed_for_a_symlink_never_reach_through_it() {
     use std::sync::atomic::AtomicBool;
