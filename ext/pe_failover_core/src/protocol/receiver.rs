@@ -532,6 +532,8 @@ impl Receiver {
         if kind == Kind::Ca && wanted.len() >= PACK_MIN {
             writer.use_pack()?;
         }
+        let entries = manifest.len() as u64;
+        writer.write_manifest(manifest)?;
         conn.send(FrameType::Want, &want)?;
         conn.flush()?;
 
@@ -604,13 +606,13 @@ impl Receiver {
             sender: sender.to_string(),
             base: base.digest().map(str::to_string),
             digest: digest.clone(),
-            entries: manifest.len() as u64,
+            entries,
             objects: session.stats.objects,
             object_bytes: session.stats.object_bytes,
             received: Stamp::now(),
             extensions,
         };
-        let dir = writer.finish(&meta, &manifest)?;
+        let dir = writer.finish(&meta)?;
         conn.send_json(
             FrameType::Ack,
             &Commit {
@@ -619,7 +621,6 @@ impl Receiver {
             },
         )?;
         conn.flush()?;
-        crate::drop_in_background(manifest);
         Ok((dir, digest))
     }
 }
