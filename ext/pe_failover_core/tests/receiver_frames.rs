@@ -10,7 +10,7 @@ use std::thread;
 
 use pair::{Pair, PASSIVE};
 use pe_failover_core::protocol::{encode_frame, FrameType, Kind, ReceiveReport, Receiver};
-use pe_failover_core::snapshot::Manifest;
+use pe_failover_core::snapshot::{Entry, Manifest};
 use pe_failover_core::{ErrorKind, Result};
 use serde_json::{json, Value};
 
@@ -298,6 +298,50 @@ fn a_sender_that_aborts_mid_transfer_leaves_nothing() {
     });
     let err = result.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(err.to_string().contains("source changed"), "{err}");
+    assert!(p.incoming().is_empty(), "{:?}", p.incoming());
+}
+
+#[test]
+fn a_sender_that_aborts_while_the_manifest_is_being_written_leaves_nothing() {
+    // 60,000 entries more (a manifest of about 9 MB): the receiver is still
+    // writing and flushing it, on a thread of its own, when the sender
+    // gives up right after WANT. The partial transaction must go all the
+    // same, whatever that thread had written by then.
+    let p = Pair::new(2);
+    let mut upserts: Vec<Value> = p
+        .set()
+        .scan()
+        .unwrap()
+        .manifest
+        .entries()
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    upserts.extend((0..60_000).map(|i| file(&format!("ca/signed/extra{i:06}.example.com.pem"))));
+    let entries: Vec<Entry> = upserts
+        .iter()
+        .map(|v| serde_json::from_value(v.clone()).unwrap())
+        .collect();
+    let digest = Manifest::from_entries(entries).unwrap().digest();
+    let result = session(&p, |raw| {
+        raw.hello(1);
+        raw.welcome();
+        raw.json(
+            FrameType::DeltaHead,
+            json!({"base": null, "digest": digest, "upserts": upserts.len(), "removes": 0}),
+        );
+        for batch in upserts.chunks(5_000) {
+            raw.json(FrameType::Entries, Value::Array(batch.to_vec()));
+        }
+        let (ty, _) = raw.recv().unwrap();
+        assert_eq!(ty, FrameType::Want as u8);
+        raw.json(
+            FrameType::Error,
+            json!({"kind": "io", "message": "source changed"}),
+        );
+    });
+    let err = result.unwrap_err();
     assert!(err.to_string().contains("source changed"), "{err}");
     assert!(p.incoming().is_empty(), "{:?}", p.incoming());
 }
