@@ -29,10 +29,8 @@ use std::path::{Component, Path, PathBuf};
 
 use rustc_hash::FxHashMap;
 
+use crate::fsutil::{self, PROC_FD};
 use crate::{Error, ErrorKind, Result};
-
-/// Where a process finds its own open descriptors by number.
-const FD_DIR: &str = "/proc/self/fd";
 
 /// Open directories below trusted anchors; see the [module](self).
 #[derive(Debug)]
@@ -49,14 +47,14 @@ pub(crate) struct Beneath {
 impl Beneath {
     /// Directories below `anchors`. Needs `/proc` mounted.
     pub(crate) fn new(anchors: impl IntoIterator<Item = PathBuf>) -> Result<Beneath> {
-        if !Path::new(FD_DIR).is_dir() {
+        if !Path::new(PROC_FD).is_dir() {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
-                    "{FD_DIR} is missing: the applier reaches the live files through their directories' descriptors there"
+                    "{PROC_FD} is missing: the applier reaches the live files through their directories' descriptors there"
                 ),
             )
-            .with_path(FD_DIR)
+            .with_path(PROC_FD)
             .with_hint("mount /proc (it is on every standard Linux system)"));
         }
         Ok(Beneath {
@@ -87,7 +85,9 @@ impl Beneath {
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(unsafe_name(path));
         };
-        Ok(self.open_dir(dir, false)?.map(|f| fd_name(f).join(name)))
+        Ok(self
+            .open_dir(dir, false)?
+            .map(|f| fsutil::fd_path(f).join(name)))
     }
 
     /// The name of the existing directory `dir` through its descriptor: an
@@ -95,7 +95,7 @@ impl Beneath {
     /// [`Beneath::at`] gives, without looking the directory up again).
     pub(crate) fn held_dir(&mut self, dir: &Path) -> Result<PathBuf> {
         match self.open_dir(dir, false)? {
-            Some(f) => Ok(fd_name(f)),
+            Some(f) => Ok(fsutil::fd_path(f)),
             None => Err(Error::io(
                 "open directory",
                 dir,
@@ -271,11 +271,6 @@ impl Beneath {
     }
 }
 
-/// `/proc/self/fd/<n>` for the open directory `dir`.
-fn fd_name(dir: &File) -> PathBuf {
-    Path::new(FD_DIR).join(dir.as_raw_fd().to_string())
-}
-
 /// The directory `name` of the directory open as `fd`, not following a
 /// symlink.
 fn open_below(fd: RawFd, name: &CString) -> io::Result<File> {
@@ -324,7 +319,7 @@ fn not_a_directory(path: &Path) -> Error {
 /// `text` with each `/proc/self/fd/<n>` whose `n` is in `dirs` replaced by
 /// that directory's path.
 fn real_names(text: &str, dirs: &FxHashMap<RawFd, &Path>) -> String {
-    let prefix = "/proc/self/fd/";
+    let prefix = &format!("{PROC_FD}/");
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find(prefix) {

@@ -35,6 +35,15 @@ pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Where a process finds its own open descriptors by number.
+pub(crate) const PROC_FD: &str = "/proc/self/fd";
+
+/// A name for what `file` holds open, whatever is at its path by now:
+/// `/proc/self/fd/<n>` (for a directory, its entries' names go below it).
+pub(crate) fn fd_path(file: &impl AsRawFd) -> PathBuf {
+    Path::new(PROC_FD).join(file.as_raw_fd().to_string())
+}
+
 /// Gives `path` permission bits `mode` unless it is a symbolic link (a
 /// link at its last component is neither followed nor changed).
 pub(crate) fn chmod_nofollow(path: &Path, mode: u32) -> io::Result<()> {
@@ -45,10 +54,7 @@ pub(crate) fn chmod_nofollow(path: &Path, mode: u32) -> io::Result<()> {
     if handle.metadata()?.file_type().is_symlink() {
         return Ok(());
     }
-    // The handle's own entry in /proc names the inode it holds, whatever
-    // is at `path` by now.
-    let held = Path::new("/proc/self/fd").join(handle.as_raw_fd().to_string());
-    fs::set_permissions(held, fs::Permissions::from_mode(mode))
+    fs::set_permissions(fd_path(&handle), fs::Permissions::from_mode(mode))
 }
 
 /// Creates `path` (and missing parents) and sets the permission bits of
