@@ -532,7 +532,6 @@ impl Receiver {
         if kind == Kind::Ca && wanted.len() >= PACK_MIN {
             writer.use_pack()?;
         }
-        let entries = manifest.len() as u64;
         writer.write_manifest(manifest)?;
         conn.send(FrameType::Want, &want)?;
         conn.flush()?;
@@ -606,7 +605,7 @@ impl Receiver {
             sender: sender.to_string(),
             base: base.digest().map(str::to_string),
             digest: digest.clone(),
-            entries,
+            entries: session.stats.entries,
             objects: session.stats.objects,
             object_bytes: session.stats.object_bytes,
             received: Stamp::now(),
