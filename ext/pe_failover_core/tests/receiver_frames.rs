@@ -100,8 +100,9 @@ fn delta(raw: &mut Raw, base: Value, digest: &str, upserts: Vec<Value>, removes:
         FrameType::DeltaHead,
         json!({"base": base, "digest": digest, "upserts": upserts.len(), "removes": removes.len()}),
     );
-    if !upserts.is_empty() {
-        raw.json(FrameType::Entries, Value::Array(upserts));
+    // In batches, as the sender sends them: a frame is bounded.
+    for batch in upserts.chunks(5_000) {
+        raw.json(FrameType::Entries, Value::Array(batch.to_vec()));
     }
     if !removes.is_empty() {
         raw.json(FrameType::Removes, json!(removes));
@@ -276,6 +277,17 @@ fn a_delta_that_does_not_produce_its_digest_is_refused() {
     assert!(p.incoming().is_empty());
 }
 
+/// Reads the receiver's WANT, then answers as a sender whose source
+/// changed meanwhile.
+fn give_up_after_want(raw: &mut Raw) {
+    let (ty, _) = raw.recv().unwrap();
+    assert_eq!(ty, FrameType::Want as u8);
+    raw.json(
+        FrameType::Error,
+        json!({"kind": "io", "message": "source changed"}),
+    );
+}
+
 #[test]
 fn a_sender_that_aborts_mid_transfer_leaves_nothing() {
     let p = Pair::new(2);
@@ -289,12 +301,7 @@ fn a_sender_that_aborts_mid_transfer_leaves_nothing() {
         raw.hello(1);
         raw.welcome();
         delta(raw, Value::Null, &manifest.digest(), entries, vec![]);
-        let (ty, _) = raw.recv().unwrap();
-        assert_eq!(ty, FrameType::Want as u8);
-        raw.json(
-            FrameType::Error,
-            json!({"kind": "io", "message": "source changed"}),
-        );
+        give_up_after_want(raw);
     });
     let err = result.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Io);
@@ -327,19 +334,8 @@ fn a_sender_that_aborts_while_the_manifest_is_being_written_leaves_nothing() {
     let result = session(&p, |raw| {
         raw.hello(1);
         raw.welcome();
-        raw.json(
-            FrameType::DeltaHead,
-            json!({"base": null, "digest": digest, "upserts": upserts.len(), "removes": 0}),
-        );
-        for batch in upserts.chunks(5_000) {
-            raw.json(FrameType::Entries, Value::Array(batch.to_vec()));
-        }
-        let (ty, _) = raw.recv().unwrap();
-        assert_eq!(ty, FrameType::Want as u8);
-        raw.json(
-            FrameType::Error,
-            json!({"kind": "io", "message": "source changed"}),
-        );
+        delta(raw, Value::Null, &digest, upserts, vec![]);
+        give_up_after_want(raw);
     });
     let err = result.unwrap_err();
     assert!(err.to_string().contains("source changed"), "{err}");
