@@ -54,6 +54,7 @@ use pe_failover_core::log::Logger;
 use pe_failover_core::replset::CaPaths;
 use pe_failover_core::runner::ReplicaOutcome;
 use pe_failover_core::runner::Runner;
+use pe_failover_core::stage::LatestCache;
 
 use fake_ca::FakeCa;
 use sshd::{ClientKey, Sshd};
@@ -68,6 +69,9 @@ struct Bench {
     /// The active's runner for one-shot syncs, made once (outside the
     /// timed runs).
     active: std::cell::OnceCell<Runner>,
+    /// The replica's latest snapshot between applies, as the passive
+    /// watcher keeps it.
+    latest: LatestCache,
 }
 
 impl Bench {
@@ -89,6 +93,7 @@ impl Bench {
             ours_key,
             rsync_key,
             active: std::cell::OnceCell::new(),
+            latest: LatestCache::new(),
         };
         bench.prepare_replicas();
         bench.active.get_or_init(|| bench.runners().0);
@@ -116,7 +121,8 @@ impl Bench {
 
     /// pe_failover's sync over SSH (the active's `Runner::sync`, as the
     /// CLI and the Puppet type run it) plus the replica's apply (what the
-    /// passive's watcher does when a transaction arrives).
+    /// passive's watcher does when a transaction arrives, with the latest
+    /// snapshot kept from its previous round).
     fn ours(&self) -> ReplicaOutcome {
         let active = self.active.get().expect("the runner is made in Bench::new");
         let t0 = Instant::now();
@@ -133,6 +139,7 @@ impl Bench {
         )
         .reload_command(Vec::<String>::new())
         .max_delete_share(1.0)
+        .latest_cache(self.latest.clone())
         .run()
         .expect("apply");
         if std::env::var_os("PEF_BENCH_PHASES").is_some() {

@@ -60,8 +60,8 @@ use crate::replset::{
 use crate::snapshot::{mtime_ns, Entry, EntryKind, Manifest, Scanner};
 use crate::stage::{
     build_snapshot, chain, latest_snapshot, latest_snapshot_meta, list_txns, open_snapshot,
-    prepare_snapshot, prune_snapshots, republish_staged, switch_latest, PendingTxn, Snapshot,
-    SnapshotMeta, StateDir, Stored,
+    prepare_snapshot, prune_snapshots, republish_staged, switch_latest, LatestCache, PendingTxn,
+    Snapshot, SnapshotMeta, StateDir, Stored,
 };
 use crate::state::{ApplyCounts, DigestAt, Divergence, ErrorRecord, ReplicaStatus, Role, Stamp};
 use crate::{Error, ErrorKind, Result};
@@ -424,6 +424,7 @@ pub struct Applier {
     lock_wait: Duration,
     racy_window: Option<Duration>,
     verify: bool,
+    latest_cache: Option<LatestCache>,
 }
 
 impl std::fmt::Debug for Applier {
@@ -488,6 +489,7 @@ impl Applier {
             lock_wait: Duration::from_secs(60),
             racy_window: None,
             verify: false,
+            latest_cache: None,
         }
     }
 
@@ -597,6 +599,16 @@ impl Applier {
         self
     }
 
+    /// Keeps the latest snapshot in `cache` for the next run that is given
+    /// the same cache, and takes it from there when it is still the latest
+    /// (see [`LatestCache`]): a long-running caller (the passive watcher)
+    /// then reads only the new transactions' manifests. Default: none (each
+    /// run reads the latest snapshot's manifest).
+    pub fn latest_cache(mut self, cache: LatestCache) -> Self {
+        self.latest_cache = Some(cache);
+        self
+    }
+
     /// Stages pending transactions and applies the latest snapshot. Writes
     /// `status.json` whatever happens.
     pub fn run(&self) -> Result<ApplyReport> {
@@ -681,7 +693,10 @@ impl Applier {
         let first = order.first().map(|&i| &txns[i]);
         let (latest, mut prepared) = std::thread::scope(|s| {
             let prepared = first.map(|txn| s.spawn(|| prepare_snapshot(&self.state, txn)));
-            let latest = latest_snapshot(&self.state);
+            let latest = match &self.latest_cache {
+                Some(cache) => cache.take(&self.state, latest_meta.as_ref()),
+                None => latest_snapshot(&self.state),
+            };
             let prepared = prepared.map(|h| {
                 h.join().unwrap_or_else(|_| {
                     Err(Error::new(
@@ -771,7 +786,10 @@ impl Applier {
         .collect();
         let protect_refs: Vec<&str> = protect.iter().map(String::as_str).collect();
         let pruned = prune_snapshots(&self.state, self.keep, &protect_refs);
-        crate::drop_in_background(latest);
+        match &self.latest_cache {
+            Some(cache) => cache.keep(latest),
+            None => crate::drop_in_background(latest),
+        }
         applied?;
         report.pruned = pruned?;
         failure.map_or(Ok(()), Err)

@@ -55,7 +55,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -902,6 +902,66 @@ pub fn latest_snapshot_meta(state: &StateDir) -> Result<Option<SnapshotMeta>> {
     match read_link_digest(state)? {
         Some(digest) => snapshot_meta(state, &digest),
         None => Ok(None),
+    }
+}
+
+/// The latest snapshot, kept in memory between applier runs by a
+/// long-running caller (the passive primary's watcher), so that a run
+/// whose transaction follows it does not read and check its manifest again
+/// (at 100,000 certificates, 15 MB and about 30 ms). A kept snapshot is
+/// used only while `snapshots/latest` still names it and its `meta.json`
+/// is the one it was kept with (same digest, sequence number, transaction
+/// and creation time); otherwise it is read from disk as without a cache.
+/// Its manifest was checked against its digest when it was read or built.
+/// Clones share the kept snapshot; [`Default`] keeps nothing yet.
+#[derive(Clone, Debug, Default)]
+pub struct LatestCache(Arc<Mutex<Option<Snapshot>>>);
+
+impl LatestCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The snapshot `latest` names, whose metadata is `meta` (as just read
+    /// from disk; `None`: there is none): the kept one if it matches,
+    /// otherwise read ([`latest_snapshot`]). Takes it out of the cache.
+    pub(crate) fn take(
+        &self,
+        state: &StateDir,
+        meta: Option<&SnapshotMeta>,
+    ) -> Result<Option<Snapshot>> {
+        let kept = self.slot().take();
+        match (kept, meta) {
+            (Some(kept), Some(meta)) if kept.meta == *meta => Ok(Some(kept)),
+            (kept, _) => {
+                crate::drop_in_background(kept);
+                latest_snapshot(state)
+            }
+        }
+    }
+
+    /// Keeps `snapshot` (the one `latest` names now) for the next run.
+    pub(crate) fn keep(&self, snapshot: Option<Snapshot>) {
+        // Pack indexes are read again when first needed: packs may come and
+        // go with later snapshots.
+        let fresh = snapshot.map(|s| Snapshot {
+            packs: Arc::default(),
+            ..s
+        });
+        let old = std::mem::replace(&mut *self.slot(), fresh);
+        crate::drop_in_background(old);
+    }
+
+    /// Whether a snapshot is kept (for tests and the bench).
+    pub fn is_kept(&self) -> bool {
+        self.slot().is_some()
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Snapshot>> {
+        // A panic while holding the lock leaves at worst a stale snapshot,
+        // which `take` checks against the disk anyway.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

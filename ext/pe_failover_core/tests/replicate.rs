@@ -21,6 +21,7 @@ use pe_failover_core::apply::{ApplyProgress, Owner};
 use pe_failover_core::cancel::CancelToken;
 use pe_failover_core::protocol::ReceiveOutcome;
 use pe_failover_core::replset::{detect_cadir, ReplicatedSet};
+use pe_failover_core::stage::LatestCache;
 use pe_failover_core::state::{ReceiverStatus, ReplicaStatus, SenderStatus, SyncOutcome};
 use pe_failover_core::ErrorKind;
 use selinux::{selinux_label, set_selinux_label};
@@ -1162,6 +1163,68 @@ fn old_snapshots_are_pruned_and_unchanged_contents_stored_once() {
     let crt_sha = hex::encode(sha2::Sha256::digest(&crt));
     assert!(store.join(&crt_sha[..2]).join(&crt_sha).is_file());
     p.assert_converged(&[PASSIVE]);
+}
+
+/// The latest snapshot's metadata (`snapshots/latest/meta.json`).
+fn latest_meta(p: &Pair) -> serde_json::Value {
+    let bytes = fs::read(p.b_state.join("snapshots/latest/meta.json")).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Puts garbage in place of the latest snapshot's manifest file (a new
+/// file: `staged.manifest.json`, its other name, keeps the good one).
+fn garble_latest_manifest(p: &Pair) {
+    let manifest = p.b_state.join("snapshots/latest/manifest.json");
+    fs::remove_file(&manifest).unwrap();
+    fs::write(&manifest, "garbage").unwrap();
+}
+
+#[test]
+fn a_kept_latest_snapshot_spares_a_read_and_is_used_only_while_it_is_the_latest() {
+    let p = Pair::new(5);
+    let cache = LatestCache::new();
+    let cached = || p.applier().latest_cache(cache.clone());
+    p.sync();
+    cached().run().unwrap();
+    assert!(cache.is_kept());
+
+    // The kept snapshot serves the next run: the file it came from is not
+    // read again (garbled, it would stop a run without the cache).
+    garble_latest_manifest(&p);
+    p.sign("kept1.example.com");
+    p.sync();
+    let a = cached().run().unwrap();
+    assert_eq!(a.staged.len(), 1);
+    assert!(a
+        .live
+        .written
+        .contains(&"ca/signed/kept1.example.com.pem".to_string()));
+    p.assert_converged(&[PASSIVE]);
+    garble_latest_manifest(&p);
+    p.sign("kept2.example.com");
+    p.sync();
+    let e = p.applier().run().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("manifest.json"), "{e}");
+    cached().run().unwrap();
+    p.assert_converged(&[PASSIVE]);
+
+    // An apply without the cache (`pe_failover apply` beside the watcher)
+    // moves `latest` on: the kept snapshot is stale and is not used. Used,
+    // the next snapshot would follow it instead of the one between.
+    let kept_seq = latest_meta(&p)["seq"].as_u64().unwrap();
+    p.sign("foreign.example.com");
+    p.sync();
+    p.apply();
+    let foreign_seq = latest_meta(&p)["seq"].as_u64().unwrap();
+    assert_eq!(foreign_seq, kept_seq + 1);
+    p.sign("after.example.com");
+    p.sync();
+    let a = cached().run().unwrap();
+    assert_eq!(a.staged.len(), 1);
+    assert_eq!(latest_meta(&p)["seq"].as_u64().unwrap(), foreign_seq + 1);
+    p.assert_converged(&[PASSIVE]);
+    assert!(cache.is_kept());
 }
 
 /// Runs the project's Ruby TestCA (`spec/support/test_ca.rb`); `None` when

@@ -69,6 +69,7 @@ use crate::log::{Logger, Status};
 use crate::protocol::{ReceiveOutcome, ReceiveReport, Receiver};
 use crate::replset::{detect_cadir, CaPaths, PUPPETSERVER_CADIR};
 use crate::ssh::{self, HostKey};
+use crate::stage::LatestCache;
 use crate::state::{Role, Stamp};
 use crate::{Error, ErrorKind, Result};
 
@@ -92,6 +93,9 @@ pub struct Runner {
     /// SSH sessions kept between the active watcher's rounds (none for
     /// one-shot commands).
     sessions: Option<sync::SessionPool>,
+    /// The latest CA snapshot, kept between the passive watcher's rounds
+    /// (none for one-shot commands).
+    latest: Option<LatestCache>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -131,6 +135,7 @@ impl Runner {
             progress: false,
             lines: Arc::new(Mutex::new(VecDeque::new())),
             sessions: None,
+            latest: None,
         }
     }
 
@@ -346,7 +351,12 @@ impl Runner {
             uid: config::lookup_uid(&c.owner)?,
             gid: config::lookup_gid(&c.group)?,
         };
-        Ok(Applier::new(&self.config.state_dir, self.ca_paths()?)
+        let applier = Applier::new(&self.config.state_dir, self.ca_paths()?);
+        let applier = match &self.latest {
+            Some(cache) => applier.latest_cache(cache.clone()),
+            None => applier,
+        };
+        Ok(applier
             .role(self.role())
             .owner(owner)
             .keep_snapshots(c.keep_snapshots)

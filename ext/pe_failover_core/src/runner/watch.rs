@@ -33,6 +33,7 @@ use crate::config::ReplicaConfig;
 use crate::log::Status;
 use crate::replset::SetScan;
 use crate::snapshot::Manifest;
+use crate::stage::LatestCache;
 use crate::state::Role;
 use crate::watch::{Batch, Watcher};
 use crate::{ErrorKind, Result};
@@ -442,6 +443,14 @@ impl Runner {
     }
 
     fn watch_passive(&mut self, once: bool, summary: &mut WatchSummary) -> Result<Exit> {
+        // The latest snapshot stays in memory from round to round.
+        self.latest = Some(LatestCache::new());
+        let exit = self.watch_passive_loop(once, summary);
+        self.latest = None;
+        exit
+    }
+
+    fn watch_passive_loop(&mut self, once: bool, summary: &mut WatchSummary) -> Result<Exit> {
         let incoming = self.config.state_dir.join("incoming");
         let nc_incoming = self.config.state_dir.join("nc").join("incoming");
         let passive_watcher = |me: &Runner| -> Result<Watcher> {
@@ -473,6 +482,8 @@ impl Runner {
                     return Ok(Exit::RoleChanged);
                 }
                 watcher = passive_watcher(self)?;
+                // The state directory may have moved.
+                self.latest = Some(LatestCache::new());
                 retry_at = Some(Instant::now());
             }
             let now = Instant::now();
