@@ -785,6 +785,9 @@ const DEFAULT_RACY_WINDOW_NS: i64 = 2_000_000_000;
 /// Directory entries statted per task while a directory is being read.
 const STAT_BATCH: usize = 1024;
 
+/// A listed entry's manifest path and what `fstatat` said of it.
+type Statted = (String, io::Result<Stat>);
+
 struct Listed {
     /// The manifest path: the scanner's prefix, then the path below the root.
     rel: String,
@@ -1087,12 +1090,15 @@ impl Scanner {
             // being read: the other threads stat what this one has listed.
             // DirEntry::metadata is fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW):
             // no path walk per entry, and it never follows a symlink.
-            let statted: Mutex<Vec<(String, io::Result<Stat>)>> = Mutex::new(Vec::new());
+            // Each batch's results are kept as they are and moved into `out`
+            // once: one growing vector would copy a large directory's
+            // entries again at every doubling, into freshly zeroed pages.
+            let statted: Mutex<Vec<Vec<Statted>>> = Mutex::new(Vec::new());
             let stat_batch = |batch: Vec<(String, fs::DirEntry)>| {
                 // A batch is split further among idle threads (the last
                 // one, often a whole small directory, is statted after the
                 // listing ends).
-                let done: Vec<(String, io::Result<Stat>)> = batch
+                let done: Vec<Statted> = batch
                     .into_par_iter()
                     .with_min_len(64)
                     .map(|(rel, item)| {
@@ -1103,7 +1109,7 @@ impl Scanner {
                 statted
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .extend(done);
+                    .push(done);
             };
             let stat_batch = &stat_batch;
             rayon::scope(|scope| {
@@ -1152,8 +1158,8 @@ impl Scanner {
             let statted = statted
                 .into_inner()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            out.reserve(statted.len());
-            for (rel, stat) in statted {
+            out.reserve(statted.iter().map(Vec::len).sum());
+            for (rel, stat) in statted.into_iter().flatten() {
                 match stat {
                     Ok(stat) => {
                         if stat.is(libc::S_IFDIR) {
