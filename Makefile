@@ -23,7 +23,7 @@ CARGO ?= cargo
 
 help:
 	@echo "make demo    run the demo (installs missing packages, builds)"
-	@echo "make test    run every check: rustfmt, clippy, cargo test, rspec, puppet-lint, metadata-json-lint"
+	@echo "make test    run every check: rustfmt, clippy, rustdoc, cargo test, rspec, puppet-lint, metadata-json-lint"
 	@echo "make bench   run the benchmarks"
 	@echo "make package write pkg/ipcrm-pe_failover-<version>.tar.gz"
 
@@ -51,6 +51,7 @@ build: compile
 test: deps toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --locked
 	$(CARGO) test --workspace --locked
 	rake compile
 	rspec --format progress spec/functions spec/unit $(wildcard spec/classes) $(wildcard spec/emulator) spec/acceptance

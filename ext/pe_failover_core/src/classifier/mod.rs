@@ -10,7 +10,7 @@
 //!    [`Group`]s, strictly (closed schema, clear errors).
 //! 2. [`canonical_digest`] says whether the active primary's groups changed
 //!    since the last run.
-//! 3. [`transform`] rewrites the active primary's hostname to the passive's
+//! 3. [`transform()`] rewrites the active primary's hostname to the passive's
 //!    wherever it is used as a host, and reports each rewrite.
 //! 4. [`diff()`] compares the desired groups with the passive's live groups.
 //! 5. [`check_apply`] and [`missing_classes`] refuse unsafe applies.

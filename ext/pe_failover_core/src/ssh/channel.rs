@@ -159,7 +159,7 @@ impl Channel {
         Ok(status)
     }
 
-    /// The remote stderr received so far (at most [`STDERR_LIMIT`] bytes:
+    /// The remote stderr received so far (at most 64 KiB, `STDERR_LIMIT`:
     /// its beginning and its end), as text.
     pub fn stderr(&mut self) -> String {
         if self.status.is_none() {
