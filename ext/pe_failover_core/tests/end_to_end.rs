@@ -579,8 +579,11 @@ fn the_active_watcher_keeps_its_session_and_connects_again_when_it_is_dropped() 
         .is_dir()));
     assert_eq!(e.accepted_logins() - before, 1, "{}", e.sshd.log());
 
-    // The server side of the idle session dies: the next round notices
-    // and connects again, nothing is lost.
+    // The server side of the idle session dies, with the receiver the last
+    // round started on it for the next (killed once it runs: a login shell
+    // killed half-way through its start-up files may leave their locks
+    // behind): the next round notices and connects again, nothing is lost.
+    assert!(wait_until(Duration::from_secs(5), || receivers(&e) == 1));
     for pid in e.sshd.session_pids() {
         // SAFETY: kill(2) on a session process of the test's own sshd.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -601,6 +604,61 @@ fn the_active_watcher_keeps_its_session_and_connects_again_when_it_is_dropped() 
         "a dropped idle session is no failure: {:?}",
         a.lines
     );
+    e.assert_converged();
+}
+
+/// The receivers running under the test's sshd.
+fn receivers(e: &E2e) -> usize {
+    e.sshd
+        .session_pids()
+        .into_iter()
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|&b| b == 0)
+                    .next()
+                    .is_some_and(|a| a.ends_with(b"pe_failover_receive"))
+            })
+        })
+        .count()
+}
+
+#[test]
+fn the_active_watcher_starts_the_next_rounds_receiver_as_a_round_ends() {
+    let e = E2e::new(5);
+    let (b_token, b) = spawn_watch(e.passive());
+    let (a_token, a) = spawn_watch(e.active());
+    assert!(wait_until(Duration::from_secs(20), || e.converged()));
+    // Between rounds a receiver waits on the kept session (reading its
+    // base meanwhile); the next round talks to it.
+    assert!(
+        wait_until(Duration::from_secs(5), || receivers(&e) == 1),
+        "{} receivers between rounds",
+        receivers(&e)
+    );
+    for i in 0..3 {
+        e.sign(&format!("warm{i}.test"));
+        assert!(
+            wait_until(Duration::from_secs(20), || e.converged()),
+            "warm{i}.test did not arrive"
+        );
+        assert!(wait_until(Duration::from_secs(5), || receivers(&e) == 1));
+    }
+    let status_file = e.b_state().join("incoming/receiver.status.json");
+    let before = fs::read(&status_file).unwrap();
+    // The watcher stops: the waiting receiver is closed unused and leaves
+    // quietly, its status file as it was.
+    a_token.cancel();
+    let a = a.join().unwrap();
+    assert!(a.ok, "{:?}", a.lines);
+    assert_eq!(a.failures, 0, "{:?}", a.lines);
+    assert!(
+        wait_until(Duration::from_secs(5), || receivers(&e) == 0),
+        "{} receivers after the watcher stopped",
+        receivers(&e)
+    );
+    assert_eq!(fs::read(&status_file).unwrap(), before);
+    b_token.cancel();
+    b.join().unwrap();
     e.assert_converged();
 }
 

@@ -32,9 +32,21 @@ const KEEP_CONTENTS: u64 = 256 * 1024 * 1024;
 /// before connecting again); a round after a longer pause connects anew.
 const SESSION_IDLE: Duration = Duration::from_secs(30);
 
-/// Open SSH sessions by replica (its status key), each with the time it was
-/// last used; shared by the clones of one watcher's runner.
-pub(crate) type SessionPool = Arc<Mutex<HashMap<String, (Session, Instant)>>>;
+/// Open SSH sessions by replica (its status key); shared by the clones of
+/// one watcher's runner.
+pub(crate) type SessionPool = Arc<Mutex<HashMap<String, Pooled>>>;
+
+/// A session the watcher keeps between rounds.
+pub(crate) struct Pooled {
+    session: Session,
+    /// A CA receiver started over it when the last round ended, for the
+    /// next one: it reads its base manifest while it waits (checked again
+    /// against the base it finds once `HELLO` comes). Closed unused, it
+    /// exits without a word.
+    warm: Option<Channel>,
+    /// When it was last used.
+    used: Instant,
+}
 
 /// The command a receiver is started with over SSH, naming the `kind` of
 /// session that follows (the forced command runs instead; the receiver
@@ -403,9 +415,11 @@ impl Runner {
     }
 
     /// Opens an SSH session to `r` and starts the receiver (or takes
-    /// `opened`, a receiver started beforehand), then runs `send` over the
-    /// channel (given the
-    /// replica's label). The receiver's stderr
+    /// `opened`, a receiver started beforehand, or the one the watcher's
+    /// last round left waiting), then runs `send` over the channel (given
+    /// the replica's label): again over a new connection when a receiver
+    /// left waiting turns out to be gone. A watcher keeps the session and
+    /// starts the next round's CA receiver on it. The receiver's stderr
     /// explains a failure its `ERROR` frame could not (it died, or never
     /// spoke the protocol), so it is added to network and protocol errors;
     /// failures before the protocol started never reached the sender's
@@ -416,7 +430,7 @@ impl Runner {
         noop: bool,
         kind: &str,
         opened: Option<Result<Opened>>,
-        send: impl FnOnce(&mut Channel, &str) -> Result<SyncReport>,
+        mut send: impl FnMut(&mut Channel, &str) -> Result<SyncReport>,
     ) -> Result<SyncReport> {
         let label = replica_label(r);
         let host_err = |e: Error| {
@@ -429,9 +443,20 @@ impl Runner {
         let mut sender_ran = false;
         let mut keep: Option<Session> = None;
         let result = (|| {
-            let (session, mut channel) = self.open_receiver(r, kind, opened).map_err(host_err)?;
+            let ((mut session, mut channel), warm) =
+                self.open_receiver(r, kind, opened).map_err(host_err)?;
             sender_ran = true;
-            let result = send(&mut channel, &label);
+            let mut result = send(&mut channel, &label);
+            let gone = |e: &Error| matches!(e.kind(), ErrorKind::Network | ErrorKind::Timeout);
+            if warm && result.as_ref().is_err_and(gone) {
+                // The receiver started after the last round went with its
+                // session (closed while idle by the server or the network):
+                // the round runs again over a new connection, as it would
+                // have had the session been found closed before.
+                drop(channel);
+                (session, channel) = self.connect_receiver(r, kind).map_err(host_err)?;
+                result = send(&mut channel, &label);
+            }
             let finished = channel.finish();
             let stderr = channel.stderr();
             let stderr = stderr.trim();
@@ -471,55 +496,70 @@ impl Runner {
             }
         }
         if let (Some(pool), Some(session)) = (&self.sessions, keep) {
+            // The next round's CA receiver starts now (a failure here is
+            // met by the next round, which starts one as usual).
+            let warm = session.exec(&receive_command("ca")).ok();
             if let Ok(mut pool) = pool.lock() {
-                pool.insert(replica_key(r), (session, Instant::now()));
+                let used = Instant::now();
+                pool.insert(
+                    replica_key(r),
+                    Pooled {
+                        session,
+                        warm,
+                        used,
+                    },
+                );
             }
         }
         result
     }
 
-    /// The session kept for `r` by the watcher's last round, unless it has
-    /// been idle too long.
-    fn pooled_session(&self, r: &ReplicaConfig) -> Option<Session> {
+    /// The session kept for `r` by the watcher's last round and the CA
+    /// receiver waiting on it, unless it has been idle too long.
+    fn pooled_session(&self, r: &ReplicaConfig) -> Option<(Session, Option<Channel>)> {
         let pool = self.sessions.as_ref()?;
-        let (session, used) = pool.lock().ok()?.remove(&replica_key(r))?;
-        (used.elapsed() < SESSION_IDLE).then_some(session)
+        let kept = pool.lock().ok()?.remove(&replica_key(r))?;
+        (kept.used.elapsed() < SESSION_IDLE).then_some((kept.session, kept.warm))
     }
 
     /// Whether [`pooled_session`](Self::pooled_session) has one for `r`.
     fn has_pooled_session(&self, r: &ReplicaConfig) -> bool {
         self.sessions
             .as_ref()
-            .and_then(|pool| {
-                pool.lock()
-                    .ok()?
-                    .get(&replica_key(r))
-                    .map(|(_, used)| *used)
-            })
+            .and_then(|pool| pool.lock().ok()?.get(&replica_key(r)).map(|kept| kept.used))
             .is_some_and(|used| used.elapsed() < SESSION_IDLE)
     }
 
     /// The receiver on `r`: `opened` (started during the scan) when given,
-    /// else one started over the session the watcher kept (unless the
-    /// server or the network closed it while idle), else over a new one.
+    /// else the CA receiver the watcher's last round started (`true`: it
+    /// may have gone with its session since), else one started over the
+    /// session the watcher kept (unless the server or the network closed
+    /// it while idle), else over a new one.
     fn open_receiver(
         &self,
         r: &ReplicaConfig,
         kind: &str,
         opened: Option<Result<Opened>>,
-    ) -> Result<Opened> {
-        let command = receive_command(kind);
-        let session = match opened {
-            Some(opened) => return opened,
-            None => match self.pooled_session(r) {
-                Some(kept) => match kept.exec(&command) {
-                    Ok(channel) => return Ok((kept, channel)),
-                    Err(_) => self.target(r).connect()?,
-                },
-                None => self.target(r).connect()?,
-            },
+    ) -> Result<(Opened, bool)> {
+        if let Some(opened) = opened {
+            return opened.map(|o| (o, false));
+        }
+        let Some((kept, warm)) = self.pooled_session(r) else {
+            return self.connect_receiver(r, kind).map(|o| (o, false));
         };
-        let channel = session.exec(&command)?;
+        if let Some(channel) = warm.filter(|_| kind == "ca") {
+            return Ok(((kept, channel), true));
+        }
+        match kept.exec(&receive_command(kind)) {
+            Ok(channel) => Ok(((kept, channel), false)),
+            Err(_) => self.connect_receiver(r, kind).map(|o| (o, false)),
+        }
+    }
+
+    /// A new SSH session to `r` and the `kind` receiver started over it.
+    fn connect_receiver(&self, r: &ReplicaConfig, kind: &str) -> Result<Opened> {
+        let session = self.target(r).connect()?;
+        let channel = session.exec(&receive_command(kind))?;
         Ok((session, channel))
     }
 
