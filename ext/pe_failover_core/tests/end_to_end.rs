@@ -609,17 +609,7 @@ fn the_active_watcher_keeps_its_session_and_connects_again_when_it_is_dropped() 
 
 /// The receivers running under the test's sshd.
 fn receivers(e: &E2e) -> usize {
-    e.sshd
-        .session_pids()
-        .into_iter()
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                c.split(|&b| b == 0)
-                    .next()
-                    .is_some_and(|a| a.ends_with(b"pe_failover_receive"))
-            })
-        })
-        .count()
+    e.sshd.running("pe_failover_receive")
 }
 
 #[test]

@@ -389,6 +389,14 @@ fn running_watchers_poll_the_classifier_and_ship_only_changes() {
         })
     });
 
+    // The classifier's rounds use the kept session too: the CA receiver
+    // left waiting on it is closed (it exits) and a new one waits after.
+    wait_until("one receiver waits between rounds", &mut || {
+        site.sshd.running("pe_failover_receive") == 1
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(site.sshd.running("pe_failover_receive"), 1);
+
     a_stop.cancel();
     b_stop.cancel();
     let (a_sum, b_sum) = (a_watch.join().unwrap(), b_watch.join().unwrap());

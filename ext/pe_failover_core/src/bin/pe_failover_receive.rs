@@ -16,7 +16,7 @@
 
 use std::process::ExitCode;
 
-use pe_failover_core::protocol::Receiver;
+use pe_failover_core::protocol::{ReceiveOutcome, Receiver};
 
 /// mimalloc rather than the C library's allocator: a receive session reads,
 /// merges and writes manifests of one record per certificate (two or three
@@ -85,6 +85,7 @@ fn main() -> ExitCode {
         receiver = receiver.host(name);
     }
     match receiver.receive_stdio() {
+        Ok(report) if report.outcome == ReceiveOutcome::Unused => ExitCode::SUCCESS,
         Ok(report) => {
             eprintln!(
                 "pe_failover_receive: {:?} transaction {} ({} bytes received)",

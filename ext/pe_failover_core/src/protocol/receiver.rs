@@ -36,6 +36,10 @@ pub enum ReceiveOutcome {
     Stored,
     /// The sender had nothing to send (or ran in noop mode).
     NothingToDo,
+    /// The sender started this receiver before it needed one (during its
+    /// scan, or for its watcher's next round) and closed the connection
+    /// without a word: nothing happened, nothing is recorded.
+    Unused,
 }
 
 /// What one receive session did.
@@ -45,7 +49,7 @@ pub struct ReceiveReport {
     pub sender: String,
     /// The transaction id.
     pub txn: String,
-    /// Stored or nothing to do.
+    /// Stored, nothing to do, or unused.
     pub outcome: ReceiveOutcome,
     /// The digest this replica held before.
     pub base: Option<String>,
@@ -210,6 +214,18 @@ impl Receiver {
         let unused = self.expect.is_some()
             && session.stats.bytes_received == 0
             && matches!(&result, Err(e) if e.kind() == ErrorKind::Network);
+        if unused {
+            return Ok(ReceiveReport {
+                sender: String::new(),
+                txn: String::new(),
+                outcome: ReceiveOutcome::Unused,
+                base: None,
+                digest: None,
+                txn_dir: None,
+                partials_removed: 0,
+                stats: session.stats,
+            });
+        }
         let kind = session.kind.unwrap_or(Kind::Ca);
         let state = StateDir::for_kind(self.state.root(), kind);
         let status_path = state.receiver_status_file();
@@ -244,7 +260,7 @@ impl Receiver {
         };
         // Only once the state directory exists (a fenced or malformed
         // session may not have created it).
-        if state.incoming().is_dir() && !unused {
+        if state.incoming().is_dir() {
             let _ = status.save(&status_path);
         }
         result

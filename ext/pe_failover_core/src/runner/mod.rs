@@ -267,6 +267,8 @@ impl Runner {
 
     fn log_receive(&self, result: &Result<ReceiveReport>) {
         match result {
+            // Started ahead of need and closed unused: nothing happened.
+            Ok(r) if r.outcome == ReceiveOutcome::Unused => {}
             Ok(r) if r.outcome == ReceiveOutcome::Stored => {
                 self.log(
                     "receive",

@@ -454,7 +454,17 @@ impl Runner {
                 // the round runs again over a new connection, as it would
                 // have had the session been found closed before.
                 drop(channel);
-                (session, channel) = self.connect_receiver(r, kind).map_err(host_err)?;
+                match self.connect_receiver(r, kind).map_err(host_err) {
+                    Ok(fresh) => (session, channel) = fresh,
+                    Err(e) => {
+                        // The sender recorded the waiting receiver's loss;
+                        // this is why the round failed.
+                        if !noop {
+                            self.record_failure(r, &e, kind);
+                        }
+                        return Err(e);
+                    }
+                }
                 result = send(&mut channel, &label);
             }
             let finished = channel.finish();
@@ -547,8 +557,15 @@ impl Runner {
         let Some((kept, warm)) = self.pooled_session(r) else {
             return self.connect_receiver(r, kind).map(|o| (o, false));
         };
-        if let Some(channel) = warm.filter(|_| kind == "ca") {
-            return Ok(((kept, channel), true));
+        match warm {
+            Some(channel) if kind == "ca" => return Ok(((kept, channel), true)),
+            // Another kind: the waiting receiver is told there is nothing
+            // (end of file) and leaves without a word; its exit is awaited
+            // rather than left to the channel's drop.
+            Some(mut unused) => {
+                let _ = unused.send_eof().and_then(|()| unused.finish());
+            }
+            None => {}
         }
         match kept.exec(&receive_command(kind)) {
             Ok(channel) => Ok(((kept, channel), false)),

@@ -357,6 +357,21 @@ impl Sshd {
         }
     }
 
+    /// How many session processes run `program` (their first argument ends
+    /// with it: a login shell running it with `-c` is not counted).
+    pub fn running(&self, program: &str) -> usize {
+        self.session_pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    c.split(|&b| b == 0)
+                        .next()
+                        .is_some_and(|a| a.ends_with(program.as_bytes()))
+                })
+            })
+            .count()
+    }
+
     /// Kills the server and its sessions with SIGKILL at once, like a crash.
     pub fn kill(&mut self) {
         let sessions = self.session_pids();
