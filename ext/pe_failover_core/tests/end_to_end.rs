@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use pe_failover_core::cancel::CancelToken;
 use pe_failover_core::log::Logger;
 use pe_failover_core::runner::{ReplicaOutcome, Runner, WatchSummary};
+use pe_failover_core::stage::StateDir;
 use pe_failover_core::ErrorKind;
 use util::selinux::{selinux_label, set_selinux_label};
 use util::sshd::{ClientKey, Sshd};
@@ -633,7 +634,7 @@ fn the_active_watcher_starts_the_next_rounds_receiver_as_a_round_ends() {
         );
         assert!(wait_until(Duration::from_secs(5), || receivers(&e) == 1));
     }
-    let status_file = e.b_state().join("incoming/receiver.status.json");
+    let status_file = StateDir::new(e.b_state()).receiver_status_file();
     let before = fs::read(&status_file).unwrap();
     // The watcher stops: the waiting receiver is closed unused and leaves
     // quietly, its status file as it was.

@@ -21,7 +21,7 @@ use pe_failover_core::apply::{ApplyProgress, Owner};
 use pe_failover_core::cancel::CancelToken;
 use pe_failover_core::protocol::ReceiveOutcome;
 use pe_failover_core::replset::{detect_cadir, ReplicatedSet};
-use pe_failover_core::stage::LatestCache;
+use pe_failover_core::stage::{latest_snapshot_meta, LatestCache, StateDir};
 use pe_failover_core::state::{ReceiverStatus, ReplicaStatus, SenderStatus, SyncOutcome};
 use pe_failover_core::ErrorKind;
 use selinux::{selinux_label, set_selinux_label};
@@ -1165,10 +1165,12 @@ fn old_snapshots_are_pruned_and_unchanged_contents_stored_once() {
     p.assert_converged(&[PASSIVE]);
 }
 
-/// The latest snapshot's metadata (`snapshots/latest/meta.json`).
-fn latest_meta(p: &Pair) -> serde_json::Value {
-    let bytes = fs::read(p.b_state.join("snapshots/latest/meta.json")).unwrap();
-    serde_json::from_slice(&bytes).unwrap()
+/// The latest snapshot's sequence number.
+fn latest_seq(p: &Pair) -> u64 {
+    latest_snapshot_meta(&StateDir::new(&p.b_state))
+        .unwrap()
+        .expect("a latest snapshot")
+        .seq
 }
 
 /// Puts garbage in place of the latest snapshot's manifest file (a new
@@ -1212,17 +1214,17 @@ fn a_kept_latest_snapshot_spares_a_read_and_is_used_only_while_it_is_the_latest(
     // An apply without the cache (`pe_failover apply` beside the watcher)
     // moves `latest` on: the kept snapshot is stale and is not used. Used,
     // the next snapshot would follow it instead of the one between.
-    let kept_seq = latest_meta(&p)["seq"].as_u64().unwrap();
+    let kept_seq = latest_seq(&p);
     p.sign("foreign.example.com");
     p.sync();
     p.apply();
-    let foreign_seq = latest_meta(&p)["seq"].as_u64().unwrap();
+    let foreign_seq = latest_seq(&p);
     assert_eq!(foreign_seq, kept_seq + 1);
     p.sign("after.example.com");
     p.sync();
     let a = cached().run().unwrap();
     assert_eq!(a.staged.len(), 1);
-    assert_eq!(latest_meta(&p)["seq"].as_u64().unwrap(), foreign_seq + 1);
+    assert_eq!(latest_seq(&p), foreign_seq + 1);
     p.assert_converged(&[PASSIVE]);
     assert!(cache.is_kept());
 }

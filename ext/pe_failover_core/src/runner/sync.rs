@@ -453,18 +453,12 @@ impl Runner {
                 // session (closed while idle by the server or the network):
                 // the round runs again over a new connection, as it would
                 // have had the session been found closed before.
+                // (A connection that fails now is recorded as the round's
+                // failure, below, as a first one would be.)
                 drop(channel);
-                match self.connect_receiver(r, kind).map_err(host_err) {
-                    Ok(fresh) => (session, channel) = fresh,
-                    Err(e) => {
-                        // The sender recorded the waiting receiver's loss;
-                        // this is why the round failed.
-                        if !noop {
-                            self.record_failure(r, &e, kind);
-                        }
-                        return Err(e);
-                    }
-                }
+                sender_ran = false;
+                (session, channel) = self.connect_receiver(r, kind).map_err(host_err)?;
+                sender_ran = true;
                 result = send(&mut channel, &label);
             }
             let finished = channel.finish();
