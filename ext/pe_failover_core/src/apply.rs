@@ -688,13 +688,19 @@ impl Applier {
             });
             return Ok(());
         }
-        // The latest snapshot is read while the first transaction's manifest
-        // is taken over.
-        let first = order.first().map(|&i| &txns[i]);
+        // A kept latest snapshot is at hand: each transaction's manifest is
+        // read against the snapshot before it (in `build_snapshot`).
+        // Otherwise the latest snapshot is read while the first
+        // transaction's manifest is taken over (and read whole).
+        let kept = self
+            .latest_cache
+            .as_ref()
+            .and_then(|cache| cache.take(latest_meta.as_ref()));
+        let first = order.first().map(|&i| &txns[i]).filter(|_| kept.is_none());
         let (latest, mut prepared) = std::thread::scope(|s| {
-            let prepared = first.map(|txn| s.spawn(|| prepare_snapshot(&self.state, txn)));
-            let latest = match &self.latest_cache {
-                Some(cache) => cache.take(&self.state, latest_meta.as_ref()),
+            let prepared = first.map(|txn| s.spawn(|| prepare_snapshot(&self.state, txn, None)));
+            let latest = match kept {
+                Some(kept) => Ok(Some(kept)),
                 None => latest_snapshot(&self.state),
             };
             let prepared = prepared.map(|h| {

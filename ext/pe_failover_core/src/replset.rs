@@ -535,6 +535,19 @@ pub fn load_manifest(path: &Path) -> Result<Option<Manifest>> {
 /// [`load_manifest`] with the rules of `kind` (see
 /// [`manifest_from_entries_of`]).
 pub fn load_manifest_of(kind: Kind, path: &Path) -> Result<Option<Manifest>> {
+    load_manifest_against(kind, path, None)
+}
+
+/// [`load_manifest_of`], decoding only the entries that differ from those
+/// of `base` (a manifest read and checked before, such as the latest
+/// snapshot's when the file is a transaction's on top of it); the rest are
+/// taken from `base` and only what changed is checked again. The result is
+/// the same; a file of format 1 is read whole.
+pub(crate) fn load_manifest_against(
+    kind: Kind,
+    path: &Path,
+    base: Option<&Manifest>,
+) -> Result<Option<Manifest>> {
     let bytes = match fsutil::read_bounded(path, MANIFEST_FILE_LIMIT) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -551,10 +564,16 @@ pub fn load_manifest_of(kind: Kind, path: &Path) -> Result<Option<Manifest>> {
         return load_json_manifest(kind, &bytes).map(Some).map_err(corrupt);
     }
     let (recorded, body) = split_manifest_file(&bytes).map_err(corrupt)?;
-    let (digest, parsed) = hashed_while(body, || {
-        Manifest::from_canonical(body, recorded.to_string(), |entries| {
+    let (digest, parsed) = hashed_while(body, || match base {
+        Some(base) => Manifest::from_canonical_against(
+            body,
+            recorded.to_string(),
+            base,
+            |merged, upserts, removed| manifest_from_merge(kind, merged, upserts, removed),
+        ),
+        None => Manifest::from_canonical(body, recorded.to_string(), |entries| {
             manifest_from_entries_of(kind, entries)
-        })
+        }),
     });
     if digest != recorded {
         return Err(corrupt(format!(
@@ -1276,6 +1295,57 @@ mod tests {
                     whole.as_ref().ok(),
                     "part: {:?}, whole: {:?}", part.as_ref().err(), whole.as_ref().err()
                 );
+            }
+
+            /// A manifest file read against a valid base (only the records
+            /// that differ from it decoded) is the file read whole: the
+            /// same manifest, or refused as corrupt alike (rules broken,
+            /// a byte changed anywhere).
+            #[test]
+            fn reading_a_file_against_a_base_is_reading_it_whole(
+                keep in prop::collection::vec(any::<bool>(), 1..12),
+                upserts in prop::collection::vec(entry(), 0..4),
+                removes in prop::collection::vec(prop::sample::select(PATHS), 0..3),
+                nc in any::<bool>(),
+                garble in prop::option::of((any::<prop::sample::Index>(), 1..=255u8)),
+            ) {
+                let kind = if nc { Kind::Nc } else { Kind::Ca };
+                let base = base(kind, &keep);
+                let base_manifest =
+                    manifest_from_entries_of(kind, base.values().cloned().collect()).unwrap();
+                let mut merged = base.clone();
+                for p in removes {
+                    merged.remove(p);
+                }
+                merged.extend(upserts.into_iter().map(|e| (e.path.clone(), e)));
+                // Written as it is, rules broken or not.
+                let new = Manifest::from_own_entries(merged.into_values().collect()).unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("m.manifest.json");
+                save_manifest(&path, &new, 0o600).unwrap();
+                if let Some((at, xor)) = garble {
+                    let mut bytes = fs::read(&path).unwrap();
+                    let body = MANIFEST_MAGIC.len() + 65;
+                    let at = body + at.index(bytes.len() - body);
+                    bytes[at] ^= xor;
+                    fs::write(&path, &bytes).unwrap();
+                }
+                let whole = load_manifest_of(kind, &path);
+                let against = load_manifest_against(kind, &path, Some(&base_manifest));
+                match (&whole, &against) {
+                    (Ok(w), Ok(a)) => {
+                        prop_assert_eq!(w, a);
+                        prop_assert_eq!(w.as_ref().map(Manifest::digest), a.as_ref().map(Manifest::digest));
+                    }
+                    (Err(w), Err(a)) => {
+                        prop_assert_eq!(w.kind(), ErrorKind::Corrupt);
+                        prop_assert_eq!(a.kind(), ErrorKind::Corrupt);
+                    }
+                    _ => prop_assert!(false, "whole: {:?}, against the base: {:?}", whole, against),
+                }
+                if garble.is_some() {
+                    prop_assert!(against.is_err(), "a changed byte was not noticed");
+                }
             }
         }
     }

@@ -415,6 +415,52 @@ impl Manifest {
         }))
     }
 
+    /// [`from_canonical`](Self::from_canonical) for a form that mostly
+    /// repeats `base`: a record whose bytes are those of `base`'s entry at
+    /// its path is that entry (cloned, not decoded), and only the other
+    /// records are decoded. `build` gets the merged entries (in path order),
+    /// the decoded ones and the paths of `base` the form no longer has, and
+    /// checks what changed (see `replset::manifest_from_merge`: `base` passed
+    /// every rule when it was read).
+    pub(crate) fn from_canonical_against(
+        canonical: &[u8],
+        digest: String,
+        base: &Manifest,
+        build: impl FnOnce(Vec<Entry>, &[&Entry], &[&str]) -> Result<Manifest>,
+    ) -> std::result::Result<Result<Manifest>, String> {
+        let mut records = Records::new(canonical)?;
+        let mut merged: Vec<Entry> = Vec::with_capacity(records.count() as usize);
+        // Indexes into `merged` of the decoded entries.
+        let mut decoded: Vec<usize> = Vec::new();
+        let mut removed: Vec<&str> = Vec::new();
+        let mut olds = base.entries.iter().peekable();
+        let mut scratch = Vec::with_capacity(256);
+        while let Some(record) = records.next_record()? {
+            while let Some(gone) = olds.next_if(|o| o.path.as_str() < record.path) {
+                removed.push(&gone.path);
+            }
+            let same = olds.next_if(|o| o.path == record.path).filter(|o| {
+                scratch.clear();
+                o.write_canonical(&mut scratch);
+                scratch == record.bytes
+            });
+            match same {
+                Some(o) => merged.push(o.clone()),
+                None => {
+                    decoded.push(merged.len());
+                    merged.push(record.entry()?);
+                }
+            }
+        }
+        removed.extend(olds.map(|o| o.path.as_str()));
+        let upserts: Vec<Entry> = decoded.iter().map(|&i| merged[i].clone()).collect();
+        let upserts: Vec<&Entry> = upserts.iter().collect();
+        Ok(build(merged, &upserts, &removed).inspect(|m| {
+            debug_assert_eq!(m.canonical_bytes(), canonical);
+            let _ = m.digest.set(digest);
+        }))
+    }
+
     /// The subset of entries not matched by `excludes`.
     pub fn without(&self, excludes: &Excludes) -> Manifest {
         Manifest::sorted(

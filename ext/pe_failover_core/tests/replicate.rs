@@ -1227,6 +1227,43 @@ fn a_kept_latest_snapshot_spares_a_read_and_is_used_only_while_it_is_the_latest(
     assert_eq!(latest_seq(&p), foreign_seq + 1);
     p.assert_converged(&[PASSIVE]);
     assert!(cache.is_kept());
+
+    // With the kept snapshot, a transaction's manifest is decoded only
+    // where it differs from it, and still checked whole: a byte changed in
+    // a record they share (the CA certificate's) or in the new one is
+    // refused, nothing of it is applied, and the next sync resends.
+    for (name, damaged) in [
+        ("shared.example.com", "ca_crt.pem"),
+        ("fresh.example.com", "fresh.example.com"),
+    ] {
+        let seq = latest_seq(&p);
+        p.sign(name);
+        p.sync();
+        let txn = p.incoming().pop().unwrap();
+        let manifest = p.b_state.join("incoming").join(&txn).join("manifest.json");
+        let mut bytes = fs::read(&manifest).unwrap();
+        let at = bytes
+            .windows(damaged.len())
+            .position(|w| w == damaged.as_bytes())
+            .unwrap();
+        bytes[at] ^= 1;
+        fs::write(&manifest, bytes).unwrap();
+        let e = cached().run().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains("not the recorded"), "{e}");
+        assert!(p.incoming().is_empty());
+        assert_eq!(latest_seq(&p), seq);
+        let live = p.b_cadir.join(format!("signed/{name}.pem"));
+        assert!(
+            !live.exists(),
+            "{name} was applied from a damaged transaction"
+        );
+        let (s, _) = p.sync_with(p.sender(), p.receiver());
+        assert!(s.unwrap().stats.manifest_exchanged);
+        cached().run().unwrap();
+        assert_eq!(latest_seq(&p), seq + 1);
+        p.assert_converged(&[PASSIVE]);
+    }
 }
 
 /// Runs the project's Ruby TestCA (`spec/support/test_ca.rb`); `None` when
