@@ -27,6 +27,14 @@ RSpec.describe PeFailoverSpec::Sshd do
     expect(File.read(victim)).to eq('keep')
   end
 
+  it 'gives sessions an empty home, so no start-up file of the login user runs' do
+    key = sshd.client('sender', command: %(printf '%s' "$HOME"))
+    out, err, status = sshd.ssh(key, 'ignored')
+    expect(status).to be_success, err
+    expect(out).to eq(File.join(sshd.dir, 'home'))
+    expect(Dir.children(out)).to be_empty
+  end
+
   it 'carries stdin and stdout through the forced command' do
     key = sshd.client('sender', command: 'cat')
     data = Random.new(1).bytes(256 * 1024)

@@ -83,6 +83,11 @@ module PeFailoverSpec
       @authorized_keys = authorized_keys ? File.expand_path(authorized_keys) : File.join(@dir, 'authorized_keys')
       @known_hosts = File.join(@dir, 'known_hosts')
       @log_path = File.join(@dir, 'sshd.log')
+      # The sessions' home: empty, so no login user's start-up files run
+      # (bash reads ~/.bashrc even for a forced command).
+      @home = File.join(@dir, 'home')
+      FileUtils.mkdir_p(@home)
+      File.chmod(0o755, @home)
       keygen(@host_key, 'pe_failover test sshd') unless File.exist?(@host_key)
       return unless @own_authorized_keys
 
@@ -249,8 +254,8 @@ module PeFailoverSpec
         'StrictModes no', 'UsePAM no', 'PasswordAuthentication no', 'KbdInteractiveAuthentication no',
         'HostbasedAuthentication no', 'PubkeyAuthentication yes', 'PermitRootLogin prohibit-password',
         "AllowUsers #{@user}", 'AllowTcpForwarding no', 'AllowAgentForwarding no', 'X11Forwarding no',
-        'PermitTunnel no', 'PermitUserEnvironment no', 'UseDNS no', 'PrintMotd no', 'LoginGraceTime 30',
-        'MaxStartups 100', 'LogLevel VERBOSE'
+        'PermitTunnel no', 'PermitUserEnvironment no', "SetEnv HOME=#{@home}", 'UseDNS no', 'PrintMotd no',
+        'LoginGraceTime 30', 'MaxStartups 100', 'LogLevel VERBOSE'
       ] + @extra_config
       File.write(config_path, lines.map { |l| "#{l}\n" }.join)
     end

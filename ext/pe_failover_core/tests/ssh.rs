@@ -103,6 +103,18 @@ fn forced_command_runs_instead_of_the_requested_one() {
 }
 
 #[test]
+fn sessions_get_an_empty_home_so_no_start_up_file_of_the_login_user_runs() {
+    let sshd = Sshd::start();
+    let key = sshd.client("sender", r#"printf '%s' "$HOME""#);
+    let session = connect(&sshd.target(&key));
+    let (out, status, _) = run(&session, "ignored", b"");
+    assert_eq!(status, 0);
+    let home = sshd.dir().join("home");
+    assert_eq!(String::from_utf8(out).unwrap(), home.display().to_string());
+    assert_eq!(fs::read_dir(&home).unwrap().count(), 0);
+}
+
+#[test]
 fn exit_status_and_stderr_are_propagated() {
     let sshd = Sshd::start();
     let key = sshd.client("sender", "echo out; echo 'receiver: fenced' >&2; exit 3");

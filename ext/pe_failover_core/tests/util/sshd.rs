@@ -124,6 +124,11 @@ impl Sshd {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let host_key = dir.path().join("ssh_host_ed25519_key");
         keygen(&host_key, "pe_failover test sshd");
+        // The sessions' home (see `write_config`): empty, so no login
+        // user's start-up files run.
+        let home = dir.path().join("home");
+        fs::create_dir(&home).unwrap();
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).unwrap();
         let authorized_keys = dir.path().join("authorized_keys");
         fs::write(&authorized_keys, "").unwrap();
         fs::set_permissions(&authorized_keys, fs::Permissions::from_mode(0o644)).unwrap();
@@ -157,6 +162,12 @@ impl Sshd {
         panic!("sshd did not start; its log:\n{last_log}");
     }
 
+    /// The configuration. `HOME` is set to an empty directory: sshd runs a
+    /// forced command with the login user's shell, and bash reads
+    /// `~/.bashrc` even then (a build option Debian uses). The root account
+    /// of a development machine may start slow tools there (pyenv takes a
+    /// lock file); a session killed inside them leaves that lock behind and
+    /// later sessions wait for it.
     fn write_config(&self, extra: &[String]) {
         let d = self.dir.path().display();
         let mut config = format!(
@@ -180,6 +191,7 @@ impl Sshd {
              X11Forwarding no\n\
              PermitTunnel no\n\
              PermitUserEnvironment no\n\
+             SetEnv HOME={d}/home\n\
              UseDNS no\n\
              PrintMotd no\n\
              LoginGraceTime 30\n\
