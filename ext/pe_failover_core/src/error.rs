@@ -89,6 +89,34 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    const ALL: [ErrorKind; 18] = [
+        ErrorKind::NotFound,
+        ErrorKind::PermissionDenied,
+        ErrorKind::NonUtf8Path,
+        ErrorKind::UnsafePath,
+        ErrorKind::InvalidPattern,
+        ErrorKind::InvalidInput,
+        ErrorKind::Corrupt,
+        ErrorKind::Cancelled,
+        ErrorKind::Refused,
+        ErrorKind::Fenced,
+        ErrorKind::Protocol,
+        ErrorKind::Network,
+        ErrorKind::Timeout,
+        ErrorKind::Verification,
+        ErrorKind::Unauthorized,
+        ErrorKind::Api,
+        ErrorKind::Io,
+        ErrorKind::Internal,
+    ];
+
+    /// The kind whose [`as_str`](Self::as_str) is `name`, if any.
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -293,6 +321,16 @@ impl From<Error> for io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_are_found_by_their_names() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_name(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ErrorKind::from_name("fenced"), Some(ErrorKind::Fenced));
+        assert_eq!(ErrorKind::from_name("Fenced"), None);
+        assert_eq!(ErrorKind::from_name(""), None);
+    }
 
     #[test]
     fn io_errors_keep_kind_and_path() {

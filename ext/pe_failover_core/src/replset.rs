@@ -681,6 +681,25 @@ pub struct SetScan {
     pub cache_save: CacheSave,
 }
 
+impl SetScan {
+    /// A scan of `manifest` read from `paths`, without counters, kept
+    /// contents or a cache write (a rescan's).
+    fn of(manifest: Manifest, paths: CaPaths) -> SetScan {
+        SetScan {
+            manifest,
+            paths,
+            stats: ScanStats::default(),
+            contents: Contents::default(),
+            cache_save: CacheSave::default(),
+        }
+    }
+
+    /// This scan's manifest and paths again (see [`of`](Self::of)).
+    pub(crate) fn again(&self) -> SetScan {
+        SetScan::of(self.manifest.clone(), self.paths.clone())
+    }
+}
+
 /// The replicated set of the active primary: its CA directory plus the
 /// CRL and CA certificate copies in its ssl directory.
 ///
@@ -1013,13 +1032,7 @@ impl ReplicatedSet {
         }
         entries.extend(ups.filter_map(|(_, new)| new));
         let manifest = finish_set_manifest(&cadir, entries)?;
-        Ok(Some(SetScan {
-            manifest,
-            paths: prev.paths.clone(),
-            stats: ScanStats::default(),
-            contents: Contents::default(),
-            cache_save: CacheSave::default(),
-        }))
+        Ok(Some(SetScan::of(manifest, prev.paths.clone())))
     }
 }
 

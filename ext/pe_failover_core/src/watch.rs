@@ -38,6 +38,8 @@ pub struct Batch {
     pub root_gone: bool,
     /// Number of raw events coalesced into this batch.
     pub events: u64,
+    /// The wait ended early because a [`Waker`] was woken.
+    pub woken: bool,
 }
 
 impl Batch {
@@ -65,6 +67,48 @@ impl Default for Debounce {
             quiet: Duration::from_millis(150),
             max_delay: Duration::from_secs(1),
         }
+    }
+}
+
+/// Ends a [`Watcher::wait_or_woken`] early, from another thread: the
+/// batch collected so far (events the kernel has queued included) is
+/// returned at once. Clones share one event counter (an `eventfd`).
+#[derive(Clone, Debug)]
+pub struct Waker(std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl Waker {
+    /// A waker nobody has woken yet.
+    pub fn new() -> Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd takes no pointers; a valid descriptor is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("cannot create an eventfd: {}", io::Error::last_os_error()),
+            ));
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nothing else.
+        Ok(Waker(std::sync::Arc::new(unsafe {
+            std::os::fd::OwnedFd::from_raw_fd(fd)
+        })))
+    }
+
+    /// Wakes the wait (now, or the next one if none is under way).
+    pub fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to an owned eventfd. A
+        // full counter (EAGAIN) already means "woken".
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Resets the counter; whether it had been woken.
+    fn take(&self) -> bool {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer from an owned,
+        // non-blocking eventfd.
+        let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        n == 8
     }
 }
 
@@ -167,6 +211,18 @@ impl Watcher {
         timeout: Option<Duration>,
         cancel: &CancelToken,
     ) -> Result<Batch> {
+        self.wait_or_woken(debounce, timeout, cancel, None)
+    }
+
+    /// [`wait`](Self::wait), ended early by `waker`: then the events queued
+    /// so far are returned at once (perhaps none), with [`Batch::woken`] set.
+    pub fn wait_or_woken(
+        &mut self,
+        debounce: Debounce,
+        timeout: Option<Duration>,
+        cancel: &CancelToken,
+        waker: Option<&Waker>,
+    ) -> Result<Batch> {
         let mut batch = Batch::default();
         let started = Instant::now();
         // Phase 1: the first event.
@@ -178,8 +234,13 @@ impl Watcher {
                 return Ok(batch);
             }
             let wait_for = remaining.map_or(slice, |r| r.min(slice));
-            if self.poll(wait_for)? {
+            let (events, woken) = self.poll(wait_for, waker)?;
+            if events || woken {
                 self.drain(&mut batch)?;
+                batch.woken = woken;
+                if woken {
+                    return Ok(batch);
+                }
                 if !batch.is_empty() {
                     break;
                 }
@@ -199,37 +260,53 @@ impl Watcher {
                 break;
             }
             let wait_for = quiet_left.min(debounce.max_delay - since_first);
-            if self.poll(wait_for)? {
+            let (events, woken) = self.poll(wait_for, waker)?;
+            if events || woken {
                 let before = batch.events;
                 self.drain(&mut batch)?;
                 if batch.events > before {
                     last = Instant::now();
+                }
+                if woken {
+                    batch.woken = true;
+                    break;
                 }
             }
         }
         Ok(batch)
     }
 
-    fn poll(&self, wait: Duration) -> Result<bool> {
-        let mut fds = libc::pollfd {
-            fd: self.inotify.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+    /// Waits up to `wait` for inotify events or `waker`; says which came
+    /// (a wake is taken, so the next wait does not see it again).
+    fn poll(&self, wait: Duration, waker: Option<&Waker>) -> Result<(bool, bool)> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.inotify.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: waker.map_or(-1, |w| w.0.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut fds, 1, ms) };
+        // SAFETY: two valid pollfds (a negative fd is ignored) for the
+        // duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
-                return Ok(false);
+                return Ok((false, false));
             }
             return Err(Error::new(
                 ErrorKind::Io,
                 format!("waiting for inotify events failed: {err}"),
             ));
         }
-        Ok(n > 0)
+        let woken = fds[1].revents != 0 && waker.is_some_and(Waker::take);
+        Ok((fds[0].revents != 0, woken))
     }
 
     fn drain(&mut self, batch: &mut Batch) -> Result<()> {
@@ -318,6 +395,57 @@ mod tests {
             quiet: Duration::from_millis(100),
             max_delay: Duration::from_millis(600),
         }
+    }
+
+    #[test]
+    fn a_waker_ends_the_wait_at_once_with_the_events_queued_so_far() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Watcher::new().unwrap();
+        w.add_tree(dir.path()).unwrap();
+        let cancel = CancelToken::new();
+        let waker = Waker::new().unwrap();
+        let slow = Debounce {
+            quiet: Duration::from_secs(30),
+            max_delay: Duration::from_secs(60),
+        };
+        let wait = |w: &mut Watcher| {
+            let started = Instant::now();
+            let b = w
+                .wait_or_woken(slow, Some(Duration::from_secs(30)), &cancel, Some(&waker))
+                .unwrap();
+            (b, started.elapsed())
+        };
+
+        // Woken before any event: an empty batch, at once.
+        waker.wake();
+        let (b, took) = wait(&mut w);
+        assert!(b.woken && b.is_empty(), "{b:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+
+        // A change, then a wake from another thread while the batch is
+        // being debounced: the change comes with the early return.
+        fs::write(dir.path().join("a.pem"), "a").unwrap();
+        let other = waker.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            other.wake();
+        });
+        let (b, took) = wait(&mut w);
+        t.join().unwrap();
+        assert!(b.woken, "{b:?}");
+        assert!(b.paths.contains(&dir.path().join("a.pem")), "{b:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+
+        // A wake is taken once: the next wait times out as usual.
+        let b = w
+            .wait_or_woken(
+                slow,
+                Some(Duration::from_millis(200)),
+                &cancel,
+                Some(&waker),
+            )
+            .unwrap();
+        assert!(!b.woken && b.is_empty(), "{b:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod util;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -706,4 +707,100 @@ fn watch_once_syncs_and_applies_what_is_pending() {
         e.active().apply(false).unwrap_err().kind(),
         ErrorKind::Fenced
     );
+}
+
+#[test]
+fn a_sync_run_while_the_active_watcher_runs_is_run_by_the_watcher() {
+    let e = E2e::new(5);
+    // The watcher's own rounds come 3 s after a change: a `sync` run
+    // meanwhile is the one that ships it.
+    e.write_active(|v| v["watch"]["debounce_ms"] = 3000.into());
+    let socket = e.a_state().join("watch.sock");
+    let (b_token, b) = spawn_watch(e.passive());
+    let (a_token, a) = spawn_watch(e.active());
+    assert!(wait_until(Duration::from_secs(20), || e.converged()));
+    assert!(wait_until(Duration::from_secs(5), || socket.exists()));
+    let mode = fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A signing, then `sync` at once: the watcher ships it, from what
+    // inotify told it, before its own round would have.
+    e.sign("asked.test");
+    let run = e.sync_ok();
+    assert!(run.via_watcher, "{:?}", run.lines);
+    let r = &run.replicas[0];
+    assert_eq!(r.outcome, ReplicaOutcome::Committed, "{:?}", run.lines);
+    assert!(r.added.contains(&"ca/signed/asked.test.pem".to_string()));
+    assert!(wait_until(Duration::from_secs(20), || e.converged()));
+
+    // Noop through the watcher reports the change and ships nothing; the
+    // change is then shipped by the watcher's own round all the same.
+    e.sign("peek.test");
+    let run = e.active().sync(None, true).unwrap();
+    assert!(run.via_watcher);
+    assert_eq!(run.replicas[0].outcome, ReplicaOutcome::Noop);
+    assert!(run.replicas[0]
+        .added
+        .contains(&"ca/signed/peek.test.pem".to_string()));
+    assert!(!e.b_cadir().join("signed/peek.test.pem").exists());
+    assert!(wait_until(Duration::from_secs(20), || e.converged()));
+
+    // Not asked: without the watcher, or with another configuration file.
+    let run = e.active().use_watcher(false).sync(None, false).unwrap();
+    assert!(!run.via_watcher);
+    assert_eq!(run.replicas[0].outcome, ReplicaOutcome::UpToDate);
+    let other = e.dir.path().join("other.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&fs::read(e.active_config()).unwrap()).unwrap();
+    config["watch"]["retry_interval"] = 7.into();
+    fs::write(&other, serde_json::to_vec(&config).unwrap()).unwrap();
+    let run = Runner::load(&other)
+        .unwrap()
+        .logger(Logger::silent())
+        .sync(None, false)
+        .unwrap();
+    assert!(!run.via_watcher);
+    assert!(run.ok, "{:?}", run.lines);
+
+    // A replica the configuration does not name: the watcher's answer is
+    // the error a sync here gives.
+    let err = e.active().sync(Some("nowhere.test"), false).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+
+    a_token.cancel();
+    let a = a.join().unwrap();
+    assert!(a.ok, "{:?}", a.lines);
+    assert_eq!(a.requests, 2, "{:?}", a.lines);
+    assert_eq!(a.failures, 0, "{:?}", a.lines);
+    // Gone with the watcher: a sync scans here again.
+    assert!(!socket.exists());
+    e.sign("after.test");
+    let run = e.sync_ok();
+    assert!(!run.via_watcher);
+    assert_eq!(run.replicas[0].outcome, ReplicaOutcome::Committed);
+    b_token.cancel();
+    b.join().unwrap();
+}
+
+#[test]
+fn a_socket_left_by_a_dead_watcher_is_replaced_and_never_blocks_a_sync() {
+    let e = E2e::new(3);
+    e.write_active(|v| v["watch"]["debounce_ms"] = 3000.into());
+    let socket = e.a_state().join("watch.sock");
+    fs::create_dir_all(e.a_state()).unwrap();
+    // Bound, then closed: the file stays, nobody listens.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let run = e.sync_ok();
+    assert!(!run.via_watcher);
+    let (a_token, a) = spawn_watch(e.active());
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    }));
+    e.sign("fresh.test");
+    let run = e.sync_ok();
+    assert!(run.via_watcher);
+    assert_eq!(run.replicas[0].outcome, ReplicaOutcome::Committed);
+    a_token.cancel();
+    assert_eq!(a.join().unwrap().requests, 1);
 }

@@ -103,11 +103,16 @@ module PuppetX
                   '--replica HOST' => ['only this replica (default: all)', :replica],
                   '--noop' => ['show what would be shipped; transfer nothing', :noop, ->(_) { true }],
                   '--json' => ['print the report as JSON', :json, ->(_) { true }],
-                  '--[no-]nc' => ['also ship classifier groups (default: when enabled in the config)', :nc])
+                  '--[no-]nc' => ['also ship classifier groups (default: when enabled in the config)', :nc],
+                  '--[no-]watcher' => ['let a running watcher do it, without a scan of the CA (default: yes)', :watcher])
         return 0 if o[:help]
 
-        report = Replication.sync(config: o[:config], replica: o[:replica], noop: o[:noop] || false, nc: o[:nc])
+        report = Replication.sync(config: o[:config], replica: o[:replica], noop: o[:noop] || false, nc: o[:nc],
+                                  watcher: o[:watcher] != false)
         print_report(report, o[:json])
+        if report['via_watcher'] && !o[:json]
+          @out.puts '(the CA part was run by the watcher on this host; --no-watcher scans here)'
+        end
         report['ok'] ? 0 : 1
       end
 

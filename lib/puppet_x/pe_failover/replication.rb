@@ -21,9 +21,12 @@ module PuppetX
       # @param replica [String, nil] only this replica host
       # @param noop [Boolean] compute and report the changeset; send nothing
       # @param nc [Boolean, nil] ship classifier groups (nil: as configured)
+      # @param watcher [Boolean] let the active watcher, when one runs with
+      #   this configuration, run the CA part (it need not scan the CA);
+      #   false always scans here. The report's 'via_watcher' says which.
       # @return [Hash]
-      def sync(config:, replica: nil, noop: false, nc: nil)
-        NativeLoader.load!._sync(config.to_s, replica&.to_s, noop ? true : false, nc)
+      def sync(config:, replica: nil, noop: false, nc: nil, watcher: true)
+        NativeLoader.load!._sync(config.to_s, replica&.to_s, noop ? true : false, nc, watcher ? true : false)
       end
 
       # Serves one incoming transaction on stdin/stdout (SSH forced command).

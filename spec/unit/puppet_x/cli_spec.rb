@@ -104,6 +104,29 @@ RSpec.describe 'pe_failover CLI (lib/puppet_x/pe_failover/cli.rb)', order: :defi
     expect(pair.converged?).to be(true)
   end
 
+  it 'lets a running watcher run sync, unless told --no-watcher' do
+    socket = File.join(pair.dir, 'a', 'state', 'watch.sock')
+    pid = Process.spawn(RbConfig.ruby, PeFailoverSpec::ReplicationPair::CLI, 'watch', '--config', pair.active_config,
+                        out: File::NULL, err: File::NULL)
+    deadline = Time.now + 20
+    sleep 0.1 until File.socket?(socket) || Time.now > deadline
+    expect(File.socket?(socket)).to be(true)
+    pair.ca.sign('agent4.test')
+    out = run!('sync', '--config', pair.active_config)
+    expect(out).to include('run by the watcher on this host')
+    via = JSON.parse(run!('sync', '--config', pair.active_config, '--json'))
+    expect(via).to include('ok' => true, 'via_watcher' => true)
+    here = JSON.parse(run!('sync', '--config', pair.active_config, '--no-watcher', '--json'))
+    expect(here).to include('ok' => true, 'via_watcher' => false)
+    expect(here['replicas'].first).to include('outcome' => 'up_to_date')
+    Process.kill('TERM', pid)
+    _, status = Process.wait2(pid)
+    expect(status.exitstatus).to eq(0)
+    expect(File.exist?(socket)).to be(false)
+    run!('apply', '--config', pair.passive_config)
+    expect(pair.converged?).to be(true)
+  end
+
   it 'pins a host key and reports its fingerprint' do
     known = File.join(@tmp, 'pinned_known_hosts')
     out = run!('pin-host-key', '--host', '127.0.0.1', '--port', pair.sshd.port.to_s, '--known-hosts', known)

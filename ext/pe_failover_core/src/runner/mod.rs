@@ -42,6 +42,7 @@
 //! # }
 //! ```
 
+mod control;
 mod nc;
 mod status;
 mod sync;
@@ -96,6 +97,8 @@ pub struct Runner {
     /// The latest CA snapshot, kept between the passive watcher's rounds
     /// (none for one-shot commands).
     latest: Option<LatestCache>,
+    /// Whether `sync` asks a running active watcher to run the round.
+    use_watcher: bool,
 }
 
 impl std::fmt::Debug for Runner {
@@ -136,6 +139,7 @@ impl Runner {
             lines: Arc::new(Mutex::new(VecDeque::new())),
             sessions: None,
             latest: None,
+            use_watcher: true,
         }
     }
 
@@ -148,6 +152,16 @@ impl Runner {
     /// Stops long work (a transfer, the watcher) when `token` is tripped.
     pub fn cancel_token(mut self, token: CancelToken) -> Self {
         self.cancel = token;
+        self
+    }
+
+    /// Whether [`sync`](Self::sync) asks the active watcher, when one runs
+    /// with this configuration file, to run the round: it knows from
+    /// inotify what changed and keeps SSH sessions open, so it need not
+    /// scan the whole CA (see `<state_dir>/watch.sock`). Default: true;
+    /// false always scans here.
+    pub fn use_watcher(mut self, yes: bool) -> Self {
+        self.use_watcher = yes;
         self
     }
 

@@ -59,7 +59,7 @@ fn receive_command(kind: &str) -> String {
 pub(crate) type Opened = (Session, Channel);
 
 /// How one replica's sync ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplicaOutcome {
     /// A transaction was committed on the replica.
@@ -75,7 +75,7 @@ pub enum ReplicaOutcome {
 }
 
 /// One replica's part of a [`SyncRun`].
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReplicaSync {
     /// The replica's host, as configured.
     pub host: String,
@@ -112,7 +112,7 @@ pub struct ReplicaSync {
 }
 
 /// What [`Runner::sync`] did.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SyncRun {
     /// Whether every replica synced.
     pub ok: bool,
@@ -127,7 +127,12 @@ pub struct SyncRun {
     /// Per replica.
     pub replicas: Vec<ReplicaSync>,
     /// Classifier shipping (when `nc.enabled`, or asked for).
+    #[serde(skip_deserializing)]
     pub nc: Option<super::NcSyncRun>,
+    /// The CA part was run by the active watcher (see
+    /// [`Runner::use_watcher`]), not by a scan in this process.
+    #[serde(default)]
+    pub via_watcher: bool,
 }
 
 /// `<state>/replicas/<replica>/fenced.json`: the replica refused this
@@ -222,7 +227,10 @@ impl Runner {
     ) -> Result<SyncRun> {
         self.require_role(Role::Active, "sync")?;
         let replicas = self.select(replica)?;
-        let ca = self.sync_replicas(&replicas, noop);
+        let ca = match self.ask_watcher(replica, noop) {
+            Some(answer) => answer,
+            None => self.sync_replicas(&replicas, noop),
+        };
         if !self.nc_wanted(nc) {
             return ca;
         }
@@ -252,9 +260,25 @@ impl Runner {
                     lines,
                     replicas: Vec::new(),
                     nc: Some(nc_run),
+                    via_watcher: false,
                 })
             }
         }
+    }
+
+    /// The CA part of a sync run by the active watcher serving this
+    /// configuration, when there is one (see [`Runner::use_watcher`]).
+    fn ask_watcher(&self, replica: Option<&str>, noop: bool) -> Option<Result<SyncRun>> {
+        // (A watcher's own rounds are never sent to itself.)
+        if !self.use_watcher || self.sessions.is_some() {
+            return None;
+        }
+        let request = super::control::SyncRequest::new(&self.config_digest, replica, noop);
+        let answer = super::control::ask(&self.config.state_dir, &request)?;
+        Some(answer.map(|run| SyncRun {
+            via_watcher: true,
+            ..run
+        }))
     }
 
     pub(crate) fn sync_replicas(&self, replicas: &[ReplicaConfig], noop: bool) -> Result<SyncRun> {
@@ -331,6 +355,7 @@ impl Runner {
             lines: Vec::new(),
             replicas: Vec::new(),
             nc: None,
+            via_watcher: false,
         };
         if replicas.is_empty() {
             let line = self.log(

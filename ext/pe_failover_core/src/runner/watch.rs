@@ -7,7 +7,10 @@
 //!   The first round, at start, is a full sync: whatever changed while no
 //!   watcher ran is shipped then. A batch that overflowed, a new or removed
 //!   directory, or a batch no round shipped makes the next round scan
-//!   everything.
+//!   everything. The watcher also serves the `sync` commands run meanwhile
+//!   with its configuration file (on `<state_dir>/watch.sock`, see
+//!   [`Runner::use_watcher`]): each is a round to the replicas it names,
+//!   from the last scan updated for the changes seen so far.
 //! - Passive: inotify on `incoming/`; an apply for every batch that brings a
 //!   complete transaction (comparing only the live paths it changes), and a
 //!   verifying apply (the whole live CA, which repairs drift) at start, on
@@ -28,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{replica_key, replica_label, Runner};
+use super::control::{Answer, Asked, ControlServer, SOCKET};
+use super::{replica_key, replica_label, Runner, SyncRun};
 use crate::config::ReplicaConfig;
 use crate::log::Status;
 use crate::replset::SetScan;
@@ -57,6 +61,8 @@ pub struct WatchSummary {
     pub rounds: u64,
     /// Rounds caused by change batches.
     pub batch_rounds: u64,
+    /// `sync` commands served (active; see [`Runner::use_watcher`]).
+    pub requests: u64,
     /// Change batches seen.
     pub batches: u64,
     /// Raw change events coalesced into those batches.
@@ -177,9 +183,28 @@ impl Runner {
             return None;
         }
         summary.rounds += 1;
+        let result = self.sync_replicas_from(replicas, false, scan, shipped);
+        self.note_round(
+            replicas,
+            result.as_ref().map(|(run, _)| run),
+            retry_at,
+            summary,
+        );
+        result.ok().map(|(_, scan)| scan)
+    }
+
+    /// Updates the retry schedule and the summary after a round to
+    /// `replicas` that ended with `result`.
+    fn note_round(
+        &self,
+        replicas: &[ReplicaConfig],
+        result: std::result::Result<&SyncRun, &crate::Error>,
+        retry_at: &mut HashMap<String, Instant>,
+        summary: &mut WatchSummary,
+    ) {
         let retry = Duration::from_secs(self.config.watch.retry_interval);
-        match self.sync_replicas_from(replicas, false, scan, shipped) {
-            Ok((run, scan)) => {
+        match result {
+            Ok(run) => {
                 summary.ok = run.ok;
                 for (r, item) in replicas.iter().zip(&run.replicas) {
                     let key = replica_key(r);
@@ -192,7 +217,6 @@ impl Runner {
                         summary.failures += 1;
                     }
                 }
-                Some(scan)
             }
             Err(e) => {
                 summary.ok = false;
@@ -202,9 +226,79 @@ impl Runner {
                 for r in replicas {
                     retry_at.insert(replica_key(r), Instant::now() + retry);
                 }
-                None
             }
         }
+    }
+
+    /// Serves the `sync` commands in `asked`, with `batch` the changes seen
+    /// since the last round: each is a round to the replicas it names (all
+    /// of them, fenced ones too, as a `sync` run here would), from
+    /// `last_scan` updated for the batch; `last_scan` becomes the scan it
+    /// shipped. Returns the replicas (keys) that got the batch's changes,
+    /// and whether `last_scan` now includes them.
+    fn serve_requests(
+        &self,
+        asked: Vec<Asked>,
+        batch: &Batch,
+        last_scan: &mut Option<SetScan>,
+        retry_at: &mut HashMap<String, Instant>,
+        summary: &mut WatchSummary,
+    ) -> (Vec<String>, bool) {
+        let mut served: Vec<String> = Vec::new();
+        let mut rescanned = false;
+        for asked in asked {
+            let request = &asked.request;
+            if request.config_digest != self.config_digest {
+                asked.answer(Answer::Declined(
+                    "the watcher runs with another configuration file".into(),
+                ));
+                continue;
+            }
+            let replicas = match self.select(request.replica.as_deref()) {
+                Ok(r) => r,
+                Err(e) => {
+                    asked.answer(Answer::from_result(Err(e)));
+                    continue;
+                }
+            };
+            summary.requests += 1;
+            let noop = request.noop;
+            let previous = last_scan.take();
+            let scan = match &previous {
+                // The batch is in it already.
+                Some(prev) if rescanned => Some(prev.again()),
+                Some(prev) if !(batch.overflow || batch.root_gone) => self
+                    .replicated_set()
+                    .and_then(|set| set.rescan_paths(prev, &batch.paths))
+                    .ok()
+                    .flatten(),
+                _ => None,
+            };
+            let shipped = previous.as_ref().map(|p| &p.manifest);
+            let result = self.sync_replicas_from(&replicas, noop, scan, shipped);
+            if !noop {
+                summary.rounds += 1;
+                self.note_round(
+                    &replicas,
+                    result.as_ref().map(|(run, _)| run),
+                    retry_at,
+                    summary,
+                );
+                served.extend(replicas.iter().map(replica_key));
+            }
+            match result {
+                Ok((run, scan)) => {
+                    *last_scan = Some(scan);
+                    rescanned = true;
+                    asked.answer(Answer::Run(Box::new(run)));
+                }
+                Err(e) => {
+                    rescanned = false;
+                    asked.answer(Answer::from_result(Err(e)));
+                }
+            }
+        }
+        (served, rescanned)
     }
 
     /// One classifier round: prepares the dump and ships it to `replicas`
@@ -252,17 +346,43 @@ impl Runner {
         let mut watcher = self.ca_watcher()?;
         // One SSH session per replica serves round after round.
         self.keep_sessions(true);
-        let exit = self.watch_active_loop(&mut watcher, once, summary);
+        let control = if once { None } else { self.control_server() };
+        let exit = self.watch_active_loop(&mut watcher, once, control.as_ref(), summary);
+        drop(control);
         self.keep_sessions(false);
         exit
+    }
+
+    /// Starts serving `sync` commands on `<state_dir>/watch.sock` (none,
+    /// with a warning, when that fails: they then scan for themselves).
+    fn control_server(&self) -> Option<ControlServer> {
+        let path = self.config.state_dir.join(SOCKET);
+        let started = crate::fsutil::create_dir_if_missing(&self.config.state_dir, 0o700)
+            .and_then(|()| ControlServer::start(path.clone()));
+        match started {
+            Ok(control) => Some(control),
+            Err(e) => {
+                self.log(
+                    "watch",
+                    Status::Warning,
+                    &format!(
+                        "not serving sync commands on {}: {e}; a `pe_failover sync` scans the CA itself",
+                        path.display()
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn watch_active_loop(
         &mut self,
         watcher: &mut Watcher,
         once: bool,
+        control: Option<&ControlServer>,
         summary: &mut WatchSummary,
     ) -> Result<Exit> {
+        let waker = control.map(ControlServer::waker);
         self.announce_fenced();
         let mut retry_at: HashMap<String, Instant> = HashMap::new();
         let eligible = self.eligible();
@@ -321,7 +441,9 @@ impl Runner {
                 .min()
                 .unwrap_or(next_verify);
             let timeout = due.saturating_duration_since(now).min(CONFIG_CHECK);
-            let batch = match watcher.wait(self.config.debounce(), Some(timeout), &self.cancel) {
+            let waited =
+                watcher.wait_or_woken(self.config.debounce(), Some(timeout), &self.cancel, waker);
+            let batch = match waited {
                 Ok(b) => b,
                 Err(e) if e.kind() == ErrorKind::Cancelled => return Ok(Exit::Done),
                 Err(e) => {
@@ -343,6 +465,14 @@ impl Runner {
                 // new one.
                 *watcher = self.ca_watcher()?;
             }
+            // `sync` commands first: they wait. Replicas they shipped the
+            // batch to need no other round for it.
+            let asked = control.map(ControlServer::pending).unwrap_or_default();
+            let (served, consumed) = if asked.is_empty() {
+                (Vec::new(), false)
+            } else {
+                self.serve_requests(asked, &batch, &mut last_scan, &mut retry_at, summary)
+            };
             let now = Instant::now();
             let mut targets: Vec<ReplicaConfig> = Vec::new();
             let eligible = self.eligible();
@@ -352,13 +482,15 @@ impl Runner {
                 targets = eligible
                     .iter()
                     .filter(|r| retry_at.get(&replica_key(r)).is_none_or(|t| *t <= now))
+                    .filter(|r| !served.contains(&replica_key(r)))
                     .cloned()
                     .collect();
                 if !targets.is_empty() {
                     summary.batch_rounds += 1;
                 }
             }
-            let mut full = batch.overflow || batch.root_gone;
+            // (A scan made for a `sync` command already holds the batch.)
+            let mut full = (batch.overflow || batch.root_gone) && !consumed;
             if now >= next_verify {
                 targets = eligible.clone();
                 next_verify = now + verify;
@@ -376,10 +508,11 @@ impl Runner {
             // round scans everything.
             let previous = last_scan.take();
             if targets.is_empty() {
-                last_scan = previous.filter(|_| batch.is_empty());
+                last_scan = previous.filter(|_| batch.is_empty() || consumed);
                 continue;
             }
             let scan = match &previous {
+                Some(prev) if consumed && !full => Some(prev.again()),
                 Some(prev) if !full => self
                     .replicated_set()
                     .and_then(|set| set.rescan_paths(prev, &batch.paths))

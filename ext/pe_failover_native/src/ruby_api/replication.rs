@@ -18,7 +18,7 @@ use crate::helpers::errors::{to_ruby, IntoRuby};
 use crate::helpers::nogvl::{guard, without_gvl};
 
 pub fn init(native: &RModule) -> Result<(), Error> {
-    native.define_module_function("_sync", function!(sync, 4))?;
+    native.define_module_function("_sync", function!(sync, 5))?;
     native.define_module_function("_receive", function!(receive, 1))?;
     native.define_module_function("_apply", function!(apply, 2))?;
     native.define_module_function("_watch", function!(watch, 2))?;
@@ -95,24 +95,28 @@ fn json_to_ruby(ruby: &Ruby, v: &serde_json::Value) -> Result<Value, Error> {
     })
 }
 
-/// `_sync(config, replica_or_nil, noop, nc_or_nil)` → Hash `{ok, noop,
-/// digest, entries, lines, replicas: [{host, port, ok, outcome, changes,
-/// added, changed, removed, ...}], nc}`. `nc`: nil ships classifier
-/// groups when the configuration enables them, true/false forces it on or
-/// off; the report's `nc` is then `{ok, noop, prepared, error, advice,
-/// replicas: [{host, port, ok, outcome, ...}], lines}` (nil when off).
+/// `_sync(config, replica_or_nil, noop, nc_or_nil, watcher)` → Hash `{ok,
+/// noop, digest, entries, lines, replicas: [{host, port, ok, outcome,
+/// changes, added, changed, removed, ...}], nc, via_watcher}`. `nc`: nil
+/// ships classifier groups when the configuration enables them, true/false
+/// forces it on or off; the report's `nc` is then `{ok, noop, prepared,
+/// error, advice, replicas: [{host, port, ok, outcome, ...}], lines}` (nil
+/// when off). `watcher`: whether a running active watcher may run the CA
+/// part (`via_watcher` says it did).
 fn sync(
     ruby: &Ruby,
     config: String,
     replica: Option<String>,
     noop: bool,
     nc: Option<bool>,
+    watcher: bool,
 ) -> Result<Value, Error> {
     guard(ruby, || {
         let token = CancelToken::new();
         let runner = load(ruby, &config, false)?
             .cancel_token(token.clone())
-            .progress(true);
+            .progress(true)
+            .use_watcher(watcher);
         let run = without_gvl(ruby, &token, move || {
             runner.sync_with_nc(replica.as_deref(), noop, nc)
         })?

@@ -1,0 +1,340 @@
+//! The active watcher's control socket, `<state_dir>/watch.sock`: a
+//! [`Runner::sync`](super::Runner::sync) started while the watcher runs
+//! (by hand, by cron, by the `pe_failover_ca_replica` type on every Puppet
+//! run) asks the watcher to run the round instead of scanning the CA
+//! itself. The watcher knows from inotify what changed since its last scan
+//! and holds an SSH session to each replica, so the answer costs a rescan
+//! of the changed paths and one exchange per replica, not a walk of every
+//! certificate.
+//!
+//! One request per connection, one JSON line each way:
+//!
+//! - request: `{"version":1,"config_digest":"<sha256 of the config file>","replica":null,"noop":false}`
+//! - while the round runs, the watcher sends an empty line every
+//!   [`KEEPALIVE`]; then one of `{"run":{...}}` (the [`SyncRun`]),
+//!   `{"failed":{"kind":"...","message":"..."}}` or `{"declined":"why"}`.
+//!
+//! A watcher that runs under another configuration file declines, and the
+//! caller does the sync itself; so does a caller that finds no socket, no
+//! listener, a peer that stops answering for [`SILENCE`], or a connection
+//! that ends without an answer (the round is safe to run again). The
+//! socket is mode 0600 in the state directory, and the watcher only serves
+//! peers with its own user id (checked with `SO_PEERCRED`).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::SyncRun;
+use crate::watch::Waker;
+use crate::{Error, ErrorKind, Result};
+
+/// The socket's name in the state directory.
+pub(crate) const SOCKET: &str = "watch.sock";
+
+/// Version of the request and answer lines.
+const VERSION: u32 = 1;
+
+/// How often the watcher shows it is still at work on a request.
+const KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// How long a caller waits for a line before it gives up on the watcher.
+const SILENCE: Duration = Duration::from_secs(30);
+
+/// How long the watcher waits for a request line once connected.
+const REQUEST_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest request line read.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// What a caller asks of the watcher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SyncRequest {
+    pub version: u32,
+    /// The digest of the caller's configuration file: it must be the
+    /// watcher's.
+    pub config_digest: String,
+    /// Only this replica (host or `host:port`); all when `None`.
+    pub replica: Option<String>,
+    pub noop: bool,
+}
+
+impl SyncRequest {
+    pub(crate) fn new(config_digest: &str, replica: Option<&str>, noop: bool) -> Self {
+        SyncRequest {
+            version: VERSION,
+            config_digest: config_digest.to_string(),
+            replica: replica.map(str::to_string),
+            noop,
+        }
+    }
+}
+
+/// The watcher's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Answer {
+    /// The round ran.
+    Run(Box<SyncRun>),
+    /// The round could not run (the CA could not be read, the replica is
+    /// not configured): the error the caller's own sync would return.
+    Failed { kind: String, message: String },
+    /// Not served: the caller runs the sync itself.
+    Declined(String),
+}
+
+impl Answer {
+    pub(crate) fn from_result(result: Result<SyncRun>) -> Answer {
+        match result {
+            Ok(run) => Answer::Run(Box::new(run)),
+            Err(e) => Answer::Failed {
+                kind: e.kind().as_str().to_string(),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// A request the watcher's loop is to serve; answered with
+/// [`answer`](Self::answer) (dropped unanswered, the caller syncs itself).
+pub(crate) struct Asked {
+    pub request: SyncRequest,
+    reply: mpsc::Sender<Answer>,
+}
+
+impl Asked {
+    pub(crate) fn answer(self, answer: Answer) {
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The listening socket and the thread that accepts on it; stopped and the
+/// socket removed when dropped (requests not yet answered are closed
+/// unanswered: their callers sync themselves).
+pub(crate) struct ControlServer {
+    path: PathBuf,
+    /// Device and inode of the socket bound here (removed only if still it).
+    id: (u64, u64),
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+    asked: Option<mpsc::Receiver<Asked>>,
+    waker: Waker,
+}
+
+impl ControlServer {
+    /// Listens on `path`; requests are taken with [`pending`](Self::pending),
+    /// and [`waker`](Self::waker) is woken for each. A socket file nobody
+    /// listens on (left by a watcher that died) is replaced; one another
+    /// watcher serves is left to it ([`ErrorKind::Refused`]).
+    pub(crate) fn start(path: PathBuf) -> Result<ControlServer> {
+        let waker = Waker::new()?;
+        if UnixStream::connect(&path).is_ok() {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "another watcher already serves sync requests on {}; this one does not (is a second watcher running with the same state directory?)",
+                    path.display()
+                ),
+            )
+            .with_path(&path));
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove stale socket", &path, e)),
+        }
+        let listener = UnixListener::bind(&path).map_err(|e| Error::io("listen on", &path, e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io("set permissions of", &path, e))?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let wake = waker.clone();
+        let thread = thread::Builder::new()
+            .name("pe_failover-control".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(conn) = conn {
+                        serve(conn, &tx, &wake);
+                    }
+                }
+            })
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("cannot start the control socket's thread: {e}"),
+                )
+            })?;
+        Ok(ControlServer {
+            path,
+            id: (meta.dev(), meta.ino()),
+            stop,
+            thread: Some(thread),
+            asked: Some(rx),
+            waker,
+        })
+    }
+
+    /// The requests waiting for the loop.
+    pub(crate) fn pending(&self) -> Vec<Asked> {
+        self.asked
+            .as_ref()
+            .map(|rx| rx.try_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Woken whenever a request arrives.
+    pub(crate) fn waker(&self) -> &Waker {
+        &self.waker
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Requests still queued are dropped unanswered.
+        drop(self.asked.take());
+        // Unblocks the accept.
+        let _ = UnixStream::connect(&self.path);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The user id of the process at the other end of `conn`.
+fn peer_uid(conn: &UnixStream) -> Option<u32> {
+    // SAFETY: an all-zero ucred is a valid value to be overwritten.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which lives
+    // for the call; the descriptor is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
+}
+
+/// One connection: reads the request, hands it to the loop and writes its
+/// answer, with keepalives meanwhile. Anything wrong closes it unanswered.
+fn serve(conn: UnixStream, tx: &mpsc::Sender<Asked>, waker: &Waker) {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if peer_uid(&conn) != Some(me) {
+        return;
+    }
+    let _ = conn.set_read_timeout(Some(REQUEST_WAIT));
+    let _ = conn.set_write_timeout(Some(SILENCE));
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
+    let mut line = String::new();
+    if BufReader::new((&conn).take(MAX_REQUEST))
+        .read_line(&mut line)
+        .is_err()
+    {
+        return;
+    }
+    let answer_now = |writer: &mut UnixStream, answer: &Answer| {
+        if let Ok(mut bytes) = serde_json::to_vec(answer) {
+            bytes.push(b'\n');
+            let _ = writer.write_all(&bytes);
+        }
+    };
+    let request: SyncRequest = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            answer_now(
+                &mut writer,
+                &Answer::Declined(format!("not a sync request: {e}")),
+            );
+            return;
+        }
+    };
+    if request.version != VERSION {
+        answer_now(
+            &mut writer,
+            &Answer::Declined(format!(
+                "request version {} (this watcher speaks {VERSION})",
+                request.version
+            )),
+        );
+        return;
+    }
+    let (reply, answers) = mpsc::channel();
+    if tx.send(Asked { request, reply }).is_err() {
+        return;
+    }
+    waker.wake();
+    loop {
+        match answers.recv_timeout(KEEPALIVE) {
+            Ok(answer) => {
+                answer_now(&mut writer, &answer);
+                return;
+            }
+            // The caller may have gone; the round goes on regardless.
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = writer.write_all(b"\n");
+            }
+            // The watcher stopped without an answer.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Asks the watcher serving `<state_dir>/watch.sock`, if one does, to run
+/// `request`. `None` when it is not served (no watcher, another
+/// configuration, a watcher that stopped answering): the caller syncs
+/// itself.
+pub(crate) fn ask(state_dir: &Path, request: &SyncRequest) -> Option<Result<SyncRun>> {
+    let path = state_dir.join(SOCKET);
+    let mut conn = UnixStream::connect(&path).ok()?;
+    conn.set_read_timeout(Some(SILENCE)).ok()?;
+    conn.set_write_timeout(Some(SILENCE)).ok()?;
+    let mut bytes = serde_json::to_vec(request).ok()?;
+    bytes.push(b'\n');
+    conn.write_all(&bytes).ok()?;
+    let mut lines = BufReader::new(conn);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        // End of file or silence: unanswered.
+        if lines.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        return match serde_json::from_str::<Answer>(&line).ok()? {
+            Answer::Run(run) => Some(Ok(*run)),
+            Answer::Failed { kind, message } => Some(Err(Error::new(
+                ErrorKind::from_name(&kind).unwrap_or(ErrorKind::Internal),
+                message,
+            ))),
+            Answer::Declined(_) => None,
+        };
+    }
+}
