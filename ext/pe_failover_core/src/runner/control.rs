@@ -167,7 +167,8 @@ impl ControlServer {
                         break;
                     }
                     if let Ok(conn) = conn {
-                        serve(conn, &tx, &wake);
+                        // SAFETY: geteuid cannot fail.
+                        serve(conn, &tx, &wake, unsafe { libc::geteuid() });
                     }
                 }
             })
@@ -239,11 +240,10 @@ fn peer_uid(conn: &UnixStream) -> Option<u32> {
 }
 
 /// One connection: reads the request, hands it to the loop and writes its
-/// answer, with keepalives meanwhile. Anything wrong closes it unanswered.
-fn serve(conn: UnixStream, tx: &mpsc::Sender<Asked>, waker: &Waker) {
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if peer_uid(&conn) != Some(me) {
+/// answer, with keepalives meanwhile. A peer whose user id is not `allowed`
+/// is closed unanswered, as is anything that goes wrong.
+fn serve(conn: UnixStream, tx: &mpsc::Sender<Asked>, waker: &Waker, allowed: u32) {
+    if peer_uid(&conn) != Some(allowed) {
         return;
     }
     let _ = conn.set_read_timeout(Some(REQUEST_WAIT));
@@ -336,5 +336,111 @@ pub(crate) fn ask(state_dir: &Path, request: &SyncRequest) -> Option<Result<Sync
             ))),
             Answer::Declined(_) => None,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> SyncRun {
+        SyncRun {
+            ok: true,
+            noop: false,
+            digest: Some("d".repeat(64)),
+            entries: 3,
+            lines: vec!["a line".into()],
+            replicas: Vec::new(),
+            nc: None,
+            via_watcher: false,
+        }
+    }
+
+    /// A server on a fresh socket and a thread standing for the watcher's
+    /// loop, answering each request with what `answer` makes of it.
+    fn serving(
+        answer: impl Fn(&SyncRequest) -> Option<Answer> + Send + 'static,
+    ) -> (tempfile::TempDir, Arc<AtomicBool>, thread::JoinHandle<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ControlServer::start(dir.path().join(SOCKET)).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&done);
+        let h = thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for asked in server.pending() {
+                    // None: dropped unanswered.
+                    if let Some(a) = answer(&asked.request) {
+                        asked.answer(a);
+                    }
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        (dir, done, h)
+    }
+
+    #[test]
+    fn answers_reach_the_caller_and_the_rest_leaves_it_to_sync_itself() {
+        let (dir, done, h) = serving(|r| match r.replica.as_deref() {
+            Some("run") => Some(Answer::from_result(Ok(run()))),
+            Some("failed") => Some(Answer::from_result(Err(Error::new(
+                ErrorKind::Refused,
+                "not now",
+            )))),
+            Some("declined") => Some(Answer::Declined("another configuration".into())),
+            _ => None,
+        });
+        let ask_for = |replica: &str| ask(dir.path(), &SyncRequest::new("c", Some(replica), false));
+        let got = ask_for("run").unwrap().unwrap();
+        assert_eq!(got.lines, run().lines);
+        assert_eq!(got.digest, run().digest);
+        let err = ask_for("failed").unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Refused);
+        assert!(err.to_string().contains("not now"), "{err}");
+        assert!(ask_for("declined").is_none());
+        assert!(ask_for("dropped").is_none());
+        done.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        // The server is gone with the loop: its socket too.
+        assert!(!dir.path().join(SOCKET).exists());
+        assert!(ask_for("run").is_none());
+    }
+
+    #[test]
+    fn a_request_of_another_version_or_shape_is_declined_unseen_by_the_loop() {
+        let (dir, done, h) = serving(|_| panic!("the loop saw a bad request"));
+        let talk = |line: &str| {
+            let mut conn = UnixStream::connect(dir.path().join(SOCKET)).unwrap();
+            conn.write_all(line.as_bytes()).unwrap();
+            let mut out = String::new();
+            conn.read_to_string(&mut out).unwrap();
+            out
+        };
+        let mut request = SyncRequest::new("c", None, false);
+        request.version = VERSION + 1;
+        let line = serde_json::to_string(&request).unwrap() + "\n";
+        assert!(talk(&line).contains("declined"), "{}", talk(&line));
+        assert!(talk("hello\n").contains("not a sync request"));
+        done.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn a_peer_with_another_user_id_is_closed_unanswered() {
+        let (tx, rx) = mpsc::channel();
+        let (mut client, server_end) = UnixStream::pair().unwrap();
+        let line = serde_json::to_string(&SyncRequest::new("c", None, false)).unwrap() + "\n";
+        client.write_all(line.as_bytes()).unwrap();
+        // SAFETY: geteuid cannot fail.
+        let other = unsafe { libc::geteuid() }.wrapping_add(1);
+        let h = thread::spawn(move || serve(server_end, &tx, &Waker::new().unwrap(), other));
+        // (Dropped if it came, so that the server thread ends either way.)
+        let reached = rx.recv_timeout(Duration::from_secs(2)).is_ok();
+        h.join().unwrap();
+        assert!(!reached, "the request reached the loop");
+        // Closed with the request unread: an end of file or a reset.
+        let mut out = Vec::new();
+        let _ = client.read_to_end(&mut out);
+        assert!(out.is_empty());
     }
 }
