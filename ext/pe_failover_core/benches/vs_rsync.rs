@@ -8,6 +8,11 @@
 //! - full: an empty replica receives the whole CA;
 //! - no change: nothing changed since the last sync;
 //! - 10 signings + 1 revocation: the usual burst;
+//! - the same two with the active's watcher running (`watcher` below):
+//!   `Runner::sync` is then run by the watcher (see `Runner::use_watcher`),
+//!   which knows from inotify what changed and keeps its SSH session; as
+//!   `pe_failover sync` and the Puppet type run on an active primary whose
+//!   watcher runs. rsync has no such mode: its rows are timed the same way;
 //! - session (once, before the sizes): what every one-shot sync of either
 //!   tool pays first, an SSH session to the same sshd that runs `true`
 //!   (forced command) and returns its exit status: this project's client
@@ -29,7 +34,7 @@
 //! `cargo bench -p pe_failover_core --bench vs_rsync` (env: PEF_BENCH_SIZES,
 //! e.g. `10000,100000`; PEF_BENCH_RUNS; PEF_BENCH_LAG; PEF_BENCH_DIR, where
 //! the trees go; PEF_BENCH_ONLY, a comma-separated subset of `session`,
-//! `full`, `nochange`, `burst` and `lag`; PEF_BENCH_PHASES, the sync and apply times
+//! `full`, `nochange`, `burst`, `watcher` and `lag`; PEF_BENCH_PHASES, the sync and apply times
 //! of each run and every lag).
 //! Needs root, `openssh-server`, `openssh-client` and `rsync`.
 
@@ -67,8 +72,10 @@ struct Bench {
     ours_key: ClientKey,
     rsync_key: ClientKey,
     /// The active's runner for one-shot syncs, made once (outside the
-    /// timed runs).
+    /// timed runs): it never asks a watcher.
     active: std::cell::OnceCell<Runner>,
+    /// Whether `ours` asks the active's watcher (the `watcher` rows).
+    through_watcher: std::cell::Cell<bool>,
     /// The replica's latest snapshot between applies, as the passive
     /// watcher keeps it.
     latest: LatestCache,
@@ -93,10 +100,13 @@ impl Bench {
             ours_key,
             rsync_key,
             active: std::cell::OnceCell::new(),
+            through_watcher: std::cell::Cell::new(false),
             latest: LatestCache::new(),
         };
         bench.prepare_replicas();
-        bench.active.get_or_init(|| bench.runners().0);
+        bench
+            .active
+            .get_or_init(|| bench.runners().0.use_watcher(false));
         bench
     }
 
@@ -125,8 +135,17 @@ impl Bench {
     /// snapshot kept from its previous round).
     fn ours(&self) -> ReplicaOutcome {
         let active = self.active.get().expect("the runner is made in Bench::new");
+        let asking = self.through_watcher.get();
+        let asker;
+        let active = if asking {
+            asker = active.clone().use_watcher(true);
+            &asker
+        } else {
+            active
+        };
         let t0 = Instant::now();
         let run = active.sync(None, false).expect("sync");
+        assert_eq!(run.via_watcher, asking, "{:?}", run.lines);
         let t1 = Instant::now();
         let b = self.root.join("b");
         fs::create_dir_all(b.join("ssl")).unwrap();
@@ -516,6 +535,44 @@ fn main() {
                     b.ca.revoke(&format!("node{run:06}.example.com"));
                 },
             );
+        }
+
+        if wanted("watcher") {
+            let watcher = b.runners().0;
+            let token = CancelToken::new();
+            let r = watcher.cancel_token(token.clone());
+            let watching = thread::spawn(move || r.watch(false));
+            // Served once its first round (a full scan) is done.
+            b.through_watcher.set(true);
+            let socket = b.root.join("a/state/watch.sock");
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                thread::sleep(Duration::from_millis(10));
+            }
+            b.ours();
+            compare(
+                &mut b,
+                n,
+                "no change, watcher runs",
+                runs,
+                ReplicaOutcome::UpToDate,
+                |_, _| {},
+            );
+            compare(
+                &mut b,
+                n,
+                "10+1, watcher runs",
+                runs,
+                ReplicaOutcome::Committed,
+                |b, run| {
+                    for i in 0..10 {
+                        b.ca.sign(&format!("asked{run}-{i}.example.com"));
+                    }
+                    b.ca.revoke(&format!("node{:06}.example.com", run + 100));
+                },
+            );
+            b.through_watcher.set(false);
+            token.cancel();
+            watching.join().unwrap().expect("active watcher");
         }
 
         if wanted("lag") {

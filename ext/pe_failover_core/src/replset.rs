@@ -914,6 +914,10 @@ impl ReplicatedSet {
         if cadir != prev.paths.cadir {
             return Ok(None);
         }
+        if changed.is_empty() {
+            // (Its digest is kept: nothing to hash again.)
+            return Ok(Some(prev.again()));
+        }
         let mut patterns = self.excludes.patterns().to_vec();
         patterns.push(temp_pattern());
         let excludes = Excludes::new(&patterns)?;
