@@ -7,7 +7,10 @@ Puppet::Type.newtype(:pe_failover_ca_replica) do
     Each Puppet run compares the CA (and `crl.pem`, `certs/ca.pem`) with what
     the replica last received and ships only what changed, over the SSH
     transport configured in the pe_failover configuration file. In noop mode
-    it reports what would be shipped and sends nothing.
+    it reports what would be shipped and sends nothing. When the pe_failover
+    watcher runs on this host with the same configuration file, it does
+    both for the provider (from what inotify told it, over its open SSH
+    session) instead of the provider scanning the whole CA.
 
     The native extension is loaded by the provider, never by this type, so
     catalogs that declare it compile under Puppet Server (JRuby).
