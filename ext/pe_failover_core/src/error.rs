@@ -16,7 +16,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What kind of failure an [`Error`] reports.
 ///
 /// The binding maps each kind to one Ruby exception class, so new kinds are
-/// added here and in `lib/puppet_x/pe_failover/errors.rb` together.
+/// added here and in `lib/puppet_x/pe_failover/errors.rb` together (and to
+/// the list [`from_name`](Self::from_name) searches).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {

@@ -193,6 +193,28 @@ impl Runner {
         result.ok().map(|(_, scan)| scan)
     }
 
+    /// The scan a round ships, from `previous` (the last one): none when
+    /// there is none or the round is `full` (it then scans everything),
+    /// `previous` again when it is `current` (it holds `batch` already),
+    /// else `previous` updated for the paths `batch` names (none when only
+    /// a full scan can tell).
+    fn scan_for_round(
+        &self,
+        previous: Option<&SetScan>,
+        batch: &Batch,
+        current: bool,
+        full: bool,
+    ) -> Option<SetScan> {
+        let prev = previous.filter(|_| !full)?;
+        if current {
+            return Some(prev.again());
+        }
+        self.replicated_set()
+            .and_then(|set| set.rescan_paths(prev, &batch.paths))
+            .ok()
+            .flatten()
+    }
+
     /// Updates the retry schedule and the summary after a round to
     /// `replicas` that ended with `result`.
     fn note_round(
@@ -264,16 +286,9 @@ impl Runner {
             summary.requests += 1;
             let noop = request.noop;
             let previous = last_scan.take();
-            let scan = match &previous {
-                // The batch is in it already.
-                Some(prev) if rescanned => Some(prev.again()),
-                Some(prev) if !(batch.overflow || batch.root_gone) => self
-                    .replicated_set()
-                    .and_then(|set| set.rescan_paths(prev, &batch.paths))
-                    .ok()
-                    .flatten(),
-                _ => None,
-            };
+            // (After a first request, the batch is in the last scan already.)
+            let full = (batch.overflow || batch.root_gone) && !rescanned;
+            let scan = self.scan_for_round(previous.as_ref(), batch, rescanned, full);
             let shipped = previous.as_ref().map(|p| &p.manifest);
             let result = self.sync_replicas_from(&replicas, noop, scan, shipped);
             if !noop {
@@ -511,15 +526,7 @@ impl Runner {
                 last_scan = previous.filter(|_| batch.is_empty() || consumed);
                 continue;
             }
-            let scan = match &previous {
-                Some(prev) if consumed && !full => Some(prev.again()),
-                Some(prev) if !full => self
-                    .replicated_set()
-                    .and_then(|set| set.rescan_paths(prev, &batch.paths))
-                    .ok()
-                    .flatten(),
-                _ => None,
-            };
+            let scan = self.scan_for_round(previous.as_ref(), &batch, consumed, full);
             // The replicas the last round reached hold its manifest: the
             // sender need not read it back from disk.
             let shipped = previous.as_ref().map(|p| &p.manifest);
