@@ -192,7 +192,7 @@ begin
                   value, secs, b_groups.size, a.certname)
     fail!("A's certname is still in B's groups") if JSON.generate(b_groups).include?(a.certname)
   else
-    say 'What the next sync would ship (the shipping runner is not in this build yet)'
+    say 'What the next sync would ship (the native extension found has no replication runner: `rake compile` builds it)'
     baseline = File.join(sb.root, 'cadir-before')
     FileUtils.cp_r(a.cadir, baseline, preserve: true)
     sb.ca.sign('new-agent.example.com')
