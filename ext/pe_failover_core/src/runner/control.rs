@@ -55,6 +55,9 @@ const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// Longest request line read.
 const MAX_REQUEST: u64 = 64 * 1024;
 
+/// How often the accepting thread checks whether it is to stop.
+const ACCEPT_POLL: Duration = Duration::from_millis(200);
+
 /// What a caller asks of the watcher.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SyncRequest {
@@ -152,6 +155,10 @@ impl ControlServer {
             Err(e) => return Err(Error::io("remove stale socket", &path, e)),
         }
         let listener = UnixListener::bind(&path).map_err(|e| Error::io("listen on", &path, e))?;
+        // Polled, so that it stops even when its socket file is gone.
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("listen on", &path, e))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| Error::io("set permissions of", &path, e))?;
         let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
@@ -162,13 +169,15 @@ impl ControlServer {
         let thread = thread::Builder::new()
             .name("pe_failover-control".into())
             .spawn(move || {
-                for conn in listener.incoming() {
-                    if stopping.load(Ordering::SeqCst) {
-                        break;
+                while !stopping.load(Ordering::SeqCst) {
+                    if !readable(&listener, ACCEPT_POLL) {
+                        continue;
                     }
-                    if let Ok(conn) = conn {
-                        // SAFETY: geteuid cannot fail.
-                        serve(conn, &tx, &wake, unsafe { libc::geteuid() });
+                    if let Ok((conn, _)) = listener.accept() {
+                        if conn.set_nonblocking(false).is_ok() {
+                            // SAFETY: geteuid cannot fail.
+                            serve(conn, &tx, &wake, unsafe { libc::geteuid() });
+                        }
                     }
                 }
             })
@@ -207,8 +216,6 @@ impl Drop for ControlServer {
         self.stop.store(true, Ordering::SeqCst);
         // Requests still queued are dropped unanswered.
         drop(self.asked.take());
-        // Unblocks the accept.
-        let _ = UnixStream::connect(&self.path);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -218,6 +225,18 @@ impl Drop for ControlServer {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// Whether `listener` has a connection to accept within `wait`.
+fn readable(listener: &UnixListener, wait: Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut fd, 1, ms) > 0 }
 }
 
 /// The user id of the process at the other end of `conn`.
@@ -423,6 +442,22 @@ mod tests {
         assert!(talk("hello\n").contains("not a sync request"));
         done.store(true, Ordering::SeqCst);
         h.join().unwrap();
+    }
+
+    #[test]
+    fn the_server_stops_even_when_its_socket_file_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ControlServer::start(dir.path().join(SOCKET)).unwrap();
+        std::fs::remove_file(dir.path().join(SOCKET)).unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            drop(server);
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "the server did not stop"
+        );
     }
 
     #[test]
