@@ -16,8 +16,9 @@
 //!
 //! A watcher that runs under another configuration file declines, and the
 //! caller does the sync itself; so does a caller that finds no socket, no
-//! listener, a peer that stops answering for [`SILENCE`], or a connection
-//! that ends without an answer (the round is safe to run again). The
+//! listener, a peer that stops answering for [`SILENCE`] or has not
+//! answered within [`ROUND_LIMIT`], or a connection that ends without an
+//! answer (the round is safe to run again). The
 //! socket is mode 0600 in the state directory, and the watcher only serves
 //! peers with its own user id (checked with `SO_PEERCRED`).
 
@@ -48,6 +49,10 @@ const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// How long a caller waits for a line before it gives up on the watcher.
 const SILENCE: Duration = Duration::from_secs(30);
+
+/// How long a caller waits for the answer at most, keepalives or not (a
+/// watcher stuck in a round): then it syncs itself.
+const ROUND_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 /// How long the watcher waits for a request line once connected.
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
@@ -338,7 +343,11 @@ pub(crate) fn ask(state_dir: &Path, request: &SyncRequest) -> Option<Result<Sync
     conn.write_all(&bytes).ok()?;
     let mut lines = BufReader::new(conn);
     let mut line = String::new();
+    let asked = std::time::Instant::now();
     loop {
+        if asked.elapsed() > ROUND_LIMIT {
+            return None;
+        }
         line.clear();
         // End of file or silence: unanswered.
         if lines.read_line(&mut line).ok()? == 0 {
