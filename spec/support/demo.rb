@@ -160,6 +160,12 @@ begin
     lag = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
     detail format('%.2fs after the last change, B had signed/new-agent.example.com.pem, no agent001, and A\'s CRL', lag)
     detail "B's own certificate and key (#{b.certname}) were not touched"
+    (code, out), secs = timed { sb.command(a, 'sync', '--config', a.config) }
+    fail!("sync on A failed:\n#{out}") unless code.zero?
+    fail!("A's watcher did not run the sync:\n#{out}") unless out.include?('run by the watcher')
+    detail format("`pe_failover sync` on A meanwhile: run by A's watcher, no scan of the CA (%.2fs, Ruby start-up included)",
+                  secs)
+    detail "  #{out.lines.grep(%r{PE_FAILOVER: sync ---> \[\w+\] ca }).first.to_s.strip}"
 
     say "Classifier groups: turning on their replication (nc_enabled => true), then editing a group on A"
     a_nc = sb.classifiers.fetch(a.name).client(a.certname)
