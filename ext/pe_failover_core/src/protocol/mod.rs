@@ -278,32 +278,7 @@ pub(crate) struct Bye {}
 /// The error kind named by an `ERROR` frame's `kind` (the strings of
 /// [`ErrorKind::as_str`]); unknown names are protocol errors.
 pub(crate) fn kind_from_name(name: &str) -> ErrorKind {
-    use ErrorKind::*;
-    for k in [
-        NotFound,
-        PermissionDenied,
-        NonUtf8Path,
-        UnsafePath,
-        InvalidPattern,
-        InvalidInput,
-        Corrupt,
-        Cancelled,
-        Refused,
-        Fenced,
-        Protocol,
-        Network,
-        Timeout,
-        Verification,
-        Unauthorized,
-        Api,
-        Io,
-        Internal,
-    ] {
-        if k.as_str() == name {
-            return k;
-        }
-    }
-    Protocol
+    ErrorKind::from_name(name).unwrap_or(ErrorKind::Protocol)
 }
 
 /// The objects of a delta: the distinct digests of its upserted files, in

@@ -359,7 +359,7 @@ pub(crate) fn ask(state_dir: &Path, request: &SyncRequest) -> Option<Result<Sync
         return match serde_json::from_str::<Answer>(&line).ok()? {
             Answer::Run(run) => Some(Ok(*run)),
             Answer::Failed { kind, message } => Some(Err(Error::new(
-                ErrorKind::from_name(&kind).unwrap_or(ErrorKind::Internal),
+                crate::protocol::kind_from_name(&kind),
                 message,
             ))),
             Answer::Declined(_) => None,
