@@ -182,51 +182,30 @@ impl Runner {
         if replicas.is_empty() {
             return None;
         }
-        summary.rounds += 1;
-        let result = self.sync_replicas_from(replicas, false, scan, shipped);
-        self.note_round(
-            replicas,
-            result.as_ref().map(|(run, _)| run),
-            retry_at,
-            summary,
-        );
-        result.ok().map(|(_, scan)| scan)
-    }
-
-    /// The scan a round ships, from `previous` (the last one): none when
-    /// there is none or the round is `full` (it then scans everything),
-    /// `previous` again when it is `current` (it holds `batch` already),
-    /// else `previous` updated for the paths `batch` names (none when only
-    /// a full scan can tell).
-    fn scan_for_round(
-        &self,
-        previous: Option<&SetScan>,
-        batch: &Batch,
-        current: bool,
-        full: bool,
-    ) -> Option<SetScan> {
-        let prev = previous.filter(|_| !full)?;
-        if current {
-            return Some(prev.again());
-        }
-        self.replicated_set()
-            .and_then(|set| set.rescan_paths(prev, &batch.paths))
+        self.run_round(replicas, false, scan, shipped, retry_at, summary)
             .ok()
-            .flatten()
+            .map(|(_, scan)| scan)
     }
 
-    /// Updates the retry schedule and the summary after a round to
-    /// `replicas` that ended with `result`.
-    fn note_round(
+    /// [`sync_round`](Self::sync_round) in `noop` mode or not, returning
+    /// the run as well; a noop round is neither counted nor scheduled.
+    fn run_round(
         &self,
         replicas: &[ReplicaConfig],
-        result: std::result::Result<&SyncRun, &crate::Error>,
+        noop: bool,
+        scan: Option<SetScan>,
+        shipped: Option<&Manifest>,
         retry_at: &mut HashMap<String, Instant>,
         summary: &mut WatchSummary,
-    ) {
+    ) -> Result<(SyncRun, SetScan)> {
+        let result = self.sync_replicas_from(replicas, noop, scan, shipped);
+        if noop {
+            return result;
+        }
+        summary.rounds += 1;
         let retry = Duration::from_secs(self.config.watch.retry_interval);
-        match result {
-            Ok(run) => {
+        match &result {
+            Ok((run, _)) => {
                 summary.ok = run.ok;
                 for (r, item) in replicas.iter().zip(&run.replicas) {
                     let key = replica_key(r);
@@ -250,6 +229,29 @@ impl Runner {
                 }
             }
         }
+        result
+    }
+
+    /// The scan a round ships, from `previous` (the last one): none when
+    /// there is none or the round is `full` (it then scans everything),
+    /// `previous` again when it is `current` (it holds `batch` already),
+    /// else `previous` updated for the paths `batch` names (none when only
+    /// a full scan can tell).
+    fn scan_for_round(
+        &self,
+        previous: Option<&SetScan>,
+        batch: &Batch,
+        current: bool,
+        full: bool,
+    ) -> Option<SetScan> {
+        let prev = previous.filter(|_| !full)?;
+        if current {
+            return Some(prev.again());
+        }
+        self.replicated_set()
+            .and_then(|set| set.rescan_paths(prev, &batch.paths))
+            .ok()
+            .flatten()
     }
 
     /// Serves the `sync` commands in `asked`, with `batch` the changes seen
@@ -290,15 +292,8 @@ impl Runner {
             let full = (batch.overflow || batch.root_gone) && !rescanned;
             let scan = self.scan_for_round(previous.as_ref(), batch, rescanned, full);
             let shipped = previous.as_ref().map(|p| &p.manifest);
-            let result = self.sync_replicas_from(&replicas, noop, scan, shipped);
+            let result = self.run_round(&replicas, noop, scan, shipped, retry_at, summary);
             if !noop {
-                summary.rounds += 1;
-                self.note_round(
-                    &replicas,
-                    result.as_ref().map(|(run, _)| run),
-                    retry_at,
-                    summary,
-                );
                 served.extend(replicas.iter().map(replica_key));
             }
             match result {
