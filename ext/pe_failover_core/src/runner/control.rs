@@ -60,9 +60,6 @@ const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// Longest request line read.
 const MAX_REQUEST: u64 = 64 * 1024;
 
-/// How often the accepting thread checks whether it is to stop.
-const ACCEPT_POLL: Duration = Duration::from_millis(200);
-
 /// What a caller asks of the watcher.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SyncRequest {
@@ -131,6 +128,8 @@ pub(crate) struct ControlServer {
     path: PathBuf,
     /// Device and inode of the socket bound here (removed only if still it).
     id: (u64, u64),
+    /// Shut down to end the accepting thread's wait.
+    listener: Arc<UnixListener>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
     asked: Option<mpsc::Receiver<Asked>>,
@@ -159,11 +158,8 @@ impl ControlServer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("remove stale socket", &path, e)),
         }
-        let listener = UnixListener::bind(&path).map_err(|e| Error::io("listen on", &path, e))?;
-        // Polled, so that it stops even when its socket file is gone.
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("listen on", &path, e))?;
+        let listener =
+            Arc::new(UnixListener::bind(&path).map_err(|e| Error::io("listen on", &path, e))?);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| Error::io("set permissions of", &path, e))?;
         let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
@@ -171,18 +167,16 @@ impl ControlServer {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let wake = waker.clone();
+        let accepting = Arc::clone(&listener);
         let thread = thread::Builder::new()
             .name("pe_failover-control".into())
             .spawn(move || {
                 while !stopping.load(Ordering::SeqCst) {
-                    if !readable(&listener, ACCEPT_POLL) {
-                        continue;
-                    }
-                    if let Ok((conn, _)) = listener.accept() {
-                        if conn.set_nonblocking(false).is_ok() {
-                            // SAFETY: geteuid cannot fail.
-                            serve(conn, &tx, &wake, unsafe { libc::geteuid() });
-                        }
+                    match accepting.accept() {
+                        // SAFETY: geteuid cannot fail.
+                        Ok((conn, _)) => serve(conn, &tx, &wake, unsafe { libc::geteuid() }),
+                        // (Out of descriptors, say: not a busy loop.)
+                        Err(_) => thread::sleep(Duration::from_millis(50)),
                     }
                 }
             })
@@ -195,6 +189,7 @@ impl ControlServer {
         Ok(ControlServer {
             path,
             id: (meta.dev(), meta.ino()),
+            listener,
             stop,
             thread: Some(thread),
             asked: Some(rx),
@@ -221,6 +216,10 @@ impl Drop for ControlServer {
         self.stop.store(true, Ordering::SeqCst);
         // Requests still queued are dropped unanswered.
         drop(self.asked.take());
+        // Ends a waiting accept (whether or not the socket file is still
+        // there to connect to).
+        // SAFETY: the listener is open (held here) for the duration of the call.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -230,18 +229,6 @@ impl Drop for ControlServer {
             let _ = std::fs::remove_file(&self.path);
         }
     }
-}
-
-/// Whether `listener` has a connection to accept within `wait`.
-fn readable(listener: &UnixListener, wait: Duration) -> bool {
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut fd, 1, ms) > 0 }
 }
 
 /// The user id of the process at the other end of `conn`.
