@@ -489,16 +489,8 @@ impl StagedFile {
             )
         })?;
         fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
         let staged = StagedFile {
-            tmp: dir.join(format!(
-                ".{}.tmp.{}.{nonce}",
-                name.to_string_lossy(),
-                std::process::id()
-            )),
+            tmp: hidden_sibling(dir, name, "tmp"),
             path: path.to_path_buf(),
             dir: dir.to_path_buf(),
             durable,
@@ -533,7 +525,7 @@ impl StagedFile {
         let renamed = fs::rename(&self.tmp, &self.path)
             .map_err(|e| Error::io("rename into place", &self.path, e));
         if let Some(aside) = aside {
-            remove_asides_in_background(aside, renamed.is_ok());
+            crate::drop_in_background(Aside(aside));
         }
         renamed?;
         self.installed = true;
@@ -555,17 +547,21 @@ impl StagedFile {
         if !meta.is_file() || meta.len() < ASIDE_MIN {
             return None;
         }
-        let name = self.path.file_name()?.to_string_lossy().into_owned();
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let aside = self
-            .dir
-            .join(format!(".{name}.old.{}.{nonce}", std::process::id()));
+        let aside = hidden_sibling(&self.dir, self.path.file_name()?, "old");
         fs::hard_link(&self.path, &aside).ok()?;
         Some(aside)
     }
+}
+
+/// `<dir>/.<name>.<tag>.<pid>.<unique>`: a hidden name of its own for a
+/// file that stands in for `name` for a while.
+fn hidden_sibling(dir: &Path, name: &std::ffi::OsStr, tag: &str) -> PathBuf {
+    dir.join(format!(
+        ".{}.{tag}.{}.{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        crate::fsutil::unique_hex()
+    ))
 }
 
 /// Replaced files at least this large are freed in the background: freeing
@@ -574,37 +570,45 @@ impl StagedFile {
 /// `discard`, on the way of whoever waits for the rename.
 pub const ASIDE_MIN: u64 = 1024 * 1024;
 
-/// Removes `aside` (see [`StagedFile::link_aside`]) on a thread of its own,
-/// with any other `.<name>.old.*` left beside it by a process that ended
-/// before its own thread did (when `installed`; otherwise the rename
-/// failed, and `aside` is only a second name of the file still in place).
-fn remove_asides_in_background(aside: PathBuf, installed: bool) {
-    let remove = move || {
-        let _ = fs::remove_file(&aside);
-        if !installed {
-            return;
-        }
-        let (Some(dir), Some(name)) = (aside.parent(), aside.file_name()) else {
+/// A second name given to a replaced file (see [`StagedFile::link_aside`]);
+/// dropped (on a thread of its own: it frees the old contents), it is
+/// removed with any other `.<name>.old.*` left beside it by a process that
+/// ended before it could remove its own.
+struct Aside(PathBuf);
+
+impl Drop for Aside {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+        let (Some(dir), Some(name)) = (self.0.parent(), self.0.file_name()) else {
             return;
         };
+        // `.<name>.old.` then `<pid>.<unique>` (see `hidden_sibling`).
         let name = name.to_string_lossy();
-        let Some(prefix) = name.find(".old.").map(|i| &name[..i + 5]) else {
+        let Some(prefix) = name
+            .rsplitn(3, '.')
+            .nth(2)
+            .filter(|p| p.ends_with(".old"))
+            .map(|p| format!("{p}."))
+        else {
             return;
+        };
+        let is_aside = |n: &str| {
+            n.strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once('.'))
+                .is_some_and(|(pid, unique)| {
+                    !pid.is_empty()
+                        && pid.bytes().all(|b| b.is_ascii_digit())
+                        && unique.len() == 16
+                        && unique.bytes().all(|b| b.is_ascii_hexdigit())
+                })
         };
         if let Ok(entries) = fs::read_dir(dir) {
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(prefix) {
+                if is_aside(&e.file_name().to_string_lossy()) {
                     let _ = fs::remove_file(e.path());
                 }
             }
         }
-    };
-    if std::thread::Builder::new()
-        .name("pe_failover-free".into())
-        .spawn(remove.clone())
-        .is_err()
-    {
-        remove();
     }
 }
 
@@ -628,13 +632,19 @@ mod tests {
         let path = dir.path().join("m.manifest.json");
         let big = vec![b'a'; ASIDE_MIN as usize];
         // What a process that ended before its thread ran left behind.
-        let leftover = dir.path().join(".m.manifest.json.old.1.2");
+        let leftover = dir.path().join(".m.manifest.json.old.1.00000000000000ff");
         fs::write(&leftover, b"old").unwrap();
+        // Another file's temporary file whose name starts alike stays.
+        let other = dir
+            .path()
+            .join(".m.manifest.json.old.json.tmp.1.00000000000000ff");
+        fs::write(&other, b"other").unwrap();
         let leftovers = || {
             fs::read_dir(dir.path())
                 .unwrap()
                 .flatten()
                 .filter(|e| e.file_name().to_string_lossy().contains(".old."))
+                .filter(|e| e.path() != other)
                 .count()
         };
         for (round, durable) in [(0u8, false), (1, true), (2, false)] {
@@ -667,6 +677,7 @@ mod tests {
         write_cache_atomically(&path, b"tiny", 0o600).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"tiny");
         assert_eq!(leftovers(), 0);
+        assert!(other.exists(), "another file's temporary file was removed");
     }
 
     fn sample() -> StatCache {
