@@ -71,9 +71,10 @@ struct Bench {
     sshd: Sshd,
     ours_key: ClientKey,
     rsync_key: ClientKey,
-    /// The active's runner for one-shot syncs, made once (outside the
-    /// timed runs): it never asks a watcher.
+    /// The active's runners, made once (outside the timed runs): for
+    /// one-shot syncs (it never asks a watcher), and one that asks it.
     active: std::cell::OnceCell<Runner>,
+    asking: std::cell::OnceCell<Runner>,
     /// Whether `ours` asks the active's watcher (the `watcher` rows).
     through_watcher: std::cell::Cell<bool>,
     /// The replica's latest snapshot between applies, as the passive
@@ -100,6 +101,7 @@ impl Bench {
             ours_key,
             rsync_key,
             active: std::cell::OnceCell::new(),
+            asking: std::cell::OnceCell::new(),
             through_watcher: std::cell::Cell::new(false),
             latest: LatestCache::new(),
         };
@@ -107,6 +109,9 @@ impl Bench {
         bench
             .active
             .get_or_init(|| bench.runners().0.use_watcher(false));
+        bench
+            .asking
+            .get_or_init(|| bench.active.get().unwrap().clone().use_watcher(true));
         bench
     }
 
@@ -134,15 +139,9 @@ impl Bench {
     /// passive's watcher does when a transaction arrives, with the latest
     /// snapshot kept from its previous round).
     fn ours(&self) -> ReplicaOutcome {
-        let active = self.active.get().expect("the runner is made in Bench::new");
         let asking = self.through_watcher.get();
-        let asker;
-        let active = if asking {
-            asker = active.clone().use_watcher(true);
-            &asker
-        } else {
-            active
-        };
+        let runner = if asking { &self.asking } else { &self.active };
+        let active = runner.get().expect("the runners are made in Bench::new");
         let t0 = Instant::now();
         let run = active.sync(None, false).expect("sync");
         assert_eq!(run.via_watcher, asking, "{:?}", run.lines);
