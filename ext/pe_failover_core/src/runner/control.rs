@@ -22,7 +22,7 @@
 //! socket is mode 0600 in the state directory, and the watcher only serves
 //! peers with its own user id (checked with `SO_PEERCRED`).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -153,11 +153,8 @@ impl ControlServer {
             )
             .with_path(&path));
         }
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove stale socket", &path, e)),
-        }
+        // (Left by a watcher that died.)
+        crate::fsutil::remove_any(&path)?;
         let listener =
             Arc::new(UnixListener::bind(&path).map_err(|e| Error::io("listen on", &path, e))?);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
