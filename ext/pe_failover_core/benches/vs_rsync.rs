@@ -344,6 +344,15 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Writes out every file system's dirty data, untimed, before a timed run:
+/// rsync leaves its files to the kernel's writeback, which would otherwise
+/// run during (and, through `syncfs`, be waited for by) the next run of
+/// either tool, which then pays for the other's writes.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 fn timed(f: impl FnOnce()) -> Duration {
     let t = Instant::now();
     f();
@@ -377,7 +386,9 @@ fn compare(
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for run in 0..runs {
         prepare(b, run);
+        settle();
         ours.push(timed(|| assert_eq!(b.ours(), expect)));
+        settle();
         theirs.push(timed(|| b.rsync()));
     }
     row(&n.to_string(), scenario, median(ours), median(theirs), "");
