@@ -15,8 +15,7 @@ use magnus::{Error, Ruby};
 /// mimalloc, for the scans and manifests of one record per certificate,
 /// which it builds and frees faster than the C library's allocator (README,
 /// Benchmarks). Nothing allocated here is freed by Ruby or the reverse:
-/// values cross the binding as copies. Built with `no_thp`: it does not ask
-/// for transparent huge pages, whose zeroing took most of a first scan.
+/// values cross the binding as copies.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -21,9 +21,7 @@ use pe_failover_core::protocol::{ReceiveOutcome, Receiver};
 /// mimalloc rather than the C library's allocator: a receive session reads,
 /// merges and writes manifests of one record per certificate (two or three
 /// allocations each), which mimalloc builds and frees in about 40 % less
-/// time at 100k certificates (README, Benchmarks). Built with `no_thp`: it
-/// does not ask for transparent huge pages, whose zeroing took most of the
-/// time a full sync's manifest was read.
+/// time at 100k certificates (README, Benchmarks).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
