@@ -762,6 +762,14 @@ fn a_sync_run_while_the_active_watcher_runs_is_run_by_the_watcher() {
         .unwrap();
     assert!(!run.via_watcher);
     assert!(run.ok, "{:?}", run.lines);
+    // Declined, and the caller says so.
+    assert!(
+        run.lines[0].contains("[WARNING]")
+            && run.lines[0].contains("did not run this sync")
+            && run.lines[0].contains("another configuration file"),
+        "{:?}",
+        run.lines
+    );
 
     // A replica the configuration does not name: the watcher's answer is
     // the error a sync here gives.
@@ -794,6 +802,12 @@ fn a_socket_left_by_a_dead_watcher_is_replaced_and_never_blocks_a_sync() {
     assert!(socket.exists());
     let run = e.sync_ok();
     assert!(!run.via_watcher);
+    // No watcher: nothing to warn about.
+    assert!(
+        !run.lines.iter().any(|l| l.contains("watcher")),
+        "{:?}",
+        run.lines
+    );
     let (a_token, a) = spawn_watch(e.active());
     assert!(wait_until(Duration::from_secs(10), || {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()

@@ -22,7 +22,7 @@
 //! socket is mode 0600 in the state directory, and the watcher only serves
 //! peers with its own user id (checked with `SO_PEERCRED`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -313,40 +313,89 @@ fn serve(conn: UnixStream, tx: &mpsc::Sender<Asked>, waker: &Waker, allowed: u32
     }
 }
 
+/// What became of a request sent to the watcher (see [`ask`]).
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// The watcher ran it: its run, or why it failed.
+    Ran(Box<Result<SyncRun>>),
+    /// No watcher serves the socket (none runs): the caller syncs itself.
+    NoWatcher,
+    /// A watcher was reached but did not run the request, for the reason
+    /// given: the caller syncs itself, and says why.
+    NotRun(String),
+}
+
 /// Asks the watcher serving `<state_dir>/watch.sock`, if one does, to run
-/// `request`. `None` when it is not served (no watcher, another
-/// configuration, a watcher that stopped answering): the caller syncs
-/// itself.
-pub(crate) fn ask(state_dir: &Path, request: &SyncRequest) -> Option<Result<SyncRun>> {
+/// `request`.
+pub(crate) fn ask(state_dir: &Path, request: &SyncRequest) -> Reply {
     let path = state_dir.join(SOCKET);
-    let mut conn = UnixStream::connect(&path).ok()?;
-    conn.set_read_timeout(Some(SILENCE)).ok()?;
-    conn.set_write_timeout(Some(SILENCE)).ok()?;
-    let mut bytes = serde_json::to_vec(request).ok()?;
-    bytes.push(b'\n');
-    conn.write_all(&bytes).ok()?;
+    let mut conn = match UnixStream::connect(&path) {
+        Ok(conn) => conn,
+        // No socket, or one a watcher that ended left behind.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Reply::NoWatcher
+        }
+        Err(e) => {
+            return Reply::NotRun(format!(
+                "its socket {} could not be reached: {e}",
+                path.display()
+            ))
+        }
+    };
+    let sent = (|| {
+        conn.set_read_timeout(Some(SILENCE))?;
+        conn.set_write_timeout(Some(SILENCE))?;
+        let mut bytes = serde_json::to_vec(request)?;
+        bytes.push(b'\n');
+        conn.write_all(&bytes)
+    })();
+    if let Err(e) = sent {
+        return Reply::NotRun(format!("the request could not be sent: {e}"));
+    }
     let mut lines = BufReader::new(conn);
     let mut line = String::new();
     let asked = std::time::Instant::now();
     loop {
         if asked.elapsed() > ROUND_LIMIT {
-            return None;
+            return Reply::NotRun(format!(
+                "it had not finished after {} minutes",
+                ROUND_LIMIT.as_secs() / 60
+            ));
         }
         line.clear();
-        // End of file or silence: unanswered.
-        if lines.read_line(&mut line).ok()? == 0 {
-            return None;
+        match lines.read_line(&mut line) {
+            Ok(0) => {
+                return Reply::NotRun(
+                    "it closed the connection unanswered (stopping, or not this user's)".into(),
+                )
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Reply::NotRun(format!("it sent nothing for {} s", SILENCE.as_secs()))
+            }
+            Err(e) => return Reply::NotRun(format!("its answer could not be read: {e}")),
         }
         if line.trim().is_empty() {
             continue;
         }
-        return match serde_json::from_str::<Answer>(&line).ok()? {
-            Answer::Run(run) => Some(Ok(*run)),
-            Answer::Failed { kind, message } => Some(Err(Error::new(
+        return match serde_json::from_str::<Answer>(&line) {
+            Ok(Answer::Run(run)) => Reply::Ran(Box::new(Ok(*run))),
+            Ok(Answer::Failed { kind, message }) => Reply::Ran(Box::new(Err(Error::new(
                 crate::protocol::kind_from_name(&kind),
                 message,
-            ))),
-            Answer::Declined(_) => None,
+            )))),
+            Ok(Answer::Declined(why)) => Reply::NotRun(format!("it declined: {why}")),
+            Err(e) => Reply::NotRun(format!("its answer could not be read: {e}")),
         };
     }
 }
@@ -403,19 +452,31 @@ mod tests {
             _ => None,
         });
         let ask_for = |replica: &str| ask(dir.path(), &SyncRequest::new("c", Some(replica), false));
-        let got = ask_for("run").unwrap().unwrap();
+        let not_run = |replica: &str| match ask_for(replica) {
+            Reply::NotRun(why) => why,
+            other => panic!("{replica}: {other:?}"),
+        };
+        let Reply::Ran(answer) = ask_for("run") else {
+            panic!("not run")
+        };
+        let got = answer.unwrap();
         assert_eq!(got.lines, run().lines);
         assert_eq!(got.digest, run().digest);
-        let err = ask_for("failed").unwrap().unwrap_err();
+        let Reply::Ran(answer) = ask_for("failed") else {
+            panic!("no answer")
+        };
+        let err = answer.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Refused);
         assert!(err.to_string().contains("not now"), "{err}");
-        assert!(ask_for("declined").is_none());
-        assert!(ask_for("dropped").is_none());
+        let why = not_run("declined");
+        assert_eq!(why, "it declined: another configuration");
+        let why = not_run("dropped");
+        assert!(why.contains("closed the connection unanswered"), "{why}");
         done.store(true, Ordering::SeqCst);
         h.join().unwrap();
         // The server is gone with the loop: its socket too.
         assert!(!dir.path().join(SOCKET).exists());
-        assert!(ask_for("run").is_none());
+        assert!(matches!(ask_for("run"), Reply::NoWatcher));
     }
 
     #[test]

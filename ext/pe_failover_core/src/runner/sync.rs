@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::control::Reply;
 use super::{advice, replica_key, replica_label, short, Runner, RECEIVE_COMMAND};
 use crate::config::ReplicaConfig;
 use crate::log::Status;
@@ -227,10 +228,11 @@ impl Runner {
     ) -> Result<SyncRun> {
         self.require_role(Role::Active, "sync")?;
         let replicas = self.select(replica)?;
-        let ca = match self.ask_watcher(replica, noop) {
-            Some(answer) => answer,
-            None => self.sync_replicas(&replicas, noop),
-        };
+        let (answer, warning) = self.ask_watcher(replica, noop);
+        let mut ca = answer.unwrap_or_else(|| self.sync_replicas(&replicas, noop));
+        if let (Some(line), Ok(run)) = (warning, ca.as_mut()) {
+            run.lines.insert(0, line);
+        }
         if !self.nc_wanted(nc) {
             return ca;
         }
@@ -267,18 +269,39 @@ impl Runner {
     }
 
     /// The CA part of a sync run by the active watcher serving this
-    /// configuration, when there is one (see [`Runner::use_watcher`]).
-    fn ask_watcher(&self, replica: Option<&str>, noop: bool) -> Option<Result<SyncRun>> {
+    /// configuration, when there is one (see [`Runner::use_watcher`]); and
+    /// the warning logged when a watcher was reached but did not run it
+    /// (the caller then syncs itself).
+    fn ask_watcher(
+        &self,
+        replica: Option<&str>,
+        noop: bool,
+    ) -> (Option<Result<SyncRun>>, Option<String>) {
         // (A watcher's own rounds are never sent to itself.)
         if !self.use_watcher || self.sessions.is_some() {
-            return None;
+            return (None, None);
         }
         let request = super::control::SyncRequest::new(&self.config_digest, replica, noop);
-        let answer = super::control::ask(&self.config.state_dir, &request)?;
-        Some(answer.map(|run| SyncRun {
-            via_watcher: true,
-            ..run
-        }))
+        match super::control::ask(&self.config.state_dir, &request) {
+            Reply::Ran(answer) => (
+                Some((*answer).map(|run| SyncRun {
+                    via_watcher: true,
+                    ..run
+                })),
+                None,
+            ),
+            Reply::NoWatcher => (None, None),
+            Reply::NotRun(why) => {
+                let line = self.log(
+                    "sync",
+                    Status::Warning,
+                    &format!(
+                        "the watcher on this host did not run this sync ({why}); scanned here instead (`pe_failover status` shows the watcher; --no-watcher does not ask it)"
+                    ),
+                );
+                (None, Some(line))
+            }
+        }
     }
 
     pub(crate) fn sync_replicas(&self, replicas: &[ReplicaConfig], noop: bool) -> Result<SyncRun> {
