@@ -35,6 +35,7 @@
 
 pub mod apply;
 mod beneath;
+mod bulk;
 pub mod cache;
 pub mod cancel;
 pub mod classifier;

@@ -1012,6 +1012,9 @@ impl Scanner {
                 .iter()
                 .map(|item| self.below_root(&item.rel).as_bytes()),
         );
+        // A first scan (or one after a wholesale change) hashes, and may
+        // keep, nearly every file.
+        let _bulk = crate::bulk::BulkPhase::begin_for(slots.iter().filter(|s| s.is_none()).count());
         let hashed = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
         let reused = AtomicU64::new(0);

@@ -437,6 +437,9 @@ impl Receiver {
                 head.upserts, head.removes, limits.max_entries
             )));
         }
+        // A first sync (or a wholesale change) upserts every entry.
+        let _bulk =
+            crate::bulk::BulkPhase::begin_for(usize::try_from(head.upserts).unwrap_or(usize::MAX));
         let mut budget = limits.max_manifest_bytes;
         let upserts: Vec<Entry> = read_batches(
             conn,
