@@ -296,7 +296,7 @@ impl Runner {
                     "sync",
                     Status::Warning,
                     &format!(
-                        "the watcher on this host did not run this sync ({why}); scanned here instead (`pe_failover status` shows the watcher; --no-watcher does not ask it)"
+                        "the watcher on this host did not run this sync ({why}); scanned here instead (check the pe_failover watch service on this host; --no-watcher does not ask it)"
                     ),
                 );
                 (None, Some(line))
