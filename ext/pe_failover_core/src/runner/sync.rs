@@ -228,11 +228,26 @@ impl Runner {
     ) -> Result<SyncRun> {
         self.require_role(Role::Active, "sync")?;
         let replicas = self.select(replica)?;
-        let (answer, warning) = self.ask_watcher(replica, noop);
-        let mut ca = answer.unwrap_or_else(|| self.sync_replicas(&replicas, noop));
-        if let (Some(line), Ok(run)) = (warning, ca.as_mut()) {
-            run.lines.insert(0, line);
-        }
+        let ca = match self.ask_watcher(replica, noop) {
+            Reply::Ran(answer) => (*answer).map(|run| SyncRun {
+                via_watcher: true,
+                ..run
+            }),
+            Reply::NoWatcher => self.sync_replicas(&replicas, noop),
+            Reply::NotRun(why) => {
+                let line = self.log(
+                    "sync",
+                    Status::Warning,
+                    &format!(
+                        "the watcher on this host did not run this sync ({why}); scanned here instead (check the pe_failover watch service on this host; --no-watcher does not ask it)"
+                    ),
+                );
+                self.sync_replicas(&replicas, noop).map(|mut run| {
+                    run.lines.insert(0, line);
+                    run
+                })
+            }
+        };
         if !self.nc_wanted(nc) {
             return ca;
         }
@@ -268,40 +283,16 @@ impl Runner {
         }
     }
 
-    /// The CA part of a sync run by the active watcher serving this
-    /// configuration, when there is one (see [`Runner::use_watcher`]); and
-    /// the warning logged when a watcher was reached but did not run it
-    /// (the caller then syncs itself).
-    fn ask_watcher(
-        &self,
-        replica: Option<&str>,
-        noop: bool,
-    ) -> (Option<Result<SyncRun>>, Option<String>) {
+    /// Asks the active watcher serving this configuration, when there is
+    /// one (see [`Runner::use_watcher`]), to run the CA part of a sync;
+    /// `NoWatcher` when it is not to be asked.
+    fn ask_watcher(&self, replica: Option<&str>, noop: bool) -> Reply {
         // (A watcher's own rounds are never sent to itself.)
         if !self.use_watcher || self.sessions.is_some() {
-            return (None, None);
+            return Reply::NoWatcher;
         }
         let request = super::control::SyncRequest::new(&self.config_digest, replica, noop);
-        match super::control::ask(&self.config.state_dir, &request) {
-            Reply::Ran(answer) => (
-                Some((*answer).map(|run| SyncRun {
-                    via_watcher: true,
-                    ..run
-                })),
-                None,
-            ),
-            Reply::NoWatcher => (None, None),
-            Reply::NotRun(why) => {
-                let line = self.log(
-                    "sync",
-                    Status::Warning,
-                    &format!(
-                        "the watcher on this host did not run this sync ({why}); scanned here instead (check the pe_failover watch service on this host; --no-watcher does not ask it)"
-                    ),
-                );
-                (None, Some(line))
-            }
-        }
+        super::control::ask(&self.config.state_dir, &request)
     }
 
     pub(crate) fn sync_replicas(&self, replicas: &[ReplicaConfig], noop: bool) -> Result<SyncRun> {
