@@ -616,7 +616,7 @@ pub(crate) struct TxnWriter {
     written: Vec<PathBuf>,
     flusher: fsutil::Flusher,
     pack: Option<PackWriter>,
-    manifest: Option<std::thread::JoinHandle<Result<()>>>,
+    manifest: Option<std::thread::JoinHandle<Result<Manifest>>>,
     done: bool,
 }
 
@@ -650,16 +650,12 @@ impl TxnWriter {
 
     /// Writes `manifest` into the transaction, flushed, on a thread of its
     /// own: at 100k certificates it is 15 MB, written while the contents
-    /// arrive. [`finish`](Self::finish) waits for it.
+    /// arrive. [`finish`](Self::finish) waits for it and gives it back.
     pub(crate) fn write_manifest(&mut self, manifest: Manifest) -> Result<()> {
         let path = self.partial.join("manifest.json");
         let thread = std::thread::Builder::new()
             .name("pe_failover-txn-manifest".into())
-            .spawn(move || {
-                let saved = save_manifest(&path, &manifest, 0o600);
-                crate::drop_in_background(manifest);
-                saved
-            })
+            .spawn(move || save_manifest(&path, &manifest, 0o600).map(|()| manifest))
             .map_err(|e| {
                 Error::new(
                     ErrorKind::Internal,
@@ -670,8 +666,9 @@ impl TxnWriter {
         Ok(())
     }
 
-    /// Waits for the manifest's writer (see [`write_manifest`](Self::write_manifest)).
-    fn manifest_written(&mut self) -> Result<()> {
+    /// Waits for the manifest's writer (see [`write_manifest`](Self::write_manifest))
+    /// and takes the manifest back.
+    fn manifest_written(&mut self) -> Result<Manifest> {
         let thread = self.manifest.take().ok_or_else(|| {
             Error::new(
                 ErrorKind::Internal,
@@ -723,15 +720,16 @@ impl TxnWriter {
 
     /// Writes the metadata once the manifest is written (see
     /// [`write_manifest`](Self::write_manifest)), makes everything durable
-    /// and renames the directory into place.
-    pub(crate) fn finish(mut self, meta: &TxnMeta) -> Result<PathBuf> {
+    /// and renames the directory into place. Returns the directory and the
+    /// manifest.
+    pub(crate) fn finish(mut self, meta: &TxnMeta) -> Result<(PathBuf, Manifest)> {
         if let Some(pack) = self.pack.take() {
             let idx = self.partial.join(PACK_INDEX_FILE);
             self.written.push(pack.path().to_path_buf());
             pack.finish(&idx)?;
             self.written.push(idx);
         }
-        self.manifest_written()?;
+        let manifest = self.manifest_written()?;
         let bytes = serde_json::to_vec_pretty(meta)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
         write_atomically(&self.partial.join("meta.json"), &bytes, 0o600)?;
@@ -743,7 +741,7 @@ impl TxnWriter {
             .map_err(|e| Error::io("rename into place", &self.final_dir, e))?;
         fsutil::fsync_dir(&self.incoming)?;
         self.done = true;
-        Ok(self.final_dir.clone())
+        Ok((self.final_dir.clone(), manifest))
     }
 }
 
@@ -751,7 +749,7 @@ impl Drop for TxnWriter {
     fn drop(&mut self) {
         // A manifest still being written would race the removal.
         if let Some(thread) = self.manifest.take() {
-            let _ = thread.join();
+            crate::drop_in_background(thread.join());
         }
         if !self.done {
             let _ = fsutil::remove_any(&self.partial);

@@ -581,8 +581,8 @@ fn the_active_watcher_keeps_its_session_and_connects_again_when_it_is_dropped() 
         .is_dir()));
     assert_eq!(e.accepted_logins() - before, 1, "{}", e.sshd.log());
 
-    // The server side of the idle session dies, with the receiver the last
-    // round started on it for the next (killed once it runs: a login shell
+    // The server side of the idle session dies, with the receiver waiting
+    // on it for the next round (killed once it runs: a login shell
     // killed half-way through its start-up files may leave their locks
     // behind): the next round notices and connects again, nothing is lost.
     assert!(wait_until(Duration::from_secs(5), || receivers(&e) == 1));
@@ -614,26 +614,37 @@ fn receivers(e: &E2e) -> usize {
     e.sshd.running("pe_failover_receive")
 }
 
+/// The process ids of the receivers running under the test's sshd.
+fn receiver_pids(e: &E2e) -> Vec<u32> {
+    e.sshd.pids_running("pe_failover_receive")
+}
+
 #[test]
-fn the_active_watcher_starts_the_next_rounds_receiver_as_a_round_ends() {
+fn the_active_watchers_receiver_serves_round_after_round() {
     let e = E2e::new(5);
     let (b_token, b) = spawn_watch(e.passive());
     let (a_token, a) = spawn_watch(e.active());
     assert!(wait_until(Duration::from_secs(20), || e.converged()));
-    // Between rounds a receiver waits on the kept session (reading its
-    // base meanwhile); the next round talks to it.
+    // Between rounds the last round's receiver waits on the kept session,
+    // with the manifest it stored as its next base; every round talks to
+    // that one process.
     assert!(
         wait_until(Duration::from_secs(5), || receivers(&e) == 1),
         "{} receivers between rounds",
         receivers(&e)
     );
+    let serving = receiver_pids(&e);
     for i in 0..3 {
         e.sign(&format!("warm{i}.test"));
         assert!(
             wait_until(Duration::from_secs(20), || e.converged()),
             "warm{i}.test did not arrive"
         );
-        assert!(wait_until(Duration::from_secs(5), || receivers(&e) == 1));
+        assert_eq!(
+            receiver_pids(&e),
+            serving,
+            "round {i} started another receiver"
+        );
     }
     let status_file = StateDir::new(e.b_state()).receiver_status_file();
     let before = fs::read(&status_file).unwrap();

@@ -2205,3 +2205,89 @@ fn contents_the_scan_kept_are_shipped_as_scanned_without_reading_the_files_again
     p.sync_and_apply();
     p.assert_converged(&[PASSIVE]);
 }
+
+#[test]
+fn one_receiver_serves_session_after_session_and_keeps_its_base_between_them() {
+    let p = Pair::new(3);
+    let (a, b) = UnixStream::pair().unwrap();
+    let receiver = p.receiver();
+    // (outcome, base kept, contents received, contents the replica held)
+    let serving = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let last = receiver.serve(b, |r| {
+            let r = r.as_ref().expect("a session failed");
+            let s = &r.stats;
+            if r.outcome != ReceiveOutcome::Unused {
+                seen.push((r.outcome, s.base_kept, s.objects, s.objects_reused));
+            }
+        });
+        (last, seen)
+    });
+    let sync = |what: &str| {
+        let s = p
+            .sender()
+            .sync(&a)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        s.outcome
+    };
+    let copy = |from: &str, to: &str| {
+        let signed = p.a_cadir.join("signed");
+        fs::copy(signed.join(from), signed.join(to)).unwrap();
+    };
+    let node1 = fs::read(p.a_cadir.join("signed/node1.example.com.pem")).unwrap();
+    assert_eq!(sync("first"), SyncOutcome::Committed);
+    p.sign("one.example.com");
+    assert_eq!(sync("a signing"), SyncOutcome::Committed);
+    assert_eq!(sync("no change"), SyncOutcome::UpToDate);
+    // The contents the replica holds follow every session: a file with the
+    // contents of another is not sent again while one of them remains...
+    copy("node1.example.com.pem", "twin.example.com.pem");
+    assert_eq!(sync("a twin"), SyncOutcome::Committed);
+    p.clean("node1.example.com");
+    assert_eq!(sync("one twin cleaned"), SyncOutcome::Committed);
+    copy("twin.example.com.pem", "third.example.com.pem");
+    assert_eq!(sync("a third"), SyncOutcome::Committed);
+    // ...and is sent once none does.
+    p.clean("twin.example.com");
+    p.clean("third.example.com");
+    assert_eq!(sync("all cleaned"), SyncOutcome::Committed);
+    fs::write(p.a_cadir.join("signed/back.example.com.pem"), &node1).unwrap();
+    assert_eq!(sync("contents back"), SyncOutcome::Committed);
+    // Another session (another connection) stores a transaction in
+    // between: the kept base is not the replica's any more and is not used.
+    p.sign("between.example.com");
+    assert_eq!(p.sync().outcome, SyncOutcome::Committed);
+    p.sign("after.example.com");
+    assert_eq!(sync("after another session"), SyncOutcome::Committed);
+    drop(a);
+    let (last, seen) = serving.join().unwrap();
+    assert_eq!(last.unwrap().outcome, ReceiveOutcome::Unused);
+    let kept: Vec<bool> = seen.iter().map(|s| s.1).collect();
+    assert_eq!(
+        kept,
+        [false, true, true, true, true, true, true, true, false],
+        "{seen:?}"
+    );
+    use ReceiveOutcome::{NothingToDo, Stored};
+    let outcomes: Vec<ReceiveOutcome> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Stored,
+            Stored,
+            NothingToDo,
+            Stored,
+            Stored,
+            Stored,
+            Stored,
+            Stored,
+            Stored
+        ]
+    );
+    // The twin and the third: held. After both were cleaned, not held.
+    assert_eq!((seen[3].2, seen[3].3), (0, 1), "twin: {seen:?}");
+    assert_eq!((seen[5].2, seen[5].3), (0, 1), "third: {seen:?}");
+    assert_eq!((seen[7].2, seen[7].3), (1, 0), "back: {seen:?}");
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+}

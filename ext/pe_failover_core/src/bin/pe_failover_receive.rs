@@ -1,4 +1,5 @@
-//! Runs one receive session of the replication protocol on stdin/stdout.
+//! Runs receive sessions of the replication protocol on stdin/stdout, one
+//! after another for as long as the sender starts another.
 //!
 //! ```text
 //! pe_failover_receive --state DIR [--role-file FILE] [--host NAME]
@@ -16,7 +17,7 @@
 
 use std::process::ExitCode;
 
-use pe_failover_core::protocol::{ReceiveOutcome, Receiver};
+use pe_failover_core::protocol::{ReceiveOutcome, ReceiveReport, Receiver};
 
 /// mimalloc rather than the C library's allocator: a receive session reads,
 /// merges and writes manifests of one record per certificate (two or three
@@ -84,15 +85,15 @@ fn main() -> ExitCode {
     if let Some(name) = host {
         receiver = receiver.host(name);
     }
-    match receiver.receive_stdio() {
-        Ok(report) if report.outcome == ReceiveOutcome::Unused => ExitCode::SUCCESS,
-        Ok(report) => {
-            eprintln!(
-                "pe_failover_receive: {:?} transaction {} ({} bytes received)",
-                report.outcome, report.txn, report.stats.bytes_received
-            );
-            ExitCode::SUCCESS
-        }
+    let each = |result: &pe_failover_core::Result<ReceiveReport>| match result {
+        Ok(report) if report.outcome != ReceiveOutcome::Unused => eprintln!(
+            "pe_failover_receive: {:?} transaction {} ({} bytes received)",
+            report.outcome, report.txn, report.stats.bytes_received
+        ),
+        _ => {}
+    };
+    match receiver.receive_stdio(each) {
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pe_failover_receive: {e}");
             ExitCode::FAILURE

@@ -181,6 +181,9 @@ pub struct Stats {
     /// Whether the receiver's manifest was exchanged (first sync with a
     /// restored or drifted replica).
     pub manifest_exchanged: bool,
+    /// Whether the receiver's base manifest was the one it kept from the
+    /// session before on the same connection (not read again).
+    pub base_kept: bool,
     /// Wall-clock duration.
     pub elapsed: Duration,
 }

@@ -81,11 +81,14 @@ pub struct ReceiveReport {
 /// use pe_failover_core::protocol::Receiver;
 ///
 /// # fn main() -> pe_failover_core::Result<()> {
-/// // The forced command of the transfer key on the passive primary:
-/// let report = Receiver::new("/opt/pe_failover/state")
+/// // The forced command of the transfer key on the passive primary: every
+/// // session the sender starts on this connection, each one shown.
+/// Receiver::new("/opt/pe_failover/state")
 ///     .role_file("/opt/puppetlabs/facter/facts.d/pe_failover.yaml")
-///     .receive_stdio()?;
-/// eprintln!("{:?} {:?}", report.outcome, report.digest);
+///     .receive_stdio(|session| match session {
+///         Ok(report) => eprintln!("{:?} {:?}", report.outcome, report.digest),
+///         Err(e) => eprintln!("{e}"),
+///     })?;
 /// # Ok(())
 /// # }
 /// ```
@@ -174,8 +177,9 @@ impl Receiver {
         self
     }
 
-    /// Runs one session on this process's stdin and stdout.
-    pub fn receive_stdio(&self) -> Result<ReceiveReport> {
+    /// Serves sessions on this process's stdin and stdout (see
+    /// [`serve`](Self::serve)); `each` sees every session's result.
+    pub fn receive_stdio(&self, each: impl FnMut(&Result<ReceiveReport>)) -> Result<ReceiveReport> {
         let stdin = io::stdin().lock();
         let stdout = io::stdout().lock();
         if self.expect.is_none() {
@@ -184,34 +188,75 @@ impl Receiver {
             return self
                 .clone()
                 .expect_kind(kind)
-                .receive(Duplex::new(stdin, stdout));
+                .serve(Duplex::new(stdin, stdout), each);
         }
-        self.receive(Duplex::new(stdin, stdout))
+        self.serve(Duplex::new(stdin, stdout), each)
     }
 
     /// Runs one session on `stream`. Records the outcome in
     /// `incoming/receiver.status.json`.
     pub fn receive<S: Read + Write>(&self, stream: S) -> Result<ReceiveReport> {
-        let started = Instant::now();
         let mut conn = Conn::new(stream, self.limits, "the sender");
+        self.one_session(&mut conn, true, &mut Kept::default())
+    }
+
+    /// Runs sessions on `stream` one after another for as long as each
+    /// ends well and the sender starts another (its watcher keeps the
+    /// receiver between rounds), each recorded as by
+    /// [`receive`](Self::receive) and shown to `each`. A base manifest this
+    /// receiver read or built in one session is the next session's when the
+    /// state directory still holds it (same digest), instead of being read
+    /// again. Returns the last session's result: [`ReceiveOutcome::Unused`]
+    /// when the sender closed the stream between sessions, the error that
+    /// ended the last one otherwise.
+    pub fn serve<S: Read + Write>(
+        &self,
+        stream: S,
+        mut each: impl FnMut(&Result<ReceiveReport>),
+    ) -> Result<ReceiveReport> {
+        let mut conn = Conn::new(stream, self.limits, "the sender");
+        let mut kept = Kept::default();
+        let mut first = true;
+        loop {
+            let result = self.one_session(&mut conn, first, &mut kept);
+            each(&result);
+            match &result {
+                Ok(r) if r.outcome != ReceiveOutcome::Unused => first = false,
+                _ => return result,
+            }
+        }
+    }
+
+    /// One session on `conn`; `first`: the first on it (a later one may
+    /// find the base `kept` by the one before).
+    fn one_session<S: Read + Write>(
+        &self,
+        conn: &mut Conn<S>,
+        first: bool,
+        kept: &mut Kept,
+    ) -> Result<ReceiveReport> {
+        let started = Instant::now();
+        let (sent_before, received_before) = (conn.sent(), conn.received());
         let mut session = Session {
             sender: None,
             kind: None,
             stats: Stats::default(),
             early: self
                 .expect
+                .filter(|_| first)
                 .map(|kind| (kind, EarlyBase::start(&self.state, kind))),
         };
-        let result = self.session(&mut conn, &mut session);
-        session.stats.bytes_sent = conn.sent();
-        session.stats.bytes_received = conn.received();
+        let result = self.session(conn, &mut session, kept);
+        session.stats.bytes_sent = conn.sent() - sent_before;
+        session.stats.bytes_received = conn.received() - received_before;
         session.stats.elapsed = started.elapsed();
         // A sender may start the receiver before it knows it has anything to
         // say (it scans meanwhile), naming the kind of session, and then
-        // close the channel unused: that is no failed session. A connection
-        // that named no kind (someone ran another command with the transfer
-        // key) and said nothing is recorded.
-        let unused = self.expect.is_some()
+        // close the channel unused: that is no failed session; nor is a
+        // sender closing the stream after a session instead of starting
+        // another. A connection that named no kind (someone ran another
+        // command with the transfer key) and said nothing is recorded.
+        let unused = (self.expect.is_some() || !first)
             && session.stats.bytes_received == 0
             && matches!(&result, Err(e) if e.kind() == ErrorKind::Network);
         if unused {
@@ -270,6 +315,7 @@ impl Receiver {
         &self,
         conn: &mut Conn<S>,
         session: &mut Session,
+        kept: &mut Kept,
     ) -> Result<ReceiveReport> {
         // HELLO: version first, so that a newer sender gets a clear answer.
         let frame = conn.expect(&[FrameType::Hello], "HELLO")?;
@@ -349,7 +395,14 @@ impl Receiver {
             .take()
             .filter(|(expected, _)| *expected == kind)
             .map(|(_, early)| early);
-        let mut base = BaseReader::start(base, kind, early);
+        // What the session before kept of this base (another base found now
+        // is read as usual; the kept one is dropped).
+        let held = kept
+            .slot(kind)
+            .take()
+            .and_then(|(digest, held)| (base.digest.as_ref() == Some(&digest)).then_some(held));
+        session.stats.base_kept = held.is_some();
+        let mut base = BaseReader::start(base, kind, early, held);
 
         let mut report = ReceiveReport {
             sender,
@@ -371,7 +424,10 @@ impl Receiver {
                 "MANIFEST_REQUEST, DELTA_HEAD or BYE",
             )?;
             match frame.ty {
-                FrameType::Bye => return Ok(report),
+                FrameType::Bye => {
+                    *kept.slot(kind) = base.keep();
+                    return Ok(report);
+                }
                 FrameType::ManifestRequest => {
                     if session.stats.manifest_exchanged {
                         return Err(violation("the sender asked for the manifest twice"));
@@ -390,7 +446,7 @@ impl Receiver {
                 }
                 _ => {
                     let head: DeltaHead = conn.parse(&frame)?;
-                    let (dir, digest) = self.receive_delta(
+                    let (dir, digest, loaded) = self.receive_delta(
                         conn,
                         &state,
                         &hello.txn,
@@ -400,6 +456,7 @@ impl Receiver {
                         session,
                     )?;
                     report.outcome = ReceiveOutcome::Stored;
+                    *kept.slot(kind) = Some((digest.clone(), Held::loaded(loaded)));
                     report.digest = Some(digest);
                     report.txn_dir = Some(dir);
                     return Ok(report);
@@ -418,7 +475,7 @@ impl Receiver {
         base: &mut BaseReader,
         head: DeltaHead,
         session: &mut Session,
-    ) -> Result<(PathBuf, String)> {
+    ) -> Result<(PathBuf, String, Loaded)> {
         let limits = self.limits;
         let kind = state.kind();
         if head.base.as_deref() != base.digest() {
@@ -475,7 +532,9 @@ impl Receiver {
                 )));
             }
         }
-        let (base_manifest, have) = base.take()?;
+        let (base_manifest, mut have) = base.take()?;
+        // The contents of the base's entries the delta replaces or removes.
+        let mut dropped: Vec<[u8; 32]> = Vec::new();
         let mut removed: FxHashSet<&str> = FxHashSet::default();
         for path in &removes {
             check_path(kind, path)?;
@@ -485,11 +544,12 @@ impl Receiver {
                     format!("the delta names {path:?} twice"),
                 ));
             }
-            if base_manifest.get(path).is_none() {
+            let Some(gone) = base_manifest.get(path) else {
                 return Err(violation(format!(
                     "the delta removes {path:?}, which this replica does not have"
                 )));
-            }
+            };
+            dropped.extend(file_contents(gone));
         }
         // What the base holds at the upserted paths (an EXTEND must extend
         // it); the base's entries are then moved into the new manifest.
@@ -497,6 +557,7 @@ impl Receiver {
             .iter()
             .filter_map(|u| {
                 let e = base_manifest.get(&u.path)?;
+                dropped.extend(file_contents(e));
                 let sha = e.sha256.clone().filter(|_| e.kind == EntryKind::File)?;
                 Some((u.path.as_str(), (sha, e.size)))
             })
@@ -533,7 +594,7 @@ impl Receiver {
         let mut wanted = Vec::new();
         let mut total = 0u64;
         for (i, (sha, size, path)) in objects.iter().enumerate() {
-            if sha256_bytes(sha).is_some_and(|b| have.contains(&b)) {
+            if sha256_bytes(sha).is_some_and(|b| have.contains_key(&b)) {
                 session.stats.objects_reused += 1;
                 continue;
             }
@@ -630,7 +691,7 @@ impl Receiver {
             received: Stamp::now(),
             extensions,
         };
-        let dir = writer.finish(&meta)?;
+        let (dir, manifest) = writer.finish(&meta)?;
         conn.send_json(
             FrameType::Ack,
             &Commit {
@@ -639,7 +700,20 @@ impl Receiver {
             },
         )?;
         conn.flush()?;
-        Ok((dir, digest))
+        // The new manifest is the next session's base: its contents are the
+        // base's, less those replaced or removed, plus the upserted ones.
+        for sha in dropped {
+            if let Some(n) = have.get_mut(&sha) {
+                *n -= 1;
+                if *n == 0 {
+                    have.remove(&sha);
+                }
+            }
+        }
+        for sha in upserts.iter().filter_map(file_contents) {
+            *have.entry(sha).or_insert(0) += 1;
+        }
+        Ok((dir, digest, (manifest, have)))
     }
 }
 
@@ -651,22 +725,63 @@ impl Receiver {
 struct BaseReader {
     base: Base,
     kind: Kind,
-    early: Option<EarlyBase>,
-    preload: Option<std::thread::JoinHandle<Result<(Manifest, Contents)>>>,
-    loaded: Option<(Manifest, Contents)>,
+    held: Held,
 }
 
-/// The SHA-256 digests (raw) of a manifest's files: contents the replica
-/// holds and need not be sent.
-type Contents = FxHashSet<[u8; 32]>;
+/// A base manifest as far as it was read: being read early (before the
+/// session's lock), being read since the base was known, or read.
+#[derive(Default)]
+struct Held {
+    early: Option<EarlyBase>,
+    preload: Option<std::thread::JoinHandle<Result<Loaded>>>,
+    loaded: Option<Loaded>,
+}
+
+impl Held {
+    fn loaded(loaded: Loaded) -> Held {
+        Held {
+            early: None,
+            preload: None,
+            loaded: Some(loaded),
+        }
+    }
+}
+
+/// The bases a receiver keeps from one session to the next on the same
+/// stream, by kind: the digest and what is held of it.
+#[derive(Default)]
+struct Kept {
+    ca: Option<(String, Held)>,
+    nc: Option<(String, Held)>,
+}
+
+impl Kept {
+    fn slot(&mut self, kind: Kind) -> &mut Option<(String, Held)> {
+        match kind {
+            Kind::Ca => &mut self.ca,
+            Kind::Nc => &mut self.nc,
+        }
+    }
+}
+
+/// The SHA-256 digests (raw) of a manifest's files, each with the number
+/// of files that have it: contents the replica holds and need not be sent.
+type Contents = FxHashMap<[u8; 32], u32>;
+
+/// The contents of `e` when it is a file (raw SHA-256).
+fn file_contents(e: &Entry) -> Option<[u8; 32]> {
+    e.sha256
+        .as_deref()
+        .filter(|_| e.kind == EntryKind::File)
+        .and_then(sha256_bytes)
+}
 
 /// `manifest` with the contents its files have.
 fn with_contents(manifest: Manifest) -> (Manifest, Contents) {
-    let contents = manifest
-        .entries()
-        .iter()
-        .filter_map(|e| e.sha256.as_deref().and_then(sha256_bytes))
-        .collect();
+    let mut contents = Contents::default();
+    for sha in manifest.entries().iter().filter_map(file_contents) {
+        *contents.entry(sha).or_insert(0) += 1;
+    }
     (manifest, contents)
 }
 
@@ -699,8 +814,8 @@ impl EarlyBase {
     }
 }
 
-impl Drop for BaseReader {
-    /// A base read for nothing (the session ended with `BYE`, or failed)
+impl Drop for Held {
+    /// A base read for nothing (the session failed, or the last one ended)
     /// is freed on a thread of its own: at 100k certificates that is
     /// 200,000 allocations the sender would otherwise wait for before the
     /// receiver exits.
@@ -712,19 +827,30 @@ impl Drop for BaseReader {
 }
 
 impl BaseReader {
-    /// Reads `base` in a thread from now on, unless `early` is reading it.
-    fn start(base: Base, kind: Kind, early: Option<EarlyBase>) -> BaseReader {
-        let preload = (early.is_none() && base.digest.is_some()).then(|| {
-            let base = base.clone();
-            std::thread::spawn(move || base.manifest(kind).map(with_contents))
-        });
-        BaseReader {
-            base,
-            kind,
-            early,
-            preload,
-            loaded: None,
-        }
+    /// Reads `base` in a thread from now on, unless `early` is reading it,
+    /// or the session before `held` it (same digest).
+    fn start(base: Base, kind: Kind, early: Option<EarlyBase>, held: Option<Held>) -> BaseReader {
+        let held = match held {
+            Some(held) => {
+                crate::drop_in_background(early);
+                held
+            }
+            None => Held {
+                preload: (early.is_none() && base.digest.is_some()).then(|| {
+                    let base = base.clone();
+                    std::thread::spawn(move || base.manifest(kind).map(with_contents))
+                }),
+                early,
+                loaded: None,
+            },
+        };
+        BaseReader { base, kind, held }
+    }
+
+    /// What is held of the base, with its digest, for the next session.
+    fn keep(mut self) -> Option<(String, Held)> {
+        let digest = self.base.digest.take()?;
+        Some((digest, std::mem::take(&mut self.held)))
     }
 
     /// The base's digest (none: nothing received yet).
@@ -736,23 +862,23 @@ impl BaseReader {
     /// [`take`](Self::take).
     fn manifest(&mut self) -> Result<&Manifest> {
         let loaded = self.take()?;
-        Ok(&self.loaded.insert(loaded).0)
+        Ok(&self.held.loaded.insert(loaded).0)
     }
 
     /// The base manifest and the contents its files have, taken.
-    fn take(&mut self) -> Result<(Manifest, Contents)> {
-        match self.loaded.take() {
+    fn take(&mut self) -> Result<Loaded> {
+        match self.held.loaded.take() {
             Some(loaded) => Ok(loaded),
             None => self.read(),
         }
     }
 
-    fn read(&mut self) -> Result<(Manifest, Contents)> {
-        let early = self.early.take().zip(self.base.digest.as_deref());
+    fn read(&mut self) -> Result<Loaded> {
+        let early = self.held.early.take().zip(self.base.digest.as_deref());
         if let Some(loaded) = early.and_then(|(early, digest)| early.take(digest)) {
             return Ok(loaded);
         }
-        match self.preload.take().map(|h| h.join()) {
+        match self.held.preload.take().map(|h| h.join()) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(Error::new(
                 ErrorKind::Internal,

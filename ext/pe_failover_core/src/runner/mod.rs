@@ -4,7 +4,7 @@
 //! | command | host | does |
 //! |---|---|---|
 //! | [`Runner::sync`] | active | scans the CA once and ships it to every replica over SSH |
-//! | [`Runner::receive_stdio`] | passive | one protocol session on stdin/stdout (the forced command) |
+//! | [`Runner::receive_stdio`] | passive | protocol sessions on stdin/stdout, one after another (the forced command) |
 //! | [`Runner::apply`] | passive | stages received transactions and updates the live ssl dir |
 //! | [`Runner::watch`] | both | runs until cancelled: sync on every change (active), apply what arrives (passive) |
 //! | [`Runner::status`] | both | aggregates the status files into one [`StatusReport`] |
@@ -256,13 +256,14 @@ impl Runner {
         ))
     }
 
-    /// One receive session on stdin/stdout: the SSH forced command of the
-    /// transfer key on the passive. Refuses (`fenced`) when this host's
+    /// Receive sessions on stdin/stdout, each logged, for as long as the
+    /// sender starts another ([`Receiver::serve`]): the SSH forced command of
+    /// the transfer key on the passive. Refuses (`fenced`) when this host's
     /// configuration says role active. Writes only below `<state>/incoming/`.
+    /// Returns the last session's result.
     pub fn receive_stdio(&self) -> Result<ReceiveReport> {
-        let result = self.receiver().receive_stdio();
-        self.log_receive(&result);
-        result
+        self.receiver()
+            .receive_stdio(|result| self.log_receive(result))
     }
 
     /// One receive session on `stream` (tests, other transports).

@@ -40,10 +40,10 @@ pub(crate) type SessionPool = Arc<Mutex<HashMap<String, Pooled>>>;
 /// A session the watcher keeps between rounds.
 pub(crate) struct Pooled {
     session: Session,
-    /// A CA receiver started over it when the last round ended, for the
-    /// next one: it reads its base manifest while it waits (checked again
-    /// against the base it finds once `HELLO` comes). Closed unused, it
-    /// exits without a word.
+    /// The receiver of the last round, waiting for the next session on the
+    /// same channel (see `Receiver::serve`): it holds the manifest it built
+    /// as its next base (used if the replica still holds it once `HELLO`
+    /// comes). Closed unused, it exits without a word.
     warm: Option<Channel>,
     /// When it was last used.
     used: Instant,
@@ -480,7 +480,7 @@ impl Runner {
             }
         };
         let mut sender_ran = false;
-        let mut keep: Option<Session> = None;
+        let mut keep: Option<Opened> = None;
         let result = (|| {
             let ((mut session, mut channel), warm) =
                 self.open_receiver(r, kind, opened).map_err(host_err)?;
@@ -500,12 +500,14 @@ impl Runner {
                 sender_ran = true;
                 result = send(&mut channel, &label);
             }
+            if self.sessions.is_some() && result.is_ok() {
+                // The receiver stays, for the next round's session.
+                keep = Some((session, channel));
+                return result;
+            }
             let finished = channel.finish();
             let stderr = channel.stderr();
             let stderr = stderr.trim();
-            if result.is_ok() && finished.is_ok() {
-                keep = Some(session);
-            }
             match result {
                 Ok(mut report) => {
                     if let Ok(code) = finished {
@@ -538,17 +540,14 @@ impl Runner {
                 self.record_failure(r, e, kind);
             }
         }
-        if let (Some(pool), Some(session)) = (&self.sessions, keep) {
-            // The next round's CA receiver starts now (a failure here is
-            // met by the next round, which starts one as usual).
-            let warm = session.exec(&receive_command("ca")).ok();
+        if let (Some(pool), Some((session, channel))) = (&self.sessions, keep) {
             if let Ok(mut pool) = pool.lock() {
                 let used = Instant::now();
                 pool.insert(
                     replica_key(r),
                     Pooled {
                         session,
-                        warm,
+                        warm: Some(channel),
                         used,
                     },
                 );
@@ -574,10 +573,10 @@ impl Runner {
     }
 
     /// The receiver on `r`: `opened` (started during the scan) when given,
-    /// else the CA receiver the watcher's last round started (`true`: it
-    /// may have gone with its session since), else one started over the
-    /// session the watcher kept (unless the server or the network closed
-    /// it while idle), else over a new one.
+    /// else the receiver of the watcher's last round (`true`: it may have
+    /// gone with its session since), else one started over the session the
+    /// watcher kept (unless the server or the network closed it while
+    /// idle), else over a new one.
     fn open_receiver(
         &self,
         r: &ReplicaConfig,
@@ -590,15 +589,10 @@ impl Runner {
         let Some((kept, warm)) = self.pooled_session(r) else {
             return self.connect_receiver(r, kind).map(|o| (o, false));
         };
-        match warm {
-            Some(channel) if kind == "ca" => return Ok(((kept, channel), true)),
-            // Another kind: the waiting receiver is told there is nothing
-            // (end of file) and leaves without a word; its exit is awaited
-            // rather than left to the channel's drop.
-            Some(mut unused) => {
-                let _ = unused.send_eof().and_then(|()| unused.finish());
-            }
-            None => {}
+        if let Some(mut channel) = warm {
+            // What it said in earlier sessions is not this one's.
+            channel.forget_stderr();
+            return Ok(((kept, channel), true));
         }
         match kept.exec(&receive_command(kind)) {
             Ok(channel) => Ok(((kept, channel), false)),

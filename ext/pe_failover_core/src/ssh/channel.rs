@@ -168,6 +168,13 @@ impl Channel {
         self.stderr.text()
     }
 
+    /// Drops the remote stderr received so far (a command that serves one
+    /// request after another: what it said about the ones before).
+    pub fn forget_stderr(&mut self) {
+        self.drain_stderr();
+        self.stderr = Captured::default();
+    }
+
     /// Reads stdout: read-ahead first, then the channel, waiting up to the
     /// I/O timeout. `Ok(0)` at end of file.
     fn read_stdout(&mut self, buf: &mut [u8]) -> Result<usize> {

@@ -372,6 +372,11 @@ impl Sshd {
     /// How many session processes run `program` (their first argument ends
     /// with it: a login shell running it with `-c` is not counted).
     pub fn running(&self, program: &str) -> usize {
+        self.pids_running(program).len()
+    }
+
+    /// The session processes that run `program` (see [`running`](Self::running)).
+    pub fn pids_running(&self, program: &str) -> Vec<u32> {
         self.session_pids()
             .into_iter()
             .filter(|pid| {
@@ -381,7 +386,7 @@ impl Sshd {
                         .is_some_and(|a| a.ends_with(program.as_bytes()))
                 })
             })
-            .count()
+            .collect()
     }
 
     /// Kills the server and its sessions with SIGKILL at once, like a crash.
