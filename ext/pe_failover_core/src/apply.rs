@@ -866,7 +866,7 @@ impl Applier {
         let incremental = match delta_from {
             Some(prev) => {
                 let changed = changed_paths(&prev.manifest, &target.manifest);
-                self.stat_live(&paths, &changed)?
+                self.stat_live(&paths, &changed, &target.manifest)?
                     .map(|live| (prev, changed, live))
             }
             None => None,
@@ -1064,7 +1064,7 @@ impl Applier {
         }
         for rel in [SSL_CRL, crate::replset::SSL_CA_CERT] {
             if let Some(abs) = paths.resolve(rel) {
-                if let Some(e) = live_file_entry(&abs, rel)? {
+                if let Some(e) = live_file_entry(&abs, rel, None)? {
                     entries.push(e);
                 }
             }
@@ -1073,9 +1073,17 @@ impl Applier {
     }
 
     /// The live entries at the manifest paths `rels` (those that exist),
-    /// files hashed: the live side of a plan restricted to them. None when
-    /// one of them lies below something that is not a real directory.
-    fn stat_live(&self, paths: &CaPaths, rels: &[&str]) -> Result<Option<Manifest>> {
+    /// files hashed: the live side of a plan restricted to them. A file
+    /// whose size is not the one it has in `target` is not read: its
+    /// contents differ, and the plan writes it whatever they are (its
+    /// entry has no SHA-256). None when one of them lies below something
+    /// that is not a real directory.
+    fn stat_live(
+        &self,
+        paths: &CaPaths,
+        rels: &[&str],
+        target: &Manifest,
+    ) -> Result<Option<Manifest>> {
         // Below a symlink or a file, a stat would go through the link into
         // whatever it points to, or fail: the caller compares everything.
         let mut blocked = false;
@@ -1108,11 +1116,18 @@ impl Applier {
             };
             if meta.is_dir() {
                 entries.push(entry_of(rel, &meta, EntryKind::Dir));
-            } else if let Some(e) = live_file_entry(&abs, rel)? {
-                entries.push(e);
+            } else {
+                let size = target
+                    .get(rel)
+                    .filter(|t| t.kind == EntryKind::File)
+                    .map(|t| t.size);
+                if let Some(e) = live_file_entry(&abs, rel, size)? {
+                    entries.push(e);
+                }
             }
         }
-        Manifest::from_entries(entries).map(Some)
+        // Paths of a manifest, in its order; entries made here.
+        Manifest::from_own_entries(entries).map(Some)
     }
 
     /// Carries out `plan`; returns whether a CRL was written. Every live
@@ -1625,9 +1640,10 @@ fn non_dir_on_the_way(paths: &CaPaths, dir: &str) -> Result<bool> {
     Ok(false)
 }
 
-/// The live entry of `<ssldir>/crl.pem` or `<ssldir>/certs/ca.pem`: a file
-/// (hashed), a symlink (to be replaced), or none.
-fn live_file_entry(abs: &Path, rel: &str) -> Result<Option<Entry>> {
+/// The live entry at `abs` (manifest path `rel`): a file (hashed, unless
+/// its size is not `compare_size`: then without SHA-256), a symlink, or
+/// none.
+fn live_file_entry(abs: &Path, rel: &str, compare_size: Option<u64>) -> Result<Option<Entry>> {
     let meta = match fs::symlink_metadata(abs) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -1649,6 +1665,9 @@ fn live_file_entry(abs: &Path, rel: &str) -> Result<Option<Entry>> {
             format!("{} is not a regular file; move it away", abs.display()),
         )
         .with_path(abs));
+    }
+    if compare_size.is_some_and(|size| size != meta.len()) {
+        return Ok(Some(entry_of(rel, &meta, EntryKind::File)));
     }
     let bytes = fsutil::read_bounded(abs, LIVE_SSL_LIMIT)?;
     let mut e = entry_of(rel, &meta, EntryKind::File);
@@ -1854,6 +1873,38 @@ fn run_reload(argv: &[String]) -> std::result::Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_file_is_hashed_only_when_its_size_could_match() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("inventory.txt");
+        fs::write(&path, b"0x0001 one\n").unwrap();
+        let sha = hex::encode(Sha256::digest(b"0x0001 one\n"));
+        let read = |size| {
+            live_file_entry(&path, "ca/inventory.txt", size)
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(read(None).sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(read(Some(11)).sha256.as_deref(), Some(sha.as_str()));
+        // Another size: the contents differ, nothing is read.
+        let other = read(Some(22));
+        assert_eq!((other.sha256.as_deref(), other.size), (None, 11));
+        // The plan writes such a file.
+        let mut target = file("ca/inventory.txt", 'a', 0o644);
+        target.size = 22;
+        let mut live = other;
+        live.mode = 0o644;
+        let plan = plan_live(
+            &m(vec![dir("ca"), target.clone()]),
+            &Manifest::from_own_entries(vec![dir("ca"), live]).unwrap(),
+            &[],
+            &Excludes::default(),
+            Owner::Inherit,
+        )
+        .unwrap();
+        assert_eq!(plan.write, [target]);
+    }
 
     fn file(path: &str, sha: char, mode: u32) -> Entry {
         Entry {

@@ -409,22 +409,70 @@ impl Sender {
             return Ok(report);
         }
 
+        // The manifest the receiver will hold is written here while the
+        // delta goes and the receiver stores it; it replaces the one last
+        // shipped only once the receiver acknowledges.
+        let stage = shipped_digest.as_deref() != Some(digest.as_str());
+        std::thread::scope(|s| {
+            let staging =
+                stage.then(|| s.spawn(|| stage_manifest_cache(&shipped_path, current, 0o600)));
+            let acked = self.send_delta(
+                conn,
+                &report.changes,
+                &welcome,
+                &txn,
+                &digest,
+                resolver,
+                stats,
+            );
+            let staged = staging
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::new(
+                            ErrorKind::Internal,
+                            "the thread writing the shipped manifest panicked",
+                        ))
+                    })
+                })
+                .transpose();
+            acked?;
+            if let Some(staged) = staged? {
+                staged.install()?;
+            }
+            report.outcome = SyncOutcome::Committed;
+            Ok(report)
+        })
+    }
+
+    /// Sends the delta `changes` on top of the receiver's base (`welcome`),
+    /// then the contents it wants, commits transaction `txn` (manifest
+    /// `digest`) and checks the receiver's acknowledgement.
+    #[allow(clippy::too_many_arguments)]
+    fn send_delta<S: Read + Write>(
+        &self,
+        conn: &mut Conn<S>,
+        changes: &Changeset,
+        welcome: &Welcome,
+        txn: &str,
+        digest: &str,
+        resolver: &Resolver,
+        stats: &mut Stats,
+    ) -> Result<()> {
         // The delta.
-        let mut upserts: Vec<&Entry> = report
-            .changes
+        let mut upserts: Vec<&Entry> = changes
             .added
             .iter()
-            .chain(report.changes.changed.iter().map(|c| &c.new))
+            .chain(changes.changed.iter().map(|c| &c.new))
             .collect();
         upserts.sort_by(|a, b| a.path.cmp(&b.path));
-        let removes: Vec<&str> = report.changes.removed_paths().collect();
+        let removes: Vec<&str> = changes.removed_paths().collect();
         stats.upserts = upserts.len() as u64;
         stats.removes = removes.len() as u64;
         conn.send_json(
             FrameType::DeltaHead,
             &DeltaHead {
                 base: welcome.base.clone(),
-                digest: digest.clone(),
+                digest: digest.to_string(),
                 upserts: stats.upserts,
                 removes: stats.removes,
             },
@@ -435,16 +483,15 @@ impl Sender {
         // The objects the receiver lacks. With nothing changed in place
         // (a first sync, or only additions), the upserts are the added
         // entries, already in path order: no copy needed.
-        let objects = if report.changes.changed.is_empty() {
-            delta_objects(&report.changes.added)
+        let objects = if changes.changed.is_empty() {
+            delta_objects(&changes.added)
         } else {
             let owned: Vec<Entry> = upserts.iter().map(|e| (*e).clone()).collect();
             delta_objects(&owned)
         };
         // What the replica holds at a path sent again: the base's entries
         // of the changed paths (an added path has none).
-        let held_before: FxHashMap<&str, &Entry> = report
-            .changes
+        let held_before: FxHashMap<&str, &Entry> = changes
             .changed
             .iter()
             .map(|c| (c.old.path.as_str(), &c.old))
@@ -497,16 +544,11 @@ impl Sender {
         conn.send_json(
             FrameType::Commit,
             &Commit {
-                txn: txn.clone(),
-                digest: digest.clone(),
+                txn: txn.to_string(),
+                digest: digest.to_string(),
             },
         )?;
         conn.flush()?;
-        // While the receiver makes the transaction durable, the manifest it
-        // will hold is written here; it replaces the one last shipped only
-        // once the receiver acknowledges.
-        let staged = (shipped_digest.as_deref() != Some(digest.as_str()))
-            .then(|| stage_manifest_cache(&shipped_path, current, 0o600));
         let frame = conn.expect(&[FrameType::Ack], "ACK")?;
         let ack: Commit = conn.parse(&frame)?;
         if ack.txn != txn || ack.digest != digest {
@@ -515,11 +557,7 @@ impl Sender {
                 ack.txn, ack.digest
             )));
         }
-        if let Some(staged) = staged.transpose()? {
-            staged.install()?;
-        }
-        report.outcome = SyncOutcome::Committed;
-        Ok(report)
+        Ok(())
     }
 
     /// Asks the receiver for its manifest and checks it has digest `base`.
