@@ -2291,3 +2291,38 @@ fn one_receiver_serves_session_after_session_and_keeps_its_base_between_them() {
     p.apply();
     p.assert_converged(&[PASSIVE]);
 }
+
+#[test]
+fn a_grown_file_whose_start_changed_travels_whole_and_one_changed_after_the_scan_is_not_sent() {
+    let p = Pair::new(20);
+    p.sync_and_apply();
+    // Larger, but not the held contents with more at the end: no EXTEND.
+    let inventory = p.a_cadir.join("inventory.txt");
+    let mut bytes = fs::read(&inventory).unwrap();
+    bytes[0] ^= 0x01;
+    bytes.extend_from_slice(b"0x0999 2026-12-05T00:00:00UTC 2031-12-05T00:00:00UTC /CN=x\n");
+    fs::write(&inventory, &bytes).unwrap();
+    let (s, _) = p.sync_and_apply();
+    assert_eq!(s.stats.objects_extended, 0, "{:?}", s.stats);
+    assert_eq!(s.stats.object_bytes, bytes.len() as u64, "{:?}", s.stats);
+    p.assert_converged(&[PASSIVE]);
+    // Grown by appending, then its new end edited after the scan: what
+    // would go is not what the scan hashed, so nothing is committed.
+    p.sign("scanned.example.com");
+    let scan = p.set().scan().unwrap();
+    let mut bytes = fs::read(&inventory).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x01;
+    fs::write(&inventory, &bytes).unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let receiver = p.receiver();
+    let handle = std::thread::spawn(move || receiver.receive(b));
+    let e = p.sender().sync_scanned(&scan, a).unwrap_err();
+    assert!(pe_failover_core::protocol::is_source_changed(&e), "{e}");
+    assert!(handle.join().unwrap().is_err());
+    assert!(p.incoming().is_empty(), "{:?}", p.incoming());
+    // The next sync ships what the file holds now.
+    let (s, _) = p.sync_and_apply();
+    assert_eq!(s.stats.objects_extended, 1, "{:?}", s.stats);
+    p.assert_converged(&[PASSIVE]);
+}

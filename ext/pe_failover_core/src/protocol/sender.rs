@@ -642,9 +642,11 @@ impl Sender {
         let mut file = fsutil::open_nofollow(source).map_err(|e| Error::io("read", source, e))?;
         if let Some((base_sha, base_size)) = extends {
             // First pass: does the file still start with the old contents?
+            // The whole file's hash goes on from the prefix's once that is
+            // complete: each byte is hashed once, the suffix's twice.
             let mut prefix = Sha256::new();
             let mut suffix = Sha256::new();
-            let mut whole = Sha256::new();
+            let mut whole: Option<Sha256> = None;
             let mut offset = 0u64;
             let mut buf = vec![0u8; DATA_CHUNK];
             while offset < size {
@@ -659,11 +661,15 @@ impl Sender {
                 let chunk = &buf[..n];
                 let split = (base_size.saturating_sub(offset) as usize).min(n);
                 prefix.update(&chunk[..split]);
-                suffix.update(&chunk[split..]);
-                whole.update(chunk);
                 offset += n as u64;
+                if offset >= base_size {
+                    let rest = &chunk[split..];
+                    whole.get_or_insert_with(|| prefix.clone()).update(rest);
+                    suffix.update(rest);
+                }
             }
-            if hex::encode(whole.finalize()) != sha {
+            // (`extends` is only given for a file larger than the held one.)
+            if whole.map(|w| hex::encode(w.finalize())).as_deref() != Some(sha) {
                 return Err(changed());
             }
             if hex::encode(prefix.finalize()) == base_sha {
