@@ -125,8 +125,9 @@ fn sync(
     })
 }
 
-/// `_receive(config)` → Hash `{ok, outcome, sender, txn, digest, ...}`;
-/// one protocol session on this process's stdin and stdout.
+/// `_receive(config)` → Hash `{ok, outcome, sender, txn, digest, ...}` of
+/// the last session: protocol sessions on this process's stdin and stdout,
+/// one after another for as long as the sender starts another, each logged.
 fn receive(ruby: &Ruby, config: String) -> Result<Value, Error> {
     guard(ruby, || {
         let token = CancelToken::new();
