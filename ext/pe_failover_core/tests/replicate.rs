@@ -2326,3 +2326,23 @@ fn a_grown_file_whose_start_changed_travels_whole_and_one_changed_after_the_scan
     assert_eq!(s.stats.objects_extended, 1, "{:?}", s.stats);
     p.assert_converged(&[PASSIVE]);
 }
+
+#[test]
+fn a_receiver_kept_between_sessions_is_fenced_once_its_host_is_promoted() {
+    let p = Pair::new(3);
+    let (a, b) = UnixStream::pair().unwrap();
+    let receiver = p.receiver();
+    let serving = std::thread::spawn(move || receiver.serve(b, |_| {}));
+    let s = p.sender().sync(&a).expect("first session");
+    assert_eq!(s.outcome, SyncOutcome::Committed);
+    let pending = p.incoming();
+    // Promoted while the receiver waits for the next session: the role file
+    // is read again, and nothing more is taken from the old primary.
+    fs::write(&p.role_file, "pe_failover_mode: active\n").unwrap();
+    p.sign("after-promotion.example.com");
+    let e = p.sender().sync(&a).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Fenced, "{e}");
+    let served = serving.join().unwrap();
+    assert_eq!(served.unwrap_err().kind(), ErrorKind::Fenced);
+    assert_eq!(p.incoming(), pending);
+}
