@@ -44,7 +44,7 @@ pub(crate) struct Pooled {
     /// same channel (see `Receiver::serve`): it holds the manifest it built
     /// as its next base (used if the replica still holds it once `HELLO`
     /// comes). Closed unused, it exits without a word.
-    warm: Option<Channel>,
+    receiver: Channel,
     /// When it was last used.
     used: Instant,
 }
@@ -547,7 +547,7 @@ impl Runner {
                     replica_key(r),
                     Pooled {
                         session,
-                        warm: Some(channel),
+                        receiver: channel,
                         used,
                     },
                 );
@@ -556,12 +556,12 @@ impl Runner {
         result
     }
 
-    /// The session kept for `r` by the watcher's last round and the CA
+    /// The session kept for `r` by the watcher's last round and the
     /// receiver waiting on it, unless it has been idle too long.
-    fn pooled_session(&self, r: &ReplicaConfig) -> Option<(Session, Option<Channel>)> {
+    fn pooled_session(&self, r: &ReplicaConfig) -> Option<Opened> {
         let pool = self.sessions.as_ref()?;
         let kept = pool.lock().ok()?.remove(&replica_key(r))?;
-        (kept.used.elapsed() < SESSION_IDLE).then_some((kept.session, kept.warm))
+        (kept.used.elapsed() < SESSION_IDLE).then_some((kept.session, kept.receiver))
     }
 
     /// Whether [`pooled_session`](Self::pooled_session) has one for `r`.
@@ -573,10 +573,9 @@ impl Runner {
     }
 
     /// The receiver on `r`: `opened` (started during the scan) when given,
-    /// else the receiver of the watcher's last round (`true`: it may have
-    /// gone with its session since), else one started over the session the
-    /// watcher kept (unless the server or the network closed it while
-    /// idle), else over a new one.
+    /// else the receiver of the watcher's last round, on the session it
+    /// kept (`true`: they may have gone since, closed while idle by the
+    /// server or the network), else one over a new session.
     fn open_receiver(
         &self,
         r: &ReplicaConfig,
@@ -586,18 +585,12 @@ impl Runner {
         if let Some(opened) = opened {
             return opened.map(|o| (o, false));
         }
-        let Some((kept, warm)) = self.pooled_session(r) else {
+        let Some((kept, mut channel)) = self.pooled_session(r) else {
             return self.connect_receiver(r, kind).map(|o| (o, false));
         };
-        if let Some(mut channel) = warm {
-            // What it said in earlier sessions is not this one's.
-            channel.forget_stderr();
-            return Ok(((kept, channel), true));
-        }
-        match kept.exec(&receive_command(kind)) {
-            Ok(channel) => Ok(((kept, channel), false)),
-            Err(_) => self.connect_receiver(r, kind).map(|o| (o, false)),
-        }
+        // What it said in earlier sessions is not this one's.
+        channel.forget_stderr();
+        Ok(((kept, channel), true))
     }
 
     /// A new SSH session to `r` and the `kind` receiver started over it.
