@@ -646,6 +646,23 @@ fn the_active_watchers_receiver_serves_round_after_round() {
             "round {i} started another receiver"
         );
     }
+    // A receiver that leaves after its session (as one of an earlier
+    // version does) while the SSH session stays: the next round finds it
+    // gone and runs again over a new connection, without a failure.
+    let logins = e.accepted_logins();
+    for pid in &serving {
+        // SAFETY: kill(2) on a receiver process of the test's own sshd.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+    }
+    assert!(wait_until(Duration::from_secs(5), || receivers(&e) == 0));
+    e.sign("after-exit.test");
+    assert!(
+        wait_until(Duration::from_secs(20), || e.converged()),
+        "after-exit.test did not arrive"
+    );
+    assert_eq!(e.accepted_logins(), logins + 1, "{}", e.sshd.log());
+    assert!(wait_until(Duration::from_secs(5), || receivers(&e) == 1));
+    assert_ne!(receiver_pids(&e), serving);
     let status_file = StateDir::new(e.b_state()).receiver_status_file();
     let before = fs::read(&status_file).unwrap();
     // The watcher stops: the waiting receiver is closed unused and leaves
