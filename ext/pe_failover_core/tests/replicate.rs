@@ -2193,12 +2193,9 @@ fn contents_the_scan_kept_are_shipped_as_scanned_without_reading_the_files_again
     // Rewritten after the scan: a sender reading the file would find it
     // changed and give up; the kept contents match the manifest.
     fs::write(p.a_cadir.join(rel), "rewritten after the scan").unwrap();
-    let (a, b) = UnixStream::pair().unwrap();
-    let receiver = p.receiver();
-    let handle = std::thread::spawn(move || receiver.receive(b));
-    let s = p.sender().sync_scanned(&scan, a).unwrap();
-    handle.join().unwrap().unwrap();
-    assert_eq!(s.outcome, SyncOutcome::Committed);
+    let (s, r) = p.sync_scanned(&scan);
+    r.unwrap();
+    assert_eq!(s.unwrap().outcome, SyncOutcome::Committed);
     p.apply();
     assert_eq!(fs::read(p.b_cadir.join(rel)).unwrap(), scanned);
     // The next sync ships what the file holds now.
@@ -2314,12 +2311,10 @@ fn a_grown_file_whose_start_changed_travels_whole_and_one_changed_after_the_scan
     let last = bytes.len() - 2;
     bytes[last] ^= 0x01;
     fs::write(&inventory, &bytes).unwrap();
-    let (a, b) = UnixStream::pair().unwrap();
-    let receiver = p.receiver();
-    let handle = std::thread::spawn(move || receiver.receive(b));
-    let e = p.sender().sync_scanned(&scan, a).unwrap_err();
+    let (s, r) = p.sync_scanned(&scan);
+    let e = s.unwrap_err();
     assert!(pe_failover_core::protocol::is_source_changed(&e), "{e}");
-    assert!(handle.join().unwrap().is_err());
+    assert!(r.is_err());
     assert!(p.incoming().is_empty(), "{:?}", p.incoming());
     // The next sync ships what the file holds now.
     let (s, _) = p.sync_and_apply();

@@ -557,11 +557,11 @@ impl Receiver {
             .iter()
             .filter_map(|u| {
                 let e = base_manifest.get(&u.path)?;
-                dropped.extend(file_contents(e));
                 let sha = e.sha256.clone().filter(|_| e.kind == EntryKind::File)?;
                 Some((u.path.as_str(), (sha, e.size)))
             })
             .collect();
+        dropped.extend(held_at.values().filter_map(|(sha, _)| sha256_bytes(sha)));
         let mut sorted: Vec<&Entry> = upserts.iter().collect();
         sorted.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         let merged = merge_delta(Vec::from(base_manifest), &sorted, &removed);
@@ -832,7 +832,10 @@ impl BaseReader {
     fn start(base: Base, kind: Kind, early: Option<EarlyBase>, held: Option<Held>) -> BaseReader {
         let held = match held {
             Some(held) => {
-                crate::drop_in_background(early);
+                // (Only a first session reads early, and it holds nothing.)
+                if let Some(early) = early {
+                    crate::drop_in_background(early);
+                }
                 held
             }
             None => Held {

@@ -18,7 +18,7 @@ use pe_failover_core::apply::{Applier, ApplyReport, Owner};
 use pe_failover_core::diff::{content_fields, diff_with};
 use pe_failover_core::exclude::Excludes;
 use pe_failover_core::protocol::{Duplex, ReceiveReport, Receiver, Sender, SyncReport};
-use pe_failover_core::replset::{CaPaths, ReplicatedSet};
+use pe_failover_core::replset::{CaPaths, ReplicatedSet, SetScan};
 use pe_failover_core::snapshot::{Manifest, Scanner};
 use pe_failover_core::Result;
 
@@ -237,16 +237,25 @@ impl Pair {
 
     // ---- syncing ----
 
+    /// `receiver` on one end of a socketpair, in a thread of its own, and
+    /// `send` on the other.
+    fn over_pair(
+        receiver: Receiver,
+        send: impl FnOnce(UnixStream) -> Result<SyncReport>,
+    ) -> (Result<SyncReport>, Result<ReceiveReport>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let handle = thread::spawn(move || receiver.receive(b));
+        let sent = send(a);
+        (sent, handle.join().expect("receiver thread"))
+    }
+
     /// Sender and receiver in two threads over a socketpair.
     pub fn sync_with(
         &self,
         sender: Sender,
         receiver: Receiver,
     ) -> (Result<SyncReport>, Result<ReceiveReport>) {
-        let (a, b) = UnixStream::pair().unwrap();
-        let handle = thread::spawn(move || receiver.receive(b));
-        let sent = sender.sync(a);
-        (sent, handle.join().expect("receiver thread"))
+        Self::over_pair(receiver, |a| sender.sync(a))
     }
 
     /// Sender and receiver over a socketpair, the sender's end wrapped.
@@ -255,11 +264,13 @@ impl Pair {
         W: Read + Write,
         F: FnOnce(UnixStream) -> W,
     {
-        let (a, b) = UnixStream::pair().unwrap();
-        let receiver = self.receiver();
-        let handle = thread::spawn(move || receiver.receive(b));
-        let sent = self.sender().sync(wrap(a));
-        (sent, handle.join().expect("receiver thread"))
+        Self::over_pair(self.receiver(), |a| self.sender().sync(wrap(a)))
+    }
+
+    /// Sender and receiver over a socketpair, the sender shipping `scan`,
+    /// made before.
+    pub fn sync_scanned(&self, scan: &SetScan) -> (Result<SyncReport>, Result<ReceiveReport>) {
+        Self::over_pair(self.receiver(), |a| self.sender().sync_scanned(scan, a))
     }
 
     pub fn sync(&self) -> SyncReport {
