@@ -58,6 +58,15 @@ pub mod watch;
 
 pub use error::{Error, ErrorKind, Result};
 
+/// `d` for a message: whole seconds as `30s`, else to a tenth (`0.2s`).
+pub(crate) fn seconds(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
 /// Drops `value` on a short-lived thread of its own: freeing a large scan
 /// or manifest (200,000 allocations at 100k certificates) takes
 /// milliseconds a caller that is done with it need not wait for. Dropped

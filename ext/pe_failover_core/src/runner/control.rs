@@ -18,16 +18,18 @@
 //! caller does the sync itself; so does a caller that finds no socket, no
 //! listener, a peer that stops answering for [`SILENCE`] or has not
 //! answered within [`ROUND_LIMIT`], or a connection that ends without an
-//! answer (the round is safe to run again). The
-//! socket is mode 0600 in the state directory, and the watcher only serves
-//! peers with its own user id (checked with `SO_PEERCRED`).
+//! answer (the round is safe to run again). Each connection is served by a
+//! thread of its own, so callers asking at once all wait for the round
+//! (at most [`MAX_CONNECTIONS`]; more are declined). The socket is mode
+//! 0600 in the state directory, and the watcher only serves peers with its
+//! own user id (checked with `SO_PEERCRED`).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
@@ -59,6 +61,37 @@ const REQUEST_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest request line read.
 const MAX_REQUEST: u64 = 64 * 1024;
+
+/// Connections served at once; one more is declined (its caller syncs
+/// itself).
+const MAX_CONNECTIONS: usize = 16;
+
+/// How long a caller waits on the watcher (see [`ask_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Patience {
+    /// Longest wait for a line (an answer or a keepalive).
+    pub silence: Duration,
+    /// Longest wait for the answer, keepalives or not.
+    pub round: Duration,
+}
+
+impl Default for Patience {
+    /// [`SILENCE`] and [`ROUND_LIMIT`].
+    fn default() -> Self {
+        Patience {
+            silence: SILENCE,
+            round: ROUND_LIMIT,
+        }
+    }
+}
+
+/// `d` in a caller's message: whole minutes from two on, else seconds.
+fn waited(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 120 && s % 60 == 0 && d.subsec_nanos() == 0 => format!("{} minutes", s / 60),
+        _ => crate::seconds(d),
+    }
+}
 
 /// What a caller asks of the watcher.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +175,12 @@ impl ControlServer {
     /// listens on (left by a watcher that died) is replaced; one another
     /// watcher serves is left to it ([`ErrorKind::Refused`]).
     pub(crate) fn start(path: PathBuf) -> Result<ControlServer> {
+        ControlServer::start_with(path, KEEPALIVE)
+    }
+
+    /// [`start`](Self::start), sending a keepalive every `keepalive` while
+    /// a request waits for its round.
+    pub(crate) fn start_with(path: PathBuf, keepalive: Duration) -> Result<ControlServer> {
         let waker = Waker::new()?;
         if UnixStream::connect(&path).is_ok() {
             return Err(Error::new(
@@ -168,10 +207,19 @@ impl ControlServer {
         let thread = thread::Builder::new()
             .name("pe_failover-control".into())
             .spawn(move || {
+                let serving = Arc::new(AtomicUsize::new(0));
                 while !stopping.load(Ordering::SeqCst) {
                     match accepting.accept() {
-                        // SAFETY: geteuid cannot fail.
-                        Ok((conn, _)) => serve(conn, &tx, &wake, unsafe { libc::geteuid() }),
+                        Ok((conn, _)) => {
+                            let server = Server {
+                                tx: tx.clone(),
+                                waker: wake.clone(),
+                                // SAFETY: geteuid cannot fail.
+                                allowed: unsafe { libc::geteuid() },
+                                keepalive,
+                            };
+                            server.spawn(conn, &serving);
+                        }
                         // (Out of descriptors, say: not a busy loop.)
                         Err(_) => thread::sleep(Duration::from_millis(50)),
                     }
@@ -247,68 +295,116 @@ fn peer_uid(conn: &UnixStream) -> Option<u32> {
     (rc == 0).then_some(cred.uid)
 }
 
-/// One connection: reads the request, hands it to the loop and writes its
-/// answer, with keepalives meanwhile. A peer whose user id is not `allowed`
-/// is closed unanswered, as is anything that goes wrong.
-fn serve(conn: UnixStream, tx: &mpsc::Sender<Asked>, waker: &Waker, allowed: u32) {
-    if peer_uid(&conn) != Some(allowed) {
-        return;
+/// What serves one connection: where requests go, and to whom.
+struct Server {
+    tx: mpsc::Sender<Asked>,
+    waker: Waker,
+    /// The only peer user id served.
+    allowed: u32,
+    /// How often to show that the round is still running.
+    keepalive: Duration,
+}
+
+/// Writes `answer` as one line (failures are the caller's to notice: it
+/// then syncs itself).
+fn answer_now(writer: &mut UnixStream, answer: &Answer) {
+    if let Ok(mut bytes) = serde_json::to_vec(answer) {
+        bytes.push(b'\n');
+        let _ = writer.write_all(&bytes);
     }
-    let _ = conn.set_read_timeout(Some(REQUEST_WAIT));
-    let _ = conn.set_write_timeout(Some(SILENCE));
-    let Ok(mut writer) = conn.try_clone() else {
-        return;
-    };
-    let mut line = String::new();
-    if BufReader::new((&conn).take(MAX_REQUEST))
-        .read_line(&mut line)
-        .is_err()
-    {
-        return;
-    }
-    let answer_now = |writer: &mut UnixStream, answer: &Answer| {
-        if let Ok(mut bytes) = serde_json::to_vec(answer) {
-            bytes.push(b'\n');
-            let _ = writer.write_all(&bytes);
+}
+
+impl Server {
+    /// Serves `conn` on a thread of its own, counted in `serving`; past
+    /// [`MAX_CONNECTIONS`] it is declined at once instead.
+    fn spawn(self, conn: UnixStream, serving: &Arc<AtomicUsize>) {
+        if serving.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            serving.fetch_sub(1, Ordering::SeqCst);
+            if peer_uid(&conn) == Some(self.allowed) {
+                let _ = conn.set_write_timeout(Some(REQUEST_WAIT));
+                if let Ok(mut writer) = conn.try_clone() {
+                    let why = format!("it is already serving {MAX_CONNECTIONS} requests");
+                    answer_now(&mut writer, &Answer::Declined(why));
+                }
+            }
+            return;
         }
-    };
-    let request: SyncRequest = match serde_json::from_str(&line) {
-        Ok(r) => r,
-        Err(e) => {
+        let done = Arc::clone(serving);
+        let started = thread::Builder::new()
+            .name("pe_failover-control-conn".into())
+            .spawn(move || {
+                self.serve(conn);
+                done.fetch_sub(1, Ordering::SeqCst);
+            });
+        // (Not started: the connection was dropped with the closure, so its
+        // caller syncs itself.)
+        if started.is_err() {
+            serving.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// One connection: reads the request, hands it to the loop and writes
+    /// its answer, with keepalives meanwhile. A peer whose user id is not
+    /// the one allowed is closed unanswered, as is anything that goes wrong.
+    fn serve(&self, conn: UnixStream) {
+        if peer_uid(&conn) != Some(self.allowed) {
+            return;
+        }
+        let _ = conn.set_read_timeout(Some(REQUEST_WAIT));
+        let _ = conn.set_write_timeout(Some(SILENCE));
+        let Ok(mut writer) = conn.try_clone() else {
+            return;
+        };
+        let mut line = String::new();
+        if BufReader::new((&conn).take(MAX_REQUEST))
+            .read_line(&mut line)
+            .is_err()
+        {
+            return;
+        }
+        self.answer(&mut writer, &line);
+    }
+
+    /// Answers the request `line` on `writer`.
+    fn answer(&self, writer: &mut UnixStream, line: &str) {
+        let request: SyncRequest = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => {
+                answer_now(
+                    writer,
+                    &Answer::Declined(format!("not a sync request: {e}")),
+                );
+                return;
+            }
+        };
+        if request.version != VERSION {
             answer_now(
-                &mut writer,
-                &Answer::Declined(format!("not a sync request: {e}")),
+                writer,
+                &Answer::Declined(format!(
+                    "request version {} (this watcher speaks {VERSION})",
+                    request.version
+                )),
             );
             return;
         }
-    };
-    if request.version != VERSION {
-        answer_now(
-            &mut writer,
-            &Answer::Declined(format!(
-                "request version {} (this watcher speaks {VERSION})",
-                request.version
-            )),
-        );
-        return;
-    }
-    let (reply, answers) = mpsc::channel();
-    if tx.send(Asked { request, reply }).is_err() {
-        return;
-    }
-    waker.wake();
-    loop {
-        match answers.recv_timeout(KEEPALIVE) {
-            Ok(answer) => {
-                answer_now(&mut writer, &answer);
-                return;
+        let (reply, answers) = mpsc::channel();
+        if self.tx.send(Asked { request, reply }).is_err() {
+            return;
+        }
+        self.waker.wake();
+        loop {
+            match answers.recv_timeout(self.keepalive) {
+                Ok(answer) => {
+                    answer_now(writer, &answer);
+                    return;
+                }
+                // The caller may have gone; the round goes on regardless.
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = writer.write_all(b"\n");
+                }
+                // The watcher stopped without an answer.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
-            // The caller may have gone; the round goes on regardless.
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = writer.write_all(b"\n");
-            }
-            // The watcher stopped without an answer.
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
 }
@@ -326,8 +422,13 @@ pub(crate) enum Reply {
 }
 
 /// Asks the watcher serving `<state_dir>/watch.sock`, if one does, to run
-/// `request`.
+/// `request`, waiting as long as [`Patience::default`] allows.
 pub(crate) fn ask(state_dir: &Path, request: &SyncRequest) -> Reply {
+    ask_with(state_dir, request, Patience::default())
+}
+
+/// [`ask`], waiting on the watcher as long as `patience` allows.
+pub(crate) fn ask_with(state_dir: &Path, request: &SyncRequest, patience: Patience) -> Reply {
     let path = state_dir.join(SOCKET);
     let mut conn = match UnixStream::connect(&path) {
         Ok(conn) => conn,
@@ -348,8 +449,8 @@ pub(crate) fn ask(state_dir: &Path, request: &SyncRequest) -> Reply {
         }
     };
     let sent = (|| {
-        conn.set_read_timeout(Some(SILENCE))?;
-        conn.set_write_timeout(Some(SILENCE))?;
+        conn.set_read_timeout(Some(patience.silence))?;
+        conn.set_write_timeout(Some(patience.silence))?;
         let mut bytes = serde_json::to_vec(request)?;
         bytes.push(b'\n');
         conn.write_all(&bytes)
@@ -361,10 +462,10 @@ pub(crate) fn ask(state_dir: &Path, request: &SyncRequest) -> Reply {
     let mut line = String::new();
     let asked = std::time::Instant::now();
     loop {
-        if asked.elapsed() > ROUND_LIMIT {
+        if asked.elapsed() > patience.round {
             return Reply::NotRun(format!(
-                "it had not finished after {} minutes",
-                ROUND_LIMIT.as_secs() / 60
+                "it had not finished after {}",
+                waited(patience.round)
             ));
         }
         line.clear();
@@ -381,7 +482,7 @@ pub(crate) fn ask(state_dir: &Path, request: &SyncRequest) -> Reply {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Reply::NotRun(format!("it sent nothing for {} s", SILENCE.as_secs()))
+                return Reply::NotRun(format!("it sent nothing for {}", waited(patience.silence)))
             }
             Err(e) => return Reply::NotRun(format!("its answer could not be read: {e}")),
         }
@@ -422,22 +523,125 @@ mod tests {
     fn serving(
         answer: impl Fn(&SyncRequest) -> Option<Answer> + Send + 'static,
     ) -> (tempfile::TempDir, Arc<AtomicBool>, thread::JoinHandle<()>) {
+        serving_batches(KEEPALIVE, move |asked| {
+            for asked in asked.drain(..) {
+                // None: dropped unanswered.
+                if let Some(a) = answer(&asked.request) {
+                    asked.answer(a);
+                }
+            }
+        })
+    }
+
+    /// [`serving`] with keepalives every `keepalive`, by a loop that hands
+    /// `each` the requests it holds (new ones added) every few
+    /// milliseconds: those it leaves in place wait for a later turn.
+    fn serving_batches(
+        keepalive: Duration,
+        mut each: impl FnMut(&mut Vec<Asked>) + Send + 'static,
+    ) -> (tempfile::TempDir, Arc<AtomicBool>, thread::JoinHandle<()>) {
         let dir = tempfile::tempdir().unwrap();
-        let server = ControlServer::start(dir.path().join(SOCKET)).unwrap();
+        let server = ControlServer::start_with(dir.path().join(SOCKET), keepalive).unwrap();
         let done = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&done);
         let h = thread::spawn(move || {
+            let mut held = Vec::new();
             while !stop.load(Ordering::SeqCst) {
-                for asked in server.pending() {
-                    // None: dropped unanswered.
-                    if let Some(a) = answer(&asked.request) {
-                        asked.answer(a);
-                    }
-                }
+                held.extend(server.pending());
+                each(&mut held);
                 thread::sleep(Duration::from_millis(5));
             }
         });
         (dir, done, h)
+    }
+
+    #[test]
+    fn callers_asking_at_once_all_wait_for_the_round() {
+        // The round runs once three requests are in: a server that reads
+        // one request at a time never gets there.
+        let (dir, done, h) = serving_batches(KEEPALIVE, |asked| {
+            if asked.len() == 3 {
+                for a in asked.drain(..) {
+                    a.answer(Answer::from_result(Ok(run())));
+                }
+            }
+        });
+        let patience = Patience {
+            silence: Duration::from_secs(10),
+            round: Duration::from_secs(60),
+        };
+        let callers: Vec<_> = (0..3)
+            .map(|_| {
+                let dir = dir.path().to_path_buf();
+                thread::spawn(move || ask_with(&dir, &SyncRequest::new("c", None, false), patience))
+            })
+            .collect();
+        for caller in callers {
+            match caller.join().unwrap() {
+                Reply::Ran(run) => assert_eq!(run.unwrap().lines, vec!["a line"]),
+                other => panic!("not run by the watcher: {other:?}"),
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn a_caller_gives_up_on_a_round_past_its_limit_or_a_silent_watcher() {
+        // Keepalives every 20 ms, no answer: the round limit ends the wait.
+        let (dir, done, h) = serving_batches(Duration::from_millis(20), |_| {});
+        let patience = Patience {
+            silence: Duration::from_secs(10),
+            round: Duration::from_millis(300),
+        };
+        match ask_with(dir.path(), &SyncRequest::new("c", None, false), patience) {
+            Reply::NotRun(why) => assert_eq!(why, "it had not finished after 0.3s"),
+            other => panic!("{other:?}"),
+        }
+        done.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        // No keepalive within the silence allowed: given up as well.
+        let (dir, done, h) = serving_batches(Duration::from_secs(60), |_| {});
+        let patience = Patience {
+            silence: Duration::from_millis(200),
+            round: Duration::from_secs(60),
+        };
+        match ask_with(dir.path(), &SyncRequest::new("c", None, false), patience) {
+            Reply::NotRun(why) => assert_eq!(why, "it sent nothing for 0.2s"),
+            other => panic!("{other:?}"),
+        }
+        done.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        assert_eq!(waited(ROUND_LIMIT), "30 minutes");
+        assert_eq!(waited(SILENCE), "30s");
+    }
+
+    #[test]
+    fn connections_past_the_limit_are_declined_at_once() {
+        let (dir, done, h) = serving_batches(KEEPALIVE, |_| {});
+        let patience = Patience {
+            silence: Duration::from_secs(10),
+            round: Duration::from_secs(60),
+        };
+        // MAX_CONNECTIONS callers wait on a round that does not end...
+        let mut waiting = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut conn = UnixStream::connect(dir.path().join(SOCKET)).unwrap();
+            let line = serde_json::to_string(&SyncRequest::new("c", None, false)).unwrap();
+            conn.write_all(format!("{line}\n").as_bytes()).unwrap();
+            waiting.push(conn);
+        }
+        // ...so one more is turned away (and syncs itself), not kept waiting.
+        match ask_with(dir.path(), &SyncRequest::new("c", None, false), patience) {
+            Reply::NotRun(why) => assert_eq!(
+                why,
+                format!("it declined: it is already serving {MAX_CONNECTIONS} requests")
+            ),
+            other => panic!("{other:?}"),
+        }
+        done.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        drop(waiting);
     }
 
     #[test]
@@ -522,7 +726,13 @@ mod tests {
         client.write_all(line.as_bytes()).unwrap();
         // SAFETY: geteuid cannot fail.
         let other = unsafe { libc::geteuid() }.wrapping_add(1);
-        let h = thread::spawn(move || serve(server_end, &tx, &Waker::new().unwrap(), other));
+        let server = Server {
+            tx,
+            waker: Waker::new().unwrap(),
+            allowed: other,
+            keepalive: KEEPALIVE,
+        };
+        let h = thread::spawn(move || server.serve(server_end));
         // (Dropped if it came, so that the server thread ends either way.)
         let reached = rx.recv_timeout(Duration::from_secs(2)).is_ok();
         h.join().unwrap();

@@ -484,7 +484,7 @@ fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream> {
             ErrorKind::Timeout,
             format!(
                 "no answer on port {port} within {} while connecting",
-                seconds(timeout)
+                crate::seconds(timeout)
             ),
         )
         .with_hint("check that the passive is up and that no firewall drops SSH traffic"),
@@ -553,14 +553,6 @@ fn set_socket_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: li
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
-    }
-}
-
-fn seconds(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
     }
 }
 
@@ -934,7 +926,7 @@ impl Link {
             format!(
                 "no response on port {} for {} while {what}",
                 self.port,
-                seconds(budget)
+                crate::seconds(budget)
             ),
         )
         .with_host(self.host.clone())
