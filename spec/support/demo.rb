@@ -129,97 +129,82 @@ begin
   fail!("the transfer key ran a command of its choice:\n#{out}") if out.include?('got-a-shell')
   detail format('ssh exited %d in %.2fs; sshd accepted the key, ran the forced receiver, not `id`', code, secs)
 
-  runner = sb.runner?
-  if runner
-    say 'First sync, A -> B: `pe_failover sync` on A, `pe_failover apply` on B (the baseline)'
-    (code, out), secs = timed { sb.command(a, 'sync', '--config', a.config) }
-    fail!("sync failed:\n#{out}") unless code.zero?
-    detail format('sync %.2fs: %s', secs, out.strip)
-    (code, out), secs = timed { sb.command(b, 'apply', '--config', b.config) }
-    fail!("apply on B failed:\n#{out}") unless code.zero?
-    detail format('apply %.2fs: %s', secs, out.strip)
+  fail!("the installed module's native extension has no replication runner: run `make compile` first") unless sb.runner?
 
-    say 'Starting the watchers (service ensure => running, pid-file provider)'
-    [[a, sb.active_manifest(service: 'running')], [b, sb.passive_manifest(service: 'running')]].each do |m, manifest|
-      _, secs = apply(sb, m, manifest, expect: 2)
-      detail format('%s: watcher pid %s (%.1fs)', m.name, File.read(m.pidfile).strip, secs)
-    end
+  say 'First sync, A -> B: `pe_failover sync` on A, `pe_failover apply` on B (the baseline)'
+  (code, out), secs = timed { sb.command(a, 'sync', '--config', a.config) }
+  fail!("sync failed:\n#{out}") unless code.zero?
+  detail format('sync %.2fs: %s', secs, out.strip)
+  (code, out), secs = timed { sb.command(b, 'apply', '--config', b.config) }
+  fail!("apply on B failed:\n#{out}") unless code.zero?
+  detail format('apply %.2fs: %s', secs, out.strip)
 
-    say 'On A: signing a new agent, revoking one, cleaning another; nobody runs anything else'
-    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    sb.ca.sign('new-agent.example.com')
-    sb.ca.revoke('agent000.example.com')
-    sb.ca.clean('agent001.example.com')
-    arrived = lambda do
-      File.exist?(File.join(b.cadir, 'signed', 'new-agent.example.com.pem')) &&
-        !File.exist?(File.join(b.cadir, 'signed', 'agent001.example.com.pem')) &&
-        File.read(File.join(b.cadir, 'ca_crl.pem')) == File.read(File.join(a.cadir, 'ca_crl.pem'))
-    end
-    sleep 0.02 until arrived.call || Process.clock_gettime(Process::CLOCK_MONOTONIC) - started > 30
-    fail!("B did not follow A within 30 s:\n#{sb.face(a, 'status')[1]}") unless arrived.call
-    lag = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
-    detail format('%.2fs after the last change, B had signed/new-agent.example.com.pem, no agent001, and A\'s CRL', lag)
-    detail "B's own certificate and key (#{b.certname}) were not touched"
-    (code, out), secs = timed { sb.command(a, 'sync', '--config', a.config) }
-    fail!("sync on A failed:\n#{out}") unless code.zero?
-    fail!("A's watcher did not run the sync:\n#{out}") unless out.include?('run by the watcher')
-    detail format("`pe_failover sync` on A meanwhile: run by A's watcher, no scan of the CA (%.2fs, Ruby start-up included)",
-                  secs)
-    detail "  #{out.lines.grep(%r{PE_FAILOVER: sync ---> \[\w+\] ca }).first.to_s.strip}"
-
-    say "Classifier groups: turning on their replication (nc_enabled => true), then editing a group on A"
-    a_nc = sb.classifiers.fetch(a.name).client(a.certname)
-    b_nc = sb.classifiers.fetch(b.name)
-    # B's classifier must know the classes A's groups use (as after a code deploy and a class refresh).
-    catalog = Hash.new { |h, k| h[k] = {} }
-    a_nc.get('/classifier-api/v1/groups').json.each do |g|
-      (g['classes'] || {}).each { |c, params| catalog[g['environment']][c] = params.keys.to_h { |k| [k, nil] } }
-    end
-    b_nc.stage_classes(catalog)
-    [[a, sb.active_manifest(nc: true)], [b, sb.passive_manifest(nc: true)]].each do |m, manifest|
-      changed, secs = apply(sb, m, manifest, expect: [0, 2])
-      detail format('%s: %d resources changed (%.1fs)', m.name, changed.size, secs)
-    end
-    group = a_nc.get('/classifier-api/v1/groups').json.find { |g| g['name'] == 'pe_failover' }
-    a_nc.post("/classifier-api/v1/groups/#{group['id']}", { 'variables' => { 'demo_server' => "#{a.certname}:8140" } })
-    detail "A: variable demo_server => '#{a.certname}:8140' set on group pe_failover through A's classifier API"
-    (sync, apply_b), secs = timed do
-      [sb.command(a, 'sync', '--config', a.config), sb.command(b, 'apply', '--config', b.config)]
-    end
-    [[a, sync], [b, apply_b]].each do |m, (code, out)|
-      fail!("#{m.name}: exit #{code}\n#{out}") unless code.zero?
-      out.lines.grep(%r{PE_FAILOVER: (nc |\w+ ---> \[\w+\] nc\b)}).each { |l| detail "#{m.name}: #{l.strip}" }
-    end
-    b_groups = b_nc.client(b.certname).get('/classifier-api/v1/groups').json
-    edited = b_groups.find { |g| g['name'] == 'pe_failover' }
-    value = edited && edited.dig('variables', 'demo_server')
-    fail!("the edit did not reach B's classifier rewritten (demo_server: #{value.inspect})") unless value == "#{b.certname}:8140"
-    detail format("B's classifier has the edit as demo_server => '%s' (sync on A + apply on B: %.2fs); none of its %d groups names %s",
-                  value, secs, b_groups.size, a.certname)
-    fail!("A's certname is still in B's groups") if JSON.generate(b_groups).include?(a.certname)
-  else
-    say 'What the next sync would ship (the native extension found has no replication runner: `rake compile` builds it)'
-    baseline = File.join(sb.root, 'cadir-before')
-    FileUtils.cp_r(a.cadir, baseline, preserve: true)
-    sb.ca.sign('new-agent.example.com')
-    sb.ca.revoke('agent000.example.com')
-    sb.ca.clean('agent001.example.com')
-    manifest = "notice(to_json(pe_failover::ssl_diff('#{baseline}', '#{a.cadir}')))"
-    (code, out, secs), = timed { sb.apply(a, manifest) }
-    diff = out[%r{Notice: Scope\(Class\[main\]\): (\{.*\})}, 1]
-    fail!("ssl_diff failed:\n#{out}") unless code.zero? && diff
-    JSON.parse(diff).each { |kind, paths| detail format('%-8s %s', kind, paths.empty? ? '-' : paths.join(', ')) }
-    detail format('(%.1fs with Puppet start-up; revoking rewrites ca_crl.pem only, which the original module missed)', secs)
+  say 'Starting the watchers (service ensure => running, pid-file provider)'
+  [[a, sb.active_manifest(service: 'running')], [b, sb.passive_manifest(service: 'running')]].each do |m, manifest|
+    _, secs = apply(sb, m, manifest, expect: 2)
+    detail format('%s: watcher pid %s (%.1fs)', m.name, File.read(m.pidfile).strip, secs)
   end
+
+  say 'On A: signing a new agent, revoking one, cleaning another; nobody runs anything else'
+  started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  sb.ca.sign('new-agent.example.com')
+  sb.ca.revoke('agent000.example.com')
+  sb.ca.clean('agent001.example.com')
+  arrived = lambda do
+    File.exist?(File.join(b.cadir, 'signed', 'new-agent.example.com.pem')) &&
+      !File.exist?(File.join(b.cadir, 'signed', 'agent001.example.com.pem')) &&
+      File.read(File.join(b.cadir, 'ca_crl.pem')) == File.read(File.join(a.cadir, 'ca_crl.pem'))
+  end
+  sleep 0.02 until arrived.call || Process.clock_gettime(Process::CLOCK_MONOTONIC) - started > 30
+  fail!("B did not follow A within 30 s:\n#{sb.face(a, 'status')[1]}") unless arrived.call
+  lag = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+  detail format('%.2fs after the last change, B had signed/new-agent.example.com.pem, no agent001, and A\'s CRL', lag)
+  detail "B's own certificate and key (#{b.certname}) were not touched"
+  (code, out), secs = timed { sb.command(a, 'sync', '--config', a.config) }
+  fail!("sync on A failed:\n#{out}") unless code.zero?
+  fail!("A's watcher did not run the sync:\n#{out}") unless out.include?('run by the watcher')
+  detail format("`pe_failover sync` on A meanwhile: run by A's watcher, no scan of the CA (%.2fs, Ruby start-up included)",
+                secs)
+  detail "  #{out.lines.grep(%r{PE_FAILOVER: sync ---> \[\w+\] ca }).first.to_s.strip}"
+
+  say "Classifier groups: turning on their replication (nc_enabled => true), then editing a group on A"
+  a_nc = sb.classifiers.fetch(a.name).client(a.certname)
+  b_nc = sb.classifiers.fetch(b.name)
+  # B's classifier must know the classes A's groups use (as after a code deploy and a class refresh).
+  catalog = Hash.new { |h, k| h[k] = {} }
+  a_nc.get('/classifier-api/v1/groups').json.each do |g|
+    (g['classes'] || {}).each { |c, params| catalog[g['environment']][c] = params.keys.to_h { |k| [k, nil] } }
+  end
+  b_nc.stage_classes(catalog)
+  [[a, sb.active_manifest(nc: true)], [b, sb.passive_manifest(nc: true)]].each do |m, manifest|
+    changed, secs = apply(sb, m, manifest, expect: [0, 2])
+    detail format('%s: %d resources changed (%.1fs)', m.name, changed.size, secs)
+  end
+  group = a_nc.get('/classifier-api/v1/groups').json.find { |g| g['name'] == 'pe_failover' }
+  a_nc.post("/classifier-api/v1/groups/#{group['id']}", { 'variables' => { 'demo_server' => "#{a.certname}:8140" } })
+  detail "A: variable demo_server => '#{a.certname}:8140' set on group pe_failover through A's classifier API"
+  (sync, apply_b), secs = timed do
+    [sb.command(a, 'sync', '--config', a.config), sb.command(b, 'apply', '--config', b.config)]
+  end
+  [[a, sync], [b, apply_b]].each do |m, (code, out)|
+    fail!("#{m.name}: exit #{code}\n#{out}") unless code.zero?
+    out.lines.grep(%r{PE_FAILOVER: (nc |\w+ ---> \[\w+\] nc\b)}).each { |l| detail "#{m.name}: #{l.strip}" }
+  end
+  b_groups = b_nc.client(b.certname).get('/classifier-api/v1/groups').json
+  edited = b_groups.find { |g| g['name'] == 'pe_failover' }
+  value = edited && edited.dig('variables', 'demo_server')
+  fail!("the edit did not reach B's classifier rewritten (demo_server: #{value.inspect})") unless value == "#{b.certname}:8140"
+  detail format("B's classifier has the edit as demo_server => '%s' (sync on A + apply on B: %.2fs); none of its %d groups names %s",
+                value, secs, b_groups.size, a.certname)
+  fail!("A's certname is still in B's groups") if JSON.generate(b_groups).include?(a.certname)
 
   say 'Promoting B and demoting A with `puppet pe_failover promote|demote`'
   code, out, = sb.face(b, 'promote')
   fail!("promote failed:\n#{out}") unless code.zero?
   detail "B: #{out}"
-  if runner
-    code, out = sb.command(a, 'sync', '--config', a.config)
-    detail "A, not demoted yet, tries to sync (exit #{code}): #{out.strip.lines.last(2).join(' ')}"
-  end
+  code, out = sb.command(a, 'sync', '--config', a.config)
+  fail!("A's sync to the promoted B was not refused:\n#{out}") if code.zero?
+  detail "A, not demoted yet, tries to sync (exit #{code}): #{out.strip.lines.last(2).join(' ')}"
   code, out, = sb.face(a, 'demote')
   fail!("demote failed:\n#{out}") unless code.zero?
   detail "A: #{out}"
@@ -232,13 +217,11 @@ begin
                   changed.empty? ? ': the face had already written what the class writes' : ": #{changed.join(', ')}")
   end
 
-  if runner
-    say 'After the failback, one sync from A and one apply on B clear the fencing errors'
-    [[a, 'sync'], [b, 'apply']].each do |m, cmd|
-      (code, out), secs = timed { sb.command(m, cmd, '--config', m.config) }
-      fail!("#{cmd} on #{m.name} failed:\n#{out}") unless code.zero?
-      detail format('%s %s (%.2fs): %s', m.name, cmd, secs, out.strip)
-    end
+  say 'After the failback, one sync from A and one apply on B clear the fencing errors'
+  [[a, 'sync'], [b, 'apply']].each do |m, cmd|
+    (code, out), secs = timed { sb.command(m, cmd, '--config', m.config) }
+    fail!("#{cmd} on #{m.name} failed:\n#{out}") unless code.zero?
+    detail format('%s %s (%.2fs): %s', m.name, cmd, secs, out.strip)
   end
 
   say 'Status: `puppet pe_failover status` on each primary (exit 1 means unhealthy)'
