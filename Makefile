@@ -23,7 +23,7 @@ CARGO ?= cargo
 
 help:
 	@echo "make demo    run the demo (installs missing packages, builds)"
-	@echo "make test    run every check: rustfmt, clippy, rustdoc, cargo test, rspec, puppet-lint, metadata-json-lint"
+	@echo "make test    run every check: rustfmt, clippy, rustdoc, cargo test, rspec, puppet-lint, metadata-json-lint, REFERENCE.md current"
 	@echo "make bench   run the benchmarks"
 	@echo "make package write pkg/ipcrm-pe_failover-<version>.tar.gz"
 
@@ -60,6 +60,7 @@ test: deps toolchain
 lint:
 	metadata-json-lint --strict-license metadata.json
 	puppet-lint --fail-on-warnings manifests
+	rake reference:check
 
 demo: compile
 	ruby spec/support/demo.rb

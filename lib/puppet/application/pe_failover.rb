@@ -9,11 +9,13 @@ require 'puppet/application/face_base'
 # monitoring can call `puppet pe_failover status` and check `$?`, whatever
 # `--render-as` prints.
 class Puppet::Application::Pe_failover < Puppet::Application::FaceBase # rubocop:disable Naming/ClassAndModuleCamelCase
+  # Keeps the action's result for {#main}'s exit status.
   def render(result, args_and_options)
     @pe_failover_result = result
     super
   end
 
+  # Runs the action; exits 1 when its result is unhealthy or not ok.
   def main
     super
   rescue SystemExit => e

@@ -90,6 +90,7 @@ module PuppetX
         files
       end
 
+      # The Puppet setting `name` when running inside Puppet, else `nil`.
       # @api private
       def puppet_setting(name)
         return nil unless defined?(::Puppet) && ::Puppet.respond_to?(:[])

@@ -13,6 +13,8 @@ require 'json'
 require 'optparse'
 require_relative 'replication'
 
+# Ruby code shared by this module's Puppet types, providers, functions and
+# face (the Puppet convention for `lib/puppet_x`).
 module PuppetX
   module PeFailover
     # Command-line entry point. {CLI.run} returns the exit status.
@@ -20,6 +22,7 @@ module PuppetX
       # Default configuration path written by the Puppet classes.
       DEFAULT_CONFIG = '/opt/pe_failover/etc/config.json'
 
+      # The commands, each with the line `--help` shows for it.
       COMMANDS = {
         'sync' => 'ship the CA (and classifier groups) to the replicas now',
         'receive' => 'receive one transaction on stdin/stdout (the SSH forced command)',
@@ -275,6 +278,8 @@ module PuppetX
         lines.join("\n")
       end
 
+      # `seconds` as `45s`, `12m` or `3h` (`-` when unknown).
+      # @api private
       def age(seconds)
         return '-' if seconds.nil?
 
@@ -285,10 +290,14 @@ module PuppetX
         "#{s / 3600}h"
       end
 
+      # The first 12 hex digits of `digest` (`-` when none).
+      # @api private
       def short(digest)
         digest ? digest[0, 12] : '-'
       end
 
+      # An error's message cut to 70 characters for the table (`-` when none).
+      # @api private
       def error_text(err)
         return '-' if err.nil?
 

@@ -97,6 +97,8 @@ module PuppetX
         kept.join
       end
 
+      # The report of a role change on `host`, one line per fact.
+      # @api private
       def lines(host, before, to, changed, stopped, config)
         out = []
         if changed.empty?

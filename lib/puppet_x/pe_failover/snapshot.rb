@@ -33,7 +33,9 @@ module PuppetX
       # entry's type, permission bits, owner, size, mtime, contents or link
       # target changes, or an entry is added or removed.
       #
-      # @param (see .scan)
+      # @param dir [String] directory to scan
+      # @param exclude [Array<String>] glob patterns relative to `dir`
+      # @param cache [String, nil] stat cache file (see {.scan})
       # @return [String]
       # @raise [PuppetX::PeFailover::Error] also when any entry is unreadable:
       #   a digest over part of a tree would mislead
@@ -63,6 +65,7 @@ module PuppetX
         native._diff(String(from), String(to), Array(exclude).map(&:to_s), compare.to_s)
       end
 
+      # The exception class for the core's error `kind`.
       # @api private
       def error_class(kind)
         name = {

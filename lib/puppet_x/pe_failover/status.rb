@@ -191,6 +191,10 @@ module PuppetX
         }
       end
 
+      # What is wrong with the sender's record of `kind` to `replica`, if
+      # anything: never synced, last sync failed, or no success within
+      # `max_age` seconds.
+      # @api private
       def sender_problem(replica, kind, file, detail, max_age)
         return "#{kind} to #{replica}: never synced" if file.nil? || (detail['last_success'].nil? && file['last_outcome'].nil?)
 
@@ -226,6 +230,9 @@ module PuppetX
         }
       end
 
+      # What is wrong on a passive for `kind`, if anything: the receiver's
+      # last session or the applier's last run failed, or nothing was applied.
+      # @api private
       def applier_problem(kind, file, receiver)
         if receiver && receiver['last_error'] && newer?(receiver['last_error']['at'], receiver['last_success'])
           return "#{kind}: the receiver's last session failed: #{receiver['last_error']['message']}"
@@ -251,20 +258,28 @@ module PuppetX
         [nil, "#{path}: cannot read: #{e.message.lines.first.to_s.strip} (delete it; it is rewritten on the next run)"]
       end
 
+      # The RFC 3339 time of a status file's stamp (`nil` when absent).
+      # @api private
       def stamp_time(stamp)
         stamp.is_a?(Hash) ? stamp['time'] : nil
       end
 
+      # Seconds from `stamp` to `now` (never negative; `nil` without a stamp).
+      # @api private
       def age(stamp, now)
         return nil unless stamp.is_a?(Hash) && stamp['unix'].is_a?(Integer)
 
         [now - stamp['unix'], 0].max
       end
 
+      # The digest recorded in `value` (`nil` when absent).
+      # @api private
       def digest_at(value)
         value.is_a?(Hash) ? value['digest'] : nil
       end
 
+      # A status file's error as `kind`, `message` and `time` (`nil` when none).
+      # @api private
       def error_record(err)
         return nil unless err.is_a?(Hash)
 
