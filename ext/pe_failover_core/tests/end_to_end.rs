@@ -761,6 +761,26 @@ fn a_sync_run_while_the_active_watcher_runs_is_run_by_the_watcher() {
     assert!(r.added.contains(&"ca/signed/asked.test.pem".to_string()));
     assert!(wait_until(Duration::from_secs(20), || e.converged()));
 
+    // Two commands at once (a cron job and a Puppet run): the watcher runs
+    // both, and the change goes once.
+    e.sign("twice.test");
+    let (one, two) = std::thread::scope(|s| {
+        let one = s.spawn(|| e.active().sync(None, false).unwrap());
+        let two = s.spawn(|| e.active().sync(None, false).unwrap());
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    for run in [&one, &two] {
+        assert!(run.ok && run.via_watcher, "{:?}", run.lines);
+    }
+    let outcomes = [one.replicas[0].outcome, two.replicas[0].outcome];
+    assert!(
+        outcomes.contains(&ReplicaOutcome::Committed),
+        "{:?} {:?}",
+        one.lines,
+        two.lines
+    );
+    assert!(wait_until(Duration::from_secs(20), || e.converged()));
+
     // Noop through the watcher reports the change and ships nothing; the
     // change is then shipped by the watcher's own round all the same (at
     // once: the request cut its debounce short).
@@ -807,7 +827,7 @@ fn a_sync_run_while_the_active_watcher_runs_is_run_by_the_watcher() {
     a_token.cancel();
     let a = a.join().unwrap();
     assert!(a.ok, "{:?}", a.lines);
-    assert_eq!(a.requests, 2, "{:?}", a.lines);
+    assert_eq!(a.requests, 4, "{:?}", a.lines);
     assert_eq!(a.failures, 0, "{:?}", a.lines);
     // Gone with the watcher: a sync scans here again.
     assert!(!socket.exists());
