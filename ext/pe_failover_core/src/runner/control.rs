@@ -518,6 +518,14 @@ mod tests {
         }
     }
 
+    /// A caller's patience: silence and round limit in milliseconds.
+    fn patience(silence: u64, round: u64) -> Patience {
+        Patience {
+            silence: Duration::from_millis(silence),
+            round: Duration::from_millis(round),
+        }
+    }
+
     /// A server on a fresh socket and a thread standing for the watcher's
     /// loop, answering each request with what `answer` makes of it.
     fn serving(
@@ -566,10 +574,7 @@ mod tests {
                 }
             }
         });
-        let patience = Patience {
-            silence: Duration::from_secs(10),
-            round: Duration::from_secs(60),
-        };
+        let patience = patience(10_000, 60_000);
         let callers: Vec<_> = (0..3)
             .map(|_| {
                 let dir = dir.path().to_path_buf();
@@ -588,30 +593,25 @@ mod tests {
 
     #[test]
     fn a_caller_gives_up_on_a_round_past_its_limit_or_a_silent_watcher() {
-        // Keepalives every 20 ms, no answer: the round limit ends the wait.
-        let (dir, done, h) = serving_batches(Duration::from_millis(20), |_| {});
-        let patience = Patience {
-            silence: Duration::from_secs(10),
-            round: Duration::from_millis(300),
+        // Why a caller with `patience` gave up on a watcher that sends a
+        // keepalive every `keepalive` and never answers.
+        let gave_up = |keepalive: Duration, patience: Patience| {
+            let (dir, done, h) = serving_batches(keepalive, |_| {});
+            let reply = ask_with(dir.path(), &SyncRequest::new("c", None, false), patience);
+            done.store(true, Ordering::SeqCst);
+            h.join().unwrap();
+            match reply {
+                Reply::NotRun(why) => why,
+                other => panic!("{other:?}"),
+            }
         };
-        match ask_with(dir.path(), &SyncRequest::new("c", None, false), patience) {
-            Reply::NotRun(why) => assert_eq!(why, "it had not finished after 0.3s"),
-            other => panic!("{other:?}"),
-        }
-        done.store(true, Ordering::SeqCst);
-        h.join().unwrap();
-        // No keepalive within the silence allowed: given up as well.
-        let (dir, done, h) = serving_batches(Duration::from_secs(60), |_| {});
-        let patience = Patience {
-            silence: Duration::from_millis(200),
-            round: Duration::from_secs(60),
-        };
-        match ask_with(dir.path(), &SyncRequest::new("c", None, false), patience) {
-            Reply::NotRun(why) => assert_eq!(why, "it sent nothing for 0.2s"),
-            other => panic!("{other:?}"),
-        }
-        done.store(true, Ordering::SeqCst);
-        h.join().unwrap();
+        let ms = Duration::from_millis;
+        // Keepalives all along: the round limit ends the wait.
+        let why = gave_up(ms(20), patience(10_000, 300));
+        assert_eq!(why, "it had not finished after 0.3s");
+        // No keepalive within the silence allowed.
+        let why = gave_up(ms(60_000), patience(200, 60_000));
+        assert_eq!(why, "it sent nothing for 0.2s");
         assert_eq!(waited(ROUND_LIMIT), "30 minutes");
         assert_eq!(waited(SILENCE), "30s");
     }
@@ -619,10 +619,7 @@ mod tests {
     #[test]
     fn connections_past_the_limit_are_declined_at_once() {
         let (dir, done, h) = serving_batches(KEEPALIVE, |_| {});
-        let patience = Patience {
-            silence: Duration::from_secs(10),
-            round: Duration::from_secs(60),
-        };
+        let patience = patience(10_000, 60_000);
         // MAX_CONNECTIONS callers wait on a round that does not end...
         let mut waiting = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
