@@ -314,33 +314,50 @@ fn answer_now(writer: &mut UnixStream, answer: &Answer) {
     }
 }
 
+/// One connection counted among those served; given back when dropped
+/// (however its thread ends).
+struct Slot {
+    serving: Arc<AtomicUsize>,
+    /// Connections counted, this one included, when it was taken.
+    held: usize,
+}
+
+impl Slot {
+    fn take(serving: &Arc<AtomicUsize>) -> Slot {
+        Slot {
+            serving: Arc::clone(serving),
+            held: serving.fetch_add(1, Ordering::SeqCst) + 1,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.serving.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Server {
     /// Serves `conn` on a thread of its own, counted in `serving`; past
     /// [`MAX_CONNECTIONS`] it is declined at once instead.
-    fn spawn(self, conn: UnixStream, serving: &Arc<AtomicUsize>) {
-        if serving.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            serving.fetch_sub(1, Ordering::SeqCst);
+    fn spawn(self, mut conn: UnixStream, serving: &Arc<AtomicUsize>) {
+        let slot = Slot::take(serving);
+        if slot.held > MAX_CONNECTIONS {
             if peer_uid(&conn) == Some(self.allowed) {
                 let _ = conn.set_write_timeout(Some(REQUEST_WAIT));
-                if let Ok(mut writer) = conn.try_clone() {
-                    let why = format!("it is already serving {MAX_CONNECTIONS} requests");
-                    answer_now(&mut writer, &Answer::Declined(why));
-                }
+                let why = format!("it is already serving {MAX_CONNECTIONS} requests");
+                answer_now(&mut conn, &Answer::Declined(why));
             }
             return;
         }
-        let done = Arc::clone(serving);
-        let started = thread::Builder::new()
+        // (Not started: the connection and the slot go with the closure, and
+        // the caller syncs itself.)
+        let _ = thread::Builder::new()
             .name("pe_failover-control-conn".into())
             .spawn(move || {
+                let _slot = slot;
                 self.serve(conn);
-                done.fetch_sub(1, Ordering::SeqCst);
             });
-        // (Not started: the connection was dropped with the closure, so its
-        // caller syncs itself.)
-        if started.is_err() {
-            serving.fetch_sub(1, Ordering::SeqCst);
-        }
     }
 
     /// One connection: reads the request, hands it to the loop and writes
@@ -617,8 +634,17 @@ mod tests {
     }
 
     #[test]
-    fn connections_past_the_limit_are_declined_at_once() {
-        let (dir, done, h) = serving_batches(KEEPALIVE, |_| {});
+    fn connections_past_the_limit_are_declined_at_once_until_some_end() {
+        // The round ends (every request held is answered) once `release`.
+        let release = Arc::new(AtomicBool::new(false));
+        let released = Arc::clone(&release);
+        let (dir, done, h) = serving_batches(KEEPALIVE, move |asked| {
+            if released.load(Ordering::SeqCst) {
+                for a in asked.drain(..) {
+                    a.answer(Answer::from_result(Ok(run())));
+                }
+            }
+        });
         let patience = patience(10_000, 60_000);
         // MAX_CONNECTIONS callers wait on a round that does not end...
         let mut waiting = Vec::new();
@@ -636,9 +662,31 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+        // Once the round has answered them, their places are free again.
+        release.store(true, Ordering::SeqCst);
+        for conn in waiting {
+            // (Keepalives, empty lines, may come first.)
+            let answer = BufReader::new(conn)
+                .lines()
+                .map(Result::unwrap)
+                .find(|line| !line.trim().is_empty())
+                .expect("an answer");
+            assert!(answer.starts_with("{\"run\""), "{answer}");
+        }
+        let reply = (0..100).find_map(|_| {
+            match ask_with(dir.path(), &SyncRequest::new("c", None, false), patience) {
+                Reply::Ran(run) => Some(run),
+                // (A serving thread may not have ended yet.)
+                Reply::NotRun(why) if why.contains("already serving") => {
+                    thread::sleep(Duration::from_millis(10));
+                    None
+                }
+                other => panic!("{other:?}"),
+            }
+        });
+        assert!(reply.is_some(), "still declined once the round had ended");
         done.store(true, Ordering::SeqCst);
         h.join().unwrap();
-        drop(waiting);
     }
 
     #[test]
