@@ -703,14 +703,7 @@ impl Applier {
                 Some(kept) => Ok(Some(kept)),
                 None => latest_snapshot(&self.state),
             };
-            let prepared = prepared.map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::new(
-                        ErrorKind::Internal,
-                        "the thread preparing a snapshot panicked",
-                    ))
-                })
-            });
+            let prepared = prepared.map(|h| crate::joined(h.join(), "preparing a snapshot"));
             (latest, prepared)
         });
         let mut latest = latest?;

@@ -66,12 +66,7 @@ impl CacheSave {
     pub fn wait(&mut self) -> Result<()> {
         match self.writer.take() {
             None => Ok(()),
-            Some(writer) => writer.join().unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::Internal,
-                    "the thread writing the stat cache panicked",
-                ))
-            }),
+            Some(writer) => crate::joined(writer.join(), "writing the stat cache"),
         }
     }
 }

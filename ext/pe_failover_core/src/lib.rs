@@ -67,6 +67,19 @@ pub(crate) fn seconds(d: std::time::Duration) -> String {
     }
 }
 
+/// The outcome of a thread that returns a [`Result`], from its join: a
+/// panic (already reported on stderr by the panic hook) becomes an
+/// [`ErrorKind::Internal`] error saying that the thread `doing` it
+/// panicked.
+pub(crate) fn joined<T>(join: std::thread::Result<Result<T>>, doing: &str) -> Result<T> {
+    join.unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::Internal,
+            format!("the thread {doing} panicked"),
+        ))
+    })
+}
+
 /// Drops `value` on a short-lived thread of its own: freeing a large scan
 /// or manifest (200,000 allocations at 100k certificates) takes
 /// milliseconds a caller that is done with it need not wait for. Dropped

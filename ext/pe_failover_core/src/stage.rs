@@ -675,12 +675,7 @@ impl TxnWriter {
                 "a transaction was finished without its manifest",
             )
         })?;
-        thread.join().unwrap_or_else(|_| {
-            Err(Error::new(
-                ErrorKind::Internal,
-                "the thread writing the transaction's manifest panicked",
-            ))
-        })
+        crate::joined(thread.join(), "writing the transaction's manifest")
     }
 
     /// Appends the whole contents this transaction receives to one pack

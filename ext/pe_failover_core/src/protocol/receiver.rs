@@ -881,12 +881,8 @@ impl BaseReader {
         if let Some(loaded) = early.and_then(|(early, digest)| early.take(digest)) {
             return Ok(loaded);
         }
-        match self.held.preload.take().map(|h| h.join()) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(Error::new(
-                ErrorKind::Internal,
-                "the thread reading the base manifest panicked",
-            )),
+        match self.held.preload.take() {
+            Some(h) => crate::joined(h.join(), "reading the base manifest"),
             None => self.base.manifest(self.kind).map(with_contents),
         }
     }

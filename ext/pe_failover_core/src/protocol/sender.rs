@@ -426,14 +426,7 @@ impl Sender {
                 stats,
             );
             let staged = staging
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::new(
-                            ErrorKind::Internal,
-                            "the thread writing the shipped manifest panicked",
-                        ))
-                    })
-                })
+                .map(|h| crate::joined(h.join(), "writing the shipped manifest"))
                 .transpose();
             acked?;
             if let Some(staged) = staged? {

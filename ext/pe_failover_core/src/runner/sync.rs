@@ -385,14 +385,10 @@ impl Runner {
                 return Err(Error::cancelled());
             }
             let started = Instant::now();
-            let session = sessions.next().flatten().map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::new(
-                        ErrorKind::Internal,
-                        "the thread opening the SSH session panicked",
-                    ))
-                })
-            });
+            let session = sessions
+                .next()
+                .flatten()
+                .map(|h| crate::joined(h.join(), "opening the SSH session"));
             let mut result = self.sync_one(&set, &scan, shipped, r, noop, session);
             // A busy CA: a file changed while it was sent. Scan again and
             // ship the new state (a few times at most).
