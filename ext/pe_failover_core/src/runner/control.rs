@@ -202,7 +202,13 @@ impl ControlServer {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
-        let wake = waker.clone();
+        let server = Server {
+            tx,
+            waker: waker.clone(),
+            // SAFETY: geteuid cannot fail.
+            allowed: unsafe { libc::geteuid() },
+            keepalive,
+        };
         let accepting = Arc::clone(&listener);
         let thread = thread::Builder::new()
             .name("pe_failover-control".into())
@@ -210,16 +216,7 @@ impl ControlServer {
                 let serving = Arc::new(AtomicUsize::new(0));
                 while !stopping.load(Ordering::SeqCst) {
                     match accepting.accept() {
-                        Ok((conn, _)) => {
-                            let server = Server {
-                                tx: tx.clone(),
-                                waker: wake.clone(),
-                                // SAFETY: geteuid cannot fail.
-                                allowed: unsafe { libc::geteuid() },
-                                keepalive,
-                            };
-                            server.spawn(conn, &serving);
-                        }
+                        Ok((conn, _)) => server.clone().spawn(conn, &serving),
                         // (Out of descriptors, say: not a busy loop.)
                         Err(_) => thread::sleep(Duration::from_millis(50)),
                     }
@@ -296,6 +293,7 @@ fn peer_uid(conn: &UnixStream) -> Option<u32> {
 }
 
 /// What serves one connection: where requests go, and to whom.
+#[derive(Clone)]
 struct Server {
     tx: mpsc::Sender<Asked>,
     waker: Waker,
