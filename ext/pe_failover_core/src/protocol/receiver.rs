@@ -703,15 +703,10 @@ impl Receiver {
         // The new manifest is the next session's base: its contents are the
         // base's, less those replaced or removed, plus the upserted ones.
         for sha in dropped {
-            if let Some(n) = have.get_mut(&sha) {
-                *n -= 1;
-                if *n == 0 {
-                    have.remove(&sha);
-                }
-            }
+            release(&mut have, sha);
         }
         for sha in upserts.iter().filter_map(file_contents) {
-            *have.entry(sha).or_insert(0) += 1;
+            hold(&mut have, sha);
         }
         Ok((dir, digest, (manifest, have)))
     }
@@ -776,11 +771,26 @@ fn file_contents(e: &Entry) -> Option<[u8; 32]> {
         .and_then(sha256_bytes)
 }
 
+/// Counts one more file with contents `sha`.
+fn hold(contents: &mut Contents, sha: [u8; 32]) {
+    *contents.entry(sha).or_insert(0) += 1;
+}
+
+/// Counts one file fewer with contents `sha` (gone when none is left).
+fn release(contents: &mut Contents, sha: [u8; 32]) {
+    if let Some(n) = contents.get_mut(&sha) {
+        *n -= 1;
+        if *n == 0 {
+            contents.remove(&sha);
+        }
+    }
+}
+
 /// `manifest` with the contents its files have.
 fn with_contents(manifest: Manifest) -> (Manifest, Contents) {
     let mut contents = Contents::default();
     for sha in manifest.entries().iter().filter_map(file_contents) {
-        *contents.entry(sha).or_insert(0) += 1;
+        hold(&mut contents, sha);
     }
     (manifest, contents)
 }
