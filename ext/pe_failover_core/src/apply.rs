@@ -859,19 +859,22 @@ impl Applier {
         let incremental = match delta_from {
             Some(prev) => {
                 let changed = changed_paths(&prev.manifest, &target.manifest);
-                self.stat_live(&paths, &changed, &target.manifest)?
-                    .map(|live| (prev, changed, live))
-            }
-            None => None,
-        };
-        let (live, restricted, live_files) = match incremental {
-            Some((prev, changed, live)) => {
-                let restricted = Manifest::from_entries(
+                // The target's entries at those paths, in path order: they
+                // come from the snapshot, checked when it was read, and
+                // every parent of a changed path is one of them.
+                let restricted = Manifest::from_own_entries(
                     changed
                         .iter()
                         .filter_map(|p| target.manifest.get(p).cloned())
                         .collect(),
                 )?;
+                self.stat_live(&paths, &changed, &restricted)?
+                    .map(|live| (prev, restricted, live))
+            }
+            None => None,
+        };
+        let (live, restricted, live_files) = match incremental {
+            Some((prev, restricted, live)) => {
                 let excluded = |p: &str| {
                     p.strip_prefix("ca/")
                         .is_none_or(|rel| self.excludes.is_excluded(rel))
@@ -1066,8 +1069,9 @@ impl Applier {
     }
 
     /// The live entries at the manifest paths `rels` (those that exist),
-    /// files hashed: the live side of a plan restricted to them. A file
-    /// whose size is not the one it has in `target` is not read: its
+    /// files hashed: the live side of a plan restricted to them (`target`,
+    /// the target's entries at those paths). A file whose size is not the
+    /// one it has in `target` is not read: its
     /// contents differ, and the plan writes it whatever they are (its
     /// entry has no SHA-256). None when one of them lies below something
     /// that is not a real directory.
