@@ -416,15 +416,11 @@ impl Sender {
         std::thread::scope(|s| {
             let staging =
                 stage.then(|| s.spawn(|| stage_manifest_cache(&shipped_path, current, 0o600)));
-            let acked = self.send_delta(
-                conn,
-                &report.changes,
-                &welcome,
-                &txn,
-                &digest,
-                resolver,
-                stats,
-            );
+            let commit = Commit {
+                txn: txn.clone(),
+                digest: digest.clone(),
+            };
+            let acked = self.send_delta(conn, &report.changes, &welcome, &commit, resolver, stats);
             let staged = staging
                 .map(|h| crate::joined(h.join(), "writing the shipped manifest"))
                 .transpose();
@@ -438,16 +434,15 @@ impl Sender {
     }
 
     /// Sends the delta `changes` on top of the receiver's base (`welcome`),
-    /// then the contents it wants, commits transaction `txn` (manifest
-    /// `digest`) and checks the receiver's acknowledgement.
-    #[allow(clippy::too_many_arguments)]
+    /// then the contents it wants, sends `commit` (the transaction and the
+    /// digest of the manifest it builds) and checks the receiver's
+    /// acknowledgement.
     fn send_delta<S: Read + Write>(
         &self,
         conn: &mut Conn<S>,
         changes: &Changeset,
         welcome: &Welcome,
-        txn: &str,
-        digest: &str,
+        commit: &Commit,
         resolver: &Resolver,
         stats: &mut Stats,
     ) -> Result<()> {
@@ -465,7 +460,7 @@ impl Sender {
             FrameType::DeltaHead,
             &DeltaHead {
                 base: welcome.base.clone(),
-                digest: digest.to_string(),
+                digest: commit.digest.clone(),
                 upserts: stats.upserts,
                 removes: stats.removes,
             },
@@ -534,20 +529,14 @@ impl Sender {
                 }
             }
         }
-        conn.send_json(
-            FrameType::Commit,
-            &Commit {
-                txn: txn.to_string(),
-                digest: digest.to_string(),
-            },
-        )?;
+        conn.send_json(FrameType::Commit, commit)?;
         conn.flush()?;
         let frame = conn.expect(&[FrameType::Ack], "ACK")?;
         let ack: Commit = conn.parse(&frame)?;
-        if ack.txn != txn || ack.digest != digest {
+        if ack.txn != commit.txn || ack.digest != commit.digest {
             return Err(violation(format!(
-                "the receiver acknowledged transaction {} with digest {}, not {txn} with {digest}",
-                ack.txn, ack.digest
+                "the receiver acknowledged transaction {} with digest {}, not {} with {}",
+                ack.txn, ack.digest, commit.txn, commit.digest
             )));
         }
         Ok(())
