@@ -472,6 +472,19 @@ impl StagedFile {
     /// Writes `bytes` with `mode` to a temporary file in `path`'s directory
     /// (synced when `durable`).
     pub fn write(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<StagedFile> {
+        Self::write_with(path, mode, durable, |f, tmp| {
+            f.write_all(bytes).map_err(|e| Error::io("write", tmp, e))
+        })
+    }
+
+    /// [`write`](Self::write) with the contents written by `fill`, given
+    /// the new file (empty, open for writing) and its temporary name.
+    pub(crate) fn write_with(
+        path: &Path,
+        mode: u32,
+        durable: bool,
+        fill: impl FnOnce(&mut File, &Path) -> Result<()>,
+    ) -> Result<StagedFile> {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = path
             .parent()
@@ -498,7 +511,7 @@ impl StagedFile {
             .mode(mode)
             .open(tmp)
             .map_err(|e| Error::io("create", tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("write", tmp, e))?;
+        fill(&mut f, tmp)?;
         if durable {
             f.sync_all().map_err(|e| Error::io("sync", tmp, e))?;
         }

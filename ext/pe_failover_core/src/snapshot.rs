@@ -392,6 +392,24 @@ impl Manifest {
             .clone()
     }
 
+    /// The digest, when it was computed (or remembered) already.
+    pub(crate) fn known_digest(&self) -> Option<&str> {
+        self.digest.get().map(String::as_str)
+    }
+
+    /// Remembers `digest`, the SHA-256 (lowercase hex) of this manifest's
+    /// canonical form as the caller computed it from
+    /// [`append_canonical`](Self::append_canonical)'s bytes (a manifest file
+    /// writer hashes them while it writes them).
+    pub(crate) fn remember_digest(&self, digest: String) {
+        debug_assert_eq!(
+            digest,
+            hex::encode(Sha256::digest(self.canonical_bytes())),
+            "a remembered digest is the canonical form's SHA-256"
+        );
+        let _ = self.digest.set(digest);
+    }
+
     /// Builds a manifest from `canonical`, the exact bytes of
     /// [`canonical_bytes`](Self::canonical_bytes), with `digest` their
     /// SHA-256 as checked by the caller. The entries must be strictly sorted

@@ -68,6 +68,7 @@ use crate::pack::{self, PackEntry, PackWriter, Packed, StorePacks, PACKS_DIR};
 use crate::protocol::Kind;
 use crate::replset::{
     load_manifest_against, load_manifest_of, manifest_file_digest, save_manifest,
+    save_manifest_hashing,
 };
 use crate::snapshot::{is_sha256_hex, sha256_bytes, Entry, EntryKind, Manifest};
 use crate::state::Stamp;
@@ -617,6 +618,8 @@ pub(crate) struct TxnWriter {
     flusher: fsutil::Flusher,
     pack: Option<PackWriter>,
     manifest: Option<std::thread::JoinHandle<Result<Manifest>>>,
+    /// The manifest once written (see [`written_manifest`](Self::written_manifest)).
+    manifest_done: Option<Manifest>,
     done: bool,
 }
 
@@ -644,18 +647,20 @@ impl TxnWriter {
             written: Vec::new(),
             pack: None,
             manifest: None,
+            manifest_done: None,
             done: false,
         })
     }
 
     /// Writes `manifest` into the transaction, flushed, on a thread of its
-    /// own: at 100k certificates it is 15 MB, written while the contents
-    /// arrive. [`finish`](Self::finish) waits for it and gives it back.
+    /// own: at 100k certificates it is 15 MB, written (and hashed, when its
+    /// digest is not known yet) while the contents arrive.
+    /// [`written_manifest`](Self::written_manifest) waits for it.
     pub(crate) fn write_manifest(&mut self, manifest: Manifest) -> Result<()> {
         let path = self.partial.join("manifest.json");
         let thread = std::thread::Builder::new()
             .name("pe_failover-txn-manifest".into())
-            .spawn(move || save_manifest(&path, &manifest, 0o600).map(|()| manifest))
+            .spawn(move || save_manifest_hashing(&path, &manifest, 0o600).map(|()| manifest))
             .map_err(|e| {
                 Error::new(
                     ErrorKind::Internal,
@@ -667,15 +672,18 @@ impl TxnWriter {
     }
 
     /// Waits for the manifest's writer (see [`write_manifest`](Self::write_manifest))
-    /// and takes the manifest back.
-    fn manifest_written(&mut self) -> Result<Manifest> {
-        let thread = self.manifest.take().ok_or_else(|| {
+    /// and returns the manifest written, whose digest is then known.
+    pub(crate) fn written_manifest(&mut self) -> Result<&Manifest> {
+        if let Some(thread) = self.manifest.take() {
+            let manifest = crate::joined(thread.join(), "writing the transaction's manifest")?;
+            self.manifest_done = Some(manifest);
+        }
+        self.manifest_done.as_ref().ok_or_else(|| {
             Error::new(
                 ErrorKind::Internal,
                 "a transaction was finished without its manifest",
             )
-        })?;
-        crate::joined(thread.join(), "writing the transaction's manifest")
+        })
     }
 
     /// Appends the whole contents this transaction receives to one pack
@@ -724,7 +732,17 @@ impl TxnWriter {
             pack.finish(&idx)?;
             self.written.push(idx);
         }
-        let manifest = self.manifest_written()?;
+        let digest = self.written_manifest()?.digest();
+        if digest != meta.digest {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "transaction {}: its manifest has digest {digest}, its metadata says {}; nothing was stored",
+                    meta.txn, meta.digest
+                ),
+            ));
+        }
+        let manifest = self.manifest_done.take().unwrap_or_default();
         let bytes = serde_json::to_vec_pretty(meta)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
         write_atomically(&self.partial.join("meta.json"), &bytes, 0o600)?;

@@ -12,6 +12,7 @@ use pair::{Pair, PASSIVE};
 use pe_failover_core::protocol::{
     encode_frame, FrameType, Kind, ReceiveOutcome, ReceiveReport, Receiver,
 };
+use pe_failover_core::replset::CaPaths;
 use pe_failover_core::snapshot::{Entry, Manifest};
 use pe_failover_core::{ErrorKind, Result};
 use serde_json::{json, Value};
@@ -258,6 +259,9 @@ fn an_unknown_protocol_version_or_garbage_is_refused() {
 
 #[test]
 fn a_delta_that_does_not_produce_its_digest_is_refused() {
+    // The receiver hashes the manifest a delta makes while it writes it and
+    // the contents arrive, and compares at COMMIT: nothing is stored, and
+    // the partial transaction goes.
     let p = Pair::new(2);
     let manifest = p.set().scan().unwrap().manifest;
     let entries: Vec<Value> = manifest
@@ -265,18 +269,76 @@ fn a_delta_that_does_not_produce_its_digest_is_refused() {
         .iter()
         .map(|e| serde_json::to_value(e).unwrap())
         .collect();
+    let wrong = "0".repeat(64);
     let mut answer = None;
     let result = session(&p, |raw| {
         raw.hello(1);
         raw.welcome();
-        delta(raw, Value::Null, &"0".repeat(64), entries, vec![]);
+        delta(raw, Value::Null, &wrong, entries, vec![]);
+        let (ty, want) = raw.recv().unwrap();
+        assert_eq!(ty, FrameType::Want as u8);
+        // Every content once, in path order, as a sender sends them.
+        let paths = CaPaths {
+            cadir: p.a_cadir.clone(),
+            ssldir: p.a_ssl.clone(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        let objects: Vec<&Entry> = manifest
+            .entries()
+            .iter()
+            .filter(|e| e.sha256.as_ref().is_some_and(|s| seen.insert(s.clone())))
+            .collect();
+        assert_eq!(want.len(), objects.len().div_ceil(8));
+        for (i, e) in objects.into_iter().enumerate() {
+            if want[i / 8] & (1 << (i % 8)) == 0 {
+                continue;
+            }
+            let bytes = std::fs::read(paths.resolve(&e.path).unwrap()).unwrap();
+            let mut payload = hex::decode(e.sha256.as_deref().unwrap()).unwrap();
+            payload.extend_from_slice(&e.size.to_be_bytes());
+            raw.send(FrameType::Object, &payload);
+            if !bytes.is_empty() {
+                raw.send(FrameType::Data, &bytes);
+            }
+        }
+        raw.json(FrameType::Commit, json!({"txn": "t1", "digest": wrong}));
         answer = Some(raw.error());
     });
     let (kind, message) = answer.unwrap();
-    assert_eq!(kind, "corrupt");
+    assert_eq!(kind, "corrupt", "{message}");
     assert!(message.contains("does not produce the digest"), "{message}");
+    assert!(message.contains("nothing was stored"), "{message}");
     assert_eq!(result.unwrap_err().kind(), ErrorKind::Corrupt);
-    assert!(p.incoming().is_empty());
+    assert!(p.incoming().is_empty(), "{:?}", p.incoming());
+
+    // Nor is a COMMIT of another digest than the one announced.
+    let p = Pair::new(2);
+    p.sync_and_apply();
+    let without_key: Vec<_> = manifest
+        .entries()
+        .iter()
+        .filter(|e| e.path != "ca/ca_key.pem")
+        .cloned()
+        .collect();
+    let target = Manifest::from_entries(without_key).unwrap().digest();
+    let mut answer = None;
+    let result = session(&p, |raw| {
+        raw.hello(1);
+        let base = raw.welcome()["base"].clone();
+        delta(raw, base, &target, vec![], vec!["ca/ca_key.pem"]);
+        let (ty, _) = raw.recv().unwrap();
+        assert_eq!(ty, FrameType::Want as u8);
+        raw.json(FrameType::Commit, json!({"txn": "t1", "digest": wrong}));
+        answer = Some(raw.error());
+    });
+    let (kind, message) = answer.unwrap();
+    assert_eq!(kind, "protocol");
+    assert!(
+        message.contains("committed transaction t1 with digest"),
+        "{message}"
+    );
+    assert!(result.is_err());
+    assert!(p.incoming().is_empty(), "{:?}", p.incoming());
 }
 
 /// Reads the receiver's WANT, then answers as a sender whose source

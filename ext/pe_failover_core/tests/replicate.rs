@@ -2124,6 +2124,8 @@ fn a_rescan_of_the_paths_inotify_reports_equals_a_full_scan() {
     let p = Pair::new(20);
     let set = p.set();
     let first = set.scan().unwrap();
+    // (Known when it was shipped: a rescan then records what changed.)
+    let base = first.manifest.digest();
     let mut watcher = Watcher::new().unwrap();
     watcher.add_tree(&p.a_cadir).unwrap();
     watcher.add_dir(&p.a_ssl).unwrap();
@@ -2154,6 +2156,21 @@ fn a_rescan_of_the_paths_inotify_reports_equals_a_full_scan() {
     let full = set.scan().unwrap();
     assert_eq!(quick.manifest.digest(), full.manifest.digest());
     assert_eq!(quick.manifest, full.manifest);
+    // What changed since the first scan, as a diff of the two finds it: a
+    // sender to a replica holding the first needs nothing else.
+    let since = quick
+        .since
+        .as_ref()
+        .expect("what changed since the first scan");
+    assert_eq!(since.base, base);
+    let changes = pe_failover_core::diff::diff(&first.manifest, &full.manifest);
+    assert_eq!(since.changes, changes);
+    // (Signed: one certificate more; cleaned: one fewer.)
+    assert_eq!(
+        (changes.added.len(), changes.removed.len()),
+        (1, 1),
+        "{changes:?}"
+    );
 
     // A new directory, or a path nobody expects: only a full scan can tell.
     fs::create_dir(p.a_cadir.join("extra")).unwrap();
@@ -2165,6 +2182,12 @@ fn a_rescan_of_the_paths_inotify_reports_equals_a_full_scan() {
     let none = Default::default();
     let same = set.rescan_paths(&full, &none).unwrap().unwrap();
     assert_eq!(same.manifest, full.manifest);
+    // (`full`'s digest was computed above.)
+    let since = same.since.expect("nothing changed since");
+    assert_eq!(
+        (since.base, since.changes.is_empty()),
+        (full.manifest.digest(), true)
+    );
 }
 
 #[test]

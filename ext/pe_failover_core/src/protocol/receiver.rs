@@ -576,16 +576,6 @@ impl Receiver {
         // changes is checked again.
         let removed: Vec<&str> = removed.into_iter().collect();
         let manifest = manifest_from_merge(kind, merged, &sorted, &removed)?;
-        let digest = manifest.digest();
-        if digest != head.digest {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "the delta does not produce the digest it announced ({} announced, {digest} reconstructed); nothing was stored",
-                    head.digest
-                ),
-            ));
-        }
         session.stats.entries = manifest.len() as u64;
 
         // The objects: want those whose contents this replica lacks.
@@ -612,6 +602,9 @@ impl Receiver {
         if kind == Kind::Ca && wanted.len() >= PACK_MIN {
             writer.use_pack()?;
         }
+        // Its digest is computed while it is written and the contents
+        // arrive, and checked against the announced one before anything is
+        // stored (below).
         writer.write_manifest(manifest)?;
         conn.send(FrameType::Want, &want)?;
         conn.flush()?;
@@ -672,11 +665,21 @@ impl Receiver {
 
         let frame = conn.expect(&[FrameType::Commit], "COMMIT")?;
         let commit: Commit = conn.parse(&frame)?;
-        if commit.txn != txn || commit.digest != digest {
+        if commit.txn != txn || commit.digest != head.digest {
             return Err(violation(format!(
-                "the sender committed transaction {} with digest {}, not {txn} with {digest}",
-                commit.txn, commit.digest
+                "the sender committed transaction {} with digest {}, not {txn} with {}",
+                commit.txn, commit.digest, head.digest
             )));
+        }
+        let digest = writer.written_manifest()?.digest();
+        if digest != head.digest {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "the delta does not produce the digest it announced ({} announced, {digest} reconstructed); nothing was stored",
+                    head.digest
+                ),
+            ));
         }
         let meta = TxnMeta {
             format: META_FORMAT,

@@ -20,7 +20,7 @@ use crate::fsutil;
 use crate::ncship::NcOutbox;
 use crate::replset::{
     diff_from_manifest_file, manifest_file_digest, manifest_from_entries_of, save_manifest_cache,
-    stage_manifest_cache, ReplicatedSet, SetScan,
+    stage_manifest_cache, ReplicatedSet, SetScan, Since,
 };
 use crate::snapshot::{is_sha256_hex, sha256_bytes, Contents, Entry, EntryKind, Manifest};
 use crate::stage::new_txn_id;
@@ -230,7 +230,7 @@ impl Sender {
         };
         match scanned {
             Ok((manifest, resolver, mut cache_save)) => {
-                let mut result = self.sync_manifest(&manifest, None, &resolver, stream);
+                let mut result = self.sync_manifest(&manifest, None, None, &resolver, stream);
                 // Waited for even when the sync failed: the cache only
                 // speeds up the next scan, it never decides this one.
                 if let (Some(warning), Ok(report)) =
@@ -262,7 +262,8 @@ impl Sender {
     /// [`sync_scanned`](Self::sync_scanned), given `shipped`, a manifest the
     /// replica may hold (the one a long-running caller shipped last): when
     /// the replica announces its digest, the delta is computed from it
-    /// rather than from the copy on disk.
+    /// rather than from the copy on disk. A rescan's
+    /// [`since`](SetScan::since) serves the same way, without either.
     pub fn sync_scanned_from<S: Read + Write>(
         &self,
         scan: &SetScan,
@@ -276,13 +277,15 @@ impl Sender {
             ));
         }
         let resolver = Resolver::Ca(scan.paths.clone(), scan.contents.clone());
-        self.sync_manifest(&scan.manifest, shipped, &resolver, stream)
+        let since = scan.since.as_ref();
+        self.sync_manifest(&scan.manifest, shipped, since, &resolver, stream)
     }
 
     fn sync_manifest<S: Read + Write>(
         &self,
         manifest: &Manifest,
         shipped: Option<&Manifest>,
+        since: Option<&Since>,
         resolver: &Resolver,
         stream: S,
     ) -> Result<SyncReport> {
@@ -290,7 +293,7 @@ impl Sender {
         let result = validate_replica_name(&self.replica).and_then(|()| {
             let mut conn = Conn::new(stream, self.limits, "the receiver");
             let mut stats = Stats::default();
-            let result = self.converse(&mut conn, manifest, shipped, resolver, &mut stats);
+            let result = self.converse(&mut conn, manifest, shipped, since, resolver, &mut stats);
             stats.bytes_sent = conn.sent();
             stats.bytes_received = conn.received();
             stats.elapsed = started.elapsed();
@@ -332,6 +335,7 @@ impl Sender {
         conn: &mut Conn<S>,
         current: &Manifest,
         shipped: Option<&Manifest>,
+        since: Option<&Since>,
         resolver: &Resolver,
         stats: &mut Stats,
     ) -> Result<SyncReport> {
@@ -360,10 +364,11 @@ impl Sender {
             return Err(violation("the receiver announced a malformed base digest"));
         }
 
-        // What changed since what the receiver holds: nothing, what we
-        // shipped last (in memory, or the file: only the entries that
+        // What changed since what the receiver holds: nothing, what a
+        // rescan changed since the manifest shipped last, what differs from
+        // that manifest (in memory, or the file: only the entries that
         // differ are read from it), or (first sync with a restored or
-        // drifted replica) what it sends when asked.
+        // drifted replica) from what it sends when asked.
         let shipped_path = self.shipped_manifest_path();
         let shipped_digest = manifest_file_digest(&shipped_path);
         let unchanged = welcome.base.as_deref() == Some(digest.as_str());
@@ -371,18 +376,21 @@ impl Sender {
             // The replica holds exactly this manifest.
             _ if unchanged => Changeset::default(),
             None => diff(&Manifest::default(), current),
-            Some(b) => match shipped.filter(|m| m.digest() == b) {
-                Some(m) => diff(m, current),
-                None => match shipped_digest
-                    .as_deref()
-                    .filter(|&d| d == b)
-                    .and_then(|_| diff_from_manifest_file(&shipped_path, b, current))
-                {
-                    Some(changes) => changes,
-                    None => {
-                        stats.manifest_exchanged = true;
-                        diff(&self.fetch_manifest(conn, b)?, current)
-                    }
+            Some(b) => match since.filter(|s| s.base == b) {
+                Some(s) => s.changes.clone(),
+                None => match shipped.filter(|m| m.digest() == b) {
+                    Some(m) => diff(m, current),
+                    None => match shipped_digest
+                        .as_deref()
+                        .filter(|&d| d == b)
+                        .and_then(|_| diff_from_manifest_file(&shipped_path, b, current))
+                    {
+                        Some(changes) => changes,
+                        None => {
+                            stats.manifest_exchanged = true;
+                            diff(&self.fetch_manifest(conn, b)?, current)
+                        }
+                    },
                 },
             },
         };

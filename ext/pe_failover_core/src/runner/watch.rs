@@ -35,7 +35,7 @@ use super::control::{Answer, Asked, ControlServer, SOCKET};
 use super::{replica_key, replica_label, Runner, SyncRun};
 use crate::config::ReplicaConfig;
 use crate::log::Status;
-use crate::replset::SetScan;
+use crate::replset::{Rescan, SetScan};
 use crate::snapshot::Manifest;
 use crate::stage::LatestCache;
 use crate::state::Role;
@@ -232,26 +232,34 @@ impl Runner {
         result
     }
 
-    /// The scan a round ships, from `previous` (the last one): none when
-    /// there is none or the round is `full` (it then scans everything),
-    /// `previous` again when it is `current` (it holds `batch` already),
-    /// else `previous` updated for the paths `batch` names (none when only
-    /// a full scan can tell).
+    /// The scan a round ships, from `previous` (the last one), and
+    /// `previous` back when the round scans everything: no scan when there
+    /// is none or the round is `full`, `previous` itself when it is
+    /// `current` (it holds `batch` already), else `previous` updated for the
+    /// paths `batch` names (no scan when only a full scan can tell). A scan
+    /// made from `previous` records what changed since it
+    /// ([`SetScan::since`]), which is all a sender needs of it.
     fn scan_for_round(
         &self,
-        previous: Option<&SetScan>,
+        previous: Option<SetScan>,
         batch: &Batch,
         current: bool,
         full: bool,
-    ) -> Option<SetScan> {
-        let prev = previous.filter(|_| !full)?;
+    ) -> (Option<SetScan>, Option<SetScan>) {
+        let prev = match previous {
+            Some(prev) if !full => prev,
+            previous => return (None, previous),
+        };
         if current {
-            return Some(prev.again());
+            return (Some(prev.unchanged()), None);
         }
-        self.replicated_set()
-            .and_then(|set| set.rescan_paths(prev, &batch.paths))
-            .ok()
-            .flatten()
+        let Ok(set) = self.replicated_set() else {
+            return (None, Some(prev));
+        };
+        match set.rescan_from(prev, &batch.paths) {
+            Rescan::Updated(scan) => (Some(scan), None),
+            Rescan::Full(prev) => (None, prev),
+        }
     }
 
     /// Serves the `sync` commands in `asked`, with `batch` the changes seen
@@ -290,7 +298,7 @@ impl Runner {
             let previous = last_scan.take();
             // (After a first request, the batch is in the last scan already.)
             let full = (batch.overflow || batch.root_gone) && !rescanned;
-            let scan = self.scan_for_round(previous.as_ref(), batch, rescanned, full);
+            let (scan, previous) = self.scan_for_round(previous, batch, rescanned, full);
             let shipped = previous.as_ref().map(|p| &p.manifest);
             let result = self.run_round(&replicas, noop, scan, shipped, retry_at, summary);
             if !noop {
@@ -521,9 +529,9 @@ impl Runner {
                 last_scan = previous.filter(|_| batch.is_empty() || consumed);
                 continue;
             }
-            let scan = self.scan_for_round(previous.as_ref(), &batch, consumed, full);
             // The replicas the last round reached hold its manifest: the
             // sender need not read it back from disk.
+            let (scan, previous) = self.scan_for_round(previous, &batch, consumed, full);
             let shipped = previous.as_ref().map(|p| &p.manifest);
             last_scan = self.sync_round(&targets, scan, shipped, &mut retry_at, summary);
         }
