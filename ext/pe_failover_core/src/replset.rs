@@ -21,6 +21,7 @@ use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -721,7 +722,62 @@ pub struct SetScan {
     /// For a scan updated from an earlier one (the active's watcher
     /// rescans only what changed), what changed since it.
     pub since: Option<Since>,
+    /// The large files rescans read whole (see [`Tail`]).
+    pub(crate) tails: Tails,
 }
+
+/// The large files rescans read whole, kept from one rescan to the next
+/// (see [`Tail`]). Cheap to clone (shared).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tails(Arc<Vec<Tail>>);
+
+impl Tails {
+    /// The tail kept for the set's path `path`.
+    pub(crate) fn get(&self, path: &str) -> Option<&Tail> {
+        self.0.iter().find(|t| t.path == path)
+    }
+
+    /// The tail whose contents have SHA-256 `sha256` (hex).
+    pub(crate) fn with_contents(&self, sha256: &str) -> Option<&Tail> {
+        self.0.iter().find(|t| t.sha256 == sha256)
+    }
+}
+
+/// A file of at least [`TAIL_MIN`] bytes that a rescan read whole, with
+/// its SHA-256 and the hash state after its last byte. When the next
+/// rescan finds it grown (the CA's `inventory.txt` gains a line per
+/// signing) and still starting with these bytes, only the appended bytes
+/// are hashed, and a sender to a replica holding these contents sends the
+/// appended bytes from memory (see [`grew_from`](Self::grew_from)).
+#[derive(Clone)]
+pub(crate) struct Tail {
+    /// The set's path (`ca/inventory.txt`).
+    pub(crate) path: String,
+    /// The SHA-256 (hex) of [`bytes`](Self::bytes).
+    pub(crate) sha256: String,
+    /// The contents read.
+    pub(crate) bytes: Arc<Vec<u8>>,
+    /// The SHA-256 state after the last byte.
+    state: Sha256,
+    /// The contents (SHA-256, size) of the tail this one was found to
+    /// extend: [`bytes`](Self::bytes) start with them.
+    pub(crate) grew_from: Option<(String, u64)>,
+}
+
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tail")
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .field("size", &self.bytes.len())
+            .field("grew_from", &self.grew_from)
+            .finish()
+    }
+}
+
+/// Smallest file a rescan keeps as a [`Tail`]: below it, hashing the whole
+/// file again costs less than 0.2 ms.
+const TAIL_MIN: u64 = 256 * 1024;
 
 /// What changed between two scans of a set: a sender whose replica holds
 /// the earlier one needs neither its manifest nor a diff.
@@ -745,12 +801,15 @@ impl SetScan {
             contents: Contents::default(),
             cache_save: CacheSave::default(),
             since: None,
+            tails: Tails::default(),
         }
     }
 
-    /// This scan's manifest and paths again (see [`of`](Self::of)).
+    /// This scan's manifest, paths and tails again (see [`of`](Self::of)).
     pub(crate) fn again(&self) -> SetScan {
-        SetScan::of(self.manifest.clone(), self.paths.clone())
+        let mut scan = SetScan::of(self.manifest.clone(), self.paths.clone());
+        scan.tails = self.tails.clone();
+        scan
     }
 
     /// This scan's manifest and paths, as a scan that changed nothing since
@@ -758,6 +817,7 @@ impl SetScan {
     pub(crate) fn unchanged(self) -> SetScan {
         let base = self.manifest.known_digest().map(str::to_string);
         let mut scan = SetScan::of(self.manifest, self.paths);
+        scan.tails = self.tails;
         scan.since = base.map(|base| Since {
             base,
             changes: Changeset::default(),
@@ -780,6 +840,8 @@ pub(crate) enum Rescan {
 struct Updates {
     cadir: PathBuf,
     entries: std::collections::BTreeMap<String, Option<Entry>>,
+    /// The tails of the large files read.
+    tails: Vec<Tail>,
 }
 
 impl Updates {
@@ -788,6 +850,12 @@ impl Updates {
     fn apply(self, prev: SetScan) -> Result<SetScan> {
         let base = prev.manifest.known_digest().map(str::to_string);
         let paths = prev.paths;
+        // The tails of the paths read are those read now (or none).
+        let mut tails: Vec<Tail> = (prev.tails.0.iter())
+            .filter(|t| !self.entries.contains_key(&t.path))
+            .cloned()
+            .collect();
+        tails.extend(self.tails);
         let old: Vec<Entry> = prev.manifest.into();
         let mut entries = Vec::with_capacity(old.len() + self.entries.len());
         let mut changes = Changeset::default();
@@ -824,6 +892,7 @@ impl Updates {
         let manifest = finish_set_manifest(&self.cadir, entries)?;
         let mut scan = SetScan::of(manifest, paths);
         scan.since = base.map(|base| Since { base, changes });
+        scan.tails = Tails(Arc::new(tails));
         Ok(scan)
     }
 }
@@ -1023,6 +1092,7 @@ impl ReplicatedSet {
             contents,
             cache_save,
             since: None,
+            tails: Tails::default(),
         })
     }
 
@@ -1087,6 +1157,7 @@ impl ReplicatedSet {
             .collect();
         // New entries by path (None: gone).
         let mut updates: std::collections::BTreeMap<String, Option<Entry>> = Default::default();
+        let mut tails: Vec<Tail> = Vec::new();
         for abs in changed {
             self.cancel.check()?;
             if let Some((_, rel)) = ssl_files.iter().find(|(p, _)| p == abs) {
@@ -1148,10 +1219,16 @@ impl ReplicatedSet {
                     e.target = Some(target.to_string_lossy().into_owned());
                     Some(e)
                 }
-                Ok(meta) if meta.is_file() => match hashed_entry(abs, &rel, &meta)? {
-                    Some(e) => Some(e),
-                    None => return Ok(None),
-                },
+                Ok(meta) if meta.is_file() => {
+                    match hashed_entry(abs, &rel, &meta, prev.tails.get(&rel))? {
+                        Some((e, tail)) => {
+                            tails.retain(|t| t.path != rel);
+                            tails.extend(tail);
+                            Some(e)
+                        }
+                        None => return Ok(None),
+                    }
+                }
                 // Sockets, fifos: the full scan reports them.
                 Ok(_) => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -1186,6 +1263,7 @@ impl ReplicatedSet {
         Ok(Some(Updates {
             cadir,
             entries: updates,
+            tails,
         }))
     }
 }
@@ -1242,7 +1320,12 @@ const RESCAN_READ_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// The entry of the regular file `abs` (manifest path `rel`), hashed;
 /// `None` when it changed while it was read.
-fn hashed_entry(abs: &Path, rel: &str, before: &Metadata) -> Result<Option<Entry>> {
+fn hashed_entry(
+    abs: &Path,
+    rel: &str,
+    before: &Metadata,
+    tail: Option<&Tail>,
+) -> Result<Option<(Entry, Option<Tail>)>> {
     // Large files are left to the scanner, which streams them.
     if before.size() > RESCAN_READ_LIMIT {
         return Ok(None);
@@ -1263,9 +1346,21 @@ fn hashed_entry(abs: &Path, rel: &str, before: &Metadata) -> Result<Option<Entry
     {
         return Ok(None);
     }
+    // Grown from the tail kept: only the appended bytes are hashed.
+    let grown = tail.filter(|t| bytes.starts_with(&t.bytes));
+    let mut state = grown.map_or_else(Sha256::new, |t| t.state.clone());
+    state.update(&bytes[grown.map_or(0, |t| t.bytes.len())..]);
+    let sha256 = hex::encode(state.clone().finalize());
     let mut e = entry_from_meta(rel, &after, EntryKind::File);
-    e.sha256 = Some(hex::encode(Sha256::digest(&bytes)));
-    Ok(Some(e))
+    e.sha256 = Some(sha256.clone());
+    let tail = (bytes.len() as u64 >= TAIL_MIN).then(|| Tail {
+        path: rel.to_string(),
+        sha256,
+        grew_from: grown.map(|t| (t.sha256.clone(), t.bytes.len() as u64)),
+        bytes: Arc::new(bytes),
+        state,
+    });
+    Ok(Some((e, tail)))
 }
 
 /// The entry of a single regular file outside the cadir, or `None` when it

@@ -2238,6 +2238,93 @@ fn contents_the_scan_kept_are_shipped_as_scanned_without_reading_the_files_again
 }
 
 #[test]
+fn a_grown_inventory_is_hashed_and_sent_from_what_the_last_rescan_read() {
+    // The watcher's rescans keep a large file they read whole; when it has
+    // grown by the next one, only the appended bytes are hashed, and the
+    // sender sends them from memory as an extension of what the replica
+    // holds.
+    use std::io::Write as _;
+    let p = Pair::new(3);
+    let inventory = p.a_cadir.join("inventory.txt");
+    let mut lines = String::new();
+    for i in 0..4_000 {
+        lines.push_str(&format!(
+            "{:#06x} 2026-01-01T00:00:00UTC 2031-01-01T00:00:00UTC /CN=old{i}.example.com\n",
+            i + 10
+        ));
+    }
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&inventory)
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(fs::metadata(&inventory).unwrap().len() > 256 * 1024);
+    p.sync_and_apply();
+    let set = p.set();
+    let first = set.scan().unwrap();
+    let _ = first.manifest.digest();
+    let paths = |names: &[&str]| -> std::collections::BTreeSet<std::path::PathBuf> {
+        names.iter().map(|n| p.a_cadir.join(n)).collect()
+    };
+    // A rescan that reads the inventory keeps it (nothing to extend yet).
+    let read = set
+        .rescan_paths(&first, &paths(&["inventory.txt"]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.manifest, first.manifest);
+
+    p.sign("grown.example.com");
+    let changed = paths(&["inventory.txt", "serial", "signed/grown.example.com.pem"]);
+    let grown = set.rescan_paths(&read, &changed).unwrap().unwrap();
+    assert_eq!(grown.manifest, set.scan().unwrap().manifest);
+    let scanned = fs::read(&inventory).unwrap();
+    // Its new line changed after the rescan: a sender reading the file
+    // would find it changed and give up.
+    let mut later = scanned.clone();
+    let n = later.len();
+    later[n - 2] = b'#';
+    fs::write(&inventory, &later).unwrap();
+    let (s, r) = p.sync_scanned(&grown);
+    r.unwrap();
+    let s = s.unwrap();
+    assert_eq!(s.outcome, SyncOutcome::Committed);
+    assert_eq!(s.stats.objects_extended, 1, "{:?}", s.stats);
+    let appended =
+        scanned.len() as u64 - fs::metadata(p.b_cadir.join("inventory.txt")).unwrap().len();
+    let cert = fs::metadata(p.a_cadir.join("signed/grown.example.com.pem"))
+        .unwrap()
+        .len();
+    // (The serial's new contents, the certificate and the new line.)
+    assert!(
+        s.stats.object_bytes <= appended + cert + 16,
+        "{:?}",
+        s.stats
+    );
+    p.apply();
+    assert_eq!(fs::read(p.b_cadir.join("inventory.txt")).unwrap(), scanned);
+
+    // Rewritten rather than grown (a restored inventory, say): hashed
+    // whole, and sent whole from the file.
+    let mut rewritten = fs::read(&inventory).unwrap();
+    rewritten[0] = b'#';
+    rewritten.extend_from_slice(b"one more line\n");
+    fs::write(&inventory, &rewritten).unwrap();
+    let again = set
+        .rescan_paths(&grown, &paths(&["inventory.txt"]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.manifest, set.scan().unwrap().manifest);
+    let (s, r) = p.sync_scanned(&again);
+    r.unwrap();
+    let s = s.unwrap();
+    assert_eq!(s.outcome, SyncOutcome::Committed);
+    assert_eq!(s.stats.objects_extended, 0, "{:?}", s.stats);
+    p.apply();
+    p.assert_converged(&[PASSIVE]);
+}
+
+#[test]
 fn one_receiver_serves_session_after_session_and_keeps_its_base_between_them() {
     let p = Pair::new(3);
     let (a, b) = UnixStream::pair().unwrap();

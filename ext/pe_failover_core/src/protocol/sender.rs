@@ -20,7 +20,7 @@ use crate::fsutil;
 use crate::ncship::NcOutbox;
 use crate::replset::{
     diff_from_manifest_file, manifest_file_digest, manifest_from_entries_of, save_manifest_cache,
-    stage_manifest_cache, ReplicatedSet, SetScan, Since,
+    stage_manifest_cache, ReplicatedSet, SetScan, Since, Tails,
 };
 use crate::snapshot::{is_sha256_hex, sha256_bytes, Contents, Entry, EntryKind, Manifest};
 use crate::stage::new_txn_id;
@@ -220,7 +220,7 @@ impl Sender {
         // The CA's stat cache is written while the scan is shipped.
         let scanned = match &self.source {
             Source::Ca(set) => set.scan().map(|scan| {
-                let resolver = Resolver::Ca(scan.paths, scan.contents);
+                let resolver = Resolver::Ca(scan.paths, scan.contents, scan.tails);
                 (scan.manifest, resolver, scan.cache_save)
             }),
             Source::Nc(outbox) => outbox.scan().map(|manifest| {
@@ -276,7 +276,11 @@ impl Sender {
                 "a CA scan was given to the Node Classifier sender; call sync() instead",
             ));
         }
-        let resolver = Resolver::Ca(scan.paths.clone(), scan.contents.clone());
+        let resolver = Resolver::Ca(
+            scan.paths.clone(),
+            scan.contents.clone(),
+            scan.tails.clone(),
+        );
         let since = scan.since.as_ref();
         self.sync_manifest(&scan.manifest, shipped, since, &resolver, stream)
     }
@@ -522,8 +526,8 @@ impl Sender {
                 .get(path.as_str())
                 .filter(|b| b.kind == EntryKind::File && b.size >= EXTEND_MIN && b.size < *size)
                 .and_then(|b| b.sha256.as_deref().map(|s| (s, b.size)));
-            let held = resolver.held(sha, *size);
-            match self.send_object(conn, &source, sha, *size, extends, held) {
+            let kept = resolver.kept(sha, *size, extends);
+            match self.send_object(conn, &source, sha, *size, extends, kept) {
                 Ok((bytes, extended)) => {
                     stats.objects += 1;
                     stats.object_bytes += bytes;
@@ -587,8 +591,10 @@ impl Sender {
     /// Streams one file as `OBJECT` + `DATA` frames, or, when it still
     /// starts with the contents `extends` (digest, size) that the receiver
     /// holds, as `EXTEND` + the appended bytes. Checks on the way that the
-    /// file still has the size and SHA-256 of the scan. Returns the content
-    /// bytes sent and whether it was an extension.
+    /// file still has the size and SHA-256 of the scan. What the scan
+    /// `kept` of it is sent instead of reading the file: whole, or, when a
+    /// rescan found it to extend those contents, the appended bytes.
+    /// Returns the content bytes sent and whether it was an extension.
     fn send_object<S: Read + Write>(
         &self,
         conn: &mut Conn<S>,
@@ -596,7 +602,7 @@ impl Sender {
         sha: &str,
         size: u64,
         extends: Option<(&str, u64)>,
-        held: Option<&[u8]>,
+        kept: Kept<'_>,
     ) -> Result<(u64, bool)> {
         let changed = || {
             Error::new(
@@ -620,14 +626,36 @@ impl Sender {
         let mut object_header = Vec::with_capacity(112);
         object_header.extend_from_slice(&raw_sha(sha)?);
         object_header.extend_from_slice(&size.to_be_bytes());
-        if let (Some(bytes), None) = (held, extends) {
-            // Read (and hashed) by the scan: the file is not read again.
-            conn.send(FrameType::Object, &object_header)?;
+        // Read (and hashed) by the scan: the file is not read again.
+        let send_kept = |conn: &mut Conn<S>, bytes: &[u8]| -> Result<()> {
             for chunk in bytes.chunks(DATA_CHUNK) {
                 self.cancel.check()?;
                 conn.send(FrameType::Data, chunk)?;
             }
-            return Ok((size, false));
+            Ok(())
+        };
+        match (kept, extends) {
+            (Kept::Whole(bytes), None) => {
+                conn.send(FrameType::Object, &object_header)?;
+                send_kept(conn, bytes)?;
+                return Ok((size, false));
+            }
+            (Kept::Grown(bytes), Some((base_sha, base_size))) => {
+                let suffix = usize::try_from(base_size)
+                    .ok()
+                    .and_then(|n| bytes.get(n..))
+                    .ok_or_else(|| {
+                        Error::new(ErrorKind::Internal, "kept contents shorter than extended")
+                    })?;
+                let mut header = object_header;
+                header.extend_from_slice(&raw_sha(base_sha)?);
+                header.extend_from_slice(&base_size.to_be_bytes());
+                header.extend_from_slice(&Sha256::digest(suffix));
+                conn.send(FrameType::Extend, &header)?;
+                send_kept(conn, suffix)?;
+                return Ok((size - base_size, true));
+            }
+            _ => {}
         }
         let mut file = fsutil::open_nofollow(source).map_err(|e| Error::io("read", source, e))?;
         if let Some((base_sha, base_size)) = extends {
@@ -775,14 +803,15 @@ impl Sender {
 
 /// Where the files of a manifest are read from (and contents the scan kept).
 enum Resolver {
-    Ca(crate::replset::CaPaths, Contents),
+    /// The set's paths, and the contents and tails its scan kept.
+    Ca(crate::replset::CaPaths, Contents, Tails),
     Nc(PathBuf),
 }
 
 impl Resolver {
     fn resolve(&self, rel: &str) -> Option<PathBuf> {
         match self {
-            Resolver::Ca(paths, _) => paths.resolve(rel),
+            Resolver::Ca(paths, ..) => paths.resolve(rel),
             Resolver::Nc(dir) => crate::ncship::is_nc_path(rel).then(|| dir.join(rel)),
         }
     }
@@ -791,12 +820,46 @@ impl Resolver {
     /// kept them.
     fn held(&self, sha256: &str, size: u64) -> Option<&[u8]> {
         match self {
-            Resolver::Ca(_, contents) => contents
+            Resolver::Ca(_, contents, tails) => contents
                 .get(sha256)
+                .or_else(|| tails.with_contents(sha256).map(|t| &t.bytes[..]))
                 .filter(|bytes| bytes.len() as u64 == size),
             Resolver::Nc(_) => None,
         }
     }
+
+    /// What the scan kept of the contents with SHA-256 `sha256`, sent where
+    /// the receiver holds `extends` (digest, size) at the same path: a
+    /// rescan's tail found to extend those contents, or the contents kept.
+    fn kept(&self, sha256: &str, size: u64, extends: Option<(&str, u64)>) -> Kept<'_> {
+        let grown = match (self, extends) {
+            (Resolver::Ca(_, _, tails), Some((base, base_size))) => {
+                tails.with_contents(sha256).filter(|t| {
+                    t.bytes.len() as u64 == size
+                        && t.grew_from
+                            .as_ref()
+                            .is_some_and(|(b, n)| b == base && *n == base_size)
+                })
+            }
+            _ => None,
+        };
+        match (grown, self.held(sha256, size)) {
+            (Some(t), _) => Kept::Grown(&t.bytes),
+            (None, Some(bytes)) => Kept::Whole(bytes),
+            (None, None) => Kept::Nothing,
+        }
+    }
+}
+
+/// What a sender has of a content besides its file (see [`Resolver::kept`]).
+enum Kept<'a> {
+    /// Nothing: the file is read.
+    Nothing,
+    /// The whole contents, as the scan read and hashed them.
+    Whole(&'a [u8]),
+    /// The whole contents, whose start the rescan found to be the
+    /// contents the receiver holds at the path.
+    Grown(&'a [u8]),
 }
 
 /// A replica name names files: letters, digits, `.`, `_`, `-`, not starting
