@@ -889,7 +889,12 @@ impl Updates {
             new.into_iter()
                 .for_each(|n| add(n, &mut entries, &mut changes));
         }
-        let manifest = finish_set_manifest(&self.cadir, entries)?;
+        // The entries kept passed every rule: only what changed is checked.
+        let upserts: Vec<&Entry> = (changes.added.iter())
+            .chain(changes.changed.iter().map(|c| &c.new))
+            .collect();
+        let removed: Vec<&str> = changes.removed_paths().collect();
+        let manifest = finish_set_manifest(&self.cadir, entries, Some((&upserts, &removed)))?;
         let mut scan = SetScan::of(manifest, paths);
         scan.since = base.map(|base| Since { base, changes });
         scan.tails = Tails(Arc::new(tails));
@@ -1084,7 +1089,7 @@ impl ReplicatedSet {
                 }
             }
         }
-        let manifest = finish_set_manifest(&cadir, entries)?;
+        let manifest = finish_set_manifest(&cadir, entries, None)?;
         Ok(SetScan {
             manifest,
             paths,
@@ -1269,17 +1274,24 @@ impl ReplicatedSet {
 }
 
 /// The checks every scan of the set ends with: the replication rules (in
-/// full), not database-backed, complete. The entries are this host's own
-/// records (see [`Manifest::from_own_entries`]).
-fn finish_set_manifest(cadir: &Path, entries: Vec<Entry>) -> Result<Manifest> {
-    let manifest = Manifest::from_own_entries(entries)
-        .and_then(|m| validate_manifest(&m).map(|()| m))
-        .map_err(|e| {
-            let hint = "remove or exclude it on the active primary";
-            Error::new(e.kind(), format!("{}: {}", cadir.display(), e.message()))
-                .with_path(cadir)
-                .with_hint(hint)
-        })?;
+/// full, or, for a rescan, `changed`: what it upserted and removed, see
+/// [`manifest_from_merge`]), not database-backed, complete. The entries are
+/// this host's own records (see [`Manifest::from_own_entries`]).
+fn finish_set_manifest(
+    cadir: &Path,
+    entries: Vec<Entry>,
+    changed: Option<(&[&Entry], &[&str])>,
+) -> Result<Manifest> {
+    let checked = match changed {
+        None => Manifest::from_own_entries(entries).and_then(|m| validate_manifest(&m).map(|()| m)),
+        Some((upserts, removed)) => manifest_from_merge(Kind::Ca, entries, upserts, removed),
+    };
+    let manifest = checked.map_err(|e| {
+        let hint = "remove or exclude it on the active primary";
+        Error::new(e.kind(), format!("{}: {}", cadir.display(), e.message()))
+            .with_path(cadir)
+            .with_hint(hint)
+    })?;
     if manifest.get(&format!("ca/{PASSPHRASE_FILE}")).is_some() {
         return Err(database_backed(
             cadir,

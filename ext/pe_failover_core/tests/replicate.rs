@@ -2188,6 +2188,16 @@ fn a_rescan_of_the_paths_inotify_reports_equals_a_full_scan() {
         (since.base, since.changes.is_empty()),
         (full.manifest.digest(), true)
     );
+    // A change that breaks a rule (a setuid certificate): refused, as by a
+    // full scan (a rescan checks only what changed).
+    let f = p.a_cadir.join("signed/node7.example.com.pem");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o4644)).unwrap();
+    let err = set
+        .rescan_paths(&full, &[f].into_iter().collect())
+        .unwrap_err();
+    assert!(err.to_string().contains("setuid"), "{err}");
+    let err = set.scan().unwrap_err();
+    assert!(err.to_string().contains("setuid"), "{err}");
 }
 
 #[test]
