@@ -314,13 +314,7 @@ fn a_delta_that_does_not_produce_its_digest_is_refused() {
     // Nor is a COMMIT of another digest than the one announced.
     let p = Pair::new(2);
     p.sync_and_apply();
-    let without_key: Vec<_> = manifest
-        .entries()
-        .iter()
-        .filter(|e| e.path != "ca/ca_key.pem")
-        .cloned()
-        .collect();
-    let target = Manifest::from_entries(without_key).unwrap().digest();
+    let target = without_key(&manifest);
     let mut answer = None;
     let result = session(&p, |raw| {
         raw.hello(1);
@@ -339,6 +333,17 @@ fn a_delta_that_does_not_produce_its_digest_is_refused() {
     );
     assert!(result.is_err());
     assert!(p.incoming().is_empty(), "{:?}", p.incoming());
+}
+
+/// The digest of `manifest` without the CA's key.
+fn without_key(manifest: &Manifest) -> String {
+    let entries: Vec<_> = manifest
+        .entries()
+        .iter()
+        .filter(|e| e.path != "ca/ca_key.pem")
+        .cloned()
+        .collect();
+    Manifest::from_entries(entries).unwrap().digest()
 }
 
 /// Reads the receiver's WANT, then answers as a sender whose source
@@ -411,13 +416,7 @@ fn an_incomplete_snapshot_is_stored_but_never_applied_without_force() {
     let p = Pair::new(2);
     p.sync_and_apply();
     let manifest = p.set().scan().unwrap().manifest;
-    let without_key: Vec<_> = manifest
-        .entries()
-        .iter()
-        .filter(|e| e.path != "ca/ca_key.pem")
-        .cloned()
-        .collect();
-    let target = Manifest::from_entries(without_key).unwrap().digest();
+    let target = without_key(&manifest);
     let result = session(&p, |raw| {
         raw.hello(1);
         let base = raw.welcome()["base"].clone();

@@ -45,7 +45,7 @@
 //!                                        ◀─ WANT bitmap                           (or ERROR)
 //! OBJECT|EXTEND, DATA... per wanted object ─▶
 //! COMMIT {txn, digest}                   ─▶
-//!                                        ◀─ ACK {txn, digest}                     (or ERROR)
+//!                                        ◀─ ACK {txn, digest}                     (or ERROR, e.g. kind "corrupt")
 //! ```
 //!
 //! The objects of a delta are the distinct SHA-256 digests of its upserted
@@ -66,7 +66,10 @@
 //! the same for both.
 //!
 //! The receiver validates everything before it writes anything usable (see
-//! [`Receiver`]); the sender keeps, per replica, the last manifest it
+//! [`Receiver`]). The digest of the manifest a delta makes is checked at
+//! `COMMIT`: the receiver hashes that manifest while it writes it and the
+//! contents arrive, and stores the transaction only when the digest is the
+//! one announced. The sender keeps, per replica, the last manifest it
 //! shipped, so that the normal case needs no manifest exchange.
 
 mod frame;
