@@ -1327,8 +1327,10 @@ fn entry_from_meta(path: &str, meta: &Metadata, kind: EntryKind) -> Entry {
     }
 }
 
-/// Largest file [`ReplicatedSet::rescan_paths`] reads into memory.
-const RESCAN_READ_LIMIT: u64 = 16 * 1024 * 1024;
+/// Largest file [`ReplicatedSet::rescan_paths`] reads into memory (and may
+/// keep as a [`Tail`]): an `inventory.txt` of about 700,000 certificates. A
+/// larger changed file makes the round scan the whole set, which streams it.
+const RESCAN_READ_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// The entry of the regular file `abs` (manifest path `rel`), hashed;
 /// `None` when it changed while it was read.

@@ -2335,6 +2335,37 @@ fn a_grown_inventory_is_hashed_and_sent_from_what_the_last_rescan_read() {
 }
 
 #[test]
+fn a_rescan_reads_an_inventory_of_hundreds_of_thousands_of_certificates() {
+    // 17 MiB (about 200,000 certificates' lines): a rescan still reads it,
+    // rather than leaving every signing to a scan of the whole CA.
+    use std::io::Write as _;
+    let p = Pair::new(3);
+    let inventory = p.a_cadir.join("inventory.txt");
+    let line = "0x0001 2026-01-01T00:00:00UTC 2031-01-01T00:00:00UTC /CN=node.example.com\n";
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(&inventory)
+        .unwrap();
+    for _ in 0..(17 << 20) / line.len() {
+        file.write_all(line.as_bytes()).unwrap();
+    }
+    drop(file);
+    assert!(fs::metadata(&inventory).unwrap().len() > 16 << 20);
+    let set = p.set();
+    let first = set.scan().unwrap();
+    p.sign("big.example.com");
+    let changed = ["inventory.txt", "serial", "signed/big.example.com.pem"]
+        .iter()
+        .map(|n| p.a_cadir.join(n))
+        .collect();
+    let quick = set
+        .rescan_paths(&first, &changed)
+        .unwrap()
+        .expect("an incremental rescan");
+    assert_eq!(quick.manifest, set.scan().unwrap().manifest);
+}
+
+#[test]
 fn one_receiver_serves_session_after_session_and_keeps_its_base_between_them() {
     let p = Pair::new(3);
     let (a, b) = UnixStream::pair().unwrap();
