@@ -356,18 +356,35 @@ impl Manifest {
     /// to `out`.
     pub(crate) fn append_canonical(&self, out: &mut Vec<u8>) {
         out.reserve(32 + self.entries.len() * 160);
-        self.write_canonical(out, |_| {});
+        self.write_canonical(usize::MAX, out, |_| {});
     }
 
-    /// Writes the canonical form into `buf`, handing it to `flush` (and
-    /// clearing it) whenever it holds more than 64 KiB; the tail stays in
+    /// The canonical form ([`canonical_bytes`](Self::canonical_bytes)) in
+    /// pieces of about `piece` bytes, handed to `each` in order.
+    pub(crate) fn canonical_pieces(&self, piece: usize, mut each: impl FnMut(Vec<u8>)) {
+        let mut buf = Vec::with_capacity(piece + 4096);
+        self.write_canonical(piece, &mut buf, |b| {
+            each(std::mem::replace(b, Vec::with_capacity(piece + 4096)));
+        });
+        if !buf.is_empty() {
+            each(buf);
+        }
+    }
+
+    /// Writes the canonical form into `buf`, handing it to `flush` (which
+    /// clears it) whenever it holds `every` bytes or more; the tail stays in
     /// `buf`.
-    fn write_canonical(&self, buf: &mut Vec<u8>, mut flush: impl FnMut(&mut Vec<u8>)) {
+    fn write_canonical(
+        &self,
+        every: usize,
+        buf: &mut Vec<u8>,
+        mut flush: impl FnMut(&mut Vec<u8>),
+    ) {
         buf.extend_from_slice(CANONICAL_TAG);
         buf.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
         for entry in &self.entries {
             entry.write_canonical(buf);
-            if buf.len() >= 64 * 1024 {
+            if buf.len() >= every {
                 flush(buf);
             }
         }
@@ -382,7 +399,7 @@ impl Manifest {
             .get_or_init(|| {
                 let mut hasher = Sha256::new();
                 let mut buf = Vec::with_capacity(80 * 1024);
-                self.write_canonical(&mut buf, |b| {
+                self.write_canonical(64 * 1024, &mut buf, |b| {
                     hasher.update(&b[..]);
                     b.clear();
                 });
