@@ -2247,29 +2247,38 @@ fn contents_the_scan_kept_are_shipped_as_scanned_without_reading_the_files_again
     p.assert_converged(&[PASSIVE]);
 }
 
+/// Appends lines to the active's `inventory.txt` until it holds more than
+/// `bytes`; returns its path.
+fn grow_inventory(p: &Pair, bytes: u64) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let inventory = p.a_cadir.join("inventory.txt");
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(&inventory)
+        .unwrap();
+    let mut lines = String::new();
+    let mut i = 0;
+    while file.metadata().unwrap().len() <= bytes {
+        lines.clear();
+        for _ in 0..10_000 {
+            i += 1;
+            lines.push_str(&format!(
+                "{i:#06x} 2026-01-01T00:00:00UTC 2031-01-01T00:00:00UTC /CN=old{i}.example.com\n"
+            ));
+        }
+        file.write_all(lines.as_bytes()).unwrap();
+    }
+    inventory
+}
+
 #[test]
 fn a_grown_inventory_is_hashed_and_sent_from_what_the_last_rescan_read() {
     // The watcher's rescans keep a large file they read whole; when it has
     // grown by the next one, only the appended bytes are hashed, and the
     // sender sends them from memory as an extension of what the replica
     // holds.
-    use std::io::Write as _;
     let p = Pair::new(3);
-    let inventory = p.a_cadir.join("inventory.txt");
-    let mut lines = String::new();
-    for i in 0..4_000 {
-        lines.push_str(&format!(
-            "{:#06x} 2026-01-01T00:00:00UTC 2031-01-01T00:00:00UTC /CN=old{i}.example.com\n",
-            i + 10
-        ));
-    }
-    fs::OpenOptions::new()
-        .append(true)
-        .open(&inventory)
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    assert!(fs::metadata(&inventory).unwrap().len() > 256 * 1024);
+    let inventory = grow_inventory(&p, 256 << 10);
     p.sync_and_apply();
     let set = p.set();
     let first = set.scan().unwrap();
@@ -2338,19 +2347,8 @@ fn a_grown_inventory_is_hashed_and_sent_from_what_the_last_rescan_read() {
 fn a_rescan_reads_an_inventory_of_hundreds_of_thousands_of_certificates() {
     // 17 MiB (about 200,000 certificates' lines): a rescan still reads it,
     // rather than leaving every signing to a scan of the whole CA.
-    use std::io::Write as _;
     let p = Pair::new(3);
-    let inventory = p.a_cadir.join("inventory.txt");
-    let line = "0x0001 2026-01-01T00:00:00UTC 2031-01-01T00:00:00UTC /CN=node.example.com\n";
-    let mut file = fs::OpenOptions::new()
-        .append(true)
-        .open(&inventory)
-        .unwrap();
-    for _ in 0..(17 << 20) / line.len() {
-        file.write_all(line.as_bytes()).unwrap();
-    }
-    drop(file);
-    assert!(fs::metadata(&inventory).unwrap().len() > 16 << 20);
+    grow_inventory(&p, 17 << 20);
     let set = p.set();
     let first = set.scan().unwrap();
     p.sign("big.example.com");
