@@ -493,9 +493,8 @@ pub(crate) fn save_manifest_hashing(path: &Path, manifest: &Manifest, mode: u32)
         // (`pieces` goes with the closure: the hashing thread ends however
         // the file's creation ends.)
         crate::cache::StagedFile::write_with(path, mode, true, move |f, tmp| {
-            let mut head = MANIFEST_MAGIC.to_vec();
-            head.extend_from_slice(&[b'0'; 64]);
-            head.push(b'\n');
+            // The digest is not known yet: zeros stand for it.
+            let head = manifest_file_head(&"0".repeat(64), 0);
             f.write_all(&head).map_err(|e| Error::io("write", tmp, e))?;
             let mut written = Ok(());
             manifest.canonical_pieces(1 << 20, |piece| {
@@ -539,13 +538,20 @@ pub(crate) fn stage_manifest_cache(
 }
 
 fn manifest_file_bytes(manifest: &Manifest) -> Vec<u8> {
-    let digest = manifest.digest();
-    let mut bytes = Vec::with_capacity(MANIFEST_MAGIC.len() + 65 + 32 + manifest.len() * 160);
-    bytes.extend_from_slice(MANIFEST_MAGIC);
-    bytes.extend_from_slice(digest.as_bytes());
-    bytes.push(b'\n');
+    let mut bytes = manifest_file_head(&manifest.digest(), 32 + manifest.len() * 160);
     manifest.append_canonical(&mut bytes);
     bytes
+}
+
+/// The header of a manifest file recording `digest` (the magic line, then
+/// the digest at offset `MANIFEST_MAGIC.len()` and a newline), with room
+/// for `body` more bytes.
+fn manifest_file_head(digest: &str, body: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(MANIFEST_MAGIC.len() + 65 + body);
+    head.extend_from_slice(MANIFEST_MAGIC);
+    head.extend_from_slice(digest.as_bytes());
+    head.push(b'\n');
+    head
 }
 
 /// The digest recorded at the start of a manifest file written by

@@ -416,8 +416,8 @@ impl Manifest {
 
     /// Remembers `digest`, the SHA-256 (lowercase hex) of this manifest's
     /// canonical form as the caller computed it from
-    /// [`append_canonical`](Self::append_canonical)'s bytes (a manifest file
-    /// writer hashes them while it writes them).
+    /// [`canonical_pieces`](Self::canonical_pieces) (a manifest file writer
+    /// hashes them while it writes them).
     pub(crate) fn remember_digest(&self, digest: String) {
         debug_assert_eq!(
             digest,

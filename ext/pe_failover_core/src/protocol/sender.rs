@@ -816,37 +816,28 @@ impl Resolver {
         }
     }
 
-    /// The contents with SHA-256 `sha256` and `size` bytes, if the scan
-    /// kept them.
-    fn held(&self, sha256: &str, size: u64) -> Option<&[u8]> {
-        match self {
-            Resolver::Ca(_, contents, tails) => contents
-                .get(sha256)
-                .or_else(|| tails.with_contents(sha256).map(|t| &t.bytes[..]))
-                .filter(|bytes| bytes.len() as u64 == size),
-            Resolver::Nc(_) => None,
-        }
-    }
-
-    /// What the scan kept of the contents with SHA-256 `sha256`, sent where
-    /// the receiver holds `extends` (digest, size) at the same path: a
-    /// rescan's tail found to extend those contents, or the contents kept.
+    /// What the scan kept of the contents with SHA-256 `sha256` and `size`
+    /// bytes, sent where the receiver holds `extends` (digest, size) at the
+    /// same path: a rescan's tail found to extend those contents, or the
+    /// contents kept whole (small files, or a tail), or nothing.
     fn kept(&self, sha256: &str, size: u64, extends: Option<(&str, u64)>) -> Kept<'_> {
-        let grown = match (self, extends) {
-            (Resolver::Ca(_, _, tails), Some((base, base_size))) => {
-                tails.with_contents(sha256).filter(|t| {
-                    t.bytes.len() as u64 == size
-                        && t.grew_from
-                            .as_ref()
-                            .is_some_and(|(b, n)| b == base && *n == base_size)
-                })
-            }
-            _ => None,
+        let Resolver::Ca(_, contents, tails) = self else {
+            return Kept::Nothing;
         };
-        match (grown, self.held(sha256, size)) {
-            (Some(t), _) => Kept::Grown(&t.bytes),
-            (None, Some(bytes)) => Kept::Whole(bytes),
-            (None, None) => Kept::Nothing,
+        let tail = tails
+            .with_contents(sha256)
+            .filter(|t| t.bytes.len() as u64 == size);
+        let grown = tail.filter(|t| {
+            let from = t.grew_from.as_ref().map(|(b, n)| (b.as_str(), *n));
+            extends.is_some() && from == extends
+        });
+        if let Some(t) = grown {
+            return Kept::Grown(&t.bytes);
+        }
+        let whole = contents.get(sha256).filter(|b| b.len() as u64 == size);
+        match whole.or(tail.map(|t| &t.bytes[..])) {
+            Some(bytes) => Kept::Whole(bytes),
+            None => Kept::Nothing,
         }
     }
 }
