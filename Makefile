@@ -14,7 +14,7 @@ SHELL := /bin/bash
 DEB_PACKAGES := build-essential ruby ruby-dev rake libclang-dev pkg-config libssl-dev zlib1g-dev \
 	puppet-agent puppet-module-puppetlabs-stdlib puppet-lint metadata-json-lint puppet-strings \
 	ruby-rspec ruby-rspec-puppet ruby-puppetlabs-spec-helper ruby-rspec-puppet-facts \
-	ruby-puppet-resource-api ruby-webrick openssl openssh-server openssh-client rsync \
+	ruby-puppet-resource-api ruby-webrick openssl openssh-server openssh-client rsync b3sum \
 	inotify-tools util-linux procps
 
 CARGO ?= cargo

@@ -2,12 +2,15 @@
 
 require 'digest'
 require 'find'
+require 'open3'
 
 module PeFailoverSpec
   # An independent, plain-Ruby computation of the manifest root digest, from
   # the canonical form documented in ext/pe_failover_core/src/snapshot.rs
-  # (`Manifest::canonical_bytes`). Specs compare the native result with it,
-  # so a change of the format or of what is recorded is caught twice.
+  # (`Manifest::canonical_bytes`), hashed with BLAKE3 by `b3sum` (Debian
+  # package b3sum; Ruby has no BLAKE3 of its own). Specs compare the native
+  # result with it, so a change of the format or of what is recorded is
+  # caught twice.
   module ManifestOracle
     module_function
 
@@ -30,7 +33,14 @@ module PeFailoverSpec
       out = +"pe_failover manifest v1\n".b
       out << [entries.size].pack('Q<')
       entries.each { |e| out << canonical(e) }
-      Digest::SHA256.hexdigest(out)
+      blake3(out)
+    end
+
+    def blake3(bytes)
+      hex, status = Open3.capture2('b3sum', '--no-names', stdin_data: bytes, binmode: true)
+      raise "b3sum failed (#{status}); install the Debian package b3sum" unless status.success?
+
+      hex.strip
     end
 
     def entry(abs, rel, st)

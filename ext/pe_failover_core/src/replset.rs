@@ -34,7 +34,8 @@ use crate::exclude::Excludes;
 use crate::fsutil;
 use crate::protocol::Kind;
 use crate::snapshot::{
-    mtime_ns, validate_relative_path, Contents, Entry, EntryKind, Manifest, ScanStats, Scanner,
+    canonical_digest, legacy_canonical_digest, mtime_ns, validate_relative_path, Contents, Entry,
+    EntryKind, Manifest, ManifestHasher, ScanStats, Scanner,
 };
 use crate::{Error, ErrorKind, Result};
 
@@ -436,12 +437,18 @@ fn check_ca_entry(e: &Entry) -> Result<()> {
     Ok(())
 }
 
-/// Format number of manifest files written by [`save_manifest`]: 2, the
-/// binary form (see [`save_manifest`]). Format 1 (JSON) is still read.
-pub const MANIFEST_FILE_FORMAT: u32 = 2;
+/// Format number of manifest files written by [`save_manifest`]: 3, the
+/// binary form with a BLAKE3 digest (see [`save_manifest`]). Format 2 (the
+/// same with a SHA-256 digest) and format 1 (JSON) are still read.
+pub const MANIFEST_FILE_FORMAT: u32 = 3;
 
-/// The first line of a manifest file of format 2.
-const MANIFEST_MAGIC: &[u8] = b"pe_failover manifest file v2\n";
+/// The first line of a manifest file of format 3.
+const MANIFEST_MAGIC: &[u8] = b"pe_failover manifest file v3\n";
+
+/// The first line of a manifest file of format 2, as written before the
+/// digest became BLAKE3: the same layout, its digest a SHA-256
+/// ([`legacy_canonical_digest`]). As long as [`MANIFEST_MAGIC`].
+const LEGACY_MANIFEST_MAGIC: &[u8] = b"pe_failover manifest file v2\n";
 
 /// Format number of the JSON manifest files of earlier versions.
 const JSON_MANIFEST_FORMAT: u32 = 1;
@@ -459,9 +466,9 @@ struct ManifestFileIn {
 
 /// Writes `manifest` to `path` atomically with permission bits `mode`, in
 /// format [`MANIFEST_FILE_FORMAT`]: the line `pe_failover manifest file
-/// v2`, the digest (64 lowercase hex digits) and a newline, then the
+/// v3`, the digest (64 lowercase hex digits) and a newline, then the
 /// manifest's canonical form ([`Manifest::canonical_bytes`]), the very bytes
-/// the digest is the SHA-256 of. The file keeps whatever name the caller
+/// the digest ([`Manifest::digest`]) is the BLAKE3 of. The file keeps whatever name the caller
 /// gives it (`*.manifest.json` by convention, a name from format 1, JSON).
 pub fn save_manifest(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> {
     write_atomically(path, &manifest_file_bytes(manifest), mode)
@@ -472,7 +479,7 @@ pub fn save_manifest(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> 
 /// as it is made, each piece hashed by a second thread meanwhile, and the
 /// digest, then remembered by `manifest`, goes into the header before the
 /// file is flushed. (At 100k certificates making, writing and hashing the
-/// 15 MB take 4-9, 1-5 and about 10 ms.)
+/// 15 MB take 4-9, 1-5 and about 3 ms.)
 pub(crate) fn save_manifest_hashing(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::FileExt as _;
@@ -484,11 +491,11 @@ pub(crate) fn save_manifest_hashing(path: &Path, manifest: &Manifest, mode: u32)
     let staged = std::thread::scope(|s| {
         let (pieces, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
         let hashing = s.spawn(move || {
-            let mut hasher = Sha256::new();
+            let mut hasher = ManifestHasher::new();
             for piece in received {
                 hasher.update(&piece);
             }
-            Ok(hex::encode(hasher.finalize()))
+            Ok(hasher.finalize().to_hex().to_string())
         });
         // (`pieces` goes with the closure: the hashing thread ends however
         // the file's creation ends.)
@@ -571,7 +578,10 @@ pub fn manifest_file_digest(path: &Path) -> Option<String> {
         }
     }
     let head = &head[..filled];
-    let (rest, end) = match head.strip_prefix(MANIFEST_MAGIC) {
+    let binary = head
+        .strip_prefix(MANIFEST_MAGIC)
+        .or_else(|| head.strip_prefix(LEGACY_MANIFEST_MAGIC));
+    let (rest, end) = match binary {
         Some(rest) => (rest, b'\n'),
         None => {
             let prefix = format!("{{\"format\":{JSON_MANIFEST_FORMAT},\"digest\":\"");
@@ -588,7 +598,8 @@ pub fn manifest_file_digest(path: &Path) -> Option<String> {
 /// ([`manifest_from_entries`]) and its recorded digest. `Ok(None)` when the
 /// file does not exist; [`ErrorKind::Corrupt`] when it is not valid
 /// (truncated, garbled, another digest than recorded, or breaking a rule).
-/// Files in the JSON format of earlier versions are read too.
+/// Files of the formats of earlier versions (2, and 1, JSON) are read too:
+/// their SHA-256 digest is checked and stays the manifest's digest.
 pub fn load_manifest(path: &Path) -> Result<Option<Manifest>> {
     load_manifest_of(Kind::Ca, path)
 }
@@ -624,8 +635,8 @@ pub(crate) fn load_manifest_against(
     if !bytes.starts_with(MANIFEST_MAGIC) && bytes.first() == Some(&b'{') {
         return load_json_manifest(kind, &bytes).map(Some).map_err(corrupt);
     }
-    let (recorded, body) = split_manifest_file(&bytes).map_err(corrupt)?;
-    let (digest, parsed) = hashed_while(body, || match base {
+    let (recorded, body, legacy) = split_manifest_file(&bytes).map_err(corrupt)?;
+    let (digest, parsed) = hashed_while(body, legacy, || match base {
         Some(base) => Manifest::from_canonical_against(
             body,
             recorded.to_string(),
@@ -649,26 +660,37 @@ pub(crate) fn load_manifest_against(
 }
 
 /// The recorded digest and the body (the canonical form) of the bytes of a
-/// manifest file in the current format, or why they are not one.
-fn split_manifest_file(bytes: &[u8]) -> std::result::Result<(&str, &[u8]), String> {
-    let rest = bytes
-        .strip_prefix(MANIFEST_MAGIC)
-        .ok_or("not a pe_failover manifest file")?;
+/// manifest file in the current format or format 2, and whether it is of
+/// format 2 (its digest a SHA-256), or why they are not one.
+fn split_manifest_file(bytes: &[u8]) -> std::result::Result<(&str, &[u8], bool), String> {
+    let (rest, legacy) = match bytes.strip_prefix(MANIFEST_MAGIC) {
+        Some(rest) => (rest, false),
+        None => (
+            bytes
+                .strip_prefix(LEGACY_MANIFEST_MAGIC)
+                .ok_or("not a pe_failover manifest file")?,
+            true,
+        ),
+    };
     let recorded = rest
         .get(..65)
         .filter(|h| h[64] == b'\n')
         .and_then(|h| std::str::from_utf8(&h[..64]).ok())
         .filter(|d| crate::snapshot::is_sha256_hex(d))
         .ok_or("its header has no valid digest (truncated?)")?;
-    Ok((recorded, &rest[65..]))
+    Ok((recorded, &rest[65..], legacy))
 }
 
-/// The SHA-256 (hex) of `body`, a manifest file's canonical form, and what
-/// `read` made of it meanwhile: a large body is hashed by another thread
-/// while this one reads it. The body's SHA-256 is the digest of the entries
-/// it holds, so nothing read is used unless it is the one expected.
-fn hashed_while<T: Send>(body: &[u8], read: impl FnOnce() -> T) -> (String, T) {
-    let hash = || hex::encode(Sha256::digest(body));
+/// The digest of `body`, a manifest file's canonical form (its SHA-256 when
+/// `legacy`, for a file of format 2), and what `read` made of it meanwhile:
+/// a large body is hashed by another thread while this one reads it. The
+/// body's digest is the digest of the entries it holds, so nothing read is
+/// used unless it is the one expected.
+fn hashed_while<T: Send>(body: &[u8], legacy: bool, read: impl FnOnce() -> T) -> (String, T) {
+    let hash = || match legacy {
+        true => legacy_canonical_digest(body),
+        false => canonical_digest(body),
+    };
     std::thread::scope(|s| {
         let hashing = (body.len() >= PARALLEL_HASH_MIN)
             .then(|| std::thread::Builder::new().spawn_scoped(s, hash).ok())
@@ -696,11 +718,13 @@ pub(crate) fn diff_from_manifest_file(
     current: &Manifest,
 ) -> Option<crate::diff::Changeset> {
     let bytes = fsutil::read_bounded(path, MANIFEST_FILE_LIMIT).ok()?;
-    let (recorded, body) = split_manifest_file(&bytes).ok()?;
+    let (recorded, body, legacy) = split_manifest_file(&bytes).ok()?;
     if recorded != expected {
         return None;
     }
-    let (digest, changes) = hashed_while(body, || crate::snapshot::diff_canonical(body, current));
+    let (digest, changes) = hashed_while(body, legacy, || {
+        crate::snapshot::diff_canonical(body, current)
+    });
     (digest == expected).then_some(changes.ok()).flatten()
 }
 
@@ -716,13 +740,14 @@ fn load_json_manifest(kind: Kind, bytes: &[u8]) -> std::result::Result<Manifest,
         return Err(format!("unknown format {}", file.format));
     }
     let manifest = manifest_from_entries_of(kind, file.entries).map_err(|e| e.to_string())?;
-    let digest = manifest.digest();
+    let digest = legacy_canonical_digest(&manifest.canonical_bytes());
     if digest != file.digest {
         return Err(format!(
             "its entries have digest {digest}, not the recorded {}",
             file.digest
         ));
     }
+    manifest.keep_legacy_digest(digest);
     Ok(manifest)
 }
 
@@ -1791,10 +1816,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.json");
         let m = manifest_from_entries(vec![dir_entry("ca"), file(CA_CERT)]).unwrap();
+        // Format 1 recorded the SHA-256 of the canonical form.
+        let sha = legacy_canonical_digest(&m.canonical_bytes());
+        assert_ne!(sha, m.digest());
+        let json = serde_json::json!({"format": 1, "digest": sha, "entries": m.entries()});
+        fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(manifest_file_digest(&path), Some(sha.clone()));
+        let loaded = load_manifest(&path).unwrap().unwrap();
+        assert_eq!(loaded, m);
+        // The digest the snapshots of that version are named by.
+        assert_eq!(loaded.digest(), sha);
+        // The current digest recorded in a file of format 1 is not its digest.
         let json = serde_json::json!({"format": 1, "digest": m.digest(), "entries": m.entries()});
         fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
-        assert_eq!(manifest_file_digest(&path), Some(m.digest()));
-        assert_eq!(load_manifest(&path).unwrap(), Some(m.clone()));
+        let err = load_manifest(&path).unwrap_err();
+        assert!(err.to_string().contains("not the recorded"), "{err}");
+        let json = serde_json::json!({"format": 1, "digest": sha, "entries": m.entries()});
+        fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
         let text = fs::read_to_string(&path)
             .unwrap()
             .replace("\"mode\":420", "\"mode\":384");
@@ -1802,6 +1840,48 @@ mod tests {
         let err = load_manifest(&path).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Corrupt);
         assert!(err.to_string().contains("not the recorded"), "{err}");
+    }
+
+    #[test]
+    fn manifest_files_of_format_2_are_read_with_their_sha256_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.manifest.json");
+        let m = manifest_from_entries(vec![dir_entry("ca"), file(CA_CERT)]).unwrap();
+        let body = m.canonical_bytes();
+        let sha = legacy_canonical_digest(&body);
+        let v2 = |digest: &str| [LEGACY_MANIFEST_MAGIC, digest.as_bytes(), b"\n", &body].concat();
+        fs::write(&path, v2(&sha)).unwrap();
+        assert_eq!(manifest_file_digest(&path), Some(sha.clone()));
+        let loaded = load_manifest(&path).unwrap().unwrap();
+        assert_eq!(loaded, m);
+        assert_eq!(
+            loaded.digest(),
+            sha,
+            "snapshots of format 2 keep their names"
+        );
+        // Read against a base too, and diffed by the sender.
+        let base = manifest_from_entries(vec![dir_entry("ca")]).unwrap();
+        let against = load_manifest_against(Kind::Ca, &path, Some(&base))
+            .unwrap()
+            .unwrap();
+        assert_eq!((against.digest(), &against), (sha.clone(), &m));
+        let changes = diff_from_manifest_file(&path, &sha, &base).unwrap();
+        let removed: Vec<&str> = changes.removed.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!((removed, changes.added.len()), (vec![CA_CERT], 0));
+        // Format 2 with the BLAKE3 digest, format 3 with the SHA-256: refused.
+        fs::write(&path, v2(&m.digest())).unwrap();
+        let err = load_manifest(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(err.to_string().contains("not the recorded"), "{err}");
+        assert!(diff_from_manifest_file(&path, &m.digest(), &base).is_none());
+        let v3 = [MANIFEST_MAGIC, sha.as_bytes(), b"\n", &body].concat();
+        fs::write(&path, v3).unwrap();
+        assert_eq!(load_manifest(&path).unwrap_err().kind(), ErrorKind::Corrupt);
+        // What this version writes: format 3, the BLAKE3 digest.
+        save_manifest(&path, &m, 0o600).unwrap();
+        assert!(fs::read(&path).unwrap().starts_with(MANIFEST_MAGIC));
+        assert_eq!(manifest_file_digest(&path), Some(m.digest()));
+        assert_eq!(m.digest(), blake3::hash(&body).to_hex().as_str());
     }
 
     fn dir_entry(path: &str) -> Entry {

@@ -390,21 +390,24 @@ impl Manifest {
         }
     }
 
-    /// The root digest: SHA-256 (lowercase hex) of the canonical form. It
-    /// changes if and only if some recorded field of some entry changes, or
-    /// an entry is added or removed. Computed once per manifest (streamed,
-    /// without building the canonical form in memory), then remembered.
+    /// The root digest: BLAKE3 (lowercase hex, 256 bits) of the canonical
+    /// form. It changes if and only if some recorded field of some entry
+    /// changes, or an entry is added or removed. Computed once per manifest
+    /// (streamed, without building the canonical form in memory), then
+    /// remembered. A manifest read from a file of an earlier format keeps
+    /// the digest recorded there (a SHA-256 of the same canonical form), so
+    /// the snapshots named by it stay valid.
     pub fn digest(&self) -> String {
         self.digest
             .get_or_init(|| {
-                let mut hasher = Sha256::new();
+                let mut hasher = blake3::Hasher::new();
                 let mut buf = Vec::with_capacity(80 * 1024);
                 self.write_canonical(64 * 1024, &mut buf, |b| {
                     hasher.update(&b[..]);
                     b.clear();
                 });
                 hasher.update(&buf);
-                hex::encode(hasher.finalize())
+                hasher.finalize().to_hex().to_string()
             })
             .clone()
     }
@@ -414,22 +417,30 @@ impl Manifest {
         self.digest.get().map(String::as_str)
     }
 
-    /// Remembers `digest`, the SHA-256 (lowercase hex) of this manifest's
-    /// canonical form as the caller computed it from
-    /// [`canonical_pieces`](Self::canonical_pieces) (a manifest file writer
-    /// hashes them while it writes them).
+    /// Remembers `digest`, the digest of this manifest's canonical form as
+    /// the caller computed it from [`canonical_pieces`](Self::canonical_pieces)
+    /// with a [`ManifestHasher`] (a manifest file writer hashes them while it
+    /// writes them).
     pub(crate) fn remember_digest(&self, digest: String) {
         debug_assert_eq!(
             digest,
-            hex::encode(Sha256::digest(self.canonical_bytes())),
-            "a remembered digest is the canonical form's SHA-256"
+            canonical_digest(&self.canonical_bytes()),
+            "a remembered digest is the canonical form's"
         );
+        let _ = self.digest.set(digest);
+    }
+
+    /// Keeps `digest`, the [legacy digest](legacy_canonical_digest) of this
+    /// manifest as recorded in a file of an earlier format and checked by
+    /// the caller, as its digest (instead of its BLAKE3).
+    pub(crate) fn keep_legacy_digest(&self, digest: String) {
+        debug_assert_eq!(digest, legacy_canonical_digest(&self.canonical_bytes()));
         let _ = self.digest.set(digest);
     }
 
     /// Builds a manifest from `canonical`, the exact bytes of
     /// [`canonical_bytes`](Self::canonical_bytes), with `digest` their
-    /// SHA-256 as checked by the caller. The entries must be strictly sorted
+    /// digest as checked by the caller (see [`digest`](Self::digest)). The entries must be strictly sorted
     /// by path; the manifest is then checked like [`from_entries`](Self::from_entries)
     /// by `build`. Returns a reason when the bytes are not a canonical form.
     ///
@@ -506,6 +517,22 @@ impl Manifest {
                 .collect(),
         )
     }
+}
+
+/// The hash of a manifest's digest ([`Manifest::digest`]), for callers that
+/// hash its canonical form piece by piece.
+pub(crate) type ManifestHasher = blake3::Hasher;
+
+/// The digest ([`Manifest::digest`]) of `canonical`, a canonical form.
+pub(crate) fn canonical_digest(canonical: &[u8]) -> String {
+    blake3::hash(canonical).to_hex().to_string()
+}
+
+/// The digest earlier versions gave a manifest: SHA-256 (lowercase hex) of
+/// the same canonical form. Manifest files of formats 1 and 2 record it; it
+/// is checked when they are read and stays their manifest's digest.
+pub(crate) fn legacy_canonical_digest(canonical: &[u8]) -> String {
+    hex::encode(Sha256::digest(canonical))
 }
 
 /// The version tag that starts the canonical form.
@@ -676,7 +703,7 @@ fn parse_canonical(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
 /// the old manifest: a record whose bytes are those `new` has at its path
 /// is skipped undecoded, so only the entries that changed are read.
 /// Returns why when `old` is not a canonical form. The caller checks that
-/// `old` is the form it means (its SHA-256).
+/// `old` is the form it means (its digest).
 pub(crate) fn diff_canonical(
     old: &[u8],
     new: &Manifest,

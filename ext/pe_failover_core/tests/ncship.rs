@@ -23,6 +23,7 @@ use pe_failover_core::config::Config;
 use pe_failover_core::ncship::{self, DumpForm, NcApplier, NcApplyOptions, NcOutbox, NC_DUMP_FILE};
 use pe_failover_core::protocol::{
     encode_frame, FrameType, Kind, ReceiveOutcome, ReceiveReport, Receiver, Sender, SyncReport,
+    PROTOCOL_VERSION,
 };
 use pe_failover_core::stage::{list_txns, StateDir};
 use pe_failover_core::state::{ReceiverStatus, SenderStatus, SyncOutcome};
@@ -678,7 +679,7 @@ fn an_nc_transaction_may_hold_only_the_dump_file() {
         frame(
             &mut a,
             FrameType::Hello,
-            json!({"protocol": "pe_failover", "version": 1, "kind": "nc",
+            json!({"protocol": "pe_failover", "version": PROTOCOL_VERSION, "kind": "nc",
                    "sender": "evil.example.com", "txn": "t1"}),
         );
         let (ty, welcome) = read_frame(&mut a);
@@ -720,7 +721,7 @@ fn an_nc_transaction_may_hold_only_the_dump_file() {
     frame(
         &mut a,
         FrameType::Hello,
-        json!({"protocol": "pe_failover", "version": 1, "kind": "puppetdb",
+        json!({"protocol": "pe_failover", "version": PROTOCOL_VERSION, "kind": "puppetdb",
                "sender": "a", "txn": "t2"}),
     );
     let (ty, error) = read_frame(&mut a);

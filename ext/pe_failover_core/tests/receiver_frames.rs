@@ -10,7 +10,7 @@ use std::thread;
 
 use pair::{Pair, PASSIVE};
 use pe_failover_core::protocol::{
-    encode_frame, FrameType, Kind, ReceiveOutcome, ReceiveReport, Receiver,
+    encode_frame, FrameType, Kind, ReceiveOutcome, ReceiveReport, Receiver, PROTOCOL_VERSION,
 };
 use pe_failover_core::replset::CaPaths;
 use pe_failover_core::snapshot::{Entry, Manifest};
@@ -176,7 +176,7 @@ fn malicious_paths_are_refused_with_a_clear_error_and_nothing_is_written() {
         let p = Pair::new(0);
         let mut answer = None;
         let result = session(&p, |raw| {
-            raw.hello(1);
+            raw.hello(PROTOCOL_VERSION.into());
             assert_eq!(raw.welcome()["base"], Value::Null);
             delta(raw, Value::Null, &"b".repeat(64), upserts, vec![]);
             answer = Some(raw.error());
@@ -199,7 +199,7 @@ fn oversize_frames_are_refused_before_they_are_read() {
     let p = Pair::new(0);
     let mut answer = None;
     let result = session(&p, |raw| {
-        raw.hello(1);
+        raw.hello(PROTOCOL_VERSION.into());
         raw.welcome();
         // Announce 2 MiB of entries and send nothing: the receiver must not wait.
         let _ = raw.s.write_all(&[FrameType::Entries as u8, 0, 0x20, 0, 0]);
@@ -234,8 +234,26 @@ fn an_unknown_protocol_version_or_garbage_is_refused() {
         message.contains("unsupported protocol version 99"),
         "{message}"
     );
-    assert!(message.contains("speaks version 1"), "{message}");
+    assert!(message.contains("speaks version 2"), "{message}");
     assert_eq!(result.unwrap_err().kind(), ErrorKind::Protocol);
+
+    // A sender of version 1, whose manifest digests were SHA-256s, is
+    // refused before it sends a delta the receiver would check otherwise.
+    let mut answer = None;
+    let _ = session(&p, |raw| {
+        raw.hello(1);
+        answer = Some(raw.error());
+    });
+    let (kind, message) = answer.unwrap();
+    assert_eq!(kind, "protocol");
+    assert!(
+        message.contains("unsupported protocol version 1"),
+        "{message}"
+    );
+    assert!(
+        message.contains("install the same pe_failover version"),
+        "{message}"
+    );
 
     let mut answer = None;
     let _ = session(&p, |raw| {
@@ -248,7 +266,7 @@ fn an_unknown_protocol_version_or_garbage_is_refused() {
     let _ = session(&p, |raw| {
         raw.json(
             FrameType::Hello,
-            json!({"protocol": "pe_failover", "version": 1, "kind": "ca",
+            json!({"protocol": "pe_failover", "version": PROTOCOL_VERSION, "kind": "ca",
                    "sender": "a", "txn": "../../etc"}),
         );
         answer = Some(raw.error());
@@ -272,7 +290,7 @@ fn a_delta_that_does_not_produce_its_digest_is_refused() {
     let wrong = "0".repeat(64);
     let mut answer = None;
     let result = session(&p, |raw| {
-        raw.hello(1);
+        raw.hello(PROTOCOL_VERSION.into());
         raw.welcome();
         delta(raw, Value::Null, &wrong, entries, vec![]);
         let (ty, want) = raw.recv().unwrap();
@@ -317,7 +335,7 @@ fn a_delta_that_does_not_produce_its_digest_is_refused() {
     let target = without_key(&manifest);
     let mut answer = None;
     let result = session(&p, |raw| {
-        raw.hello(1);
+        raw.hello(PROTOCOL_VERSION.into());
         let base = raw.welcome()["base"].clone();
         delta(raw, base, &target, vec![], vec!["ca/ca_key.pem"]);
         let (ty, _) = raw.recv().unwrap();
@@ -367,7 +385,7 @@ fn a_sender_that_aborts_mid_transfer_leaves_nothing() {
         .map(|e| serde_json::to_value(e).unwrap())
         .collect();
     let result = session(&p, |raw| {
-        raw.hello(1);
+        raw.hello(PROTOCOL_VERSION.into());
         raw.welcome();
         delta(raw, Value::Null, &manifest.digest(), entries, vec![]);
         give_up_after_want(raw);
@@ -401,7 +419,7 @@ fn a_sender_that_aborts_while_the_manifest_is_being_written_leaves_nothing() {
         .collect();
     let digest = Manifest::from_entries(entries).unwrap().digest();
     let result = session(&p, |raw| {
-        raw.hello(1);
+        raw.hello(PROTOCOL_VERSION.into());
         raw.welcome();
         delta(raw, Value::Null, &digest, upserts, vec![]);
         give_up_after_want(raw);
@@ -418,7 +436,7 @@ fn an_incomplete_snapshot_is_stored_but_never_applied_without_force() {
     let manifest = p.set().scan().unwrap().manifest;
     let target = without_key(&manifest);
     let result = session(&p, |raw| {
-        raw.hello(1);
+        raw.hello(PROTOCOL_VERSION.into());
         let base = raw.welcome()["base"].clone();
         assert_eq!(base, json!(manifest.digest()));
         delta(raw, base, &target, vec![], vec!["ca/ca_key.pem"]);
@@ -463,7 +481,7 @@ fn an_extension_of_contents_the_replica_does_not_hold_is_refused() {
     let size = first["size"].as_u64().unwrap();
     let mut answer = None;
     let result = session(&p, |raw| {
-        raw.hello(1);
+        raw.hello(PROTOCOL_VERSION.into());
         let base = raw.welcome()["base"].clone();
         delta(raw, base, &after.digest(), sorted, vec![]);
         let (ty, _) = raw.recv().unwrap();
@@ -506,7 +524,7 @@ fn a_receiver_started_and_closed_unused_records_no_failure_but_a_broken_session_
     let after_silence = recorded();
 
     // A session that began and broke off is recorded.
-    let e = session(&p, |raw| raw.hello(1)).unwrap_err();
+    let e = session(&p, |raw| raw.hello(PROTOCOL_VERSION.into())).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Network, "{e}");
     assert_ne!(recorded(), after_silence);
     let after: Value = serde_json::from_str(&recorded()).unwrap();

@@ -573,6 +573,127 @@ fn a_damaged_record_of_the_last_shipped_manifest_costs_a_manifest_exchange() {
     p.assert_converged(&[PASSIVE]);
 }
 
+/// Every path under `dir` (not following symlinks), deepest first.
+fn all_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if fs::symlink_metadata(&path).unwrap().is_dir() {
+            out.extend(all_paths(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+/// Turns state directories written by this version into what the version
+/// before BLAKE3 manifest digests left: manifest files of format 2 recording
+/// the SHA-256 of the same canonical form, snapshots named by it, and the
+/// records (`*.json`) and the `latest` link naming them. Returns the number
+/// of digests renamed.
+fn as_left_by_format_2(states: &[&Path]) -> usize {
+    const V3: &[u8] = b"pe_failover manifest file v3\n";
+    const V2: &[u8] = b"pe_failover manifest file v2\n";
+    let paths: Vec<PathBuf> = states.iter().flat_map(|s| all_paths(s)).collect();
+    let mut renamed: Vec<(String, String)> = Vec::new();
+    for path in &paths {
+        let meta = fs::symlink_metadata(path).unwrap();
+        if !meta.is_file() {
+            continue;
+        }
+        let bytes = fs::read(path).unwrap();
+        if let Some(rest) = bytes.strip_prefix(V3) {
+            let (old, body) = (std::str::from_utf8(&rest[..64]).unwrap(), &rest[65..]);
+            let sha = hex::encode(sha2::Sha256::digest(body));
+            // In place: the other names of the file (`staged.manifest.json`)
+            // see it too.
+            fs::write(path, [V2, sha.as_bytes(), b"\n", body].concat()).unwrap();
+            if !renamed.iter().any(|(o, _)| o == old) {
+                renamed.push((old.to_string(), sha));
+            }
+        }
+    }
+    assert!(!renamed.is_empty(), "no manifest file of format 3");
+    for path in &paths {
+        let meta = fs::symlink_metadata(path).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        if meta.is_file() && name.ends_with(".json") {
+            let bytes = fs::read(path).unwrap();
+            if bytes.starts_with(b"pe_failover manifest") {
+                continue;
+            }
+            let text = String::from_utf8(bytes).unwrap();
+            let mut new = text.clone();
+            for (old, sha) in &renamed {
+                new = new.replace(old.as_str(), sha);
+            }
+            if new != text {
+                fs::write(path, new).unwrap();
+            }
+        } else if meta.is_symlink() {
+            let target = fs::read_link(path).unwrap().to_str().unwrap().to_string();
+            if let Some((_, sha)) = renamed.iter().find(|(o, _)| target.contains(o.as_str())) {
+                let old = &renamed.iter().find(|(_, s)| s == sha).unwrap().0;
+                fs::remove_file(path).unwrap();
+                std::os::unix::fs::symlink(target.replace(old.as_str(), sha), path).unwrap();
+            }
+        } else if let Some((_, sha)) = renamed.iter().find(|(o, _)| o == name) {
+            fs::rename(path, path.with_file_name(sha)).unwrap();
+        }
+    }
+    renamed.len()
+}
+
+#[test]
+fn state_left_by_the_sha256_manifest_digests_of_format_2_is_carried_on() {
+    let p = Pair::new(5);
+    p.sync_and_apply();
+    p.sign("before.example.com");
+    p.sync_and_apply();
+    assert!(as_left_by_format_2(&[&p.a_state, &p.b_state]) >= 2);
+    let latest = latest_snapshot_meta(&StateDir::new(&p.b_state))
+        .unwrap()
+        .expect("the snapshot of format 2 is read under its SHA-256 name");
+    let shipped = p
+        .a_state
+        .join(format!("replicas/{PASSIVE}/ca.manifest.json"));
+    assert!(fs::read(&shipped)
+        .unwrap()
+        .starts_with(b"pe_failover manifest file v2\n"));
+
+    p.sign("after.example.com");
+    let (s, a) = p.sync_and_apply();
+    assert_eq!(s.outcome, SyncOutcome::Committed);
+    // The replica's base, named by its SHA-256, is the manifest last
+    // shipped: a plain delta, no manifest exchange, one new certificate.
+    assert_eq!(s.base.as_deref(), Some(latest.digest.as_str()));
+    assert!(!s.stats.manifest_exchanged);
+    assert_eq!(s.changes.added.len(), 1, "{:?}", s.changes);
+    assert_eq!(a.staged.len(), 1);
+    p.assert_converged(&[PASSIVE]);
+    // The new snapshot is named by the BLAKE3 digest and written in format 3.
+    let now = latest_snapshot_meta(&StateDir::new(&p.b_state))
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.digest, s.digest);
+    assert_ne!(now.digest, latest.digest);
+    let file = fs::read(p.b_state.join("snapshots/latest/manifest.json")).unwrap();
+    assert!(file.starts_with(b"pe_failover manifest file v3\n"));
+    assert!(fs::read(&shipped)
+        .unwrap()
+        .starts_with(b"pe_failover manifest file v3\n"));
+    // Nothing changed since: the next sync has nothing to send.
+    let (s, _) = p.sync_and_apply();
+    assert_eq!(s.outcome, SyncOutcome::UpToDate, "{:?}", s.changes);
+    // The previous snapshots, of format 2, are still there under their names.
+    assert!(p
+        .b_state
+        .join("snapshots")
+        .join(&latest.digest)
+        .join("manifest.json")
+        .exists());
+}
+
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     let status = std::process::Command::new("cp")
         .arg("-a")

@@ -34,7 +34,7 @@
 //!
 //! ```text
 //! sender                                   receiver
-//! HELLO {version 1, kind ca, sender, txn} ─▶
+//! HELLO {version 2, kind ca, sender, txn} ─▶
 //!                                        ◀─ WELCOME {base digest | null, role}   (or ERROR, e.g. kind "fenced")
 //! [base ≠ the manifest last shipped to this replica, and not null:]
 //! MANIFEST_REQUEST                       ─▶
@@ -65,6 +65,10 @@
 //! own base digest and its own per-replica files on the sender; fencing is
 //! the same for both.
 //!
+//! Digests of manifests (`base`, `digest`) are [`Manifest::digest`](crate::snapshot::Manifest::digest)s:
+//! BLAKE3 of the canonical form since version 2 (version 1 used SHA-256,
+//! which a manifest read from an earlier version's file still carries).
+//!
 //! The receiver validates everything before it writes anything usable (see
 //! [`Receiver`]). The digest of the manifest a delta makes is checked at
 //! `COMMIT`: the receiver hashes that manifest while it writes it and the
@@ -87,8 +91,9 @@ pub use sender::{is_source_changed, Sender, SyncReport};
 
 use crate::{Error, ErrorKind, Result};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks: 2, where a delta's manifest
+/// digest is a BLAKE3 (1: SHA-256). Sender and receiver must speak the same.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The protocol name announced in `HELLO`.
 pub const PROTOCOL_NAME: &str = "pe_failover";

@@ -3,10 +3,10 @@
 # @summary
 #   Returns the root digest of a Puppet ssl (or CA) directory.
 #
-# The digest is 64 lowercase hex digits, computed by the module's native
-# core over every entry's path, type, permission bits, owner, size, mtime,
-# SHA-256 of contents and symlink target (symlinks are recorded, never
-# followed). It changes whenever anything replicated would change, so two
+# The digest is 64 lowercase hex digits, the BLAKE3 hash computed by the
+# module's native core over every entry's path, type, permission bits,
+# owner, size, mtime, SHA-256 of contents and symlink target (symlinks are
+# recorded, never followed). It changes whenever anything replicated would change, so two
 # runs that return the same digest saw the same tree.
 #
 # The function reads the local file system with native code, so it runs
