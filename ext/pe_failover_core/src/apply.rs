@@ -1755,6 +1755,23 @@ fn write_temp(
             let sha = e.sha256.as_deref().unwrap_or_default();
             let what = format!("snapshot {}", target.meta.digest);
             let file = match target.stored(sha) {
+                Stored::Held(bytes) if bytes.len() as u64 == e.size => {
+                    fsutil::create_filled(tmp, e.mode & 0o777, |out| {
+                        out.write_all(bytes)
+                            .map_err(|err| Error::io("write", tmp, err))
+                    })?
+                }
+                Stored::Held(bytes) => {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "{what}: {} has {} bytes in the manifest, but the contents with its SHA-256 have {}",
+                            e.path,
+                            e.size,
+                            bytes.len()
+                        ),
+                    ))
+                }
                 Stored::Loose(src) => {
                     fsutil::copy_verified(&src, tmp, e.mode & 0o777, sha, e.size, &what)
                         .inspect_err(|err| {

@@ -60,6 +60,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::cache::write_atomically;
 use crate::cancel::CancelToken;
@@ -816,7 +817,64 @@ pub struct Snapshot {
     objects: PathBuf,
     /// Its packs, read when first needed.
     packs: Arc<OnceLock<StorePacks>>,
+    /// Large contents of it the applier holds in memory (see [`Held`]).
+    held: Held,
 }
+
+/// Large contents of a snapshot (a grown `inventory.txt`) the applier built
+/// in memory from the contents they extend and a received suffix, kept with
+/// the snapshot in a [`LatestCache`] so that the next extension of them is
+/// hashed and written from memory instead of read from the store and
+/// hashed whole again: their bytes, checked against their SHA-256 when they
+/// were built, and the SHA-256 state after the last byte.
+#[derive(Clone, Default)]
+struct Held(Arc<Vec<HeldContent>>);
+
+#[derive(Clone)]
+struct HeldContent {
+    /// The path the snapshot has them at.
+    path: String,
+    sha256: String,
+    bytes: Arc<Vec<u8>>,
+    state: Sha256,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|h| (&h.path, h.bytes.len())))
+            .finish()
+    }
+}
+
+impl Held {
+    /// The held contents with SHA-256 `sha256`.
+    fn find(&self, sha256: &str) -> Option<&HeldContent> {
+        self.0.iter().find(|h| h.sha256 == sha256)
+    }
+
+    /// `built` and those of `self` that `manifest` still has at their path.
+    fn carried(&self, manifest: &Manifest, built: Vec<HeldContent>) -> Held {
+        let mut all = built;
+        for h in self.0.iter() {
+            let same = manifest
+                .get(&h.path)
+                .is_some_and(|e| e.sha256.as_deref() == Some(h.sha256.as_str()));
+            if same && !all.iter().any(|b| b.path == h.path) {
+                all.push(h.clone());
+            }
+        }
+        Held(Arc::new(all))
+    }
+}
+
+/// Contents of at least this size that extend others are built in memory
+/// and held (see [`Held`]); smaller ones cost little to read and hash.
+const HELD_MIN: u64 = 256 * 1024;
+
+/// Contents larger than this are not held: an `inventory.txt` of about
+/// 700,000 certificates (the active's watcher keeps as much).
+const HELD_MAX: u64 = 64 << 20;
 
 /// Where the content store keeps some contents.
 #[derive(Debug)]
@@ -825,6 +883,9 @@ pub(crate) enum Stored<'a> {
     Loose(PathBuf),
     /// In a pack.
     Packed(Packed<'a>),
+    /// In memory (see [`Held`]): checked when they were built, so they
+    /// need not be read from the store and hashed again.
+    Held(&'a [u8]),
 }
 
 impl Snapshot {
@@ -843,6 +904,9 @@ impl Snapshot {
     /// read, they are looked in first, in memory, and a full apply does
     /// not look for 100,000 loose files that are not there.
     pub(crate) fn stored(&self, sha256: &str) -> Stored<'_> {
+        if let Some(held) = self.held.find(sha256) {
+            return Stored::Held(&held.bytes);
+        }
         let loose = self.object_path(sha256);
         let look_in_packs = self.packs.get().is_some() || fs::symlink_metadata(&loose).is_err();
         match look_in_packs.then(|| self.packed(sha256)).flatten() {
@@ -1030,6 +1094,7 @@ pub fn open_snapshot(state: &StateDir, digest: &str) -> Result<Option<Snapshot>>
         manifest,
         objects: state.objects(),
         packs: Arc::default(),
+        held: Held::default(),
     }))
 }
 
@@ -1183,14 +1248,16 @@ pub(crate) fn build_snapshot(
         .collect();
     let mut new: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut written: Vec<PathBuf> = Vec::new();
+    let mut built: Vec<HeldContent> = Vec::new();
     let mut failure = None;
     for (result, (e, _, dst)) in added.into_iter().zip(&jobs) {
         match result {
             Ok(None) => stats.reused += 1,
-            Ok(Some(Added { tmp, copied })) => {
+            Ok(Some(Added { tmp, copied, held })) => {
                 if copied {
                     written.push(tmp.clone());
                 }
+                built.extend(held);
                 new.push((tmp, dst.clone()));
                 stats.copied += 1;
                 stats.bytes_copied += e.size;
@@ -1249,6 +1316,11 @@ pub(crate) fn build_snapshot(
             format!("snapshot {} vanished after it was built", dir.display()),
         )
     })?;
+    let held = prev
+        .map(|p| &p.held)
+        .cloned()
+        .unwrap_or_default()
+        .carried(&manifest, built);
     Ok((
         Snapshot {
             meta,
@@ -1256,6 +1328,7 @@ pub(crate) fn build_snapshot(
             manifest,
             objects,
             packs: Arc::default(),
+            held,
         },
         stats,
     ))
@@ -1356,6 +1429,8 @@ struct Added {
     tmp: PathBuf,
     /// Whether it was written here (new data to sync) rather than moved.
     copied: bool,
+    /// The contents, when they were built in memory to be held.
+    held: Option<HeldContent>,
 }
 
 /// Adds the contents of the file entry `e` (SHA-256 `sha`) to the store at
@@ -1384,6 +1459,9 @@ fn add_object(
     let sources: Vec<PathBuf> = if objects_ok && fs::symlink_metadata(&object).is_ok() {
         vec![object]
     } else if let (true, Some(x)) = (objects_ok, extension) {
+        if (HELD_MIN..=HELD_MAX).contains(&e.size) {
+            return extend_in_memory(state, prev, txn, (e, sha), x, &what, dst).map(Some);
+        }
         // The held contents plus the suffix.
         let base = state.object_path(&x.base_sha256);
         if fs::symlink_metadata(&base).is_ok() {
@@ -1422,7 +1500,112 @@ fn add_object(
     Ok(Some(Added {
         tmp,
         copied: !moved,
+        held: None,
     }))
+}
+
+/// [`add_object`] for the extension `x` of large contents (the file entry
+/// `e` with SHA-256 `sha`, at most [`HELD_MAX`] bytes): the contents it extends, from the bytes the
+/// previous snapshot holds (see [`Held`]) or else read from the store (or
+/// a pack) and checked against their SHA-256, plus the received suffix,
+/// hashed from the held SHA-256 state on; the result, checked against
+/// `e`'s SHA-256, is written to a temporary name beside `dst` and held.
+fn extend_in_memory(
+    state: &StateDir,
+    prev: Option<&Snapshot>,
+    txn: &PendingTxn,
+    (e, sha): (&Entry, &str),
+    x: &Extension,
+    what: &str,
+    dst: &Path,
+) -> Result<Added> {
+    use std::io::Read as _;
+    let corrupt = |why: String| Error::new(ErrorKind::Corrupt, format!("{what}: {why}"));
+    let suffix_len = e
+        .size
+        .checked_sub(x.base_size)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            corrupt(format!(
+                "an extension of {} bytes to {} bytes does not grow them",
+                x.base_size, e.size
+            ))
+            .with_path(&txn.dir)
+        })?;
+    let kept = prev.and_then(|p| p.held.find(&x.base_sha256));
+    let (mut bytes, mut hasher) = match kept.filter(|h| h.bytes.len() as u64 == x.base_size) {
+        Some(held) => {
+            let mut bytes = Vec::with_capacity(e.size as usize);
+            bytes.extend_from_slice(&held.bytes);
+            (bytes, held.state.clone())
+        }
+        None => {
+            let base = state.object_path(&x.base_sha256);
+            let mut bytes = if fs::symlink_metadata(&base).is_ok() {
+                // (Of another size, they are refused below.)
+                fsutil::read_bounded(&base, HELD_MAX)?
+            } else if let Some(packed) = prev.and_then(|p| p.packed(&x.base_sha256)) {
+                packed.read_verified(&x.base_sha256, x.base_size, what)?
+            } else {
+                return Err(corrupt(format!(
+                    "it extends contents (SHA-256 {}) the previous snapshot does not hold",
+                    x.base_sha256
+                ))
+                .with_path(&txn.dir));
+            };
+            let mut hasher = Sha256::new();
+            hasher.update(&bytes);
+            let got = hex::encode(hasher.clone().finalize());
+            if bytes.len() as u64 != x.base_size || got != x.base_sha256 {
+                return Err(corrupt(format!(
+                    "the contents it extends, {}, are not the {} bytes with SHA-256 {} the store should hold (found {} bytes with SHA-256 {got}): the store's copy was damaged on disk",
+                    base.display(),
+                    x.base_size,
+                    x.base_sha256,
+                    bytes.len()
+                ))
+                .with_path(&base));
+            }
+            bytes.reserve(suffix_len as usize);
+            (bytes, hasher)
+        }
+    };
+    // The suffix is the transfer user's file.
+    let suffix_path = txn.suffix_file(sha);
+    let (input, _) = fsutil::open_untrusted(&suffix_path, what)?;
+    let start = bytes.len();
+    input
+        .take(suffix_len + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| Error::io("read", &suffix_path, err))?;
+    hasher.update(&bytes[start..]);
+    let got = hex::encode(hasher.clone().finalize());
+    if bytes.len() as u64 != e.size || got != sha {
+        return Err(corrupt(format!(
+            "the held contents plus {} do not match the manifest entry (expected {} bytes with SHA-256 {sha}, found {}{})",
+            suffix_path.display(),
+            e.size,
+            if bytes.len() as u64 > e.size { format!("more than {} bytes", e.size) } else { format!("{} bytes", bytes.len()) },
+            if bytes.len() as u64 == e.size { format!(" with SHA-256 {got}") } else { String::new() }
+        ))
+        .with_path(&suffix_path));
+    }
+    let dir = dst.parent().unwrap_or(Path::new("/"));
+    let tmp = dir.join(format!(".tmp.{}", fsutil::unique_hex()));
+    fsutil::create_filled(&tmp, 0o600, |out| {
+        out.write_all(&bytes)
+            .map_err(|err| Error::io("write", &tmp, err))
+    })?;
+    Ok(Added {
+        tmp,
+        copied: true,
+        held: Some(HeldContent {
+            path: e.path.clone(),
+            sha256: sha.to_string(),
+            bytes: Arc::new(bytes),
+            state: hasher,
+        }),
+    })
 }
 
 /// Points `snapshots/latest` at `digest` atomically (a new symlink renamed

@@ -2392,6 +2392,73 @@ fn grow_inventory(p: &Pair, bytes: u64) -> std::path::PathBuf {
     inventory
 }
 
+/// Flips the first byte of the content store's copy of the replica's live
+/// `inventory.txt`.
+#[track_caller]
+fn damage_stored_inventory(p: &Pair) {
+    let live = fs::read(p.b_cadir.join("inventory.txt")).unwrap();
+    let object = StateDir::new(&p.b_state).object_path(&hex::encode(sha2::Sha256::digest(&live)));
+    let mut bytes = fs::read(&object).unwrap();
+    assert!(
+        bytes == live,
+        "{} differs from the live inventory",
+        object.display()
+    );
+    bytes[0] ^= 0x01;
+    fs::write(&object, bytes).unwrap();
+}
+
+#[test]
+fn a_large_extension_is_built_from_the_contents_the_last_apply_held() {
+    // An applier that keeps the latest snapshot (the passive's watcher)
+    // builds a grown inventory of 256 KiB or more from the bytes it built
+    // last time plus the suffix, without reading the store's copy again.
+    let p = Pair::new(5);
+    let cache = LatestCache::new();
+    let cached = || p.applier().latest_cache(cache.clone());
+    grow_inventory(&p, 300 << 10);
+    p.sync();
+    cached().run().unwrap();
+    // The first extension reads the contents it extends from the store.
+    p.sign("held1.example.com");
+    assert_eq!(p.sync().stats.objects_extended, 1);
+    cached().run().unwrap();
+    p.assert_converged(&[PASSIVE]);
+    // Now held: the store's copy is not read (damaged, it would be refused).
+    damage_stored_inventory(&p);
+    p.sign("held2.example.com");
+    assert_eq!(p.sync().stats.objects_extended, 1);
+    let a = cached().run().unwrap();
+    assert_eq!(a.staged.len(), 1);
+    p.assert_converged(&[PASSIVE]);
+    // A round that leaves the inventory alone keeps it held.
+    p.revoke("held1.example.com");
+    p.sync();
+    cached().run().unwrap();
+    damage_stored_inventory(&p);
+    p.sign("held3.example.com");
+    assert_eq!(p.sync().stats.objects_extended, 1);
+    cached().run().unwrap();
+    p.assert_converged(&[PASSIVE]);
+    // A live copy repaired by a verifying apply is written from them too.
+    damage_stored_inventory(&p);
+    fs::write(p.b_cadir.join("inventory.txt"), "cut short\n").unwrap();
+    let a = cached().verify(true).run().unwrap();
+    assert!(
+        a.live.written.contains(&"ca/inventory.txt".to_string()),
+        "{:?}",
+        a.live
+    );
+    p.assert_converged(&[PASSIVE]);
+    // An applier without the held bytes reads the store's copy (still
+    // damaged) and checks it.
+    p.sign("held4.example.com");
+    assert_eq!(p.sync().stats.objects_extended, 1);
+    let e = p.applier().run().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("the contents it extends"), "{e}");
+}
+
 #[test]
 fn a_grown_inventory_is_hashed_and_sent_from_what_the_last_rescan_read() {
     // The watcher's rescans keep a large file they read whole; when it has
