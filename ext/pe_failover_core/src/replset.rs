@@ -544,15 +544,22 @@ pub(crate) fn stage_manifest_cache(
     crate::cache::StagedFile::write(path, &manifest_file_bytes(manifest), mode, false)
 }
 
+/// The bytes of a manifest file of `manifest`: of format 3, or of format 2
+/// when its digest is the SHA-256 read from such a file (or one of format
+/// 1), so that it is read back with the same digest.
 fn manifest_file_bytes(manifest: &Manifest) -> Vec<u8> {
-    let mut bytes = manifest_file_head(&manifest.digest(), 32 + manifest.len() * 160);
+    let digest = manifest.digest();
+    let mut bytes = manifest_file_head(&digest, 32 + manifest.len() * 160);
+    if manifest.has_legacy_digest() {
+        bytes[..LEGACY_MANIFEST_MAGIC.len()].copy_from_slice(LEGACY_MANIFEST_MAGIC);
+    }
     manifest.append_canonical(&mut bytes);
     bytes
 }
 
-/// The header of a manifest file recording `digest` (the magic line, then
-/// the digest at offset `MANIFEST_MAGIC.len()` and a newline), with room
-/// for `body` more bytes.
+/// The header of a manifest file of format 3 recording `digest` (the magic
+/// line, then the digest at offset `MANIFEST_MAGIC.len()` and a newline),
+/// with room for `body` more bytes.
 fn manifest_file_head(digest: &str, body: usize) -> Vec<u8> {
     let mut head = Vec::with_capacity(MANIFEST_MAGIC.len() + 65 + body);
     head.extend_from_slice(MANIFEST_MAGIC);
@@ -639,11 +646,11 @@ pub(crate) fn load_manifest_against(
     let (digest, parsed) = hashed_while(body, legacy, || match base {
         Some(base) => Manifest::from_canonical_against(
             body,
-            recorded.to_string(),
+            (recorded.to_string(), legacy),
             base,
             |merged, upserts, removed| manifest_from_merge(kind, merged, upserts, removed),
         ),
-        None => Manifest::from_canonical(body, recorded.to_string(), |entries| {
+        None => Manifest::from_canonical(body, (recorded.to_string(), legacy), |entries| {
             manifest_from_entries_of(kind, entries)
         }),
     });
@@ -1824,8 +1831,12 @@ mod tests {
         assert_eq!(manifest_file_digest(&path), Some(sha.clone()));
         let loaded = load_manifest(&path).unwrap().unwrap();
         assert_eq!(loaded, m);
-        // The digest the snapshots of that version are named by.
+        // The digest the snapshots of that version are named by, which it
+        // keeps when written again (in format 2).
         assert_eq!(loaded.digest(), sha);
+        let again = dir.path().join("again.manifest.json");
+        save_manifest(&again, &loaded, 0o600).unwrap();
+        assert_eq!(load_manifest(&again).unwrap().unwrap().digest(), sha);
         // The current digest recorded in a file of format 1 is not its digest.
         let json = serde_json::json!({"format": 1, "digest": m.digest(), "entries": m.entries()});
         fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
@@ -1868,6 +1879,12 @@ mod tests {
         let changes = diff_from_manifest_file(&path, &sha, &base).unwrap();
         let removed: Vec<&str> = changes.removed.iter().map(|e| e.path.as_str()).collect();
         assert_eq!((removed, changes.added.len()), (vec![CA_CERT], 0));
+        // Written again (say as `staged.manifest.json` where no link can be
+        // made), it stays of format 2 and keeps its digest.
+        let again = dir.path().join("again.manifest.json");
+        save_manifest(&again, &loaded, 0o600).unwrap();
+        assert!(fs::read(&again).unwrap().starts_with(LEGACY_MANIFEST_MAGIC));
+        assert_eq!(load_manifest(&again).unwrap().unwrap().digest(), sha);
         // Format 2 with the BLAKE3 digest, format 3 with the SHA-256: refused.
         fs::write(&path, v2(&m.digest())).unwrap();
         let err = load_manifest(&path).unwrap_err();

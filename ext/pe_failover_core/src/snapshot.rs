@@ -215,7 +215,24 @@ pub struct Manifest {
     entries: Vec<Entry>,
     /// The digest, once computed.
     #[serde(skip)]
-    digest: OnceLock<String>,
+    digest: OnceLock<Known>,
+}
+
+/// A manifest's digest, once known.
+#[derive(Clone, Debug)]
+struct Known {
+    /// Lowercase hex.
+    hex: String,
+    /// Whether it is the [legacy digest](legacy_canonical_digest) read from
+    /// a file of an earlier format (the manifest is then written in that
+    /// format again, see `replset::save_manifest`).
+    legacy: bool,
+}
+
+impl Known {
+    fn current(hex: String) -> Known {
+        Known { hex, legacy: false }
+    }
 }
 
 impl PartialEq for Manifest {
@@ -432,21 +449,28 @@ impl Manifest {
     pub fn digest(&self) -> String {
         self.digest
             .get_or_init(|| {
-                let mut hasher = blake3::Hasher::new();
+                let mut hasher = ManifestHasher::new();
                 let mut buf = Vec::with_capacity(80 * 1024);
                 self.write_canonical(64 * 1024, &mut buf, |b| {
                     hasher.update(&b[..]);
                     b.clear();
                 });
                 hasher.update(&buf);
-                hasher.finalize().to_hex().to_string()
+                Known::current(hasher.finalize().to_hex().to_string())
             })
+            .hex
             .clone()
     }
 
     /// The digest, when it was computed (or remembered) already.
     pub(crate) fn known_digest(&self) -> Option<&str> {
-        self.digest.get().map(String::as_str)
+        self.digest.get().map(|k| k.hex.as_str())
+    }
+
+    /// Whether the digest is a SHA-256 read from a file of an earlier
+    /// format (see [`keep_legacy_digest`](Self::keep_legacy_digest)).
+    pub(crate) fn has_legacy_digest(&self) -> bool {
+        self.digest.get().is_some_and(|k| k.legacy)
     }
 
     /// Remembers `digest`, the digest of this manifest's canonical form as
@@ -459,7 +483,7 @@ impl Manifest {
             canonical_digest(&self.canonical_bytes()),
             "a remembered digest is the canonical form's"
         );
-        let _ = self.digest.set(digest);
+        let _ = self.digest.set(Known::current(digest));
     }
 
     /// Keeps `digest`, the [legacy digest](legacy_canonical_digest) of this
@@ -467,12 +491,16 @@ impl Manifest {
     /// the caller, as its digest (instead of its BLAKE3).
     pub(crate) fn keep_legacy_digest(&self, digest: String) {
         debug_assert_eq!(digest, legacy_canonical_digest(&self.canonical_bytes()));
-        let _ = self.digest.set(digest);
+        let _ = self.digest.set(Known {
+            hex: digest,
+            legacy: true,
+        });
     }
 
     /// Builds a manifest from `canonical`, the exact bytes of
     /// [`canonical_bytes`](Self::canonical_bytes), with `digest` their
-    /// digest as checked by the caller (see [`digest`](Self::digest)). The entries must be strictly sorted
+    /// digest as checked by the caller (see [`digest`](Self::digest); the
+    /// legacy one when `legacy`). The entries must be strictly sorted
     /// by path; the manifest is then checked like [`from_entries`](Self::from_entries)
     /// by `build`. Returns a reason when the bytes are not a canonical form.
     ///
@@ -483,13 +511,16 @@ impl Manifest {
     /// canonical form does not tell them apart, nor does the digest).
     pub(crate) fn from_canonical(
         canonical: &[u8],
-        digest: String,
+        (digest, legacy): (String, bool),
         build: impl FnOnce(Vec<Entry>) -> Result<Manifest>,
     ) -> std::result::Result<Result<Manifest>, String> {
         let entries = parse_canonical(canonical)?;
         Ok(build(entries).inspect(|m| {
             debug_assert_eq!(m.canonical_bytes(), canonical);
-            let _ = m.digest.set(digest);
+            let _ = m.digest.set(Known {
+                hex: digest,
+                legacy,
+            });
         }))
     }
 
@@ -502,7 +533,7 @@ impl Manifest {
     /// every rule when it was read).
     pub(crate) fn from_canonical_against(
         canonical: &[u8],
-        digest: String,
+        (digest, legacy): (String, bool),
         base: &Manifest,
         build: impl FnOnce(Vec<Entry>, &[&Entry], &[&str]) -> Result<Manifest>,
     ) -> std::result::Result<Result<Manifest>, String> {
@@ -515,7 +546,10 @@ impl Manifest {
         let upserts: Vec<&Entry> = upserts.iter().collect();
         Ok(build(merged, &upserts, &removed).inspect(|m| {
             debug_assert_eq!(m.canonical_bytes(), canonical);
-            let _ = m.digest.set(digest);
+            let _ = m.digest.set(Known {
+                hex: digest,
+                legacy,
+            });
         }))
     }
 

@@ -679,12 +679,7 @@ impl TxnWriter {
             let manifest = crate::joined(thread.join(), "writing the transaction's manifest")?;
             self.manifest_done = Some(manifest);
         }
-        self.manifest_done.as_ref().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Internal,
-                "a transaction was finished without its manifest",
-            )
-        })
+        self.manifest_done.as_ref().ok_or_else(no_manifest_written)
     }
 
     /// Appends the whole contents this transaction receives to one pack
@@ -736,7 +731,7 @@ impl TxnWriter {
             self.written.push(idx);
         }
         self.written_manifest()?;
-        let manifest = self.manifest_done.take().unwrap_or_default();
+        let manifest = self.manifest_done.take().ok_or_else(no_manifest_written)?;
         debug_assert_eq!(manifest.digest(), meta.digest, "checked by the caller");
         let bytes = serde_json::to_vec_pretty(meta)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
@@ -1421,6 +1416,15 @@ fn adopt_pack<'m>(
         let _ = fs::remove_file(&tmp_index);
     }
     result
+}
+
+/// The error of a transaction finished without a manifest written (a bug:
+/// the receiver writes it before it takes contents).
+fn no_manifest_written() -> Error {
+    Error::new(
+        ErrorKind::Internal,
+        "a transaction was finished without its manifest",
+    )
 }
 
 /// Contents a snapshot adds to the store, under a temporary name.

@@ -694,6 +694,32 @@ fn state_left_by_the_sha256_manifest_digests_of_format_2_is_carried_on() {
         .exists());
 }
 
+#[test]
+fn state_left_by_format_2_with_nothing_changed_since_gets_the_current_digest_once() {
+    let p = Pair::new(5);
+    p.sync_and_apply();
+    as_left_by_format_2(&[&p.a_state, &p.b_state]);
+    let old = latest_snapshot_meta(&StateDir::new(&p.b_state))
+        .unwrap()
+        .unwrap();
+    // The same entries under another digest: a transaction of no changes,
+    // no contents, nothing written to the live CA.
+    let (s, a) = p.sync_and_apply();
+    assert_eq!(s.outcome, SyncOutcome::Committed);
+    assert_eq!(s.base.as_deref(), Some(old.digest.as_str()));
+    assert!(!s.stats.manifest_exchanged);
+    assert!(s.changes.is_empty(), "{:?}", s.changes);
+    assert_eq!(s.stats.objects, 0);
+    assert!(a.live.written.is_empty(), "{:?}", a.live);
+    let now = latest_snapshot_meta(&StateDir::new(&p.b_state))
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.digest, s.digest);
+    p.assert_converged(&[PASSIVE]);
+    let (s, _) = p.sync_and_apply();
+    assert_eq!(s.outcome, SyncOutcome::UpToDate);
+}
+
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     let status = std::process::Command::new("cp")
         .arg("-a")
