@@ -381,18 +381,32 @@ pub(crate) fn concat_verified(
         }
         let (total, got) = reader.finish();
         if total != size || got != sha256 {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "{what}: {shown} does not match its manifest entry (expected {size} bytes with SHA-256 {sha256}, found {}{})",
-                    if total > size { format!("more than {size} bytes") } else { format!("{total} bytes") },
-                    if total == size { format!(" with SHA-256 {got}") } else { String::new() }
-                ),
-            )
-            .with_path(srcs.first().copied().unwrap_or(dst)));
+            return Err(not_as_recorded(what, &shown, (size, sha256), (total, &got))
+                .with_path(srcs.first().copied().unwrap_or(dst)));
         }
         Ok(())
     })
+}
+
+/// The [`ErrorKind::Corrupt`] error for contents (`shown`, of `what`) that
+/// are not the `expected` ones of their manifest entry (size, SHA-256):
+/// `found` is the size read (more than expected: at least one byte more)
+/// and the SHA-256 of what was read.
+pub(crate) fn not_as_recorded(
+    what: &str,
+    shown: &str,
+    (size, sha256): (u64, &str),
+    (total, got): (u64, &str),
+) -> Error {
+    let found = match total.cmp(&size) {
+        std::cmp::Ordering::Greater => format!("more than {size} bytes"),
+        std::cmp::Ordering::Equal => format!("{total} bytes with SHA-256 {got}"),
+        std::cmp::Ordering::Less => format!("{total} bytes"),
+    };
+    Error::new(
+        ErrorKind::Corrupt,
+        format!("{what}: {shown} does not match its manifest entry (expected {size} bytes with SHA-256 {sha256}, found {found})"),
+    )
 }
 
 /// Makes the regular file `path` (with no other name) this process's own with permission bits
@@ -413,15 +427,10 @@ pub(crate) fn adopt_verified(
         reader.feed(&mut file, path, |_| Ok(()))?;
         let (total, got) = reader.finish();
         if total != size || got != sha256 {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "{what}: {} does not match its manifest entry (expected {size} bytes with SHA-256 {sha256}, found {})",
-                    path.display(),
-                    if total > size { format!("more than {size} bytes") } else { format!("{total} bytes with SHA-256 {got}") }
-                ),
-            )
-            .with_path(path));
+            let shown = path.display().to_string();
+            return Err(
+                not_as_recorded(what, &shown, (size, sha256), (total, &got)).with_path(path)
+            );
         }
         Ok(())
     })();

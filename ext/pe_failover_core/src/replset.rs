@@ -501,7 +501,7 @@ pub(crate) fn save_manifest_hashing(path: &Path, manifest: &Manifest, mode: u32)
         // the file's creation ends.)
         crate::cache::StagedFile::write_with(path, mode, true, move |f, tmp| {
             // The digest is not known yet: zeros stand for it.
-            let head = manifest_file_head(&"0".repeat(64), 0);
+            let head = manifest_file_head(MANIFEST_MAGIC, &"0".repeat(64), 0);
             f.write_all(&head).map_err(|e| Error::io("write", tmp, e))?;
             let mut written = Ok(());
             manifest.canonical_pieces(1 << 20, |piece| {
@@ -548,21 +548,21 @@ pub(crate) fn stage_manifest_cache(
 /// when its digest is the SHA-256 read from such a file (or one of format
 /// 1), so that it is read back with the same digest.
 fn manifest_file_bytes(manifest: &Manifest) -> Vec<u8> {
-    let digest = manifest.digest();
-    let mut bytes = manifest_file_head(&digest, 32 + manifest.len() * 160);
-    if manifest.has_legacy_digest() {
-        bytes[..LEGACY_MANIFEST_MAGIC.len()].copy_from_slice(LEGACY_MANIFEST_MAGIC);
-    }
+    let magic = match manifest.has_legacy_digest() {
+        true => LEGACY_MANIFEST_MAGIC,
+        false => MANIFEST_MAGIC,
+    };
+    let mut bytes = manifest_file_head(magic, &manifest.digest(), 32 + manifest.len() * 160);
     manifest.append_canonical(&mut bytes);
     bytes
 }
 
-/// The header of a manifest file of format 3 recording `digest` (the magic
-/// line, then the digest at offset `MANIFEST_MAGIC.len()` and a newline),
-/// with room for `body` more bytes.
-fn manifest_file_head(digest: &str, body: usize) -> Vec<u8> {
-    let mut head = Vec::with_capacity(MANIFEST_MAGIC.len() + 65 + body);
-    head.extend_from_slice(MANIFEST_MAGIC);
+/// The header of a manifest file starting with `magic` and recording
+/// `digest` (at offset `MANIFEST_MAGIC.len()`, then a newline), with room
+/// for `body` more bytes.
+fn manifest_file_head(magic: &[u8], digest: &str, body: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(magic.len() + 65 + body);
+    head.extend_from_slice(magic);
     head.extend_from_slice(digest.as_bytes());
     head.push(b'\n');
     head
@@ -792,45 +792,78 @@ impl Tails {
 
     /// The tail whose contents have SHA-256 `sha256` (hex).
     pub(crate) fn with_contents(&self, sha256: &str) -> Option<&Tail> {
-        self.0.iter().find(|t| t.sha256 == sha256)
+        self.0.iter().find(|t| t.held.sha256 == sha256)
     }
 }
 
-/// A file of at least [`TAIL_MIN`] bytes that a rescan read whole, with
-/// its SHA-256 and the hash state after its last byte. When the next
-/// rescan finds it grown (the CA's `inventory.txt` gains a line per
-/// signing) and still starting with these bytes, only the appended bytes
-/// are hashed, and a sender to a replica holding these contents sends the
-/// appended bytes from memory (see [`grew_from`](Self::grew_from)).
-#[derive(Clone)]
+/// A file of at least [`HELD_MIN`] bytes that a rescan read whole. When
+/// the next rescan finds it grown (the CA's `inventory.txt` gains a line
+/// per signing) and still starting with these bytes, only the appended
+/// bytes are hashed, and a sender to a replica holding these contents sends
+/// the appended bytes from memory (see [`grew_from`](Self::grew_from)).
+#[derive(Clone, Debug)]
 pub(crate) struct Tail {
     /// The set's path (`ca/inventory.txt`).
     pub(crate) path: String,
-    /// The SHA-256 (hex) of [`bytes`](Self::bytes).
-    pub(crate) sha256: String,
     /// The contents read.
-    pub(crate) bytes: Arc<Vec<u8>>,
-    /// The SHA-256 state after the last byte.
-    state: Sha256,
+    pub(crate) held: HeldBytes,
     /// The contents (SHA-256, size) of the tail this one was found to
-    /// extend: [`bytes`](Self::bytes) start with them.
+    /// extend: its bytes start with them.
     pub(crate) grew_from: Option<(String, u64)>,
 }
 
-impl std::fmt::Debug for Tail {
+/// Contents held in memory with their SHA-256 and the hash state after
+/// their last byte, so that contents grown from them (`inventory.txt`
+/// after a signing) are hashed from there: by the active's rescans (see
+/// [`Tail`]) and by the passive's applier (see `stage::Held`).
+#[derive(Clone)]
+pub(crate) struct HeldBytes {
+    /// The SHA-256 (hex) of [`bytes`](Self::bytes).
+    pub(crate) sha256: String,
+    pub(crate) bytes: Arc<Vec<u8>>,
+    /// The SHA-256 state after the last byte.
+    state: Sha256,
+}
+
+impl HeldBytes {
+    /// `bytes`, hashed whole.
+    pub(crate) fn new(bytes: Vec<u8>) -> HeldBytes {
+        HeldBytes::hashed(Sha256::new(), 0, bytes)
+    }
+
+    /// `bytes`, which start with these: only what follows them is hashed.
+    pub(crate) fn grown(&self, bytes: Vec<u8>) -> HeldBytes {
+        debug_assert!(bytes.starts_with(&self.bytes));
+        HeldBytes::hashed(self.state.clone(), self.bytes.len(), bytes)
+    }
+
+    fn hashed(mut state: Sha256, from: usize, bytes: Vec<u8>) -> HeldBytes {
+        state.update(&bytes[from..]);
+        HeldBytes {
+            sha256: hex::encode(state.clone().finalize()),
+            bytes: Arc::new(bytes),
+            state,
+        }
+    }
+
+    /// Their size in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
+impl std::fmt::Debug for HeldBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tail")
-            .field("path", &self.path)
+        f.debug_struct("HeldBytes")
             .field("sha256", &self.sha256)
             .field("size", &self.bytes.len())
-            .field("grew_from", &self.grew_from)
             .finish()
     }
 }
 
-/// Smallest file a rescan keeps as a [`Tail`]: below it, hashing the whole
-/// file again costs less than 0.2 ms.
-const TAIL_MIN: u64 = 256 * 1024;
+/// Smallest contents held in memory as [`HeldBytes`]: below it, hashing
+/// the whole file again costs less than 0.2 ms.
+pub(crate) const HELD_MIN: u64 = 256 * 1024;
 
 /// What changed between two scans of a set: a sender whose replica holds
 /// the earlier one needs neither its manifest nor a diff.
@@ -1381,9 +1414,10 @@ fn entry_from_meta(path: &str, meta: &Metadata, kind: EntryKind) -> Entry {
 }
 
 /// Largest file [`ReplicatedSet::rescan_paths`] reads into memory (and may
-/// keep as a [`Tail`]): an `inventory.txt` of about 700,000 certificates. A
-/// larger changed file makes the round scan the whole set, which streams it.
-const RESCAN_READ_LIMIT: u64 = 64 * 1024 * 1024;
+/// keep as a [`Tail`]), and largest contents the passive's applier holds:
+/// an `inventory.txt` of about 700,000 certificates. A larger changed file
+/// makes the round scan the whole set, which streams it.
+pub(crate) const HELD_MAX: u64 = 64 * 1024 * 1024;
 
 /// The entry of the regular file `abs` (manifest path `rel`), hashed;
 /// `None` when it changed while it was read.
@@ -1394,10 +1428,10 @@ fn hashed_entry(
     tail: Option<&Tail>,
 ) -> Result<Option<(Entry, Option<Tail>)>> {
     // Large files are left to the scanner, which streams them.
-    if before.size() > RESCAN_READ_LIMIT {
+    if before.size() > HELD_MAX {
         return Ok(None);
     }
-    let bytes = match fsutil::read_bounded(abs, RESCAN_READ_LIMIT) {
+    let bytes = match fsutil::read_bounded(abs, HELD_MAX) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -1414,18 +1448,17 @@ fn hashed_entry(
         return Ok(None);
     }
     // Grown from the tail kept: only the appended bytes are hashed.
-    let grown = tail.filter(|t| bytes.starts_with(&t.bytes));
-    let mut state = grown.map_or_else(Sha256::new, |t| t.state.clone());
-    state.update(&bytes[grown.map_or(0, |t| t.bytes.len())..]);
-    let sha256 = hex::encode(state.clone().finalize());
+    let grown = tail.filter(|t| bytes.starts_with(&t.held.bytes));
+    let held = match grown {
+        Some(t) => t.held.grown(bytes),
+        None => HeldBytes::new(bytes),
+    };
     let mut e = entry_from_meta(rel, &after, EntryKind::File);
-    e.sha256 = Some(sha256.clone());
-    let tail = (bytes.len() as u64 >= TAIL_MIN).then(|| Tail {
+    e.sha256 = Some(held.sha256.clone());
+    let tail = (held.size() >= HELD_MIN).then(|| Tail {
         path: rel.to_string(),
-        sha256,
-        grew_from: grown.map(|t| (t.sha256.clone(), t.bytes.len() as u64)),
-        bytes: Arc::new(bytes),
-        state,
+        grew_from: grown.map(|t| (t.held.sha256.clone(), t.held.size())),
+        held,
     });
     Ok(Some((e, tail)))
 }

@@ -60,7 +60,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::cache::write_atomically;
 use crate::cancel::CancelToken;
@@ -69,7 +68,7 @@ use crate::pack::{self, PackEntry, PackWriter, Packed, StorePacks, PACKS_DIR};
 use crate::protocol::Kind;
 use crate::replset::{
     load_manifest_against, load_manifest_of, manifest_file_digest, save_manifest,
-    save_manifest_hashing,
+    save_manifest_hashing, HeldBytes, HELD_MAX, HELD_MIN,
 };
 use crate::snapshot::{is_sha256_hex, sha256_bytes, Entry, EntryKind, Manifest};
 use crate::state::Stamp;
@@ -822,54 +821,30 @@ pub struct Snapshot {
 /// hashed and written from memory instead of read from the store and
 /// hashed whole again: their bytes, checked against their SHA-256 when they
 /// were built, and the SHA-256 state after the last byte.
-#[derive(Clone, Default)]
-struct Held(Arc<Vec<HeldContent>>);
-
-#[derive(Clone)]
-struct HeldContent {
-    /// The path the snapshot has them at.
-    path: String,
-    sha256: String,
-    bytes: Arc<Vec<u8>>,
-    state: Sha256,
-}
-
-impl std::fmt::Debug for Held {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|h| (&h.path, h.bytes.len())))
-            .finish()
-    }
-}
+/// (Each with the path the snapshot has it at.)
+#[derive(Clone, Debug, Default)]
+struct Held(Arc<Vec<(String, HeldBytes)>>);
 
 impl Held {
     /// The held contents with SHA-256 `sha256`.
-    fn find(&self, sha256: &str) -> Option<&HeldContent> {
-        self.0.iter().find(|h| h.sha256 == sha256)
+    fn find(&self, sha256: &str) -> Option<&HeldBytes> {
+        self.0.iter().map(|(_, h)| h).find(|h| h.sha256 == sha256)
     }
 
     /// `built` and those of `self` that `manifest` still has at their path.
-    fn carried(&self, manifest: &Manifest, built: Vec<HeldContent>) -> Held {
+    fn carried(&self, manifest: &Manifest, built: Vec<(String, HeldBytes)>) -> Held {
         let mut all = built;
-        for h in self.0.iter() {
+        for (path, h) in self.0.iter() {
             let same = manifest
-                .get(&h.path)
+                .get(path)
                 .is_some_and(|e| e.sha256.as_deref() == Some(h.sha256.as_str()));
-            if same && !all.iter().any(|b| b.path == h.path) {
-                all.push(h.clone());
+            if same && !all.iter().any(|(p, _)| p == path) {
+                all.push((path.clone(), h.clone()));
             }
         }
         Held(Arc::new(all))
     }
 }
-
-/// Contents of at least this size that extend others are built in memory
-/// and held (see [`Held`]); smaller ones cost little to read and hash.
-const HELD_MIN: u64 = 256 * 1024;
-
-/// Contents larger than this are not held: an `inventory.txt` of about
-/// 700,000 certificates (the active's watcher keeps as much).
-const HELD_MAX: u64 = 64 << 20;
 
 /// Where the content store keeps some contents.
 #[derive(Debug)]
@@ -1243,7 +1218,7 @@ pub(crate) fn build_snapshot(
         .collect();
     let mut new: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut written: Vec<PathBuf> = Vec::new();
-    let mut built: Vec<HeldContent> = Vec::new();
+    let mut built: Vec<(String, HeldBytes)> = Vec::new();
     let mut failure = None;
     for (result, (e, _, dst)) in added.into_iter().zip(&jobs) {
         match result {
@@ -1433,8 +1408,9 @@ struct Added {
     tmp: PathBuf,
     /// Whether it was written here (new data to sync) rather than moved.
     copied: bool,
-    /// The contents, when they were built in memory to be held.
-    held: Option<HeldContent>,
+    /// The contents (and their path), when they were built in memory to be
+    /// held.
+    held: Option<(String, HeldBytes)>,
 }
 
 /// Adds the contents of the file entry `e` (SHA-256 `sha`) to the store at
@@ -1467,21 +1443,12 @@ fn add_object(
             return extend_in_memory(state, prev, txn, (e, sha), x, &what, dst).map(Some);
         }
         // The held contents plus the suffix.
-        let base = state.object_path(&x.base_sha256);
-        if fs::symlink_metadata(&base).is_ok() {
-            vec![base, txn.suffix_file(sha)]
-        } else if let Some(packed) = prev.and_then(|p| p.packed(&x.base_sha256)) {
-            prefix = packed.read_verified(&x.base_sha256, x.base_size, &what)?;
-            vec![txn.suffix_file(sha)]
-        } else {
-            return Err(Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "{what}: it extends contents (SHA-256 {}) the previous snapshot does not hold",
-                    x.base_sha256
-                ),
-            )
-            .with_path(&txn.dir));
+        match extension_base(state, prev, txn, x, &what)? {
+            Extended::Loose(base) => vec![base, txn.suffix_file(sha)],
+            Extended::Packed(bytes) => {
+                prefix = bytes;
+                vec![txn.suffix_file(sha)]
+            }
         }
     } else {
         return Err(Error::new(
@@ -1508,12 +1475,51 @@ fn add_object(
     }))
 }
 
+/// Where the contents an extension extends are: a file of the store, or
+/// read (and checked) from one of its packs.
+enum Extended {
+    Loose(PathBuf),
+    Packed(Vec<u8>),
+}
+
+/// Where the contents the extension `x` (of `txn`, on top of `prev`)
+/// extends are; [`ErrorKind::Corrupt`], naming `what`, when the store does
+/// not hold them.
+fn extension_base(
+    state: &StateDir,
+    prev: Option<&Snapshot>,
+    txn: &PendingTxn,
+    x: &Extension,
+    what: &str,
+) -> Result<Extended> {
+    let base = state.object_path(&x.base_sha256);
+    if fs::symlink_metadata(&base).is_ok() {
+        Ok(Extended::Loose(base))
+    } else if let Some(packed) = prev.and_then(|p| p.packed(&x.base_sha256)) {
+        Ok(Extended::Packed(packed.read_verified(
+            &x.base_sha256,
+            x.base_size,
+            what,
+        )?))
+    } else {
+        Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{what}: it extends contents (SHA-256 {}) the previous snapshot does not hold",
+                x.base_sha256
+            ),
+        )
+        .with_path(&txn.dir))
+    }
+}
+
 /// [`add_object`] for the extension `x` of large contents (the file entry
-/// `e` with SHA-256 `sha`, at most [`HELD_MAX`] bytes): the contents it extends, from the bytes the
-/// previous snapshot holds (see [`Held`]) or else read from the store (or
-/// a pack) and checked against their SHA-256, plus the received suffix,
-/// hashed from the held SHA-256 state on; the result, checked against
-/// `e`'s SHA-256, is written to a temporary name beside `dst` and held.
+/// `e` with SHA-256 `sha`, at most [`HELD_MAX`] bytes): the contents it
+/// extends, the bytes the previous snapshot holds (see [`Held`]) or else
+/// read from the store and checked against their SHA-256, plus the
+/// received suffix, hashed from the held SHA-256 state on; the result,
+/// checked against `e`, is written to a temporary name beside `dst` and
+/// held.
 fn extend_in_memory(
     state: &StateDir,
     prev: Option<&Snapshot>,
@@ -1524,91 +1530,65 @@ fn extend_in_memory(
     dst: &Path,
 ) -> Result<Added> {
     use std::io::Read as _;
-    let corrupt = |why: String| Error::new(ErrorKind::Corrupt, format!("{what}: {why}"));
-    let suffix_len = e
-        .size
-        .checked_sub(x.base_size)
-        .filter(|&n| n > 0)
-        .ok_or_else(|| {
-            corrupt(format!(
-                "an extension of {} bytes to {} bytes does not grow them",
-                x.base_size, e.size
-            ))
-            .with_path(&txn.dir)
-        })?;
-    let kept = prev.and_then(|p| p.held.find(&x.base_sha256));
-    let (mut bytes, mut hasher) = match kept.filter(|h| h.bytes.len() as u64 == x.base_size) {
-        Some(held) => {
-            let mut bytes = Vec::with_capacity(e.size as usize);
-            bytes.extend_from_slice(&held.bytes);
-            (bytes, held.state.clone())
-        }
+    let held = prev
+        .and_then(|p| p.held.find(&x.base_sha256))
+        .filter(|h| h.size() == x.base_size);
+    let base = match held {
+        Some(held) => held.clone(),
         None => {
-            let base = state.object_path(&x.base_sha256);
-            let mut bytes = if fs::symlink_metadata(&base).is_ok() {
+            let (bytes, shown) = match extension_base(state, prev, txn, x, what)? {
                 // (Of another size, they are refused below.)
-                fsutil::read_bounded(&base, HELD_MAX)?
-            } else if let Some(packed) = prev.and_then(|p| p.packed(&x.base_sha256)) {
-                packed.read_verified(&x.base_sha256, x.base_size, what)?
-            } else {
-                return Err(corrupt(format!(
-                    "it extends contents (SHA-256 {}) the previous snapshot does not hold",
-                    x.base_sha256
-                ))
-                .with_path(&txn.dir));
+                Extended::Loose(path) => (fsutil::read_bounded(&path, HELD_MAX)?, path),
+                Extended::Packed(bytes) => (bytes, state.objects()),
             };
-            let mut hasher = Sha256::new();
-            hasher.update(&bytes);
-            let got = hex::encode(hasher.clone().finalize());
-            if bytes.len() as u64 != x.base_size || got != x.base_sha256 {
-                return Err(corrupt(format!(
-                    "the contents it extends, {}, are not the {} bytes with SHA-256 {} the store should hold (found {} bytes with SHA-256 {got}): the store's copy was damaged on disk",
-                    base.display(),
-                    x.base_size,
-                    x.base_sha256,
-                    bytes.len()
-                ))
-                .with_path(&base));
+            let base = HeldBytes::new(bytes);
+            if base.size() != x.base_size || base.sha256 != x.base_sha256 {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "{what}: the contents it extends, {}, are not the {} bytes with SHA-256 {} the store should hold (found {} bytes with SHA-256 {}): the store's copy was damaged on disk",
+                        shown.display(),
+                        x.base_size,
+                        x.base_sha256,
+                        base.size(),
+                        base.sha256
+                    ),
+                )
+                .with_path(&shown));
             }
-            bytes.reserve(suffix_len as usize);
-            (bytes, hasher)
+            base
         }
     };
-    // The suffix is the transfer user's file.
+    // The suffix is the transfer user's file; the bytes after it, if any,
+    // make a size that is refused below.
     let suffix_path = txn.suffix_file(sha);
     let (input, _) = fsutil::open_untrusted(&suffix_path, what)?;
-    let start = bytes.len();
+    let mut bytes = Vec::with_capacity(e.size.max(base.size()) as usize);
+    bytes.extend_from_slice(&base.bytes);
     input
-        .take(suffix_len + 1)
+        .take(e.size.saturating_sub(base.size()) + 1)
         .read_to_end(&mut bytes)
         .map_err(|err| Error::io("read", &suffix_path, err))?;
-    hasher.update(&bytes[start..]);
-    let got = hex::encode(hasher.clone().finalize());
-    if bytes.len() as u64 != e.size || got != sha {
-        return Err(corrupt(format!(
-            "the held contents plus {} do not match the manifest entry (expected {} bytes with SHA-256 {sha}, found {}{})",
-            suffix_path.display(),
-            e.size,
-            if bytes.len() as u64 > e.size { format!("more than {} bytes", e.size) } else { format!("{} bytes", bytes.len()) },
-            if bytes.len() as u64 == e.size { format!(" with SHA-256 {got}") } else { String::new() }
-        ))
+    let grown = base.grown(bytes);
+    if grown.size() != e.size || grown.sha256 != sha {
+        return Err(fsutil::not_as_recorded(
+            what,
+            &format!("the held contents plus {}", suffix_path.display()),
+            (e.size, sha),
+            (grown.size(), &grown.sha256),
+        )
         .with_path(&suffix_path));
     }
     let dir = dst.parent().unwrap_or(Path::new("/"));
     let tmp = dir.join(format!(".tmp.{}", fsutil::unique_hex()));
     fsutil::create_filled(&tmp, 0o600, |out| {
-        out.write_all(&bytes)
+        out.write_all(&grown.bytes)
             .map_err(|err| Error::io("write", &tmp, err))
     })?;
     Ok(Added {
         tmp,
         copied: true,
-        held: Some(HeldContent {
-            path: e.path.clone(),
-            sha256: sha.to_string(),
-            bytes: Arc::new(bytes),
-            state: hasher,
-        }),
+        held: Some((e.path.clone(), grown)),
     })
 }
 

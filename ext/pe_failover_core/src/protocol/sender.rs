@@ -826,16 +826,16 @@ impl Resolver {
         };
         let tail = tails
             .with_contents(sha256)
-            .filter(|t| t.bytes.len() as u64 == size);
+            .filter(|t| t.held.size() == size);
         let grown = tail.filter(|t| {
             let from = t.grew_from.as_ref().map(|(b, n)| (b.as_str(), *n));
             extends.is_some() && from == extends
         });
         if let Some(t) = grown {
-            return Kept::Grown(&t.bytes);
+            return Kept::Grown(&t.held.bytes);
         }
         let whole = contents.get(sha256).filter(|b| b.len() as u64 == size);
-        match whole.or(tail.map(|t| &t.bytes[..])) {
+        match whole.or(tail.map(|t| &t.held.bytes[..])) {
             Some(bytes) => Kept::Whole(bytes),
             None => Kept::Nothing,
         }

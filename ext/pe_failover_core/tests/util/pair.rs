@@ -403,7 +403,9 @@ impl Pair {
         let mut names: Vec<String> = match fs::read_dir(self.b_state.join("incoming")) {
             Ok(r) => r
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                // (Hidden: the temporary file of a status being written.)
                 .filter(|n| n != "receiver.status.json" && n != "receive.lock")
+                .filter(|n| !n.starts_with('.'))
                 .collect(),
             Err(_) => Vec::new(),
         };
