@@ -470,9 +470,21 @@ pub(crate) fn ask_with(state_dir: &Path, request: &SyncRequest, patience: Patien
         bytes.push(b'\n');
         conn.write_all(&bytes)
     })();
-    if let Err(e) = sent {
-        return Reply::NotRun(format!("the request could not be sent: {e}"));
-    }
+    // A watcher that declines answers at once and closes the connection,
+    // maybe before the request was written: its answer is still there to
+    // read then.
+    let unsent = match sent {
+        Ok(()) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Some(e)
+        }
+        Err(e) => return Reply::NotRun(format!("the request could not be sent: {e}")),
+    };
     let mut lines = BufReader::new(conn);
     let mut line = String::new();
     let asked = std::time::Instant::now();
@@ -486,9 +498,12 @@ pub(crate) fn ask_with(state_dir: &Path, request: &SyncRequest, patience: Patien
         line.clear();
         match lines.read_line(&mut line) {
             Ok(0) => {
-                return Reply::NotRun(
-                    "it closed the connection unanswered (stopping, or not this user's)".into(),
-                )
+                return Reply::NotRun(match unsent {
+                    Some(e) => format!("the request could not be sent: {e}"),
+                    None => {
+                        "it closed the connection unanswered (stopping, or not this user's)".into()
+                    }
+                })
             }
             Ok(_) => {}
             Err(e)
@@ -629,6 +644,27 @@ mod tests {
         assert_eq!(why, "it sent nothing for 0.2s");
         assert_eq!(waited(ROUND_LIMIT), "30 minutes");
         assert_eq!(waited(SILENCE), "30s");
+    }
+
+    #[test]
+    fn a_decline_sent_before_the_request_was_written_is_read() {
+        // A watcher past its limit answers and closes at once: the request
+        // written after that fails (the peer is gone), the answer is read.
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join(SOCKET)).unwrap();
+        let server = thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            answer_now(&mut conn, &Answer::Declined("it is busy".into()));
+        });
+        let mut request = SyncRequest::new("c", None, false);
+        // (Larger than the socket's buffer, so that writing it meets the
+        // closed end whatever the timing.)
+        request.replica = Some("r".repeat(4 << 20));
+        match ask_with(dir.path(), &request, patience(10_000, 60_000)) {
+            Reply::NotRun(why) => assert_eq!(why, "it declined: it is busy"),
+            other => panic!("{other:?}"),
+        }
+        server.join().unwrap();
     }
 
     #[test]
