@@ -59,9 +59,9 @@ use crate::replset::{
 };
 use crate::snapshot::{mtime_ns, Entry, EntryKind, Manifest, Scanner};
 use crate::stage::{
-    build_snapshot, chain, latest_snapshot, latest_snapshot_meta, list_txns, open_snapshot,
-    prepare_snapshot, prune_snapshots, republish_staged, switch_latest, LatestCache, PendingTxn,
-    Snapshot, SnapshotMeta, StateDir, Stored,
+    build_snapshot, chain, latest_snapshot, latest_snapshot_meta, list_txns, manifest_on_disk,
+    open_snapshot, prepare_snapshot, prune_snapshots, republish_staged, switch_latest, LatestCache,
+    PendingTxn, Snapshot, SnapshotMeta, StateDir, Stored,
 };
 use crate::state::{ApplyCounts, DigestAt, Divergence, ErrorRecord, ReplicaStatus, Role, Stamp};
 use crate::{Error, ErrorKind, Result};
@@ -672,6 +672,9 @@ impl Applier {
             && start.is_some()
             && applied == start.as_deref()
             && self.state.staged_manifest().exists()
+            && latest_meta
+                .as_ref()
+                .is_some_and(|m| manifest_on_disk(&self.state, m))
         {
             // Nothing new, and the live files were brought to the latest
             // snapshot: nothing to read.
@@ -696,7 +699,10 @@ impl Applier {
             .latest_cache
             .as_ref()
             .and_then(|cache| cache.take(latest_meta.as_ref()));
-        let first = order.first().map(|&i| &txns[i]).filter(|_| kept.is_none());
+        let first = order
+            .first()
+            .map(|&i| &txns[i])
+            .filter(|t| kept.is_none() && !t.has_delta());
         let (latest, mut prepared) = std::thread::scope(|s| {
             let prepared = first.map(|txn| s.spawn(|| prepare_snapshot(&self.state, txn, None)));
             let latest = match kept {
@@ -858,7 +864,12 @@ impl Applier {
         // what stands in the way, and nothing is written through a link.
         let incremental = match delta_from {
             Some(prev) => {
-                let changed = changed_paths(&prev.manifest, &target.manifest);
+                // A snapshot built on `prev` from a delta says what it
+                // changed; otherwise the two manifests are compared.
+                let changed = match target.changed_since(&prev.meta.digest) {
+                    Some(paths) => with_parents(paths.iter().map(String::as_str).collect()),
+                    None => changed_paths(&prev.manifest, &target.manifest),
+                };
                 // The target's entries at those paths, in path order: they
                 // come from the snapshot, checked when it was read, and
                 // every parent of a changed path is one of them.
@@ -1544,7 +1555,11 @@ impl Applier {
 /// changed in any field), with their parent directories (so the subsets are
 /// manifests too), in path order.
 fn changed_paths<'a>(old: &'a Manifest, new: &'a Manifest) -> Vec<&'a str> {
-    let mut out = differing_paths(old, new);
+    with_parents(differing_paths(old, new))
+}
+
+/// `paths` with their parent directories, sorted, each once.
+fn with_parents(mut out: Vec<&str>) -> Vec<&str> {
     let mut parents: Vec<&str> = Vec::new();
     for p in &out {
         let mut rest = *p;

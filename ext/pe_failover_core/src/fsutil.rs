@@ -502,6 +502,19 @@ pub(crate) fn take_over(path: &Path, names: u64, mode: u32, what: &str) -> Resul
     Ok(file)
 }
 
+/// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), different
+/// after every restart; `None` where it cannot be read.
+pub(crate) fn boot_id() -> Option<&'static str> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .as_deref()
+}
+
 /// An exclusive advisory lock (`flock`) on a file, released when dropped or
 /// when the process dies (so it can never go stale).
 #[derive(Debug)]

@@ -45,6 +45,7 @@ pub mod error;
 pub mod exclude;
 mod fsutil;
 pub mod log;
+mod manifest_delta;
 pub mod ncship;
 mod pack;
 pub mod protocol;

@@ -478,13 +478,21 @@ pub fn save_manifest(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> 
 /// without hashing it first: the canonical form is written piece by piece
 /// as it is made, each piece hashed by a second thread meanwhile, and the
 /// digest, then remembered by `manifest`, goes into the header before the
-/// file is flushed. (At 100k certificates making, writing and hashing the
-/// 15 MB take 4-9, 1-5 and about 3 ms.)
-pub(crate) fn save_manifest_hashing(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> {
+/// file is flushed (unless not `durable`). (At 100k certificates making,
+/// writing and hashing the 15 MB take 4-9, 1-5 and about 3 ms.)
+pub(crate) fn save_manifest_hashing(
+    path: &Path,
+    manifest: &Manifest,
+    mode: u32,
+    durable: bool,
+) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::FileExt as _;
     if manifest.known_digest().is_some() {
-        return save_manifest(path, manifest, mode);
+        return match durable {
+            true => save_manifest(path, manifest, mode),
+            false => save_manifest_cache(path, manifest, mode),
+        };
     }
     let mut digest = None;
     let found = &mut digest;
@@ -499,7 +507,7 @@ pub(crate) fn save_manifest_hashing(path: &Path, manifest: &Manifest, mode: u32)
         });
         // (`pieces` goes with the closure: the hashing thread ends however
         // the file's creation ends.)
-        crate::cache::StagedFile::write_with(path, mode, true, move |f, tmp| {
+        crate::cache::StagedFile::write_with(path, mode, durable, move |f, tmp| {
             // The digest is not known yet: zeros stand for it.
             let head = manifest_file_head(MANIFEST_MAGIC, &"0".repeat(64), 0);
             f.write_all(&head).map_err(|e| Error::io("write", tmp, e))?;

@@ -429,14 +429,7 @@ impl Manifest {
         buf: &mut Vec<u8>,
         mut flush: impl FnMut(&mut Vec<u8>),
     ) {
-        buf.extend_from_slice(CANONICAL_TAG);
-        buf.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        for entry in &self.entries {
-            entry.write_canonical(buf);
-            if buf.len() >= every {
-                flush(buf);
-            }
-        }
+        write_canonical_of(self.entries.iter(), every, buf, &mut flush);
     }
 
     /// The root digest: BLAKE3 (lowercase hex, 256 bits) of the canonical
@@ -677,6 +670,34 @@ fn walk_against<'a>(
     Ok(out)
 }
 
+/// The canonical form of `entries`, strictly sorted by path, as if they
+/// were a whole manifest ([`Manifest::canonical_bytes`]) whatever rules they
+/// keep: [`parse_canonical`] reads them back.
+pub(crate) fn canonical_form_of(entries: &[&Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + entries.len() * 160);
+    write_canonical_of(entries.iter().copied(), usize::MAX, &mut out, |_| {});
+    out
+}
+
+/// Writes the canonical form of `entries` (strictly sorted by path) into
+/// `buf`, handing it to `flush` (which clears it) whenever it holds `every`
+/// bytes or more; the tail stays in `buf`.
+fn write_canonical_of<'a>(
+    entries: impl ExactSizeIterator<Item = &'a Entry>,
+    every: usize,
+    buf: &mut Vec<u8>,
+    mut flush: impl FnMut(&mut Vec<u8>),
+) {
+    buf.extend_from_slice(CANONICAL_TAG);
+    buf.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for entry in entries {
+        entry.write_canonical(buf);
+        if buf.len() >= every {
+            flush(buf);
+        }
+    }
+}
+
 /// The version tag that starts the canonical form.
 const CANONICAL_TAG: &[u8] = b"pe_failover manifest v1\n";
 
@@ -842,7 +863,7 @@ impl Record<'_> {
 
 /// The entries of a canonical form, strictly sorted by path, or why the
 /// bytes are not one.
-fn parse_canonical(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
+pub(crate) fn parse_canonical(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
     let mut records = Records::new(bytes)?;
     let mut entries: Vec<Entry> = Vec::with_capacity(records.count() as usize);
     while let Some(record) = records.next_record()? {

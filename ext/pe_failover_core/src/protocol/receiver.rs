@@ -16,6 +16,7 @@ use super::{
 };
 use crate::cancel::CancelToken;
 use crate::fsutil::{self, FileLock};
+use crate::manifest_delta::{is_small_change, merge_delta};
 use crate::pack::PACK_MIN;
 use crate::replset::{is_allowed_path_of, manifest_from_merge};
 use crate::snapshot::{
@@ -564,7 +565,8 @@ impl Receiver {
         dropped.extend(held_at.values().filter_map(|(sha, _)| sha256_bytes(sha)));
         let mut sorted: Vec<&Entry> = upserts.iter().collect();
         sorted.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        let merged = merge_delta(Vec::from(base_manifest), &sorted, &removed);
+        let base_len = base_manifest.len();
+        let merged = merge_delta(Vec::from(base_manifest), base_len, &sorted, &removed);
         if merged.len() as u64 > limits.max_entries {
             return Err(violation(format!(
                 "the new manifest would have {} entries, more than the limit of {} (max_entries)",
@@ -576,6 +578,10 @@ impl Receiver {
         // changes is checked again.
         let removed: Vec<&str> = removed.into_iter().collect();
         let manifest = manifest_from_merge(kind, merged, &sorted, &removed)?;
+        // A small change is stored as what it changes (see `manifest_delta`).
+        let delta_of = base
+            .digest()
+            .filter(|_| is_small_change(sorted.len() + removed.len(), manifest.len()));
         session.stats.entries = manifest.len() as u64;
 
         // The objects: want those whose contents this replica lacks.
@@ -602,10 +608,13 @@ impl Receiver {
         if kind == Kind::Ca && wanted.len() >= PACK_MIN {
             writer.use_pack()?;
         }
-        // Its digest is computed while it is written and the contents
-        // arrive, and checked against the announced one before anything is
-        // stored (below).
-        writer.write_manifest(manifest)?;
+        // Its digest is computed while it is written (whole, or as a
+        // delta) and the contents arrive, and checked against the announced
+        // one before anything is stored (below).
+        match delta_of {
+            Some(base) => writer.write_delta(manifest, base, &head.digest, &sorted, &removed)?,
+            None => writer.write_manifest(manifest)?,
+        }
         conn.send(FrameType::Want, &want)?;
         conn.flush()?;
 
@@ -899,25 +908,6 @@ impl BaseReader {
             None => self.base.manifest(self.kind).map(with_contents),
         }
     }
-}
-
-/// The entries of `base` (in path order) with `upserts` (in path order)
-/// put in and the paths in `removed` left out, in path order.
-fn merge_delta(base: Vec<Entry>, upserts: &[&Entry], removed: &FxHashSet<&str>) -> Vec<Entry> {
-    let mut out = Vec::with_capacity(base.len() + upserts.len());
-    let mut ups = upserts.iter().peekable();
-    for e in base {
-        while let Some(u) = ups.next_if(|u| u.path < e.path) {
-            out.push((*u).clone());
-        }
-        if let Some(u) = ups.next_if(|u| u.path == e.path) {
-            out.push((*u).clone());
-        } else if !removed.contains(e.path.as_str()) {
-            out.push(e);
-        }
-    }
-    out.extend(ups.map(|u| (*u).clone()));
-    out
 }
 
 /// Receives `len` bytes of `DATA` frames into `file`; returns their
