@@ -1268,7 +1268,8 @@ pub fn snapshot_meta(state: &StateDir, digest: &str) -> Result<Option<SnapshotMe
 /// The complete snapshot with `digest`, if there is one. A snapshot built
 /// from a delta whose manifest file did not reach the disk before a crash
 /// (see `settle_snapshot`) gets it back: the delta it keeps is applied
-/// again to its base, and the manifest written and flushed.
+/// again to its base, and the manifest written and flushed. One read whole
+/// during a later boot than it was built in is settled.
 pub fn open_snapshot(state: &StateDir, digest: &str) -> Result<Option<Snapshot>> {
     open_snapshot_within(state, digest, RECOVER_DEPTH)
 }
@@ -1284,7 +1285,15 @@ fn open_snapshot_within(state: &StateDir, digest: &str, depth: usize) -> Result<
     };
     let dir = state.snapshot_dir(digest);
     let manifest = match snapshot_manifest(state, &dir, digest) {
-        Ok(m) => m,
+        Ok(m) => {
+            // Read whole during a later boot than it was written in, it
+            // is on disk: the snapshot is settled.
+            if !manifest_on_disk(state, &meta) {
+                fsutil::remove_any(&dir.join(DELTA_FILE))?;
+                fsutil::fsync_dir(&dir)?;
+            }
+            m
+        }
         Err(e) if fs::symlink_metadata(dir.join(DELTA_FILE)).is_ok() => {
             rebuild_manifest(state, &dir, digest, depth).map_err(|r| {
                 Error::new(
@@ -1387,8 +1396,9 @@ pub(crate) fn manifest_on_disk(state: &StateDir, meta: &SnapshotMeta) -> bool {
 /// from a delta and not settled yet, is on disk, then removes the delta:
 /// flushed when it was written during this boot (the page cache holds what
 /// was written), else read and checked, and rebuilt from the delta when it
-/// did not reach the disk (see [`open_snapshot`]). Pruning settles a
-/// snapshot before it removes the one the delta builds on.
+/// did not reach the disk ([`open_snapshot`] does both, and settles it).
+/// Pruning settles a snapshot before it removes the one the delta builds
+/// on.
 pub(crate) fn settle_snapshot(state: &StateDir, digest: &str) -> Result<()> {
     let dir = state.snapshot_dir(digest);
     let delta = dir.join(DELTA_FILE);
@@ -1396,14 +1406,15 @@ pub(crate) fn settle_snapshot(state: &StateDir, digest: &str) -> Result<()> {
         return Ok(());
     }
     let this_boot = snapshot_meta(state, digest)?.is_some_and(|m| manifest_on_disk(state, &m));
-    if this_boot {
-        let file = dir.join("manifest.json");
-        fsutil::open_nofollow(&file)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io("flush", &file, e))?;
-    } else {
+    if !this_boot {
+        // Read back (and rebuilt if it must be), which settles it.
         open_snapshot(state, digest)?;
+        return Ok(());
     }
+    let file = dir.join("manifest.json");
+    fsutil::open_nofollow(&file)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("flush", &file, e))?;
     fsutil::remove_any(&delta)?;
     fsutil::fsync_dir(&dir)
 }

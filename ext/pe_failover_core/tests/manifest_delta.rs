@@ -199,53 +199,79 @@ fn a_new_receiver_builds_its_base_from_the_pending_deltas() {
     assert!(p.incoming().is_empty(), "nothing changed");
 }
 
+/// Cuts the file at `path` in place to what `keep` says of its length.
+fn cut_short(path: &Path, keep: impl FnOnce(u64) -> u64) {
+    let len = fs::metadata(path).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(keep(len))
+        .unwrap();
+}
+
 #[test]
 fn a_damaged_delta_is_refused_and_the_change_resent() {
     let p = pair();
-
-    // A changed byte in an upserted entry's path: the manifest it makes is
-    // another one (or breaks the order); nothing of it is applied.
-    p.sign("flip.example.com");
-    p.sync();
-    patch(
-        &pending(&p).join("manifest.delta"),
-        "flip.example.com",
-        "flip.example.cop",
-    );
-    assert_refused_and_resent(&p, "flip.example.com", "its metadata says");
-
-    // Cut short.
-    p.sign("cut.example.com");
-    p.sync();
-    let delta = pending(&p).join("manifest.delta");
-    let len = fs::metadata(&delta).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&delta)
-        .unwrap()
-        .set_len(len - 7)
-        .unwrap();
-    assert_refused_and_resent(&p, "cut.example.com", "truncated");
-
-    // A delta that removes a path its base does not have.
-    p.sign("rm.example.com");
-    p.clean("node7.example.com");
-    p.sync();
-    patch(
-        &pending(&p).join("manifest.delta"),
-        "node7.example.com",
-        "node7.example.con",
-    );
-    assert_refused_and_resent(&p, "rm.example.com", "which its base does not have");
-
-    // A delta that records another digest than the transaction's metadata.
-    p.sign("other.example.com");
-    p.sync();
-    let delta = pending(&p).join("manifest.delta");
-    let mut bytes = fs::read(&delta).unwrap();
-    bytes[95] = if bytes[95] == b'0' { b'1' } else { b'0' };
-    fs::write(&delta, bytes).unwrap();
-    assert_refused_and_resent(&p, "other.example.com", "its metadata says");
+    // The certificate signed, one cleaned too (or none), what is done to the
+    // stored delta, and what the refusal says.
+    type Damage = fn(&Path);
+    let cases: [(&str, Option<&str>, Damage, &str); 5] = [
+        // A changed byte in an upserted entry's path: the manifest it makes
+        // is another one.
+        (
+            "flip.example.com",
+            None,
+            |d| patch(d, "flip.example.com", "flip.example.cop"),
+            "its metadata says",
+        ),
+        (
+            "cut.example.com",
+            None,
+            |d| cut_short(d, |n| n - 7),
+            "truncated",
+        ),
+        // A path removed that the base does not have.
+        (
+            "rm.example.com",
+            Some("node7.example.com"),
+            |d| patch(d, "node7.example.com", "node7.example.con"),
+            "which its base does not have",
+        ),
+        // Another digest recorded than the transaction's metadata's.
+        (
+            "other.example.com",
+            None,
+            |d| {
+                let mut bytes = fs::read(d).unwrap();
+                bytes[95] = if bytes[95] == b'0' { b'1' } else { b'0' };
+                fs::write(d, bytes).unwrap();
+            },
+            "its metadata says",
+        ),
+        // An upserted entry that breaks the replication rules.
+        (
+            "rule.example.com",
+            None,
+            |d| {
+                patch(
+                    d,
+                    "ca/signed/rule.example.com",
+                    "ca/signed/../../etc/passwd",
+                )
+            },
+            "manifest delta",
+        ),
+    ];
+    for (name, cleaned, damage, says) in cases {
+        p.sign(name);
+        if let Some(c) = cleaned {
+            p.clean(c);
+        }
+        p.sync();
+        damage(&pending(&p).join("manifest.delta"));
+        assert_refused_and_resent(&p, name, says);
+    }
 
     // A delta with another name elsewhere (a file of the system, as far as
     // the applier can tell) is not taken over, and keeps its mode.
@@ -257,16 +283,6 @@ fn a_damaged_delta_is_refused_and_the_change_resent() {
     let mode = fs::metadata(&elsewhere).unwrap().mode();
     assert_refused_and_resent(&p, "link.example.com", "not trusted");
     assert_eq!(fs::metadata(&elsewhere).unwrap().mode(), mode);
-
-    // A delta that upserts an entry that breaks the replication rules.
-    p.sign("rule.example.com");
-    p.sync();
-    patch(
-        &pending(&p).join("manifest.delta"),
-        "ca/signed/rule.example.com",
-        "ca/signed/../../etc/passwd",
-    );
-    assert_refused_and_resent(&p, "rule.example.com", "manifest delta");
 }
 
 /// Makes the snapshot in `dir` look built during another boot: its
@@ -282,19 +298,30 @@ fn built_in_another_boot(dir: &Path) {
 /// Cuts the manifest file of the snapshot in `dir` short in place (both
 /// its names, as writeback lost after a crash would).
 fn lose_manifest(dir: &Path) {
-    let manifest = dir.join("manifest.json");
-    let len = fs::metadata(&manifest).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&manifest)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    cut_short(&dir.join("manifest.json"), |n| n / 2);
 }
 
 #[test]
 fn a_snapshot_manifest_lost_in_a_crash_is_rebuilt_from_its_delta() {
     let p = pair();
+
+    // After a restart, an unsettled latest snapshot whose manifest reached
+    // the disk is read once, which settles it (the file is kept).
+    p.sign("kept.example.com");
+    p.sync();
+    p.apply();
+    let snap = latest_dir(&p);
+    assert!(snap.join("manifest.delta").is_file());
+    let inode = fs::metadata(snap.join("manifest.json")).unwrap().ino();
+    built_in_another_boot(&snap);
+    p.apply();
+    assert!(!snap.join("manifest.delta").exists());
+    assert_eq!(
+        fs::metadata(snap.join("manifest.json")).unwrap().ino(),
+        inode
+    );
+
+    // When it did not reach the disk, it is rebuilt.
     p.sign("lost.example.com");
     p.sync();
     let a = p.apply();
