@@ -1288,7 +1288,7 @@ fn open_snapshot_within(state: &StateDir, digest: &str, depth: usize) -> Result<
         Ok(m) => {
             // Read whole during a later boot than it was written in, it
             // is on disk: the snapshot is settled.
-            if !manifest_on_disk(state, &meta) {
+            if built_in_another_boot(&meta) && fs::symlink_metadata(dir.join(DELTA_FILE)).is_ok() {
                 fsutil::remove_any(&dir.join(DELTA_FILE))?;
                 fsutil::fsync_dir(&dir)?;
             }
@@ -1392,6 +1392,13 @@ pub(crate) fn manifest_on_disk(state: &StateDir, meta: &SnapshotMeta) -> bool {
     this_boot || fs::symlink_metadata(state.snapshot_dir(&meta.digest).join(DELTA_FILE)).is_err()
 }
 
+/// Whether the snapshot with metadata `meta` is known to have been built
+/// during an earlier boot than this one (both boot ids known, and
+/// different): what is read of it now was read from the disk.
+fn built_in_another_boot(meta: &SnapshotMeta) -> bool {
+    fsutil::boot_id().is_some_and(|now| meta.boot_id.as_deref().is_some_and(|then| then != now))
+}
+
 /// Makes sure the manifest file of the snapshot `digest`, if it was built
 /// from a delta and not settled yet, is on disk, then removes the delta:
 /// flushed when it was written during this boot (the page cache holds what
@@ -1407,9 +1414,13 @@ pub(crate) fn settle_snapshot(state: &StateDir, digest: &str) -> Result<()> {
     }
     let this_boot = snapshot_meta(state, digest)?.is_some_and(|m| manifest_on_disk(state, &m));
     if !this_boot {
-        // Read back (and rebuilt if it must be), which settles it.
+        // Read back (and rebuilt if it must be), which settles it when it
+        // was built during an earlier boot; when that is not known, what
+        // was read and checked is flushed below.
         open_snapshot(state, digest)?;
-        return Ok(());
+        if fs::symlink_metadata(&delta).is_err() {
+            return Ok(());
+        }
     }
     let file = dir.join("manifest.json");
     fsutil::open_nofollow(&file)
