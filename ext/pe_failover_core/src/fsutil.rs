@@ -502,6 +502,19 @@ pub(crate) fn take_over(path: &Path, names: u64, mode: u32, what: &str) -> Resul
     Ok(file)
 }
 
+/// The first `n` bytes of the file at `path` (fewer when it is shorter),
+/// not following a symlink; `None` when it cannot be read.
+pub(crate) fn read_head(path: &Path, n: usize) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(n);
+    open_nofollow(path)
+        .ok()?
+        .take(n as u64)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(head)
+}
+
 /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), different
 /// after every restart; `None` where it cannot be read.
 pub(crate) fn boot_id() -> Option<&'static str> {

@@ -23,8 +23,8 @@ use std::path::Path;
 use rustc_hash::FxHashSet;
 
 use crate::protocol::Kind;
-use crate::replset::manifest_from_merge;
-use crate::snapshot::{canonical_form_of, is_sha256_hex, parse_canonical, Entry, Manifest};
+use crate::replset::{digest_line, manifest_from_merge};
+use crate::snapshot::{canonical_form_of, parse_canonical, Entry, Manifest, Records};
 use crate::{fsutil, Error, ErrorKind, Result};
 
 /// Whether a change of `changes` entries (upserted or removed) to a
@@ -108,26 +108,14 @@ pub(crate) fn read_delta(path: &Path) -> Result<ManifestDelta> {
 /// (without reading the rest); `None` when there is no such file or it is
 /// not one.
 pub(crate) fn delta_base(path: &Path) -> Option<String> {
-    use std::io::Read as _;
-    let mut head = [0u8; 30 + 65];
-    fsutil::open_nofollow(path)
-        .ok()?
-        .read_exact(&mut head)
-        .ok()?;
-    let (base, _) = header_digests(head.strip_prefix(MAGIC)?).ok()?;
+    let head = fsutil::read_head(path, MAGIC.len() + 65)?;
+    let (base, _) = digest_line(head.strip_prefix(MAGIC)?)?;
     Some(base.to_string())
 }
 
-/// The base and new digests at the start of `rest` (what follows the
-/// magic line), each a line.
+/// The digest line at the start of `rest`, and what follows it.
 fn header_digests(rest: &[u8]) -> std::result::Result<(&str, &[u8]), String> {
-    let line = rest
-        .get(..65)
-        .filter(|l| l[64] == b'\n')
-        .and_then(|l| std::str::from_utf8(&l[..64]).ok())
-        .filter(|d| is_sha256_hex(d))
-        .ok_or("its header has no valid digest (truncated?)")?;
-    Ok((line, &rest[65..]))
+    digest_line(rest).ok_or_else(|| "its header has no valid digest (truncated?)".into())
 }
 
 fn parse(bytes: &[u8]) -> std::result::Result<ManifestDelta, String> {
@@ -136,30 +124,26 @@ fn parse(bytes: &[u8]) -> std::result::Result<ManifestDelta, String> {
         .ok_or("not a pe_failover manifest delta")?;
     let (base, rest) = header_digests(rest)?;
     let (digest, rest) = header_digests(rest)?;
-    let mut rest = rest;
-    let form_len = take_u64(&mut rest)?;
-    let form = take(&mut rest, form_len)?;
-    let upserts = parse_canonical(form)?;
-    let count = take_u64(&mut rest)?;
+    let mut r = Records::raw(rest);
+    let upserts = parse_canonical(r.field("upserts")?)?;
+    let count = r.u64()?;
     // Every path takes at least 9 bytes.
-    if count > (rest.len() / 9) as u64 {
+    if count > (r.remaining() / 9) as u64 {
         return Err(format!(
             "{count} removed paths cannot fit in {} bytes",
-            rest.len()
+            r.remaining()
         ));
     }
     let mut removed: Vec<String> = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let n = take_u64(&mut rest)?;
-        let path = std::str::from_utf8(take(&mut rest, n)?)
-            .map_err(|_| "a removed path is not UTF-8".to_string())?;
+        let path = r.text("removed path")?;
         if removed.last().is_some_and(|last| last.as_str() >= path) {
             return Err(format!("removed path {path:?} is out of order"));
         }
         removed.push(path.to_string());
     }
-    if !rest.is_empty() {
-        return Err(format!("{} bytes of trailing data", rest.len()));
+    if r.remaining() > 0 {
+        return Err(format!("{} bytes of trailing data", r.remaining()));
     }
     Ok(ManifestDelta {
         base: base.to_string(),
@@ -167,22 +151,6 @@ fn parse(bytes: &[u8]) -> std::result::Result<ManifestDelta, String> {
         upserts,
         removed,
     })
-}
-
-fn take<'a>(rest: &mut &'a [u8], n: u64) -> std::result::Result<&'a [u8], String> {
-    let n = usize::try_from(n)
-        .ok()
-        .filter(|&n| n <= rest.len())
-        .ok_or("truncated")?;
-    let (head, tail) = rest.split_at(n);
-    *rest = tail;
-    Ok(head)
-}
-
-fn take_u64(rest: &mut &[u8]) -> std::result::Result<u64, String> {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(take(rest, 8)?);
-    Ok(u64::from_le_bytes(a))
 }
 
 impl ManifestDelta {

@@ -581,18 +581,8 @@ fn manifest_file_head(magic: &[u8], digest: &str, body: usize) -> Vec<u8> {
 /// checking the entries (a cheap "is it still this one?"); `None` when the
 /// file is missing or not one.
 pub fn manifest_file_digest(path: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut head = [0u8; 128];
-    let mut file = fsutil::open_nofollow(path).ok()?;
-    let mut filled = 0;
-    while filled < head.len() {
-        match file.read(&mut head[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(_) => return None,
-        }
-    }
-    let head = &head[..filled];
+    let head = fsutil::read_head(path, 128)?;
+    let head = head.as_slice();
     let binary = head
         .strip_prefix(MANIFEST_MAGIC)
         .or_else(|| head.strip_prefix(LEGACY_MANIFEST_MAGIC));
@@ -687,13 +677,21 @@ fn split_manifest_file(bytes: &[u8]) -> std::result::Result<(&str, &[u8], bool),
             true,
         ),
     };
-    let recorded = rest
+    let (recorded, body) =
+        digest_line(rest).ok_or("its header has no valid digest (truncated?)")?;
+    Ok((recorded, body, legacy))
+}
+
+/// The digest (64 lowercase hex digits) on the line that starts `rest`, and
+/// what follows that line; `None` when there is no such line (a header of
+/// a manifest file or a manifest delta).
+pub(crate) fn digest_line(rest: &[u8]) -> Option<(&str, &[u8])> {
+    let digest = rest
         .get(..65)
         .filter(|h| h[64] == b'\n')
         .and_then(|h| std::str::from_utf8(&h[..64]).ok())
-        .filter(|d| crate::snapshot::is_sha256_hex(d))
-        .ok_or("its header has no valid digest (truncated?)")?;
-    Ok((recorded, &rest[65..], legacy))
+        .filter(|d| crate::snapshot::is_sha256_hex(d))?;
+    Some((digest, &rest[65..]))
 }
 
 /// The digest of `body`, a manifest file's canonical form (its SHA-256 when

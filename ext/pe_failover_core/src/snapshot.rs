@@ -705,7 +705,7 @@ const CANONICAL_TAG: &[u8] = b"pe_failover manifest v1\n";
 /// one, each checked to come strictly after the one before it by path; the
 /// caller decodes the fields it needs. Every field is length-prefixed or
 /// fixed-size, so finding a record's end reads only its three lengths.
-struct Records<'a> {
+pub(crate) struct Records<'a> {
     buf: &'a [u8],
     pos: usize,
     left: u64,
@@ -752,6 +752,23 @@ impl<'a> Records<'a> {
         self.left
     }
 
+    /// A reader of `bytes` laid out with the canonical form's encoding
+    /// (little-endian `u64`s, length-prefixed fields), for the files that
+    /// hold other things in it around a canonical form (manifest deltas).
+    pub(crate) fn raw(bytes: &'a [u8]) -> Records<'a> {
+        Records {
+            buf: bytes,
+            pos: 0,
+            left: 0,
+            last_path: None,
+        }
+    }
+
+    /// How many bytes are left to read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
         let end = self
             .pos
@@ -763,20 +780,20 @@ impl<'a> Records<'a> {
         Ok(s)
     }
 
-    fn u64(&mut self) -> std::result::Result<u64, String> {
+    pub(crate) fn u64(&mut self) -> std::result::Result<u64, String> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
 
-    fn text(&mut self, what: &str) -> std::result::Result<&'a str, String> {
+    pub(crate) fn text(&mut self, what: &str) -> std::result::Result<&'a str, String> {
         let at = self.pos;
         std::str::from_utf8(self.field(what)?)
             .map_err(|_| format!("the {what} at byte {at} is not UTF-8"))
     }
 
     /// A length-prefixed field, unchecked.
-    fn field(&mut self, what: &str) -> std::result::Result<&'a [u8], String> {
+    pub(crate) fn field(&mut self, what: &str) -> std::result::Result<&'a [u8], String> {
         let n = usize::try_from(self.u64()?).map_err(|_| format!("bad {what} length"))?;
         self.take(n)
     }

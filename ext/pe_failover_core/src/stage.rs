@@ -823,17 +823,9 @@ impl TxnWriter {
     /// [`written_manifest`](Self::written_manifest) waits for it.
     pub(crate) fn write_manifest(&mut self, manifest: Manifest) -> Result<()> {
         let path = self.partial.join("manifest.json");
-        let thread = std::thread::Builder::new()
-            .name("pe_failover-txn-manifest".into())
-            .spawn(move || save_manifest_hashing(&path, &manifest, 0o600, true).map(|()| manifest))
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Internal,
-                    format!("cannot start a thread to write the transaction's manifest: {e}"),
-                )
-            })?;
-        self.manifest = Some(thread);
-        Ok(())
+        self.manifest_thread("write", move || {
+            save_manifest_hashing(&path, &manifest, 0o600, true).map(|()| manifest)
+        })
     }
 
     /// Stores `manifest` as its delta from the manifest with digest `base`
@@ -853,16 +845,26 @@ impl TxnWriter {
         let path = self.partial.join(DELTA_FILE);
         write_delta(&path, base, digest, upserts, removed)?;
         self.written.push(path);
+        self.manifest_thread("hash", move || {
+            manifest.digest();
+            Ok(manifest)
+        })
+    }
+
+    /// Runs `work` (which does to the manifest what `doing` says) on the
+    /// thread [`written_manifest`](Self::written_manifest) waits for.
+    fn manifest_thread(
+        &mut self,
+        doing: &str,
+        work: impl FnOnce() -> Result<Manifest> + Send + 'static,
+    ) -> Result<()> {
         let thread = std::thread::Builder::new()
-            .name("pe_failover-txn-digest".into())
-            .spawn(move || {
-                manifest.digest();
-                Ok(manifest)
-            })
+            .name("pe_failover-txn-manifest".into())
+            .spawn(work)
             .map_err(|e| {
                 Error::new(
                     ErrorKind::Internal,
-                    format!("cannot start a thread to hash the transaction's manifest: {e}"),
+                    format!("cannot start a thread to {doing} the transaction's manifest: {e}"),
                 )
             })?;
         self.manifest = Some(thread);

@@ -877,29 +877,12 @@ fn a_transaction_damaged_at_rest_is_discarded_and_resent() {
         files
     };
     let before = stored();
-    assert_discarded_and_resent(&p, |p| {
+    p.assert_discarded_and_resent(|p| {
         // The other objects it took from the transaction are gone with it:
         // the store holds what it held, no temporary name left behind.
         assert_eq!(stored(), before);
         assert!(p.incoming().is_empty());
     });
-}
-
-/// The applier refuses the pending transaction as corrupt and discards it;
-/// the sender's idea of the replica is then wrong, so the next sync
-/// exchanges manifests, and the replica converges. Returns the refusal.
-fn assert_discarded_and_resent(
-    p: &Pair,
-    after_refusal: impl FnOnce(&Pair),
-) -> pe_failover_core::Error {
-    let e = p.applier().run().unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
-    assert!(p.incoming().is_empty());
-    after_refusal(p);
-    let (s, _) = p.sync_and_apply();
-    assert!(s.stats.manifest_exchanged);
-    p.assert_converged(&[PASSIVE]);
-    e
 }
 
 #[test]
@@ -917,7 +900,7 @@ fn a_transaction_manifest_damaged_or_linked_elsewhere_is_discarded_and_resent() 
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     fs::write(manifest_of(&txn), bytes).unwrap();
-    assert_discarded_and_resent(&p, |_| {});
+    p.assert_discarded_and_resent(|_| {});
 
     // The manifest is a hard link to another file (a system file, as far as
     // the applier can tell): refused, and that file keeps its mode.
@@ -929,7 +912,7 @@ fn a_transaction_manifest_damaged_or_linked_elsewhere_is_discarded_and_resent() 
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
     fs::remove_file(manifest_of(&txn)).unwrap();
     fs::hard_link(&secret, manifest_of(&txn)).unwrap();
-    let e = assert_discarded_and_resent(&p, |_| {});
+    let e = p.assert_discarded_and_resent(|_| {});
     assert!(e.message().contains("single name"), "{e}");
 
     // A FIFO in its place: refused, not waited on.
@@ -938,7 +921,7 @@ fn a_transaction_manifest_damaged_or_linked_elsewhere_is_discarded_and_resent() 
     let txn = p.incoming().pop().unwrap();
     fs::remove_file(manifest_of(&txn)).unwrap();
     mkfifo(&manifest_of(&txn));
-    let e = assert_discarded_and_resent(&p, |_| {});
+    let e = p.assert_discarded_and_resent(|_| {});
     assert!(e.message().contains("not a regular file"), "{e}");
     let meta = fs::metadata(&secret).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -1595,7 +1578,7 @@ fn an_extension_is_verified_whole_by_the_applier() {
     let suffix = pending_suffix(&p);
     fs::remove_file(&suffix).unwrap();
     mkfifo(&suffix);
-    let e = assert_discarded_and_resent(&p, |_| {});
+    let e = p.assert_discarded_and_resent(|_| {});
     assert!(e.message().contains("not a regular file"), "{e}");
     // Untampered extensions apply.
     p.sign("grown2.example.com");
@@ -2198,7 +2181,7 @@ fn a_damaged_or_tampered_pack_is_discarded_and_resent() {
             &txn_file(&txn, "objects.pack"),
             &txn_file(&txn, "objects.idx"),
         );
-        let e = assert_discarded_and_resent(&p, store_as_now(&p));
+        let e = p.assert_discarded_and_resent(store_as_now(&p));
         assert!(e.message().contains(says), "{e}");
     };
     // Something else under the name of `path`.

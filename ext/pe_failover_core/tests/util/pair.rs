@@ -348,6 +348,23 @@ impl Pair {
         Scanner::new(dir).scan().unwrap().into_complete().unwrap()
     }
 
+    /// The applier refuses the pending transactions as corrupt and removes
+    /// them; after `after_refusal`, the next sync exchanges manifests and
+    /// the replica converges. Returns the refusal.
+    pub fn assert_discarded_and_resent(
+        &self,
+        after_refusal: impl FnOnce(&Pair),
+    ) -> pe_failover_core::Error {
+        let e = self.applier().run().unwrap_err();
+        assert_eq!(e.kind(), pe_failover_core::ErrorKind::Corrupt, "{e}");
+        assert!(self.incoming().is_empty());
+        after_refusal(self);
+        let (s, _) = self.sync_and_apply();
+        assert!(s.stats.manifest_exchanged);
+        self.assert_converged(&[PASSIVE]);
+        e
+    }
+
     /// The passive's live cadir has the active's contents and modes, apart
     /// from the passive's own certificates in `signed/` (`kept`).
     pub fn assert_converged(&self, kept: &[&str]) {
