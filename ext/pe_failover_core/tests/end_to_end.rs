@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use pe_failover_core::cancel::CancelToken;
 use pe_failover_core::log::Logger;
+use pe_failover_core::replset::{load_manifest, manifest_file_digest};
 use pe_failover_core::runner::{ReplicaOutcome, Runner, WatchSummary};
 use pe_failover_core::stage::StateDir;
 use pe_failover_core::ErrorKind;
@@ -837,6 +838,80 @@ fn a_sync_run_while_the_active_watcher_runs_is_run_by_the_watcher() {
     assert_eq!(run.replicas[0].outcome, ReplicaOutcome::Committed);
     b_token.cancel();
     b.join().unwrap();
+}
+
+/// The manifest file the active keeps of what it shipped to the replica
+/// (`replicas/<replica>/ca.manifest.json`), and the digest it records.
+fn shipped_file(e: &E2e) -> (PathBuf, Option<String>) {
+    let replicas = e.a_state().join("replicas");
+    let dir = fs::read_dir(&replicas)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .find(|d| d.join("ca.status.json").exists())
+        .expect("a replica's state directory");
+    let file = dir.join("ca.manifest.json");
+    let digest = manifest_file_digest(&file);
+    (file, digest)
+}
+
+#[test]
+fn the_active_watcher_writes_the_manifest_it_shipped_once_idle_and_when_it_stops() {
+    let e = E2e::new(5);
+    let (b_token, b) = spawn_watch(e.passive());
+    let (a_token, a) = spawn_watch(e.active());
+    assert!(wait_until(Duration::from_secs(20), || e.converged()));
+    assert!(wait_until(Duration::from_secs(5), || e
+        .a_state()
+        .join("watch.sock")
+        .exists()));
+
+    // A round through the watcher leaves the file as it was (it is written
+    // once no change or request came for two seconds, not during a burst)...
+    e.sign("idle.test");
+    let run = e.sync_ok();
+    assert!(run.via_watcher, "{:?}", run.lines);
+    assert_eq!(run.replicas[0].outcome, ReplicaOutcome::Committed);
+    let shipped = run.digest.clone().unwrap();
+    let (file, before) = shipped_file(&e);
+    assert_ne!(before.as_deref(), Some(shipped.as_str()));
+    // ... then writes it, readable and with the digest the replica holds.
+    assert!(wait_until(Duration::from_secs(15), || {
+        manifest_file_digest(&file).as_deref() == Some(shipped.as_str())
+    }));
+    let written = load_manifest(&file).unwrap().unwrap();
+    assert_eq!(written.digest(), shipped);
+    assert!(written.get("ca/signed/idle.test.pem").is_some());
+    assert!(wait_until(Duration::from_secs(20), || e.converged()));
+
+    // Stopped right after a round: written before it exits.
+    e.sign("stop.test");
+    let run = e.sync_ok();
+    assert!(run.via_watcher, "{:?}", run.lines);
+    let shipped = run.digest.clone().unwrap();
+    a_token.cancel();
+    let a = a.join().unwrap();
+    assert!(a.ok, "{:?}", a.lines);
+    assert_eq!(
+        manifest_file_digest(&file).as_deref(),
+        Some(shipped.as_str())
+    );
+    assert!(wait_until(Duration::from_secs(20), || e.converged()));
+    b_token.cancel();
+    b.join().unwrap();
+
+    // A sync without the watcher diffs against that file: no manifest
+    // exchange with the replica.
+    e.sign("after.test");
+    let run = e.sync_ok();
+    assert!(!run.via_watcher);
+    assert_eq!(run.replicas[0].outcome, ReplicaOutcome::Committed);
+    let status: serde_json::Value =
+        serde_json::from_slice(&fs::read(file.with_file_name("ca.status.json")).unwrap()).unwrap();
+    assert_eq!(
+        status["last_counts"]["manifest_exchanged"],
+        serde_json::json!(false),
+        "{status}"
+    );
 }
 
 #[test]

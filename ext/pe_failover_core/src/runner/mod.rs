@@ -94,6 +94,8 @@ pub struct Runner {
     /// SSH sessions kept between the active watcher's rounds (none for
     /// one-shot commands).
     sessions: Option<sync::SessionPool>,
+    /// The shipped-manifest files the active watcher's rounds left to write.
+    shipped_due: Option<sync::ShippedDue>,
     /// The latest CA snapshot, kept between the passive watcher's rounds
     /// (none for one-shot commands).
     latest: Option<LatestCache>,
@@ -138,6 +140,7 @@ impl Runner {
             progress: false,
             lines: Arc::new(Mutex::new(VecDeque::new())),
             sessions: None,
+            shipped_due: None,
             latest: None,
             use_watcher: true,
         }

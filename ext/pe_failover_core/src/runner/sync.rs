@@ -14,7 +14,7 @@ use super::{advice, replica_key, replica_label, short, Runner, RECEIVE_COMMAND};
 use crate::config::ReplicaConfig;
 use crate::log::Status;
 use crate::protocol::{is_source_changed, Sender, SyncReport};
-use crate::replset::{ReplicatedSet, SetScan};
+use crate::replset::{manifest_file_digest, save_manifest_cache, ReplicatedSet, SetScan};
 use crate::snapshot::Manifest;
 use crate::ssh::{Channel, Session, SshTarget};
 use crate::state::{sender_status_path, ErrorRecord, Role, SenderStatus, Stamp, SyncOutcome};
@@ -36,6 +36,12 @@ const SESSION_IDLE: Duration = Duration::from_secs(30);
 /// Open SSH sessions by replica (its status key); shared by the clones of
 /// one watcher's runner.
 pub(crate) type SessionPool = Arc<Mutex<HashMap<String, Pooled>>>;
+
+/// The manifest files the watcher's rounds left to write: by file (a
+/// replica's [`Sender::shipped_manifest_path`]), the digest of the manifest
+/// the replica acknowledged, which the watcher's last scan holds. Shared by
+/// the clones of one watcher's runner.
+pub(crate) type ShippedDue = Arc<Mutex<HashMap<PathBuf, String>>>;
 
 /// A session the watcher keeps between rounds.
 pub(crate) struct Pooled {
@@ -440,13 +446,70 @@ impl Runner {
         opened: Option<Result<Opened>>,
     ) -> Result<SyncReport> {
         self.ship(r, noop, "ca", opened, |channel, label| {
+            // The watcher writes the manifest file once idle (see
+            // `Runner::write_shipped`), not during the round.
             let sender = Sender::new(set.clone(), replica_key(r), &self.config.state_dir)
                 .sender_host(self.config.certname.clone())
                 .noop(noop)
+                .write_shipped(self.shipped_due.is_none())
                 .cancel_token(self.cancel.clone());
             let show = self.progress && io::stderr().is_terminal();
-            sender.sync_scanned_from(scan, shipped, Progress::new(channel, label, show))
+            let report =
+                sender.sync_scanned_from(scan, shipped, Progress::new(channel, label, show))?;
+            let held = matches!(
+                report.outcome,
+                SyncOutcome::Committed | SyncOutcome::UpToDate
+            );
+            if let (Some(due), true) = (&self.shipped_due, held) {
+                if let Ok(mut due) = due.lock() {
+                    due.insert(sender.shipped_manifest_path(), report.digest.clone());
+                }
+            }
+            Ok(report)
         })
+    }
+
+    /// Whether the watcher's rounds left manifest files to write.
+    pub(crate) fn has_shipped_due(&self) -> bool {
+        self.shipped_due
+            .as_ref()
+            .and_then(|due| due.lock().ok().map(|d| !d.is_empty()))
+            .unwrap_or(false)
+    }
+
+    /// Writes the manifest files the watcher's rounds left to write (see
+    /// [`ShippedDue`]) from `scan`, the last one shipped, where the replica
+    /// acknowledged its manifest: the next `sync` that does not run through
+    /// the watcher (or the watcher's first round after a restart) diffs
+    /// against it instead of asking the replica for its manifest. A file
+    /// that cannot be written is logged; only that saving is lost.
+    pub(crate) fn write_shipped(&self, scan: Option<&SetScan>) {
+        let Some(due) = &self.shipped_due else {
+            return;
+        };
+        let due: Vec<(PathBuf, String)> = match due.lock() {
+            Ok(mut due) => due.drain().collect(),
+            Err(_) => return,
+        };
+        let Some(manifest) = scan.map(|s| &s.manifest) else {
+            return;
+        };
+        let digest = manifest.digest();
+        for (path, _) in due.iter().filter(|(_, d)| *d == digest) {
+            if manifest_file_digest(path).as_deref() == Some(digest.as_str()) {
+                continue;
+            }
+            if let Err(e) = save_manifest_cache(path, manifest, 0o600) {
+                self.log(
+                    "watch",
+                    Status::Warning,
+                    &format!(
+                        "cannot keep the manifest last shipped in {}: {e}; the next sync that does not run through this watcher asks the replica for its manifest instead",
+                        path.display()
+                    ),
+                );
+            }
+        }
     }
 
     /// Opens an SSH session to `r` and starts the receiver (or takes
@@ -600,6 +663,7 @@ impl Runner {
     /// watcher); `false` closes them and stops keeping them.
     pub(crate) fn keep_sessions(&mut self, yes: bool) {
         self.sessions = yes.then(SessionPool::default);
+        self.shipped_due = yes.then(ShippedDue::default);
     }
 
     /// Records a failed attempt in the `kind` sender status file of `r`.

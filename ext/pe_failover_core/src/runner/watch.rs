@@ -48,6 +48,11 @@ pub const PASSIVE_DEBOUNCE: Duration = Duration::from_millis(20);
 /// Longest wait between two checks of the configuration file.
 const CONFIG_CHECK: Duration = Duration::from_secs(2);
 
+/// How long the active watcher waits without a change or a request before
+/// it writes the manifest files its rounds left to write (see
+/// `Runner::write_shipped`): not during a burst of signings.
+const SHIPPED_IDLE: Duration = Duration::from_secs(2);
+
 /// What [`Runner::watch`] did before it stopped.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct WatchSummary {
@@ -393,6 +398,8 @@ impl Runner {
         }
     }
 
+    /// The active watcher's rounds until it stops; the manifest files its
+    /// rounds left to write are written then (see `Runner::write_shipped`).
     fn watch_active_loop(
         &mut self,
         watcher: &mut Watcher,
@@ -400,13 +407,27 @@ impl Runner {
         control: Option<&ControlServer>,
         summary: &mut WatchSummary,
     ) -> Result<Exit> {
+        // The last scan shipped: a batch of events updates it by reading
+        // only the paths they name (see ReplicatedSet::rescan_paths).
+        let mut last_scan = None;
+        let exit = self.watch_active_rounds(watcher, once, control, summary, &mut last_scan);
+        self.write_shipped(last_scan.as_ref());
+        exit
+    }
+
+    fn watch_active_rounds(
+        &mut self,
+        watcher: &mut Watcher,
+        once: bool,
+        control: Option<&ControlServer>,
+        summary: &mut WatchSummary,
+        last_scan: &mut Option<SetScan>,
+    ) -> Result<Exit> {
         let waker = control.map(ControlServer::waker);
         self.announce_fenced();
         let mut retry_at: HashMap<String, Instant> = HashMap::new();
         let eligible = self.eligible();
-        // The last scan shipped: a batch of events updates it by reading
-        // only the paths they name (see ReplicatedSet::rescan_paths).
-        let mut last_scan = self.sync_round(&eligible, None, None, &mut retry_at, summary);
+        *last_scan = self.sync_round(&eligible, None, None, &mut retry_at, summary);
         let mut nc_retry = self.nc_round(&eligible, true, &[], summary);
         if once {
             return Ok(Exit::Done);
@@ -430,11 +451,12 @@ impl Runner {
                     }
                 }
                 // Sessions opened under the old configuration are closed.
+                self.write_shipped(last_scan.as_ref());
                 self.keep_sessions(true);
                 self.announce_fenced();
                 retry_at.clear();
                 let eligible = self.eligible();
-                last_scan = self.sync_round(&eligible, None, None, &mut retry_at, summary);
+                *last_scan = self.sync_round(&eligible, None, None, &mut retry_at, summary);
                 nc_retry = self.nc_round(&eligible, true, &[], summary);
                 next_verify = Instant::now() + verify;
                 next_nc = Instant::now() + nc_every(self);
@@ -458,7 +480,11 @@ impl Runner {
                 .chain([next_verify, nc_due])
                 .min()
                 .unwrap_or(next_verify);
-            let timeout = due.saturating_duration_since(now).min(CONFIG_CHECK);
+            let mut timeout = due.saturating_duration_since(now).min(CONFIG_CHECK);
+            let shipped_due = self.has_shipped_due();
+            if shipped_due {
+                timeout = timeout.min(SHIPPED_IDLE);
+            }
             let waited =
                 watcher.wait_or_woken(self.config.debounce(), Some(timeout), &self.cancel, waker);
             let batch = match waited {
@@ -486,10 +512,14 @@ impl Runner {
             // `sync` commands first: they wait. Replicas they shipped the
             // batch to need no other round for it.
             let asked = control.map(ControlServer::pending).unwrap_or_default();
+            if shipped_due && batch.is_empty() && asked.is_empty() {
+                // Idle: the manifest files the last rounds left to write.
+                self.write_shipped(last_scan.as_ref());
+            }
             let (served, consumed) = if asked.is_empty() {
                 (Vec::new(), false)
             } else {
-                self.serve_requests(asked, &batch, &mut last_scan, &mut retry_at, summary)
+                self.serve_requests(asked, &batch, last_scan, &mut retry_at, summary)
             };
             let now = Instant::now();
             let mut targets: Vec<ReplicaConfig> = Vec::new();
@@ -526,14 +556,14 @@ impl Runner {
             // round scans everything.
             let previous = last_scan.take();
             if targets.is_empty() {
-                last_scan = previous.filter(|_| batch.is_empty() || consumed);
+                *last_scan = previous.filter(|_| batch.is_empty() || consumed);
                 continue;
             }
             // The replicas the last round reached hold its manifest: the
             // sender need not read it back from disk.
             let (scan, previous) = self.scan_for_round(previous, &batch, consumed, full);
             let shipped = previous.as_ref().map(|p| &p.manifest);
-            last_scan = self.sync_round(&targets, scan, shipped, &mut retry_at, summary);
+            *last_scan = self.sync_round(&targets, scan, shipped, &mut retry_at, summary);
         }
     }
 
