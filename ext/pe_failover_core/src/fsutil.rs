@@ -26,6 +26,45 @@ pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
         .map_err(|e| Error::io("sync directory", path, e))
 }
 
+/// Puts `from` in the place of `to`, an existing name, atomically (as a
+/// rename would: `to` never goes missing), and leaves what `to` named at
+/// `from`, for the caller to remove. A rename over an existing file makes
+/// ext4 (`auto_da_alloc`) start writing out the renamed file's unwritten
+/// pages at once, which every later `fsync` on that disk then waits
+/// behind; an exchange of the two names does not. `Ok(false)`, with
+/// nothing done, where the kernel or the file system cannot exchange names
+/// or `to` does not exist: the caller renames instead.
+pub(crate) fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+    };
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that live across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) if from.exists() => {
+            Ok(false)
+        }
+        _ => Err(e),
+    }
+}
+
 /// Opens `path` for reading without following a symbolic link at its last
 /// component.
 pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
@@ -731,6 +770,25 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exchange_swaps_two_names_and_declines_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (new, old) = (dir.path().join("new"), dir.path().join("old"));
+        fs::write(&new, "new").unwrap();
+        fs::write(&old, "old").unwrap();
+        assert!(exchange(&new, &old).unwrap());
+        assert_eq!(fs::read_to_string(&old).unwrap(), "new");
+        assert_eq!(fs::read_to_string(&new).unwrap(), "old");
+        // Nothing to exchange with: nothing done, the caller renames.
+        let missing = dir.path().join("missing");
+        assert!(!exchange(&new, &missing).unwrap());
+        assert_eq!(fs::read_to_string(&new).unwrap(), "old");
+        assert!(!missing.exists());
+        // A missing source is an error.
+        let e = exchange(&dir.path().join("nothing"), &old).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn a_flusher_starts_its_thread_only_after_enough_bytes_and_stops_when_dropped() {

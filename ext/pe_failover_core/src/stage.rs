@@ -472,30 +472,33 @@ impl PendingTxn {
 
     /// Takes the transaction's delta file over into `partial` (a snapshot
     /// being built) as [`adopt_manifest`](Self::adopt_manifest) does a whole
-    /// manifest, applies it to `base` (the manifest of the snapshot it
-    /// builds on) and writes the manifest it makes there, as
-    /// `manifest.json` (0644), hashed as it is written and checked against
-    /// the metadata. That file is not flushed: the delta, durable, stays
-    /// beside it until the snapshot is settled ([`settle_snapshot`]), and
-    /// rebuilds it if it did not reach the disk ([`open_snapshot`]).
-    fn adopt_delta(&self, partial: &Path, base: &Manifest) -> Result<(Manifest, Changed)> {
+    /// manifest, and reads it (see
+    /// [`manifest_from_delta`](Self::manifest_from_delta)).
+    fn adopt_delta(&self, partial: &Path) -> Result<ManifestDelta> {
         let dst = partial.join(DELTA_FILE);
         self.take_over_file(&self.delta_file(), &dst, 0o600)?;
-        let delta = read_delta(&dst)?;
-        let manifest = self.apply_delta(&delta, &dst, base)?;
+        read_delta(&dst)
+    }
+
+    /// The manifest `delta` (taken over into `partial` by
+    /// [`adopt_delta`](Self::adopt_delta)) makes from `base`, the manifest
+    /// of the snapshot it builds on, checked by the rules where it changes
+    /// `base`, written into `partial` as `manifest.json` (0644), hashed as it
+    /// is written, and checked against the metadata. That file is not
+    /// flushed: the delta, durable, stays beside it until the snapshot is
+    /// settled ([`settle_snapshot`]), and rebuilds it if it did not reach
+    /// the disk ([`open_snapshot`]).
+    fn manifest_from_delta(
+        &self,
+        delta: &ManifestDelta,
+        partial: &Path,
+        base: &Manifest,
+    ) -> Result<Manifest> {
+        let manifest = self.apply_delta(delta, &partial.join(DELTA_FILE), base)?;
         let path = partial.join("manifest.json");
         save_manifest_hashing(&path, &manifest, 0o644, false)?;
         self.check_digest(&manifest.digest(), &path)?;
-        let mut paths: Vec<String> = delta.upserts.into_iter().map(|e| e.path).collect();
-        paths.extend(delta.removed);
-        paths.sort_unstable();
-        Ok((
-            manifest,
-            Changed {
-                base: delta.base,
-                paths,
-            },
-        ))
+        Ok(manifest)
     }
 
     /// Gives `src`, a file of the transaction, the second name `dst`, made
@@ -1447,7 +1450,7 @@ pub struct BuildStats {
 /// The first step of [`build_snapshot`], which needs no previous snapshot
 /// (so it can run while that is read): the complete snapshot of `txn` if
 /// one exists, or `<digest>.partial/` with the transaction's manifest taken
-/// over and checked.
+/// over and checked, or its delta taken over and read.
 pub(crate) enum Prepared {
     /// The snapshot exists already.
     Exists(Snapshot),
@@ -1457,14 +1460,22 @@ pub(crate) enum Prepared {
         partial: PathBuf,
         /// The transaction's manifest.
         manifest: Manifest,
-        /// What it changed, when it was a delta.
-        changed: Option<Changed>,
+    },
+    /// The partial directory and the delta in it, which makes the
+    /// transaction's manifest from the snapshot it builds on (see
+    /// [`PendingTxn::manifest_from_delta`]).
+    Delta {
+        /// `snapshots/<digest>.partial/`.
+        partial: PathBuf,
+        /// The transaction's delta.
+        delta: ManifestDelta,
     },
 }
 
 /// Prepares the snapshot of `txn` (see [`Prepared`]); `base`, a manifest
 /// read before that the transaction's mostly repeats (the snapshot it
-/// builds on), spares decoding the entries they share.
+/// builds on), saves decoding the entries they share, and is needed for a
+/// transaction stored as a delta.
 pub(crate) fn prepare_snapshot(
     state: &StateDir,
     txn: &PendingTxn,
@@ -1485,8 +1496,14 @@ pub(crate) fn prepare_snapshot(
     let adopted = match (txn.has_delta(), base) {
         (false, base) => txn
             .adopt_manifest(&partial.join("manifest.json"), base)
-            .map(|m| (m, None)),
-        (true, Some(base)) => txn.adopt_delta(&partial, base).map(|(m, c)| (m, Some(c))),
+            .map(|manifest| Prepared::New {
+                partial: partial.clone(),
+                manifest,
+            }),
+        (true, Some(_)) => txn.adopt_delta(&partial).map(|delta| Prepared::Delta {
+            partial: partial.clone(),
+            delta,
+        }),
         (true, None) => Err(Error::new(
             ErrorKind::Corrupt,
             format!(
@@ -1497,17 +1514,9 @@ pub(crate) fn prepare_snapshot(
         )
         .with_path(&txn.dir)),
     };
-    match adopted {
-        Ok((manifest, changed)) => Ok(Prepared::New {
-            partial,
-            manifest,
-            changed,
-        }),
-        Err(e) => {
-            let _ = fsutil::remove_any(&partial);
-            Err(e)
-        }
-    }
+    adopted.inspect_err(|_| {
+        let _ = fsutil::remove_any(&partial);
+    })
 }
 
 /// Builds `snapshots/<digest>/` for `txn` on top of `prev`, from `prepared`
@@ -1517,7 +1526,10 @@ pub(crate) fn prepare_snapshot(
 /// contents plus the received suffix, re-hashed whole), then writes the
 /// metadata. The new contents are durable before they get their names, and
 /// the snapshot is built in `<digest>.partial/` and renamed when complete
-/// and durable. An existing complete snapshot is reused.
+/// and durable. An existing complete snapshot is reused. A transaction
+/// stored as a delta has its manifest made, checked and written on a
+/// thread of its own while the contents it upserts are added (the store
+/// only gains unnamed contents if the manifest is then refused).
 pub(crate) fn build_snapshot(
     state: &StateDir,
     prev: Option<&Snapshot>,
@@ -1528,22 +1540,132 @@ pub(crate) fn build_snapshot(
     let mut stats = BuildStats::default();
     let prepared =
         prepared.unwrap_or_else(|| prepare_snapshot(state, txn, prev.map(|p| &p.manifest)));
-    let (partial, manifest, changed) = match prepared? {
+    let (partial, whole, delta) = match prepared? {
         Prepared::Exists(existing) => return Ok((existing, stats)),
-        Prepared::New {
-            partial,
-            manifest,
-            changed,
-        } => (partial, manifest, changed),
+        Prepared::New { partial, manifest } => (partial, Some(manifest), None),
+        Prepared::Delta { partial, delta } => (partial, None, Some(delta)),
+    };
+    let built = std::thread::scope(|s| {
+        let making = match (&delta, prev) {
+            (Some(delta), Some(prev)) => {
+                let partial = &partial;
+                Some(s.spawn(move || txn.manifest_from_delta(delta, partial, &prev.manifest)))
+            }
+            _ => None,
+        };
+        // The contents to add are among the delta's upserts, or the
+        // manifest's entries.
+        let candidates = match (&whole, &delta) {
+            (Some(m), _) => m.entries(),
+            (None, Some(d)) => d.upserts.as_slice(),
+            (None, None) => &[],
+        };
+        let stored = store_contents(state, prev, txn, candidates, &mut stats, cancel);
+        let made = making.map(|h| crate::joined(h.join(), "making a snapshot's manifest"));
+        let built = stored?;
+        match (made, whole) {
+            (Some(made), _) => Ok((made?, built)),
+            (None, Some(whole)) => Ok((whole, built)),
+            (None, None) => Err(Error::new(
+                ErrorKind::Internal,
+                "a snapshot from a delta was built without the snapshot before it",
+            )),
+        }
+    });
+    let (manifest, built) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = fsutil::remove_any(&partial);
+            return Err(e);
+        }
     };
     let digest = txn.meta.digest.clone();
     let snapshots = state.snapshots();
+    let result = (|| -> Result<()> {
+        let meta = SnapshotMeta {
+            format: META_FORMAT,
+            digest: digest.clone(),
+            seq: prev.map(|p| p.meta.seq + 1).unwrap_or(1),
+            txn: Some(txn.meta.txn.clone()),
+            created: Stamp::now(),
+            entries: manifest.len() as u64,
+            boot_id: fsutil::boot_id().map(str::to_string),
+        };
+        let bytes = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
+        write_atomically(&partial.join("meta.json"), &bytes, 0o600)?;
+        fsutil::fsync_dir(&partial)
+    })();
+    if let Err(e) = result {
+        let _ = fsutil::remove_any(&partial);
+        return Err(e);
+    }
+    let dir = state.snapshot_dir(&digest);
+    fs::rename(&partial, &dir).map_err(|e| Error::io("rename into place", &dir, e))?;
+    fsutil::fsync_dir(&snapshots)?;
+    let meta = snapshot_meta(state, &digest)?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Internal,
+            format!("snapshot {} vanished after it was built", dir.display()),
+        )
+    })?;
+    // Every file of the new manifest whose contents were not added was
+    // found in the store.
+    let files = manifest
+        .entries()
+        .iter()
+        .filter(|e| e.kind == EntryKind::File && e.sha256.is_some())
+        .count() as u64;
+    stats.reused = files.saturating_sub(stats.copied);
+    let held = prev
+        .map(|p| &p.held)
+        .cloned()
+        .unwrap_or_default()
+        .carried(&manifest, built);
+    let changed = delta.map(|d| {
+        let mut paths: Vec<String> = d.upserts.into_iter().map(|e| e.path).collect();
+        paths.extend(d.removed);
+        paths.sort_unstable();
+        Arc::new(Changed {
+            base: d.base,
+            paths,
+        })
+    });
+    Ok((
+        Snapshot {
+            meta,
+            dir,
+            manifest,
+            objects: state.objects(),
+            packs: Arc::default(),
+            held,
+            changed,
+        },
+        stats,
+    ))
+}
+
+/// Adds to the content store the contents of the files among `candidates`
+/// (entries sorted by path) that `prev` does not have at the same path and
+/// the store lacks, each once: moved out of the transaction `txn` (its
+/// pack, or a file each), made root's and re-hashed, or, for an extension,
+/// the held contents plus the received suffix. They are written under
+/// temporary names (by every core), made durable, then named. Counts what
+/// it adds in `stats`; returns the contents it built in memory (see
+/// [`Held`]).
+fn store_contents(
+    state: &StateDir,
+    prev: Option<&Snapshot>,
+    txn: &PendingTxn,
+    candidates: &[Entry],
+    stats: &mut BuildStats,
+    cancel: &CancelToken,
+) -> Result<Vec<(String, HeldBytes)>> {
     let objects = state.objects();
     fsutil::ensure_dir(&objects, 0o700)?;
-
     // The previous snapshot's contents are in the store: pruning never
     // sweeps what a remaining snapshot names. A file unchanged at its path
-    // is found by walking both manifests (sorted by path) side by side.
+    // is found by walking both lists (sorted by path) side by side.
     let mut prev_entries = prev
         .map(|p| p.manifest.entries())
         .unwrap_or_default()
@@ -1552,51 +1674,54 @@ pub(crate) fn build_snapshot(
     let txn_objects = txn.dir.join("objects");
     let objects_ok = fs::symlink_metadata(&txn_objects).is_ok_and(|m| m.is_dir());
 
-    // New contents: written under temporary names (by every core), synced,
-    // then named. First the contents this snapshot adds, each once.
     let mut jobs: Vec<(&Entry, &str, PathBuf)> = Vec::new();
     let mut fanout: FxHashSet<PathBuf> = FxHashSet::default();
-    let planned = (|| -> Result<()> {
-        let mut wanted: Vec<(&Entry, &str)> = Vec::new();
-        let mut seen: FxHashSet<&str> = FxHashSet::default();
-        for (i, e) in manifest.entries().iter().enumerate() {
-            if i % 256 == 0 {
-                cancel.check()?;
-            }
-            let (EntryKind::File, Some(sha)) = (e.kind, e.sha256.as_deref()) else {
-                continue;
-            };
-            while prev_entries.next_if(|p| p.path < e.path).is_some() {}
-            let unchanged = prev_entries
-                .peek()
-                .is_some_and(|p| p.path == e.path && p.sha256.as_deref() == Some(sha));
-            if unchanged || !seen.insert(sha) {
-                stats.reused += 1;
-                continue;
-            }
-            wanted.push((e, sha));
+    let mut wanted: Vec<(&Entry, &str)> = Vec::new();
+    let mut seen: FxHashSet<&str> = FxHashSet::default();
+    for (i, e) in candidates.iter().enumerate() {
+        if i % 256 == 0 {
+            cancel.check()?;
         }
-        // Those in the transaction's pack arrive with it, the others one by one.
-        let packed = adopt_pack(state, txn, &wanted, cancel)?;
-        for (e, sha) in wanted {
-            if packed.contains(sha) {
-                stats.copied += 1;
-                stats.bytes_copied += e.size;
-                continue;
-            }
-            let dst = state.object_path(sha);
-            let dir = dst.parent().unwrap_or(&objects);
-            if !fanout.contains(dir) {
-                fsutil::ensure_dir(dir, 0o700)?;
-                fanout.insert(dir.to_path_buf());
-            }
-            jobs.push((e, sha, dst));
+        let (EntryKind::File, Some(sha)) = (e.kind, e.sha256.as_deref()) else {
+            continue;
+        };
+        // (A delta's upserts are checked by the rules on another thread
+        // meanwhile: a digest names a file in the store, so it is checked
+        // here before it is used.)
+        if !is_sha256_hex(sha) {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "transaction {}: {:?} has a malformed SHA-256, {sha:?}; nothing of it is applied",
+                    txn.meta.txn, e.path
+                ),
+            )
+            .with_path(&txn.dir));
         }
-        Ok(())
-    })();
-    if let Err(e) = planned {
-        let _ = fsutil::remove_any(&partial);
-        return Err(e);
+        while prev_entries.next_if(|p| p.path < e.path).is_some() {}
+        let unchanged = prev_entries
+            .peek()
+            .is_some_and(|p| p.path == e.path && p.sha256.as_deref() == Some(sha));
+        if unchanged || !seen.insert(sha) {
+            continue;
+        }
+        wanted.push((e, sha));
+    }
+    // Those in the transaction's pack arrive with it, the others one by one.
+    let packed = adopt_pack(state, txn, &wanted, cancel)?;
+    for (e, sha) in wanted {
+        if packed.contains(sha) {
+            stats.copied += 1;
+            stats.bytes_copied += e.size;
+            continue;
+        }
+        let dst = state.object_path(sha);
+        let dir = dst.parent().unwrap_or(&objects);
+        if !fanout.contains(dir) {
+            fsutil::ensure_dir(dir, 0o700)?;
+            fanout.insert(dir.to_path_buf());
+        }
+        jobs.push((e, sha, dst));
     }
     let added: Vec<Result<Option<Added>>> = jobs
         .par_iter()
@@ -1611,7 +1736,7 @@ pub(crate) fn build_snapshot(
     let mut failure = None;
     for (result, (e, _, dst)) in added.into_iter().zip(&jobs) {
         match result {
-            Ok(None) => stats.reused += 1,
+            Ok(None) => {}
             Ok(Some(Added { tmp, copied, held })) => {
                 if copied {
                     written.push(tmp.clone());
@@ -1644,55 +1769,9 @@ pub(crate) fn build_snapshot(
         for (tmp, _) in &new {
             let _ = fs::remove_file(tmp);
         }
-        let _ = fsutil::remove_any(&partial);
         return Err(e);
     }
-
-    let result = (|| -> Result<()> {
-        let meta = SnapshotMeta {
-            format: META_FORMAT,
-            digest: digest.clone(),
-            seq: prev.map(|p| p.meta.seq + 1).unwrap_or(1),
-            txn: Some(txn.meta.txn.clone()),
-            created: Stamp::now(),
-            entries: manifest.len() as u64,
-            boot_id: fsutil::boot_id().map(str::to_string),
-        };
-        let bytes = serde_json::to_vec_pretty(&meta)
-            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
-        write_atomically(&partial.join("meta.json"), &bytes, 0o600)?;
-        fsutil::fsync_dir(&partial)
-    })();
-    if let Err(e) = result {
-        let _ = fsutil::remove_any(&partial);
-        return Err(e);
-    }
-    let dir = state.snapshot_dir(&digest);
-    fs::rename(&partial, &dir).map_err(|e| Error::io("rename into place", &dir, e))?;
-    fsutil::fsync_dir(&snapshots)?;
-    let meta = snapshot_meta(state, &digest)?.ok_or_else(|| {
-        Error::new(
-            ErrorKind::Internal,
-            format!("snapshot {} vanished after it was built", dir.display()),
-        )
-    })?;
-    let held = prev
-        .map(|p| &p.held)
-        .cloned()
-        .unwrap_or_default()
-        .carried(&manifest, built);
-    Ok((
-        Snapshot {
-            meta,
-            dir,
-            manifest,
-            objects,
-            packs: Arc::default(),
-            held,
-            changed: changed.map(Arc::new),
-        },
-        stats,
-    ))
+    Ok(built)
 }
 
 /// Moves the pack of `txn`, if it has one, into the content store
@@ -2010,7 +2089,21 @@ fn publish_staged(state: &StateDir, dir: &Path, manifest: &Manifest) -> Result<(
     let linked = fs::metadata(&source).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o644)
         && fs::hard_link(&source, &tmp).is_ok();
     if linked {
-        if let Err(e) = fs::rename(&tmp, &staged) {
+        // Exchanged with the one it replaces rather than renamed over it:
+        // the snapshot's manifest may not be written out yet (built from a
+        // delta), and a rename would start writing out all of it at once
+        // (see `fsutil::exchange`).
+        let placed = match fsutil::exchange(&tmp, &staged) {
+            Ok(true) => {
+                // (The old name of an earlier snapshot's manifest: a stray
+                // link if it cannot go, nothing lost.)
+                let _ = fs::remove_file(&tmp);
+                Ok(())
+            }
+            Ok(false) => fs::rename(&tmp, &staged),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = placed {
             let _ = fs::remove_file(&tmp);
             return Err(Error::io("rename into place", &staged, e));
         }

@@ -11,6 +11,8 @@ use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest as _, Sha256};
+
 use pair::{Pair, PASSIVE};
 use pe_failover_core::protocol::Kind;
 use pe_failover_core::replset::load_manifest;
@@ -267,6 +269,18 @@ fn a_damaged_delta_is_refused_and_the_change_resent() {
         damage(&pending(&p).join("manifest.delta"));
         assert_refused_and_resent(&p, name, says);
     }
+
+    // An upserted file whose SHA-256 is a path out of the content store
+    // (the rules are checked on another thread while contents are added):
+    // refused before anything is read or written there.
+    p.sign("sha.example.com");
+    p.sync();
+    let pem = fs::read(p.a_cadir.join("signed/sha.example.com.pem")).unwrap();
+    let sha = hex::encode(Sha256::digest(&pem));
+    let outside = format!("{}tmp/pwn", "../".repeat(19));
+    patch(&pending(&p).join("manifest.delta"), &sha, &outside);
+    assert_refused_and_resent(&p, "sha.example.com", "malformed SHA-256");
+    assert!(!Path::new("/tmp/pwn").exists());
 
     // A delta with another name elsewhere (a file of the system, as far as
     // the applier can tell) is not taken over, and keeps its mode.
