@@ -948,21 +948,18 @@ impl Updates {
             .cloned()
             .collect();
         tails.extend(self.tails);
-        let old: Vec<Entry> = prev.manifest.into();
+        let mut old = Vec::from(prev.manifest).into_iter();
         let mut entries = Vec::with_capacity(old.len() + self.entries.len());
         let mut changes = Changeset::default();
-        let mut ups = self.entries.into_iter().peekable();
-        let add = |new: Entry, entries: &mut Vec<Entry>, changes: &mut Changeset| {
-            changes.added.push(new.clone());
-            entries.push(new);
-        };
-        for e in old {
-            while let Some((_, new)) = ups.next_if(|(p, _)| p.as_str() < e.path.as_str()) {
-                new.into_iter()
-                    .for_each(|n| add(n, &mut entries, &mut changes));
-            }
-            match ups.next_if(|(p, _)| *p == e.path) {
-                Some((_, Some(new))) => {
+        // Both sorted by path: the old entries between two updated paths
+        // are moved in one run each (found by a binary search), not
+        // compared one by one.
+        for (path, new) in self.entries {
+            let before = old.as_slice().partition_point(|e| e.path < path);
+            entries.extend(old.by_ref().take(before));
+            let at = old.as_slice().first().is_some_and(|e| e.path == path);
+            match (at.then(|| old.next()).flatten(), new) {
+                (Some(e), Some(new)) => {
                     let fields = changed_fields(&e, &new);
                     if !fields.is_empty() {
                         changes.changed.push(Change {
@@ -973,14 +970,15 @@ impl Updates {
                     }
                     entries.push(new);
                 }
-                Some((_, None)) => changes.removed.push(e),
-                None => entries.push(e),
+                (Some(e), None) => changes.removed.push(e),
+                (None, Some(new)) => {
+                    changes.added.push(new.clone());
+                    entries.push(new);
+                }
+                (None, None) => {}
             }
         }
-        for (_, new) in ups {
-            new.into_iter()
-                .for_each(|n| add(n, &mut entries, &mut changes));
-        }
+        entries.extend(old);
         // The entries kept passed every rule: only what changed is checked.
         let upserts: Vec<&Entry> = (changes.added.iter())
             .chain(changes.changed.iter().map(|c| &c.new))
