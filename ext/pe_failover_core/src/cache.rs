@@ -518,22 +518,41 @@ impl StagedFile {
         Ok(staged)
     }
 
-    /// Renames the new contents over the file (and syncs its directory when
-    /// durable). A large file replaced is freed on a thread of its own (see
-    /// [`ASIDE_MIN`]); when not durable, it is unlinked before the rename
-    /// instead of renamed over (a reader may then find no file for a
-    /// moment, which a cache reads as none), because ext4 starts writing
-    /// out a file renamed over another (`auto_da_alloc`): 15 MB of writes
-    /// queued at once, which the next `fsync` on that disk waits behind.
+    /// Puts the new contents in the file's place (and syncs its directory
+    /// when durable). A large file replaced is freed on a thread of its own
+    /// (see [`ASIDE_MIN`]). When not durable, the new file is exchanged with
+    /// the old one rather than renamed over it
+    /// ([`put_in_place`](crate::fsutil::put_in_place)), because ext4 starts
+    /// writing out a file renamed over another (`auto_da_alloc`): 15 MB of
+    /// writes queued at once, which the next `fsync` on that disk waits
+    /// behind.
     pub fn install(mut self) -> Result<()> {
-        let aside = self.link_aside();
-        if aside.is_some() && !self.durable {
-            let _ = fs::remove_file(&self.path);
+        if !self.durable {
+            let old_here = crate::fsutil::put_in_place(&self.tmp, &self.path)?;
+            self.installed = true;
+            // The old contents are at the temporary name now.
+            if old_here {
+                let large = fs::symlink_metadata(&self.tmp).is_ok_and(|m| m.len() >= ASIDE_MIN);
+                match large {
+                    true => crate::drop_in_background(Aside {
+                        file: self.tmp.clone(),
+                        of: self.path.clone(),
+                    }),
+                    false => {
+                        let _ = fs::remove_file(&self.tmp);
+                    }
+                }
+            }
+            return Ok(());
         }
+        let aside = self.link_aside();
         let renamed = fs::rename(&self.tmp, &self.path)
             .map_err(|e| Error::io("rename into place", &self.path, e));
-        if let Some(aside) = aside {
-            crate::drop_in_background(Aside(aside));
+        if let Some(file) = aside {
+            crate::drop_in_background(Aside {
+                file,
+                of: self.path.clone(),
+            });
         }
         renamed?;
         self.installed = true;
@@ -578,28 +597,26 @@ fn hidden_sibling(dir: &Path, name: &std::ffi::OsStr, tag: &str) -> PathBuf {
 /// `discard`, on the way of whoever waits for the rename.
 pub const ASIDE_MIN: u64 = 1024 * 1024;
 
-/// A second name given to a replaced file (see [`StagedFile::link_aside`]);
-/// dropped (on a thread of its own: it frees the old contents), it is
-/// removed with any other `.<name>.old.*` left beside it by a process that
-/// ended before it could remove its own.
-struct Aside(PathBuf);
+/// The name a replaced file has been left at: a second name given to it
+/// (see [`StagedFile::link_aside`]), or the temporary name it was exchanged
+/// to. Dropped (on a thread of its own when it frees large contents), it is
+/// removed with any other `.<name>.old.*` left beside the file it replaced
+/// by a process that ended before it could remove its own.
+struct Aside {
+    /// The old contents' name.
+    file: PathBuf,
+    /// The file they were replaced at.
+    of: PathBuf,
+}
 
 impl Drop for Aside {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-        let (Some(dir), Some(name)) = (self.0.parent(), self.0.file_name()) else {
+        let _ = fs::remove_file(&self.file);
+        let (Some(dir), Some(name)) = (self.of.parent(), self.of.file_name()) else {
             return;
         };
         // `.<name>.old.` then `<pid>.<unique>` (see `hidden_sibling`).
-        let name = name.to_string_lossy();
-        let Some(prefix) = name
-            .rsplitn(3, '.')
-            .nth(2)
-            .filter(|p| p.ends_with(".old"))
-            .map(|p| format!("{p}."))
-        else {
-            return;
-        };
+        let prefix = format!(".{}.old.", name.to_string_lossy());
         let is_aside = |n: &str| {
             n.strip_prefix(&prefix)
                 .and_then(|rest| rest.split_once('.'))

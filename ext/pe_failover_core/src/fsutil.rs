@@ -35,11 +35,8 @@ pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
 /// nothing done, where the kernel or the file system cannot exchange names
 /// or `to` does not exist: the caller renames instead.
 pub(crate) fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+        c_path(p).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
     };
     let (from_c, to_c) = (c(from)?, c(to)?);
     // SAFETY: two NUL-terminated paths that live across the call.
@@ -63,6 +60,20 @@ pub(crate) fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
         }
         _ => Err(e),
     }
+}
+
+/// Puts the file at `new` in the place of `path` atomically, `path` never
+/// missing meanwhile: [exchanged](exchange) with the file there where the
+/// kernel and the file system can, else renamed (over it, or to it when
+/// there is none). Returns whether the file replaced is now at `new`, for
+/// the caller to remove.
+pub(crate) fn put_in_place(new: &Path, path: &Path) -> Result<bool> {
+    let placed = |e| Error::io("rename into place", path, e);
+    let exchanged = exchange(new, path).map_err(placed)?;
+    if !exchanged {
+        fs::rename(new, path).map_err(placed)?;
+    }
+    Ok(exchanged)
 }
 
 /// Opens `path` for reading without following a symbolic link at its last

@@ -1289,30 +1289,30 @@ fn open_snapshot_within(state: &StateDir, digest: &str, depth: usize) -> Result<
         return Ok(None);
     };
     let dir = state.snapshot_dir(digest);
+    let delta = dir.join(DELTA_FILE);
+    let has_delta = || fs::symlink_metadata(&delta).is_ok();
     let manifest = match snapshot_manifest(state, &dir, digest) {
         Ok(m) => {
             // Read whole during a later boot than it was written in, it
             // is on disk: the snapshot is settled.
-            if built_in_another_boot(&meta) && fs::symlink_metadata(dir.join(DELTA_FILE)).is_ok() {
-                fsutil::remove_any(&dir.join(DELTA_FILE))?;
+            if built_in_another_boot(&meta) && has_delta() {
+                fsutil::remove_any(&delta)?;
                 fsutil::fsync_dir(&dir)?;
             }
             m
         }
-        Err(e) if fs::symlink_metadata(dir.join(DELTA_FILE)).is_ok() => {
-            rebuild_manifest(state, &dir, digest, depth).map_err(|r| {
-                Error::new(
-                    ErrorKind::Corrupt,
-                    format!(
-                        "{}; rebuilding it from {} failed too: {}",
-                        e.message(),
-                        dir.join(DELTA_FILE).display(),
-                        r.message()
-                    ),
-                )
-                .with_path(&dir)
-            })?
-        }
+        Err(e) if has_delta() => rebuild_manifest(state, &dir, digest, depth).map_err(|r| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{}; rebuilding it from {} failed too: {}",
+                    e.message(),
+                    delta.display(),
+                    r.message()
+                ),
+            )
+            .with_path(&dir)
+        })?,
         Err(e) => return Err(e),
     };
     Ok(Some(Snapshot {
@@ -2092,21 +2092,14 @@ fn publish_staged(state: &StateDir, dir: &Path, manifest: &Manifest) -> Result<(
         // Exchanged with the one it replaces rather than renamed over it:
         // the snapshot's manifest may not be written out yet (built from a
         // delta), and a rename would start writing out all of it at once
-        // (see `fsutil::exchange`).
-        let placed = match fsutil::exchange(&tmp, &staged) {
-            Ok(true) => {
-                // (The old name of an earlier snapshot's manifest: a stray
-                // link if it cannot go, nothing lost.)
-                let _ = fs::remove_file(&tmp);
-                Ok(())
-            }
-            Ok(false) => fs::rename(&tmp, &staged),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = placed {
+        // (see `fsutil::exchange`). Either way `tmp` then goes: the old
+        // name of an earlier snapshot's manifest (a stray link if it cannot
+        // go, nothing lost), or nothing left to place.
+        let placed = fsutil::put_in_place(&tmp, &staged);
+        if !matches!(placed, Ok(false)) {
             let _ = fs::remove_file(&tmp);
-            return Err(Error::io("rename into place", &staged, e));
         }
+        placed?;
         return fsutil::fsync_dir(state.root());
     }
     save_manifest(&staged, manifest, 0o644)
