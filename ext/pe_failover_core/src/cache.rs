@@ -522,7 +522,7 @@ impl StagedFile {
     /// when durable). A large file replaced is freed on a thread of its own
     /// (see [`ASIDE_MIN`]). When not durable, the new file is exchanged with
     /// the old one rather than renamed over it
-    /// ([`put_in_place`](crate::fsutil::put_in_place)), because ext4 starts
+    /// (`fsutil::put_in_place`), because ext4 starts
     /// writing out a file renamed over another (`auto_da_alloc`): 15 MB of
     /// writes queued at once, which the next `fsync` on that disk waits
     /// behind.
