@@ -63,13 +63,15 @@ pub(crate) fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
 }
 
 /// Puts the file at `new` in the place of `path` atomically, `path` never
-/// missing meanwhile: [exchanged](exchange) with the file there where the
-/// kernel and the file system can, else renamed (over it, or to it when
-/// there is none). Returns whether the file replaced is now at `new`, for
-/// the caller to remove.
+/// missing meanwhile: [exchanged](exchange) with the regular file there
+/// where the kernel and the file system can, else renamed (over it, or to
+/// it when there is none; a directory there is an error, as for a rename).
+/// Returns whether the file replaced is now at `new`, for the caller to
+/// remove.
 pub(crate) fn put_in_place(new: &Path, path: &Path) -> Result<bool> {
     let placed = |e| Error::io("rename into place", path, e);
-    let exchanged = exchange(new, path).map_err(placed)?;
+    let file_there = fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
+    let exchanged = file_there && exchange(new, path).map_err(placed)?;
     if !exchanged {
         fs::rename(new, path).map_err(placed)?;
     }
