@@ -715,13 +715,19 @@ impl Applier {
         let mut latest = latest?;
         republish_staged(&self.state, latest.as_ref())?;
         // The snapshot the chain started from (often the one applied).
-        let mut before: Option<Snapshot> = None;
+        let mut before: Option<Earlier> = None;
         let mut failure = None;
+        // A single transaction's manifest takes the entries of the latest
+        // snapshot's instead of copying them: the live files then need only
+        // those at the paths it changed. (After a chain, the live files are
+        // compared with the snapshot the chain started from.)
+        let take = order.len() == 1;
         for (n, &i) in order.iter().enumerate() {
             let txn = &txns[i];
             match build_snapshot(
                 &self.state,
-                latest.as_ref(),
+                latest.as_mut(),
+                take,
                 txn,
                 prepared.take(),
                 &self.cancel,
@@ -738,11 +744,24 @@ impl Applier {
                     });
                     let old = latest.replace(snap);
                     if before.is_none() {
-                        before = old;
+                        before = old.map(|old| match stats.took {
+                            true => Earlier::Changed {
+                                meta: old.meta,
+                                entries: old.manifest,
+                            },
+                            false => Earlier::Whole(old),
+                        });
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Cancelled => return Err(e),
                 Err(e) => {
+                    // Its entries may have gone into the refused manifest.
+                    if latest
+                        .as_ref()
+                        .is_some_and(|l| l.manifest.len() as u64 != l.meta.entries)
+                    {
+                        latest = latest_snapshot(&self.state)?;
+                    }
                     // This one and every later one on the chain are lost;
                     // the next sync exchanges manifests and resends.
                     for &j in &order[n..] {
@@ -803,7 +822,7 @@ impl Applier {
     fn apply_live(
         &self,
         target: &Snapshot,
-        before: Option<Snapshot>,
+        before: Option<Earlier>,
         record: &mut AppliedRecord,
         report: &mut ApplyReport,
     ) -> Result<()> {
@@ -829,18 +848,17 @@ impl Applier {
         .flatten()
         .collect();
         let mut before = before;
-        let previous: Vec<Snapshot> = previous_digests
+        let mut previous: Vec<Earlier> = previous_digests
             .iter()
             .filter(|d| **d != digest)
-            .filter_map(|d| match before.take_if(|b| b.meta.digest == *d) {
+            .filter_map(|d| match before.take_if(|b| b.digest() == d) {
                 Some(b) => Some(b),
-                None => open_snapshot(&self.state, d).ok().flatten(),
+                None => open_snapshot(&self.state, d)
+                    .ok()
+                    .flatten()
+                    .map(Earlier::Whole),
             })
             .collect();
-        let mut previous_refs: Vec<&Manifest> = previous.iter().map(|s| &s.manifest).collect();
-        if previous_digests.contains(&digest) {
-            previous_refs.push(&target.manifest);
-        }
         let paths = self.resolved_live()?;
         let pin = CadirPin {
             configured: self.live.cadir.clone(),
@@ -854,7 +872,7 @@ impl Applier {
         let applied = record.applied.as_ref().map(|a| a.digest.as_str());
         let delta_from = previous
             .iter()
-            .find(|s| Some(s.meta.digest.as_str()) == applied)
+            .find(|s| Some(s.digest()) == applied)
             .filter(|_| {
                 !self.verify && !self.force && record.in_progress.is_none() && paths.cadir.is_dir()
             });
@@ -862,13 +880,19 @@ impl Applier {
         // kind change, or drift on this host such as a directory replaced by
         // a symlink) makes it compare everything: only a whole scan sees
         // what stands in the way, and nothing is written through a link.
+        let excluded = |p: &str| {
+            p.strip_prefix("ca/")
+                .is_none_or(|rel| self.excludes.is_excluded(rel))
+        };
         let incremental = match delta_from {
             Some(prev) => {
                 // A snapshot built on `prev` from a delta says what it
                 // changed; otherwise the two manifests are compared.
-                let changed = match target.changed_since(&prev.meta.digest) {
-                    Some(paths) => with_parents(paths.iter().map(String::as_str).collect()),
-                    None => changed_paths(&prev.manifest, &target.manifest),
+                let delta = target.changed_since(prev.digest());
+                let changed = match (delta, prev) {
+                    (Some(paths), _) => with_parents(paths.iter().map(String::as_str).collect()),
+                    (None, Earlier::Whole(p)) => changed_paths(&p.manifest, &target.manifest),
+                    (None, Earlier::Changed { .. }) => Vec::new(),
                 };
                 // The target's entries at those paths, in path order: they
                 // come from the snapshot, checked when it was read, and
@@ -879,28 +903,37 @@ impl Applier {
                         .filter_map(|p| target.manifest.get(p).cloned())
                         .collect(),
                 )?;
-                self.stat_live(&paths, &changed, &restricted)?
-                    .map(|live| (prev, restricted, live))
+                // The files the live CA had: the snapshot before's.
+                let files = prev.files(target, delta, &excluded);
+                match (files, self.stat_live(&paths, &changed, &restricted)?) {
+                    (Some(files), Some(live)) => Some((live, restricted, files)),
+                    _ => None,
+                }
             }
             None => None,
         };
         let (live, restricted, live_files) = match incremental {
-            Some((prev, restricted, live)) => {
-                let excluded = |p: &str| {
-                    p.strip_prefix("ca/")
-                        .is_none_or(|rel| self.excludes.is_excluded(rel))
-                };
-                let files = prev
-                    .manifest
-                    .entries()
-                    .iter()
-                    .filter(|e| e.kind == EntryKind::File && !excluded(&e.path))
-                    .count() as u64;
-                (live, Some(restricted), Some(files))
+            Some((live, restricted, files)) => (live, Some(restricted), Some(files)),
+            None => {
+                // Compared whole: the snapshots before are needed whole.
+                for p in &mut previous {
+                    if let Earlier::Changed { meta, .. } = p {
+                        if let Some(whole) = open_snapshot(&self.state, &meta.digest)? {
+                            *p = Earlier::Whole(whole);
+                        }
+                    }
+                }
+                previous.retain(|p| matches!(p, Earlier::Whole(_)));
+                (self.scan_live(&paths)?, None, None)
             }
-            None => (self.scan_live(&paths)?, None, None),
         };
         report.verified = restricted.is_none();
+        // Compared at the changed paths only, the entries a snapshot before
+        // had there are all it takes.
+        let mut previous_refs: Vec<&Manifest> = previous.iter().map(Earlier::manifest).collect();
+        if previous_digests.contains(&digest) {
+            previous_refs.push(&target.manifest);
+        }
         let mut plan = plan_live(
             restricted.as_ref().unwrap_or(&target.manifest),
             &live,
@@ -1554,6 +1587,62 @@ impl Applier {
 /// The paths whose entries differ between two manifests (added, removed or
 /// changed in any field), with their parent directories (so the subsets are
 /// manifests too), in path order.
+/// A snapshot the live files were brought to before the target (the one
+/// last applied, or one whose apply was interrupted): whole, or, when the
+/// target was built on it from a delta and took its entries (see
+/// `stage::build_snapshot`), its metadata and its entries at the paths that
+/// delta changed, which is all an apply of the changed paths looks up.
+enum Earlier {
+    Whole(Snapshot),
+    Changed {
+        meta: SnapshotMeta,
+        entries: Manifest,
+    },
+}
+
+impl Earlier {
+    fn digest(&self) -> &str {
+        match self {
+            Earlier::Whole(s) => &s.meta.digest,
+            Earlier::Changed { meta, .. } => &meta.digest,
+        }
+    }
+
+    /// Its manifest, whole or at the changed paths only.
+    fn manifest(&self) -> &Manifest {
+        match self {
+            Earlier::Whole(s) => &s.manifest,
+            Earlier::Changed { entries, .. } => entries,
+        }
+    }
+
+    /// The files of it not `excluded`, counted whole, or from `target`,
+    /// built on it by a delta that changed the (sorted) paths `delta`:
+    /// the target's files, less those at those paths, plus its own there.
+    /// `None` for one reduced whose delta is not known.
+    fn files(
+        &self,
+        target: &Snapshot,
+        delta: Option<&[String]>,
+        excluded: &dyn Fn(&str) -> bool,
+    ) -> Option<u64> {
+        let counted = |entries: &mut dyn Iterator<Item = &Entry>| {
+            entries
+                .filter(|e| e.kind == EntryKind::File && !excluded(&e.path))
+                .count() as u64
+        };
+        match self {
+            Earlier::Whole(s) => Some(counted(&mut s.manifest.entries().iter())),
+            Earlier::Changed { entries, .. } => {
+                let delta = delta?;
+                let all = counted(&mut target.manifest.entries().iter());
+                let there = counted(&mut delta.iter().filter_map(|p| target.manifest.get(p)));
+                Some(all - there + counted(&mut entries.entries().iter()))
+            }
+        }
+    }
+}
+
 fn changed_paths<'a>(old: &'a Manifest, new: &'a Manifest) -> Vec<&'a str> {
     with_parents(differing_paths(old, new))
 }

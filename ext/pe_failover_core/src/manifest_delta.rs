@@ -160,6 +160,60 @@ impl ManifestDelta {
     /// removed path must be in it and none upserted too. The new digest is
     /// the caller's to check (it hashes the result as it writes it).
     pub(crate) fn apply(&self, kind: Kind, base: &Manifest) -> Result<Manifest> {
+        let removed = self.check_base(base)?;
+        let upserts: Vec<&Entry> = self.upserts.iter().collect();
+        let merged = merge_delta_cloned(base.entries(), &upserts, &removed);
+        let removed: Vec<&str> = self.removed.iter().map(String::as_str).collect();
+        manifest_from_merge(kind, merged, &upserts, &removed)
+    }
+
+    /// [`apply`](Self::apply) to a `base` given away: its entries move into
+    /// the new manifest instead of being copied (at 100,000 entries the
+    /// copy took 8-15 ms). Also returns the entries of `base` the delta
+    /// replaced or removed, in path order: what the caller still needs of
+    /// the manifest before (see `apply::Earlier`).
+    pub(crate) fn apply_taking(
+        &self,
+        kind: Kind,
+        base: Manifest,
+    ) -> Result<(Manifest, Vec<Entry>)> {
+        self.check_base(&base)?;
+        let upserts: Vec<&Entry> = self.upserts.iter().collect();
+        let len = base.len();
+        let mut rest = base.into_entries().into_iter();
+        let mut merged = Vec::with_capacity(len + upserts.len());
+        let mut replaced = Vec::with_capacity(upserts.len() + self.removed.len());
+        // The changed paths in order (upserts and removals are disjoint):
+        // the runs of entries between two of them move whole.
+        let mut ups = upserts.iter().copied().peekable();
+        let mut gone = self.removed.iter().peekable();
+        loop {
+            let (path, upsert) = match (ups.peek().copied(), gone.peek().copied()) {
+                (Some(u), Some(r)) if u.path < *r => (u.path.as_str(), ups.next()),
+                (_, Some(r)) => {
+                    gone.next();
+                    (r.as_str(), None)
+                }
+                (Some(u), None) => (u.path.as_str(), ups.next()),
+                (None, None) => break,
+            };
+            let before = rest.as_slice().partition_point(|e| e.path.as_str() < path);
+            merged.extend(rest.by_ref().take(before));
+            if rest.as_slice().first().is_some_and(|e| e.path == path) {
+                replaced.extend(rest.next());
+            }
+            merged.extend(upsert.cloned());
+        }
+        merged.extend(rest);
+        let removed: Vec<&str> = self.removed.iter().map(String::as_str).collect();
+        let manifest = manifest_from_merge(kind, merged, &upserts, &removed)?;
+        Ok((manifest, replaced))
+    }
+
+    /// Refuses a `base` the delta does not apply to: another digest than
+    /// the one it names, a removed path it lacks, or a path both upserted
+    /// and removed. Returns the removed paths.
+    fn check_base(&self, base: &Manifest) -> Result<FxHashSet<&str>> {
         let bad = |why: String| Error::new(ErrorKind::Corrupt, why);
         let base_digest = base.digest();
         if base_digest != self.base {
@@ -168,7 +222,6 @@ impl ManifestDelta {
                 self.base
             )));
         }
-        let upserts: Vec<&Entry> = self.upserts.iter().collect();
         let mut removed: FxHashSet<&str> = FxHashSet::default();
         for path in &self.removed {
             if base.get(path).is_none() {
@@ -185,9 +238,7 @@ impl ManifestDelta {
             }
             removed.insert(path);
         }
-        let merged = merge_delta_cloned(base.entries(), &upserts, &removed);
-        let removed: Vec<&str> = self.removed.iter().map(String::as_str).collect();
-        manifest_from_merge(kind, merged, &upserts, &removed)
+        Ok(removed)
     }
 }
 
@@ -345,6 +396,17 @@ mod tests {
             let made = delta.apply(Kind::Ca, &base).unwrap();
             prop_assert_eq!(&made, &target);
             prop_assert_eq!(made.digest(), target.digest());
+            // Given the base away: the same manifest, and the base's entries
+            // at the changed paths.
+            let (taken, replaced) = delta.apply_taking(Kind::Ca, base.clone()).unwrap();
+            prop_assert_eq!(&taken, &target);
+            let were: Vec<Entry> = base
+                .entries()
+                .iter()
+                .filter(|e| gone.contains(&e.path) || upserts.iter().any(|u| u.path == e.path))
+                .cloned()
+                .collect();
+            prop_assert_eq!(replaced, were);
             // Applied to another manifest: refused.
             let other = crate::snapshot::Manifest::from_entries(base.entries()[..3].to_vec()).unwrap();
             prop_assert!(delta.apply(Kind::Ca, &other).is_err());
@@ -413,13 +475,20 @@ mod tests {
             .unwrap_err();
         assert!(e.message().contains("which its base does not have"), "{e}");
         let again = entry("ca/signed/n001.pem", EntryKind::File, 5);
-        let e = delta(vec![again], &["ca/signed/n001.pem"])
-            .apply(Kind::Ca, &base)
-            .unwrap_err();
+        let both = delta(vec![again], &["ca/signed/n001.pem"]);
+        let e = both.apply(Kind::Ca, &base).unwrap_err();
+        assert!(e.message().contains("both upserts and removes"), "{e}");
+        let e = both.apply_taking(Kind::Ca, base.clone()).unwrap_err();
         assert!(e.message().contains("both upserts and removes"), "{e}");
         // What the delta changes is checked by the replication rules.
         let orphan = entry("ca/nowhere/x.pem", EntryKind::File, 5);
-        let e = delta(vec![orphan], &[]).apply(Kind::Ca, &base).unwrap_err();
+        let e = delta(vec![orphan.clone()], &[])
+            .apply(Kind::Ca, &base)
+            .unwrap_err();
+        assert!(e.message().contains("no parent directory entry"), "{e}");
+        let e = delta(vec![orphan], &[])
+            .apply_taking(Kind::Ca, base.clone())
+            .unwrap_err();
         assert!(e.message().contains("no parent directory entry"), "{e}");
         let e = delta(vec![], &["ca/signed"])
             .apply(Kind::Ca, &base)

@@ -829,14 +829,15 @@ impl NcApplier {
         let mut failure = None;
         for (n, &i) in order.iter().enumerate() {
             let txn = &txns[i];
-            let staged = build_snapshot(&self.state, latest.as_ref(), txn, None, &self.cancel)
-                .and_then(|(snap, stats)| match snapshot_dump(&snap) {
-                    Ok(_) => Ok((snap, stats)),
-                    Err(e) => {
-                        let _ = fsutil::remove_any(&snap.dir);
-                        Err(e)
-                    }
-                });
+            let staged =
+                build_snapshot(&self.state, latest.as_mut(), false, txn, None, &self.cancel)
+                    .and_then(|(snap, stats)| match snapshot_dump(&snap) {
+                        Ok(_) => Ok((snap, stats)),
+                        Err(e) => {
+                            let _ = fsutil::remove_any(&snap.dir);
+                            Err(e)
+                        }
+                    });
             match staged {
                 Ok((snap, stats)) => {
                     switch_latest(&self.state, &snap)?;

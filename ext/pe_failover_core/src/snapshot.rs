@@ -369,6 +369,11 @@ impl Manifest {
         }
     }
 
+    /// The entries, sorted by path (byte order), given away.
+    pub(crate) fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+
     /// The entries, sorted by path (byte order).
     pub fn entries(&self) -> &[Entry] {
         &self.entries

@@ -303,6 +303,13 @@ pub struct Extension {
     pub base_size: u64,
 }
 
+/// The manifest a delta is applied to: lent, or given away so that its
+/// entries move into the new manifest ([`ManifestDelta::apply_taking`]).
+pub(crate) enum Given<'a> {
+    Lent(&'a Manifest),
+    Taken(Manifest),
+}
+
 /// A complete transaction waiting in `incoming/`.
 #[derive(Clone, Debug)]
 pub struct PendingTxn {
@@ -375,15 +382,22 @@ impl PendingTxn {
     fn load_delta_on(&self, base: &Manifest) -> Result<Manifest> {
         let path = self.delta_file();
         let delta = read_delta(&path).map_err(|e| self.missing_delta(e))?;
-        let manifest = self.apply_delta(&delta, &path, base)?;
+        let (manifest, _) = self.apply_delta(&delta, &path, Given::Lent(base))?;
         self.check_digest(&manifest.digest(), &path)?;
         Ok(manifest)
     }
 
     /// `delta` (read from `path`) applied to `base`, checked by the rules of
     /// the transaction's kind where it changes `base`; its digest is the
-    /// caller's to check ([`check_digest`](Self::check_digest)).
-    fn apply_delta(&self, delta: &ManifestDelta, path: &Path, base: &Manifest) -> Result<Manifest> {
+    /// caller's to check ([`check_digest`](Self::check_digest)). With a base
+    /// given away, also the entries of it the delta replaced or removed
+    /// ([`ManifestDelta::apply_taking`]); none otherwise.
+    fn apply_delta(
+        &self,
+        delta: &ManifestDelta,
+        path: &Path,
+        base: Given<'_>,
+    ) -> Result<(Manifest, Vec<Entry>)> {
         let in_txn = |e: Error| {
             Error::new(
                 ErrorKind::Corrupt,
@@ -405,7 +419,12 @@ impl PendingTxn {
                 ),
             )));
         }
-        delta.apply(self.kind()?, base).map_err(in_txn)
+        let kind = self.kind()?;
+        match base {
+            Given::Lent(base) => delta.apply(kind, base).map(|m| (m, Vec::new())),
+            Given::Taken(base) => delta.apply_taking(kind, base),
+        }
+        .map_err(in_txn)
     }
 
     /// Refuses `digest`, that of the manifest read from `path`, when it is
@@ -488,17 +507,19 @@ impl PendingTxn {
     /// flushed: the delta, durable, stays beside it until the snapshot is
     /// settled ([`settle_snapshot`]), and rebuilds it if it did not reach
     /// the disk ([`open_snapshot`]).
+    /// With `base` given away, also returns its entries the delta replaced
+    /// or removed.
     fn manifest_from_delta(
         &self,
         delta: &ManifestDelta,
         partial: &Path,
-        base: &Manifest,
-    ) -> Result<Manifest> {
-        let manifest = self.apply_delta(delta, &partial.join(DELTA_FILE), base)?;
+        base: Given<'_>,
+    ) -> Result<(Manifest, Vec<Entry>)> {
+        let (manifest, replaced) = self.apply_delta(delta, &partial.join(DELTA_FILE), base)?;
         let path = partial.join("manifest.json");
         save_manifest_hashing(&path, &manifest, 0o644, false)?;
         self.check_digest(&manifest.digest(), &path)?;
-        Ok(manifest)
+        Ok((manifest, replaced))
     }
 
     /// Gives `src`, a file of the transaction, the second name `dst`, made
@@ -1445,6 +1466,10 @@ pub struct BuildStats {
     pub copied: u64,
     /// Bytes added to the store.
     pub bytes_copied: u64,
+    /// Whether the new snapshot's manifest took the entries of the one
+    /// before (see [`build_snapshot`]).
+    #[serde(skip)]
+    pub(crate) took: bool,
 }
 
 /// The first step of [`build_snapshot`], which needs no previous snapshot
@@ -1530,49 +1555,77 @@ pub(crate) fn prepare_snapshot(
 /// stored as a delta has its manifest made, checked and written on a
 /// thread of its own while the contents it upserts are added (the store
 /// only gains unnamed contents if the manifest is then refused).
+///
+/// With `take`, such a manifest takes the entries of `prev`'s instead of
+/// copying them: `prev.manifest` is then left with only its entries at the
+/// paths the delta changed (upserted or removed), and
+/// [`BuildStats::took`] says so; if the build fails, `prev.manifest` may be
+/// left empty (read the snapshot again).
 pub(crate) fn build_snapshot(
     state: &StateDir,
-    prev: Option<&Snapshot>,
+    mut prev: Option<&mut Snapshot>,
+    take: bool,
     txn: &PendingTxn,
     prepared: Option<Result<Prepared>>,
     cancel: &CancelToken,
 ) -> Result<(Snapshot, BuildStats)> {
     let mut stats = BuildStats::default();
-    let prepared =
-        prepared.unwrap_or_else(|| prepare_snapshot(state, txn, prev.map(|p| &p.manifest)));
+    let prepared = prepared
+        .unwrap_or_else(|| prepare_snapshot(state, txn, prev.as_deref().map(|p| &p.manifest)));
     let (partial, whole, delta) = match prepared? {
         Prepared::Exists(existing) => return Ok((existing, stats)),
         Prepared::New { partial, manifest } => (partial, Some(manifest), None),
         Prepared::Delta { partial, delta } => (partial, None, Some(delta)),
     };
+    // The contents to add are among the delta's upserts, or the manifest's
+    // entries: those the previous snapshot lacks, found before its entries
+    // may be taken.
+    let candidates = match (&whole, &delta) {
+        (Some(m), _) => m.entries(),
+        (None, Some(d)) => d.upserts.as_slice(),
+        (None, None) => &[],
+    };
+    let wanted = match new_contents(prev.as_deref(), txn, candidates, cancel) {
+        Ok(wanted) => wanted,
+        Err(e) => {
+            let _ = fsutil::remove_any(&partial);
+            return Err(e);
+        }
+    };
+    let taken = match (&delta, prev.as_deref_mut()) {
+        (Some(_), Some(p)) if take => Some(std::mem::take(&mut p.manifest)),
+        _ => None,
+    };
+    let took = taken.is_some();
     let built = std::thread::scope(|s| {
-        let making = match (&delta, prev) {
-            (Some(delta), Some(prev)) => {
+        let base = match (taken, prev.as_deref()) {
+            (Some(taken), _) => Some(Given::Taken(taken)),
+            (None, Some(p)) => Some(Given::Lent(&p.manifest)),
+            (None, None) => None,
+        };
+        let making = match (&delta, base) {
+            (Some(delta), Some(base)) => {
                 let partial = &partial;
-                Some(s.spawn(move || txn.manifest_from_delta(delta, partial, &prev.manifest)))
+                Some(s.spawn(move || txn.manifest_from_delta(delta, partial, base)))
             }
             _ => None,
         };
-        // The contents to add are among the delta's upserts, or the
-        // manifest's entries.
-        let candidates = match (&whole, &delta) {
-            (Some(m), _) => m.entries(),
-            (None, Some(d)) => d.upserts.as_slice(),
-            (None, None) => &[],
-        };
-        let stored = store_contents(state, prev, txn, candidates, &mut stats, cancel);
+        let stored = store_contents(state, prev.as_deref(), txn, wanted, &mut stats, cancel);
         let made = making.map(|h| crate::joined(h.join(), "making a snapshot's manifest"));
-        let built = stored?;
-        match (made, whole) {
-            (Some(made), _) => Ok((made?, built)),
-            (None, Some(whole)) => Ok((whole, built)),
-            (None, None) => Err(Error::new(
+        (stored, made)
+    });
+    let built = match built {
+        (Err(e), _) => Err(e),
+        (Ok(built), Some(made)) => made.map(|made| (made, built)),
+        (Ok(built), None) => match whole {
+            Some(whole) => Ok(((whole, Vec::new()), built)),
+            None => Err(Error::new(
                 ErrorKind::Internal,
                 "a snapshot from a delta was built without the snapshot before it",
             )),
-        }
-    });
-    let (manifest, built) = match built {
+        },
+    };
+    let ((manifest, replaced), built) = match built {
         Ok(b) => b,
         Err(e) => {
             let _ = fsutil::remove_any(&partial);
@@ -1585,7 +1638,7 @@ pub(crate) fn build_snapshot(
         let meta = SnapshotMeta {
             format: META_FORMAT,
             digest: digest.clone(),
-            seq: prev.map(|p| p.meta.seq + 1).unwrap_or(1),
+            seq: prev.as_deref().map(|p| p.meta.seq + 1).unwrap_or(1),
             txn: Some(txn.meta.txn.clone()),
             created: Stamp::now(),
             entries: manifest.len() as u64,
@@ -1618,10 +1671,17 @@ pub(crate) fn build_snapshot(
         .count() as u64;
     stats.reused = files.saturating_sub(stats.copied);
     let held = prev
+        .as_deref()
         .map(|p| &p.held)
         .cloned()
         .unwrap_or_default()
         .carried(&manifest, built);
+    if let (true, Some(p)) = (took, prev) {
+        // What is left of the snapshot before: its entries at the paths the
+        // delta changed.
+        p.manifest = Manifest::from_own_entries(replaced)?;
+        stats.took = true;
+    }
     let changed = delta.map(|d| {
         let mut paths: Vec<String> = d.upserts.into_iter().map(|e| e.path).collect();
         paths.extend(d.removed);
@@ -1645,24 +1705,15 @@ pub(crate) fn build_snapshot(
     ))
 }
 
-/// Adds to the content store the contents of the files among `candidates`
-/// (entries sorted by path) that `prev` does not have at the same path and
-/// the store lacks, each once: moved out of the transaction `txn` (its
-/// pack, or a file each), made root's and re-hashed, or, for an extension,
-/// the held contents plus the received suffix. They are written under
-/// temporary names (by every core), made durable, then named. Counts what
-/// it adds in `stats`; returns the contents it built in memory (see
-/// [`Held`]).
-fn store_contents(
-    state: &StateDir,
+/// The files among `candidates` (entries sorted by path, of `txn`) that
+/// `prev` does not have at the same path, with their SHA-256, each
+/// content once; a digest that is not a SHA-256 is refused.
+fn new_contents<'c>(
     prev: Option<&Snapshot>,
     txn: &PendingTxn,
-    candidates: &[Entry],
-    stats: &mut BuildStats,
+    candidates: &'c [Entry],
     cancel: &CancelToken,
-) -> Result<Vec<(String, HeldBytes)>> {
-    let objects = state.objects();
-    fsutil::ensure_dir(&objects, 0o700)?;
+) -> Result<Vec<(&'c Entry, &'c str)>> {
     // The previous snapshot's contents are in the store: pruning never
     // sweeps what a remaining snapshot names. A file unchanged at its path
     // is found by walking both lists (sorted by path) side by side.
@@ -1671,11 +1722,6 @@ fn store_contents(
         .unwrap_or_default()
         .iter()
         .peekable();
-    let txn_objects = txn.dir.join("objects");
-    let objects_ok = fs::symlink_metadata(&txn_objects).is_ok_and(|m| m.is_dir());
-
-    let mut jobs: Vec<(&Entry, &str, PathBuf)> = Vec::new();
-    let mut fanout: FxHashSet<PathBuf> = FxHashSet::default();
     let mut wanted: Vec<(&Entry, &str)> = Vec::new();
     let mut seen: FxHashSet<&str> = FxHashSet::default();
     for (i, e) in candidates.iter().enumerate() {
@@ -1707,6 +1753,30 @@ fn store_contents(
         }
         wanted.push((e, sha));
     }
+    Ok(wanted)
+}
+
+/// Adds to the content store those of the contents `wanted` (entries and
+/// their SHA-256, from [`new_contents`]) it lacks: moved out of the
+/// transaction `txn` (its pack, or a file each), made root's and re-hashed,
+/// or, for an extension, the held contents plus the received suffix. They
+/// are written under temporary names (by every core), made durable, then
+/// named. Counts what it adds in `stats`; returns the contents it built in
+/// memory (see [`Held`]).
+fn store_contents(
+    state: &StateDir,
+    prev: Option<&Snapshot>,
+    txn: &PendingTxn,
+    wanted: Vec<(&Entry, &str)>,
+    stats: &mut BuildStats,
+    cancel: &CancelToken,
+) -> Result<Vec<(String, HeldBytes)>> {
+    let objects = state.objects();
+    fsutil::ensure_dir(&objects, 0o700)?;
+    let txn_objects = txn.dir.join("objects");
+    let objects_ok = fs::symlink_metadata(&txn_objects).is_ok_and(|m| m.is_dir());
+    let mut jobs: Vec<(&Entry, &str, PathBuf)> = Vec::new();
+    let mut fanout: FxHashSet<PathBuf> = FxHashSet::default();
     // Those in the transaction's pack arrive with it, the others one by one.
     let packed = adopt_pack(state, txn, &wanted, cancel)?;
     for (e, sha) in wanted {

@@ -430,3 +430,69 @@ fn pruning_settles_the_snapshots_built_on_those_it_removes() {
     check(&p);
     p.assert_converged(&[PASSIVE]);
 }
+
+/// The files of the CA directory `dir`, counted through its tree.
+fn files_in(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| match e.file_type().unwrap().is_dir() {
+            true => files_in(&e.path()),
+            false => 1,
+        })
+        .sum()
+}
+
+#[test]
+fn a_delta_applied_with_the_entries_of_the_snapshot_before_moved_guards_and_deletes_as_before() {
+    // The applier keeps the latest snapshot; a single delta's manifest takes
+    // its entries, and the live files are applied with what is left of it:
+    // its entries at the changed paths.
+    let p = pair();
+    let cache = LatestCache::new();
+    let applier = || p.applier().latest_cache(cache.clone());
+    p.sign("first.example.com");
+    p.sync();
+    applier().run().unwrap();
+    // A certificate only the replica has (it signed it).
+    fs::copy(
+        p.b_cadir.join("signed/node1.example.com.pem"),
+        p.b_cadir.join("signed/local.example.com.pem"),
+    )
+    .unwrap();
+
+    // The deletion guard's base is the live CA's files as last applied:
+    // the active's before the change, counted from the target and the
+    // entries left of the snapshot before.
+    let files = files_in(&p.a_cadir);
+    p.clean("node3.example.com");
+    p.sign("d1.example.com");
+    p.sync();
+    assert!(pending(&p).join("manifest.delta").is_file());
+    let e = applier()
+        .max_delete_share(0.0)
+        .delete_allowance(0)
+        .run()
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("would delete 1 of the {files} files")),
+        "{e}"
+    );
+    assert!(p.b_cadir.join("signed/node3.example.com.pem").exists());
+    applier().run().unwrap();
+
+    // A certificate cleaned on the active goes (the snapshot before had
+    // it: not the replica's own); the replica's own stays. Only the changed
+    // paths were compared.
+    p.clean("node4.example.com");
+    p.sign("d2.example.com");
+    p.sync();
+    assert!(pending(&p).join("manifest.delta").is_file());
+    let a = applier().run().unwrap();
+    assert!(!a.verified);
+    assert_eq!(a.live.deleted, ["ca/signed/node4.example.com.pem"]);
+    assert!(p.b_cadir.join("signed/local.example.com.pem").exists());
+    assert!(p.b_cadir.join("signed/d2.example.com.pem").exists());
+    p.assert_converged(&[PASSIVE, "local.example.com"]);
+}
