@@ -14,7 +14,9 @@
 //!
 //! Both are replaced atomically, carry a `format` number (1), and record
 //! times twice: RFC 3339 in UTC for people, Unix seconds for arithmetic
-//! ("seconds since the last success").
+//! ("seconds since the last success"). They only report, so they are not
+//! flushed to disk: after a crash one may show the run before, or be empty
+//! (read as no status yet), until the next run.
 //!
 //! The host's role (active or passive) is read from a role file, see
 //! [`Role::read`].
@@ -26,7 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::write_atomically;
+use crate::cache::write_cache_atomically;
 use crate::{Error, ErrorKind, Result};
 
 /// Version of the status file schemas.
@@ -273,7 +275,8 @@ impl ReplicaStatus {
         load_json(path)
     }
 
-    /// Replaces the status file atomically (mode 0644).
+    /// Replaces the status file atomically (mode 0644; not flushed to disk,
+    /// see the [module documentation](self)).
     pub fn save(&self, path: &Path) -> Result<()> {
         save_json(path, self)
     }
@@ -351,7 +354,8 @@ impl ReceiverStatus {
         load_json(path)
     }
 
-    /// Replaces the status file atomically (mode 0644).
+    /// Replaces the status file atomically (mode 0644; not flushed to disk,
+    /// see the [module documentation](self)).
     pub fn save(&self, path: &Path) -> Result<()> {
         save_json(path, self)
     }
@@ -440,7 +444,8 @@ impl SenderStatus {
         load_json(path)
     }
 
-    /// Replaces the status file atomically (mode 0644).
+    /// Replaces the status file atomically (mode 0644; not flushed to disk,
+    /// see the [module documentation](self)).
     pub fn save(&self, path: &Path) -> Result<()> {
         save_json(path, self)
     }
@@ -579,7 +584,8 @@ impl NcStatus {
         load_json(path)
     }
 
-    /// Replaces the status file atomically (mode 0644).
+    /// Replaces the status file atomically (mode 0644; not flushed to disk,
+    /// see the [module documentation](self)).
     pub fn save(&self, path: &Path) -> Result<()> {
         save_json(path, self)
     }
@@ -677,6 +683,8 @@ fn short(digest: &str) -> &str {
 
 fn load_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     let bytes = match fs::read(path) {
+        // Empty: written just before a crash (see `save_json`).
+        Ok(b) if b.is_empty() => return Ok(None),
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", path, e)),
@@ -693,6 +701,11 @@ fn load_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     })
 }
 
+/// Replaces a status file. It only reports (nothing is decided from it), so
+/// it is not flushed to disk, which took a few milliseconds of every round:
+/// readers see the old or the new file, and after a crash it may be the
+/// one before or, on some file systems, empty (read as none) until the next
+/// run writes it again.
 fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| {
         Error::new(
@@ -701,7 +714,7 @@ fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         )
     })?;
     bytes.push(b'\n');
-    write_atomically(path, &bytes, 0o644)
+    write_cache_atomically(path, &bytes, 0o644)
 }
 
 #[cfg(test)]
@@ -752,6 +765,14 @@ mod tests {
             .push("b.example.com".into());
         st.save(&path).unwrap();
         assert_eq!(ReplicaStatus::load(&path).unwrap().unwrap(), st);
+        // Empty (written just before a crash, not flushed): none yet; a
+        // damaged one is an error that says what to do.
+        fs::write(&path, "").unwrap();
+        assert_eq!(ReplicaStatus::load(&path).unwrap(), None);
+        fs::write(&path, "{\"format\":").unwrap();
+        let e = ReplicaStatus::load(&path).unwrap_err();
+        assert!(e.to_string().contains("delete it"), "{e}");
+        st.save(&path).unwrap();
         let line = st.syslog_line();
         assert!(line.starts_with("PE_FAILOVER: apply ---> [SUCCESS] ca at abababababab"));
         assert!(line.contains("b.example.com"));

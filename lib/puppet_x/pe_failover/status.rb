@@ -244,10 +244,14 @@ module PuppetX
       end
 
       # Reads one status file: [hash or nil, problem or nil]. A missing file
-      # is no problem by itself (the caller decides); an unreadable or
-      # unknown one is.
+      # is no problem by itself (the caller decides), nor an empty one
+      # (status files are not flushed to disk: one written just before a
+      # crash can be empty); an unreadable or unknown one is.
       def load_status(path)
-        data = JSON.parse(File.read(path))
+        text = File.read(path)
+        return [nil, nil] if text.empty?
+
+        data = JSON.parse(text)
         return [nil, "#{path}: not a status file"] unless data.is_a?(Hash)
         return [nil, "#{path}: status format #{data['format'].inspect}, expected #{FORMAT}"] unless data['format'] == FORMAT
 

@@ -64,6 +64,17 @@ RSpec.describe PuppetX::PeFailover::Status do
       expect(problems[0]).to match(%r{b\.example\.com/ca\.status\.json: cannot read: .*\(delete it; it is rewritten on the next run\)})
       expect(problems).to include(end_with('c.example.com/ca.status.json: status format 2, expected 1'))
     end
+
+    it 'reads an empty status file (left by a crash) as none' do
+      files.sender(dir, 'b.example.com', 'ca', success: now.to_i)
+      path = File.join(dir, 'state', 'replicas', 'c.example.com', 'ca.status.json')
+      FileUtils.mkdir_p(File.dirname(path))
+      File.write(path, '')
+      empty = read(config)
+      File.delete(path)
+      expect(empty).to eq(read(config))
+      expect(empty['problems'].join).not_to include('cannot read')
+    end
   end
 
   context 'on a passive primary' do
