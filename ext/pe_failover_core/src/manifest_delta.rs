@@ -179,33 +179,8 @@ impl ManifestDelta {
     ) -> Result<(Manifest, Vec<Entry>)> {
         self.check_base(&base)?;
         let upserts: Vec<&Entry> = self.upserts.iter().collect();
-        let len = base.len();
-        let mut rest = base.into_entries().into_iter();
-        let mut merged = Vec::with_capacity(len + upserts.len());
-        let mut replaced = Vec::with_capacity(upserts.len() + self.removed.len());
-        // The changed paths in order (upserts and removals are disjoint):
-        // the runs of entries between two of them move whole.
-        let mut ups = upserts.iter().copied().peekable();
-        let mut gone = self.removed.iter().peekable();
-        loop {
-            let (path, upsert) = match (ups.peek().copied(), gone.peek().copied()) {
-                (Some(u), Some(r)) if u.path < *r => (u.path.as_str(), ups.next()),
-                (_, Some(r)) => {
-                    gone.next();
-                    (r.as_str(), None)
-                }
-                (Some(u), None) => (u.path.as_str(), ups.next()),
-                (None, None) => break,
-            };
-            let before = rest.as_slice().partition_point(|e| e.path.as_str() < path);
-            merged.extend(rest.by_ref().take(before));
-            if rest.as_slice().first().is_some_and(|e| e.path == path) {
-                replaced.extend(rest.next());
-            }
-            merged.extend(upsert.cloned());
-        }
-        merged.extend(rest);
         let removed: Vec<&str> = self.removed.iter().map(String::as_str).collect();
+        let (merged, replaced) = merge_taking(base.into_entries(), &upserts, &removed);
         let manifest = manifest_from_merge(kind, merged, &upserts, &removed)?;
         Ok((manifest, replaced))
     }
@@ -278,6 +253,44 @@ fn merge_delta_cloned(base: &[Entry], upserts: &[&Entry], removed: &FxHashSet<&s
         out.extend(piece);
     }
     out
+}
+
+/// The entries of `base` (in path order) with `upserts` put in and the
+/// paths `removed` left out, in path order, moved rather than copied: the
+/// runs of entries between two changed paths move whole (found by binary
+/// search), so a small change to a large manifest costs about one move of
+/// its entries. `upserts` and `removed` are sorted by path and share no
+/// path. Also returns the entries of `base` at the changed paths, in path
+/// order.
+pub(crate) fn merge_taking(
+    base: Vec<Entry>,
+    upserts: &[&Entry],
+    removed: &[&str],
+) -> (Vec<Entry>, Vec<Entry>) {
+    let mut rest = base.into_iter();
+    let mut merged = Vec::with_capacity(rest.len() + upserts.len());
+    let mut replaced = Vec::with_capacity(upserts.len() + removed.len());
+    let mut ups = upserts.iter().copied().peekable();
+    let mut gone = removed.iter().copied().peekable();
+    loop {
+        let (path, upsert) = match (ups.peek().copied(), gone.peek().copied()) {
+            (Some(u), Some(r)) if u.path.as_str() < r => (u.path.as_str(), ups.next()),
+            (_, Some(r)) => {
+                gone.next();
+                (r, None)
+            }
+            (Some(u), None) => (u.path.as_str(), ups.next()),
+            (None, None) => break,
+        };
+        let before = rest.as_slice().partition_point(|e| e.path.as_str() < path);
+        merged.extend(rest.by_ref().take(before));
+        if rest.as_slice().first().is_some_and(|e| e.path == path) {
+            replaced.extend(rest.next());
+        }
+        merged.extend(upsert.cloned());
+    }
+    merged.extend(rest);
+    (merged, replaced)
 }
 
 /// The entries of `base` (in path order, about `len` of them) with
@@ -527,6 +540,17 @@ mod tests {
         let cloned = merge_delta_cloned(&base, &ups, &removed);
         let serial = merge_delta(base.iter().cloned(), base.len(), &ups, &removed);
         assert_eq!(cloned, serial);
+        let mut gone: Vec<&str> = removed.iter().copied().collect();
+        gone.sort_unstable();
+        let (taken, replaced) = merge_taking(base.clone(), &ups, &gone);
+        assert_eq!(taken, serial);
+        let were: Vec<Entry> = base
+            .iter()
+            .filter(|e| gone.contains(&e.path.as_str()) || ups.iter().any(|u| u.path == e.path))
+            .cloned()
+            .collect();
+        assert_eq!(replaced.len(), 4 + gone.len());
+        assert_eq!(replaced, were);
         assert_eq!(cloned.len(), base.len() + upserts.len() - 4 - removed.len());
         assert!(cloned.windows(2).all(|w| w[0].path < w[1].path));
         assert!(merge_delta_cloned(&[], &ups, &removed).len() == ups.len());

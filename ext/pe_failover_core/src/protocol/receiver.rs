@@ -16,7 +16,7 @@ use super::{
 };
 use crate::cancel::CancelToken;
 use crate::fsutil::{self, FileLock};
-use crate::manifest_delta::{is_small_change, merge_delta};
+use crate::manifest_delta::{is_small_change, merge_taking};
 use crate::pack::PACK_MIN;
 use crate::replset::{is_allowed_path_of, manifest_from_merge};
 use crate::snapshot::{
@@ -565,8 +565,9 @@ impl Receiver {
         dropped.extend(held_at.values().filter_map(|(sha, _)| sha256_bytes(sha)));
         let mut sorted: Vec<&Entry> = upserts.iter().collect();
         sorted.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        let base_len = base_manifest.len();
-        let merged = merge_delta(Vec::from(base_manifest), base_len, &sorted, &removed);
+        let mut gone: Vec<&str> = removed.iter().copied().collect();
+        gone.sort_unstable();
+        let (merged, _) = merge_taking(Vec::from(base_manifest), &sorted, &gone);
         if merged.len() as u64 > limits.max_entries {
             return Err(violation(format!(
                 "the new manifest would have {} entries, more than the limit of {} (max_entries)",
