@@ -746,6 +746,7 @@ impl Applier {
                     if before.is_none() {
                         before = old.map(|old| match stats.took {
                             true => Earlier::Changed {
+                                files: old.counted_files(self.excludes.patterns()),
                                 meta: old.meta,
                                 entries: old.manifest,
                             },
@@ -904,7 +905,7 @@ impl Applier {
                         .collect(),
                 )?;
                 // The files the live CA had: the snapshot before's.
-                let files = prev.files(target, delta, &excluded);
+                let files = prev.files(target, delta, self.excludes.patterns(), &excluded);
                 match (files, self.stat_live(&paths, &changed, &restricted)?) {
                     (Some(files), Some(live)) => Some((live, restricted, files)),
                     _ => None,
@@ -1597,6 +1598,8 @@ enum Earlier {
     Changed {
         meta: SnapshotMeta,
         entries: Manifest,
+        /// Its files, if they were counted (see [`Earlier::files`]).
+        files: Option<u64>,
     },
 }
 
@@ -1616,14 +1619,19 @@ impl Earlier {
         }
     }
 
-    /// The files of it not `excluded`, counted whole, or from `target`,
-    /// built on it by a delta that changed the (sorted) paths `delta`:
-    /// the target's files, less those at those paths, plus its own there.
+    /// Its files that are not `excluded` (by the exclusion `patterns`):
+    /// counted whole, or, reduced, from `target`, built on it by a delta
+    /// that changed the paths `delta`: the target's files, less those at
+    /// those paths, plus its own there. The count of a snapshot is recorded
+    /// with it, and the target's is then its count, less its own files at
+    /// those paths, plus the target's: after the first, a round counts only
+    /// the paths it changed (a pass over 100,000 entries took 1.5-2.5 ms).
     /// `None` for one reduced whose delta is not known.
     fn files(
         &self,
         target: &Snapshot,
         delta: Option<&[String]>,
+        patterns: &[String],
         excluded: &dyn Fn(&str) -> bool,
     ) -> Option<u64> {
         let counted = |entries: &mut dyn Iterator<Item = &Entry>| {
@@ -1632,12 +1640,25 @@ impl Earlier {
                 .count() as u64
         };
         match self {
-            Earlier::Whole(s) => Some(counted(&mut s.manifest.entries().iter())),
-            Earlier::Changed { entries, .. } => {
+            Earlier::Whole(s) => Some(s.counted_files(patterns).unwrap_or_else(|| {
+                let n = counted(&mut s.manifest.entries().iter());
+                s.record_counted_files(patterns, n);
+                n
+            })),
+            Earlier::Changed { entries, files, .. } => {
                 let delta = delta?;
-                let all = counted(&mut target.manifest.entries().iter());
                 let there = counted(&mut delta.iter().filter_map(|p| target.manifest.get(p)));
-                Some(all - there + counted(&mut entries.entries().iter()))
+                let was = counted(&mut entries.entries().iter());
+                let (before, all) = match (*files, target.counted_files(patterns)) {
+                    (Some(before), _) => (before, (before + there).saturating_sub(was)),
+                    (None, known) => {
+                        let all =
+                            known.unwrap_or_else(|| counted(&mut target.manifest.entries().iter()));
+                        ((all + was).saturating_sub(there), all)
+                    }
+                };
+                target.record_counted_files(patterns, all);
+                Some(before)
             }
         }
     }

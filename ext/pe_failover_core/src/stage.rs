@@ -1047,6 +1047,10 @@ pub struct Snapshot {
     /// What it changed in the snapshot it was built on, when it was built
     /// from a delta.
     changed: Option<Arc<Changed>>,
+    /// Its files as the applier's deletion guard counts them, with the
+    /// exclusion patterns they were counted under, once counted (see
+    /// [`counted_files`](Self::counted_files)).
+    counted: Arc<OnceLock<(Vec<String>, u64)>>,
 }
 
 /// The paths a snapshot built from a delta changed (upserted or removed) in
@@ -1106,6 +1110,21 @@ impl Snapshot {
     /// The paths this snapshot changed in the snapshot with digest `base`,
     /// sorted, when it was built on it from a delta (otherwise the caller
     /// compares the manifests).
+    /// Its files as counted under the exclusion patterns `patterns` and
+    /// recorded by [`record_counted_files`](Self::record_counted_files).
+    pub(crate) fn counted_files(&self, patterns: &[String]) -> Option<u64> {
+        self.counted
+            .get()
+            .filter(|(p, _)| p.as_slice() == patterns)
+            .map(|(_, n)| *n)
+    }
+
+    /// Records `files`, its files counted under `patterns` (the first count
+    /// recorded stays).
+    pub(crate) fn record_counted_files(&self, patterns: &[String], files: u64) {
+        let _ = self.counted.set((patterns.to_vec(), files));
+    }
+
     pub(crate) fn changed_since(&self, base: &str) -> Option<&[String]> {
         self.changed
             .as_deref()
@@ -1344,6 +1363,7 @@ fn open_snapshot_within(state: &StateDir, digest: &str, depth: usize) -> Result<
         packs: Arc::default(),
         held: Held::default(),
         changed: None,
+        counted: Arc::default(),
     }))
 }
 
@@ -1700,6 +1720,7 @@ pub(crate) fn build_snapshot(
             packs: Arc::default(),
             held,
             changed,
+            counted: Arc::default(),
         },
         stats,
     ))

@@ -462,37 +462,43 @@ fn a_delta_applied_with_the_entries_of_the_snapshot_before_moved_guards_and_dele
     .unwrap();
 
     // The deletion guard's base is the live CA's files as last applied:
-    // the active's before the change, counted from the target and the
-    // entries left of the snapshot before.
-    let files = files_in(&p.a_cadir);
-    p.clean("node3.example.com");
-    p.sign("d1.example.com");
-    p.sync();
-    assert!(pending(&p).join("manifest.delta").is_file());
-    let e = applier()
-        .max_delete_share(0.0)
-        .delete_allowance(0)
-        .run()
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains(&format!("would delete 1 of the {files} files")),
-        "{e}"
-    );
-    assert!(p.b_cadir.join("signed/node3.example.com.pem").exists());
-    applier().run().unwrap();
+    // the active's before the change. Counted from the target and the
+    // entries left of the snapshot before in the first round, then from the
+    // count of the snapshot before and the paths each round changed.
+    for round in 0..3 {
+        let files = files_in(&p.a_cadir);
+        p.clean(&format!("node{}.example.com", 3 + round));
+        p.sign(&format!("d{round}.example.com"));
+        p.sync();
+        assert!(pending(&p).join("manifest.delta").is_file());
+        let e = applier()
+            .max_delete_share(0.0)
+            .delete_allowance(0)
+            .run()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("would delete 1 of the {files} files")),
+            "round {round}: {e}"
+        );
+        assert!(p
+            .b_cadir
+            .join(format!("signed/node{}.example.com.pem", 3 + round))
+            .exists());
+        applier().run().unwrap();
+    }
 
     // A certificate cleaned on the active goes (the snapshot before had
     // it: not the replica's own); the replica's own stays. Only the changed
     // paths were compared.
-    p.clean("node4.example.com");
-    p.sign("d2.example.com");
+    p.clean("node9.example.com");
+    p.sign("last.example.com");
     p.sync();
     assert!(pending(&p).join("manifest.delta").is_file());
     let a = applier().run().unwrap();
     assert!(!a.verified);
-    assert_eq!(a.live.deleted, ["ca/signed/node4.example.com.pem"]);
+    assert_eq!(a.live.deleted, ["ca/signed/node9.example.com.pem"]);
     assert!(p.b_cadir.join("signed/local.example.com.pem").exists());
-    assert!(p.b_cadir.join("signed/d2.example.com.pem").exists());
+    assert!(p.b_cadir.join("signed/last.example.com.pem").exists());
     p.assert_converged(&[PASSIVE, "local.example.com"]);
 }
