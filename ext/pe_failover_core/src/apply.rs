@@ -919,7 +919,7 @@ impl Applier {
                 // Compared whole: the snapshots before are needed whole.
                 for p in &mut previous {
                     if let Earlier::Changed { meta, .. } = p {
-                        if let Some(whole) = open_snapshot(&self.state, &meta.digest)? {
+                        if let Ok(Some(whole)) = open_snapshot(&self.state, &meta.digest) {
                             *p = Earlier::Whole(whole);
                         }
                     }
@@ -1585,9 +1585,6 @@ impl Applier {
     }
 }
 
-/// The paths whose entries differ between two manifests (added, removed or
-/// changed in any field), with their parent directories (so the subsets are
-/// manifests too), in path order.
 /// A snapshot the live files were brought to before the target (the one
 /// last applied, or one whose apply was interrupted): whole, or, when the
 /// target was built on it from a delta and took its entries (see
@@ -1664,6 +1661,9 @@ impl Earlier {
     }
 }
 
+/// The paths whose entries differ between two manifests (added, removed or
+/// changed in any field), with their parent directories (so the subsets are
+/// manifests too), in path order.
 fn changed_paths<'a>(old: &'a Manifest, new: &'a Manifest) -> Vec<&'a str> {
     with_parents(differing_paths(old, new))
 }
