@@ -32,6 +32,7 @@ use crate::cancel::CancelToken;
 use crate::diff::{changed_fields, Change, Changeset};
 use crate::exclude::Excludes;
 use crate::fsutil;
+use crate::manifest_delta::merge_taking;
 use crate::protocol::Kind;
 use crate::snapshot::{
     canonical_digest, legacy_canonical_digest, mtime_ns, validate_relative_path, Contents, Entry,
@@ -948,37 +949,42 @@ impl Updates {
             .cloned()
             .collect();
         tails.extend(self.tails);
-        let mut old = Vec::from(prev.manifest).into_iter();
-        let mut entries = Vec::with_capacity(old.len() + self.entries.len());
-        let mut changes = Changeset::default();
-        // Both sorted by path: the old entries between two updated paths
-        // are moved in one run each (found by a binary search), not
-        // compared one by one.
+        let mut upserts: Vec<Entry> = Vec::new();
+        let mut gone: Vec<String> = Vec::new();
         for (path, new) in self.entries {
-            let before = old.as_slice().partition_point(|e| e.path < path);
-            entries.extend(old.by_ref().take(before));
-            let at = old.as_slice().first().is_some_and(|e| e.path == path);
-            match (at.then(|| old.next()).flatten(), new) {
-                (Some(e), Some(new)) => {
+            match new {
+                Some(new) => upserts.push(new),
+                None => gone.push(path),
+            }
+        }
+        let (entries, replaced) = {
+            let ups: Vec<&Entry> = upserts.iter().collect();
+            let gone: Vec<&str> = gone.iter().map(String::as_str).collect();
+            merge_taking(Vec::from(prev.manifest), &ups, &gone)
+        };
+        // What each updated path was (both in path order): changed, added
+        // or removed.
+        let mut changes = Changeset::default();
+        let mut was = replaced.into_iter().peekable();
+        for new in upserts {
+            while let Some(e) = was.next_if(|e| e.path < new.path) {
+                changes.removed.push(e);
+            }
+            match was.next_if(|e| e.path == new.path) {
+                Some(e) => {
                     let fields = changed_fields(&e, &new);
                     if !fields.is_empty() {
                         changes.changed.push(Change {
                             old: e,
-                            new: new.clone(),
+                            new,
                             fields,
                         });
                     }
-                    entries.push(new);
                 }
-                (Some(e), None) => changes.removed.push(e),
-                (None, Some(new)) => {
-                    changes.added.push(new.clone());
-                    entries.push(new);
-                }
-                (None, None) => {}
+                None => changes.added.push(new),
             }
         }
-        entries.extend(old);
+        changes.removed.extend(was);
         // The entries kept passed every rule: only what changed is checked.
         let upserts: Vec<&Entry> = (changes.added.iter())
             .chain(changes.changed.iter().map(|c| &c.new))
