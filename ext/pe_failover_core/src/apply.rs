@@ -891,23 +891,31 @@ impl Applier {
                 // changed; otherwise the two manifests are compared.
                 let delta = target.changed_since(prev.digest());
                 let changed = match (delta, prev) {
-                    (Some(paths), _) => with_parents(paths.iter().map(String::as_str).collect()),
-                    (None, Earlier::Whole(p)) => changed_paths(&p.manifest, &target.manifest),
-                    (None, Earlier::Changed { .. }) => Vec::new(),
+                    (Some(paths), _) => {
+                        Some(with_parents(paths.iter().map(String::as_str).collect()))
+                    }
+                    (None, Earlier::Whole(p)) => Some(changed_paths(&p.manifest, &target.manifest)),
+                    // Reduced, and not what the target was built on: only a
+                    // whole compare can tell.
+                    (None, Earlier::Changed { .. }) => None,
                 };
-                // The target's entries at those paths, in path order: they
-                // come from the snapshot, checked when it was read, and
-                // every parent of a changed path is one of them.
-                let restricted = Manifest::from_own_entries(
-                    changed
-                        .iter()
-                        .filter_map(|p| target.manifest.get(p).cloned())
-                        .collect(),
-                )?;
                 // The files the live CA had: the snapshot before's.
                 let files = prev.files(target, delta, self.excludes.patterns(), &excluded);
-                match (files, self.stat_live(&paths, &changed, &restricted)?) {
-                    (Some(files), Some(live)) => Some((live, restricted, files)),
+                match (changed, files) {
+                    (Some(changed), Some(files)) => {
+                        // The target's entries at those paths, in path
+                        // order: they come from the snapshot, checked when
+                        // it was read, and every parent of a changed path
+                        // is one of them.
+                        let restricted = Manifest::from_own_entries(
+                            changed
+                                .iter()
+                                .filter_map(|p| target.manifest.get(p).cloned())
+                                .collect(),
+                        )?;
+                        self.stat_live(&paths, &changed, &restricted)?
+                            .map(|live| (live, restricted, files))
+                    }
                     _ => None,
                 }
             }
