@@ -1890,8 +1890,7 @@ fn write_temp(
             let file = match target.stored(sha) {
                 Stored::Held(bytes) if bytes.len() as u64 == e.size => {
                     fsutil::create_filled(tmp, e.mode & 0o777, |out| {
-                        out.write_all(bytes)
-                            .map_err(|err| Error::io("write", tmp, err))
+                        fsutil::write_uncached(out, tmp, bytes)
                     })?
                 }
                 Stored::Held(bytes) => {

@@ -330,6 +330,117 @@ pub(crate) fn create_filled(
     }
 }
 
+/// Contents at least this large, written from memory, go to their file
+/// around the page cache (see [`write_uncached`]); the smallest contents the
+/// watcher and the applier hold in memory (`replset::HELD_MIN`) are as
+/// large.
+const UNCACHED_MIN: usize = 256 << 10;
+
+/// The alignment of direct writes: of the buffer, the offset and the
+/// length (4 KiB suits every logical block size in use).
+const DIRECT_ALIGN: usize = 4096;
+
+/// The size of the aligned buffer direct writes go through.
+const DIRECT_CHUNK: usize = 1 << 20;
+
+/// Aligned buffers of earlier direct writes, kept for the next (one per
+/// writer that ran at once, [`DIRECT_CHUNK`] each): a buffer given back to
+/// the system would come back as fresh pages to fault in (on a virtual
+/// machine whose free memory returns to the host, about 13 us each).
+static DIRECT_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Writes `bytes` at the start of `file` (new and empty, named `path`), the
+/// large ones (at least [`UNCACHED_MIN`]) with `O_DIRECT` in aligned
+/// chunks: a copy the system will not read back soon (a store object, a
+/// replaced live file) then takes no page-cache pages of its own, and its
+/// `fsync` finds nothing to write back. The bytes past the last full
+/// block, and everything on a file system that refuses direct writes, go
+/// through the page cache as usual. Durability is still the caller's
+/// `fsync`.
+pub(crate) fn write_uncached(file: &File, path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    if bytes.len() >= UNCACHED_MIN && set_direct(file, true) {
+        let direct = write_direct(bytes, |chunk, at| file.write_at(chunk, at));
+        let off = set_direct(file, false);
+        done = direct.map_err(|e| Error::io("write", path, e))?;
+        if !off {
+            return Err(Error::io(
+                "write",
+                path,
+                io::Error::other("cannot turn direct writes off again"),
+            ));
+        }
+    }
+    file.write_all_at(&bytes[done..], done as u64)
+        .map_err(|e| Error::io("write", path, e))
+}
+
+/// The whole blocks of `bytes`, copied chunk by chunk into an aligned
+/// buffer and written by `write` (a chunk and its offset, both aligned to
+/// [`DIRECT_ALIGN`]; it returns how much it wrote). Returns how many bytes
+/// were written, a multiple of [`DIRECT_ALIGN`]: all whole blocks, or those
+/// of the chunks written whole before `write` refused one with `EINVAL`
+/// (some file systems take `O_DIRECT` and refuse the writes), for the
+/// caller to write the rest through the cache.
+fn write_direct(
+    bytes: &[u8],
+    mut write: impl FnMut(&[u8], u64) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let whole = bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+    let mut buf = DIRECT_BUFFERS
+        .lock()
+        .ok()
+        .and_then(|mut pool| pool.pop())
+        .unwrap_or_else(|| vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN]);
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    let mut done = 0;
+    let result = (|| -> io::Result<()> {
+        while done < whole {
+            let n = (whole - done).min(DIRECT_CHUNK);
+            let chunk = &mut buf[start..start + n];
+            chunk.copy_from_slice(&bytes[done..done + n]);
+            let mut at = 0;
+            while at < n {
+                match write(&chunk[at..], (done + at) as u64) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(w) => at += w,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    })();
+    if let Ok(mut pool) = DIRECT_BUFFERS.lock() {
+        pool.push(buf);
+    }
+    match result {
+        Ok(()) => Ok(done),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(done),
+        Err(e) => Err(e),
+    }
+}
+
+/// Turns `O_DIRECT` on or off for `file`; whether it is now as asked.
+fn set_direct(file: &File, on: bool) -> bool {
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is an open descriptor for the whole call; F_GETFL and
+    // F_SETFL only read and set its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return false;
+        }
+        let wanted = match on {
+            true => flags | libc::O_DIRECT,
+            false => flags & !libc::O_DIRECT,
+        };
+        wanted == flags || libc::fcntl(fd, libc::F_SETFL, wanted) == 0
+    }
+}
+
 /// Reads sources one after the other into a SHA-256, up to one byte past
 /// the expected size (enough to notice a longer source).
 struct HashingReader {
@@ -902,5 +1013,105 @@ mod tests {
         assert_ne!(unique_hex(), unique_hex());
         assert_eq!(unique_hex().len(), 16);
         assert_eq!(random_hex(8).len(), 16);
+    }
+
+    fn patterned(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    #[test]
+    fn direct_writes_are_aligned_whole_blocks_and_stop_where_refused() {
+        let bytes = patterned(2 * DIRECT_CHUNK + DIRECT_CHUNK / 2 + 100);
+        let whole = bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+        // A writer that checks what the kernel would, copies, and may write
+        // short, refuse, or fail.
+        let run = |short: bool, refuse_at: Option<u64>, fail: bool| {
+            let mut out = vec![0u8; bytes.len()];
+            let result = write_direct(&bytes, |chunk, at| {
+                assert_eq!(chunk.as_ptr() as usize % DIRECT_ALIGN, 0, "buffer aligned");
+                assert_eq!(at as usize % DIRECT_ALIGN, 0, "offset aligned");
+                assert_eq!(chunk.len() % DIRECT_ALIGN, 0, "length aligned");
+                if refuse_at.is_some_and(|r| at >= r) {
+                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
+                }
+                if fail {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                let n = if short { DIRECT_ALIGN } else { chunk.len() };
+                out[at as usize..at as usize + n].copy_from_slice(&chunk[..n]);
+                Ok(n)
+            });
+            (result, out)
+        };
+        let (done, out) = run(false, None, false);
+        assert_eq!(done.unwrap(), whole);
+        assert_eq!(out[..whole], bytes[..whole]);
+        let (done, out) = run(true, None, false);
+        assert_eq!(done.unwrap(), whole, "short writes are resumed");
+        assert_eq!(out[..whole], bytes[..whole]);
+        // Refused in the second chunk: the first is all that was written.
+        let (done, out) = run(false, Some(DIRECT_CHUNK as u64), false);
+        assert_eq!(done.unwrap(), DIRECT_CHUNK);
+        assert_eq!(out[..DIRECT_CHUNK], bytes[..DIRECT_CHUNK]);
+        let (done, _) = run(false, None, true);
+        assert_eq!(done.unwrap_err().raw_os_error(), Some(libc::EIO));
+    }
+
+    #[test]
+    fn uncached_writes_keep_every_byte_and_leave_the_file_as_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        // Whether this file system takes direct writes at all.
+        let probe = dir.path().join("probe");
+        let direct_here = File::options()
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe)
+            .is_ok();
+        let large = 3 * DIRECT_CHUNK + 5;
+        for len in [0, 10, UNCACHED_MIN - 1, UNCACHED_MIN, large] {
+            let path = dir.path().join(format!("f{len}"));
+            let bytes = patterned(len);
+            let file = create_private(&path).unwrap();
+            write_uncached(&file, &path, &bytes).unwrap();
+            // SAFETY: an open descriptor; F_GETFL only reads its flags.
+            let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+            assert_eq!(flags & libc::O_DIRECT, 0, "direct writes turned off again");
+            assert_eq!(fs::read(&path).unwrap(), bytes, "{len} bytes");
+        }
+        // Where the file system takes direct writes, the whole blocks of a
+        // large file do not go through the page cache: before anything
+        // reads it, at most its last (partial) page is cached.
+        let path = dir.path().join("uncached");
+        let file = create_private(&path).unwrap();
+        write_uncached(&file, &path, &patterned(large)).unwrap();
+        let cached = cached_pages(&File::open(&path).unwrap(), large);
+        if direct_here {
+            assert!(cached <= 1, "{cached} pages of {path:?} cached");
+        }
+        assert_eq!(fs::read(&path).unwrap(), patterned(large));
+    }
+
+    /// How many pages of the first `len` bytes of `file` (open for reading)
+    /// are in the page cache.
+    fn cached_pages(file: &File, len: usize) -> usize {
+        // SAFETY: a shared read-only mapping of an open file, only passed
+        // to mincore (which touches none of its pages) and unmapped.
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(map, libc::MAP_FAILED);
+            let mut resident = vec![0u8; len.div_ceil(page)];
+            assert_eq!(libc::mincore(map, len, resident.as_mut_ptr()), 0);
+            libc::munmap(map, len);
+            resident.iter().filter(|r| **r & 1 == 1).count()
+        }
     }
 }

@@ -2143,8 +2143,7 @@ fn extend_in_memory(
     let dir = dst.parent().unwrap_or(Path::new("/"));
     let tmp = dir.join(format!(".tmp.{}", fsutil::unique_hex()));
     fsutil::create_filled(&tmp, 0o600, |out| {
-        out.write_all(&grown.bytes)
-            .map_err(|err| Error::io("write", &tmp, err))
+        fsutil::write_uncached(out, &tmp, &grown.bytes)
     })?;
     Ok(Added {
         tmp,
