@@ -2,9 +2,9 @@
 //! directory creation, `O_NOFOLLOW` opens, verified copies, advisory locks.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -283,7 +283,8 @@ impl Drop for Flusher {
 /// exist) with permission bits `mode`, checking on the way that the copied
 /// bytes have `size` and SHA-256 `sha256`. `src` is opened without following
 /// a symlink. On any mismatch `dst` is removed and a
-/// [`ErrorKind::Corrupt`] error names `what`. Returns `dst`, open for
+/// [`ErrorKind::Corrupt`] error names `what`. Large contents are written
+/// around the page cache (see [`UncachedWriter`]). Returns `dst`, open for
 /// writing (to set its owner or times).
 pub(crate) fn copy_verified(
     src: &Path,
@@ -349,77 +350,177 @@ const DIRECT_CHUNK: usize = 1 << 20;
 /// machine whose free memory returns to the host, about 13 us each).
 static DIRECT_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
-/// Writes `bytes` at the start of `file` (new and empty, named `path`), the
-/// large ones (at least [`UNCACHED_MIN`]) with `O_DIRECT` in aligned
-/// chunks: a copy the system will not read back soon (a store object, a
-/// replaced live file) then takes no page-cache pages of its own, and its
-/// `fsync` finds nothing to write back. The bytes past the last full
-/// block, and everything on a file system that refuses direct writes, go
-/// through the page cache as usual. Durability is still the caller's
-/// `fsync`.
+/// Writes `bytes` at the start of `file` (new and empty, named `path`)
+/// with an [`UncachedWriter`].
 pub(crate) fn write_uncached(file: &File, path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut done = 0;
-    if bytes.len() >= UNCACHED_MIN && set_direct(file, true) {
-        let direct = write_direct(bytes, |chunk, at| file.write_at(chunk, at));
-        let off = set_direct(file, false);
-        done = direct.map_err(|e| Error::io("write", path, e))?;
-        if !off {
-            return Err(Error::io(
-                "write",
-                path,
-                io::Error::other("cannot turn direct writes off again"),
-            ));
-        }
-    }
-    file.write_all_at(&bytes[done..], done as u64)
-        .map_err(|e| Error::io("write", path, e))
+    let mut out = UncachedWriter::new(file, path, bytes.len() as u64);
+    out.write(bytes)?;
+    out.finish()
 }
 
-/// The whole blocks of `bytes`, copied chunk by chunk into an aligned
-/// buffer and written by `write` (a chunk and its offset, both aligned to
-/// [`DIRECT_ALIGN`]; it returns how much it wrote). Returns how many bytes
-/// were written, a multiple of [`DIRECT_ALIGN`]: all whole blocks, or those
-/// of the chunks written whole before `write` refused one with `EINVAL`
-/// (some file systems take `O_DIRECT` and refuse the writes), for the
-/// caller to write the rest through the cache.
-fn write_direct(
-    bytes: &[u8],
-    mut write: impl FnMut(&[u8], u64) -> io::Result<usize>,
-) -> io::Result<usize> {
-    let whole = bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-    let mut buf = DIRECT_BUFFERS
-        .lock()
-        .ok()
-        .and_then(|mut pool| pool.pop())
-        .unwrap_or_else(|| vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN]);
-    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-    let mut done = 0;
-    let result = (|| -> io::Result<()> {
-        while done < whole {
-            let n = (whole - done).min(DIRECT_CHUNK);
-            let chunk = &mut buf[start..start + n];
-            chunk.copy_from_slice(&bytes[done..done + n]);
-            let mut at = 0;
-            while at < n {
-                match write(&chunk[at..], (done + at) as u64) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(w) => at += w,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+/// How an [`UncachedWriter`] writes a chunk at an offset (`pwrite`; tests
+/// put checks in its place).
+type WriteAt = fn(&File, &[u8], u64) -> io::Result<usize>;
+
+/// Writes a new file from its start, in order. Contents of at least
+/// [`UNCACHED_MIN`] bytes go with `O_DIRECT`, gathered into an aligned
+/// buffer and written [`DIRECT_CHUNK`] at a time: a copy the system will
+/// not read back soon (a store object, a replaced live file) then takes no
+/// page-cache pages of its own, and its `fsync` finds nothing left to write
+/// back. The bytes after the last whole block, and everything on a file
+/// system that refuses direct writes (from the refused write on), go
+/// through the page cache as usual. Durability is still the caller's
+/// `fsync`.
+pub(crate) struct UncachedWriter<'f> {
+    file: &'f File,
+    path: &'f Path,
+    write_at: WriteAt,
+    /// The aligned buffer, from [`DIRECT_BUFFERS`] (empty when not direct).
+    buf: Vec<u8>,
+    /// Where its aligned part starts.
+    start: usize,
+    /// How many bytes it holds.
+    held: usize,
+    /// The file offset of its first byte (of the next byte to write when
+    /// not direct).
+    at: u64,
+    /// Whether `O_DIRECT` is on.
+    direct: bool,
+}
+
+impl<'f> UncachedWriter<'f> {
+    /// A writer of `size` bytes into `file` (new and empty, named `path`).
+    pub(crate) fn new(file: &'f File, path: &'f Path, size: u64) -> Self {
+        Self::with_write_at(file, path, size, |f, bytes, at| f.write_at(bytes, at))
+    }
+
+    fn with_write_at(file: &'f File, path: &'f Path, size: u64, write_at: WriteAt) -> Self {
+        let direct = size >= UNCACHED_MIN as u64 && set_direct(file, true);
+        let buf = match direct {
+            true => DIRECT_BUFFERS
+                .lock()
+                .ok()
+                .and_then(|mut pool| pool.pop())
+                .unwrap_or_else(|| vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN]),
+            false => Vec::new(),
+        };
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(buf.len());
+        UncachedWriter {
+            file,
+            path,
+            write_at,
+            buf,
+            start,
+            held: 0,
+            at: 0,
+            direct,
+        }
+    }
+
+    /// Writes `bytes` after those written before.
+    pub(crate) fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            if !self.direct {
+                return self.cached(bytes);
             }
-            done += n;
+            let n = bytes.len().min(DIRECT_CHUNK - self.held);
+            let from = self.start + self.held;
+            self.buf[from..from + n].copy_from_slice(&bytes[..n]);
+            self.held += n;
+            bytes = &bytes[n..];
+            if self.held == DIRECT_CHUNK {
+                self.write_blocks()?;
+            }
         }
         Ok(())
-    })();
-    if let Ok(mut pool) = DIRECT_BUFFERS.lock() {
-        pool.push(buf);
     }
-    match result {
-        Ok(()) => Ok(done),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(done),
-        Err(e) => Err(e),
+
+    /// Writes what is left and turns `O_DIRECT` off again.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        if self.direct {
+            self.write_blocks()?;
+            self.direct = false;
+            if !set_direct(self.file, false) {
+                return Err(Error::io(
+                    "write",
+                    self.path,
+                    io::Error::other("cannot turn direct writes off again"),
+                ));
+            }
+        }
+        let (from, held) = (self.start, std::mem::take(&mut self.held));
+        let tail = std::mem::take(&mut self.buf);
+        let written = self.cached(&tail[from..from + held]);
+        self.buf = tail;
+        written
+    }
+
+    /// Writes the whole blocks the buffer holds directly (or, once refused,
+    /// through the cache); the bytes after them move to its start.
+    fn write_blocks(&mut self) -> Result<()> {
+        let whole = self.held / DIRECT_ALIGN * DIRECT_ALIGN;
+        let mut done = 0;
+        while done < whole && self.direct {
+            let chunk = &self.buf[self.start + done..self.start + whole];
+            match (self.write_at)(self.file, chunk, self.at + done as u64) {
+                Ok(0) => {
+                    return Err(Error::io(
+                        "write",
+                        self.path,
+                        io::ErrorKind::WriteZero.into(),
+                    ))
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Refused (some file systems take the flag and refuse the
+                // writes, or a short write left an unaligned offset).
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct = false;
+                    set_direct(self.file, false);
+                }
+                Err(e) => return Err(Error::io("write", self.path, e)),
+            }
+        }
+        if done < whole {
+            let at = self.at + done as u64;
+            let rest = &self.buf[self.start + done..self.start + whole];
+            self.file
+                .write_all_at(rest, at)
+                .map_err(|e| Error::io("write", self.path, e))?;
+        }
+        self.buf
+            .copy_within(self.start + whole..self.start + self.held, self.start);
+        self.held -= whole;
+        self.at += whole as u64;
+        if !self.direct && self.held > 0 {
+            // From here on through the cache: the bytes held go first.
+            let (from, held) = (self.start, std::mem::take(&mut self.held));
+            let tail = self.buf[from..from + held].to_vec();
+            self.cached(&tail)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` through the cache at the next offset.
+    fn cached(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(bytes, self.at)
+            .map_err(|e| Error::io("write", self.path, e))?;
+        self.at += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+impl Drop for UncachedWriter<'_> {
+    fn drop(&mut self) {
+        if self.direct {
+            set_direct(self.file, false);
+        }
+        if !self.buf.is_empty() {
+            if let Ok(mut pool) = DIRECT_BUFFERS.lock() {
+                pool.push(std::mem::take(&mut self.buf));
+            }
+        }
     }
 }
 
@@ -529,19 +630,18 @@ pub(crate) fn concat_verified(
         .join(" + ");
     create_filled(dst, mode, |out| {
         let mut reader = HashingReader::new(size);
+        let mut writer = UncachedWriter::new(out, dst, size);
         let mut more = reader.feed_bytes(prefix);
         if more {
-            out.write_all(prefix)
-                .map_err(|e| Error::io("write", dst, e))?;
+            writer.write(prefix)?;
         }
         for (input, src) in inputs.iter_mut() {
             if !more {
                 break;
             }
-            more = reader.feed(input, src, |chunk| {
-                out.write_all(chunk).map_err(|e| Error::io("write", dst, e))
-            })?;
+            more = reader.feed(input, src, |chunk| writer.write(chunk))?;
         }
+        writer.finish()?;
         let (total, got) = reader.finish();
         if total != size || got != sha256 {
             return Err(not_as_recorded(what, &shown, (size, sha256), (total, &got))
@@ -1019,42 +1119,91 @@ mod tests {
         (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
     }
 
-    #[test]
-    fn direct_writes_are_aligned_whole_blocks_and_stop_where_refused() {
-        let bytes = patterned(2 * DIRECT_CHUNK + DIRECT_CHUNK / 2 + 100);
-        let whole = bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-        // A writer that checks what the kernel would, copies, and may write
-        // short, refuse, or fail.
-        let run = |short: bool, refuse_at: Option<u64>, fail: bool| {
-            let mut out = vec![0u8; bytes.len()];
-            let result = write_direct(&bytes, |chunk, at| {
-                assert_eq!(chunk.as_ptr() as usize % DIRECT_ALIGN, 0, "buffer aligned");
-                assert_eq!(at as usize % DIRECT_ALIGN, 0, "offset aligned");
-                assert_eq!(chunk.len() % DIRECT_ALIGN, 0, "length aligned");
-                if refuse_at.is_some_and(|r| at >= r) {
-                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
-                }
-                if fail {
-                    return Err(io::Error::from_raw_os_error(libc::EIO));
-                }
-                let n = if short { DIRECT_ALIGN } else { chunk.len() };
-                out[at as usize..at as usize + n].copy_from_slice(&chunk[..n]);
-                Ok(n)
-            });
-            (result, out)
+    thread_local! {
+        /// What the checking writer below does: refuse (EINVAL) from this
+        /// offset on, write one block at a time, fail (EIO); how many
+        /// chunks it wrote.
+        static REFUSE_AT: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+        static SHORT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        static FAIL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        static CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A direct write that checks what the kernel would first.
+    fn checking_write_at(file: &File, chunk: &[u8], at: u64) -> io::Result<usize> {
+        assert_eq!(chunk.as_ptr() as usize % DIRECT_ALIGN, 0, "buffer aligned");
+        assert_eq!(at as usize % DIRECT_ALIGN, 0, "offset aligned");
+        assert_eq!(chunk.len() % DIRECT_ALIGN, 0, "length aligned");
+        if at >= REFUSE_AT.get() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if FAIL.get() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        CALLS.set(CALLS.get() + 1);
+        let n = if SHORT.get() {
+            DIRECT_ALIGN
+        } else {
+            chunk.len()
         };
-        let (done, out) = run(false, None, false);
-        assert_eq!(done.unwrap(), whole);
-        assert_eq!(out[..whole], bytes[..whole]);
-        let (done, out) = run(true, None, false);
-        assert_eq!(done.unwrap(), whole, "short writes are resumed");
-        assert_eq!(out[..whole], bytes[..whole]);
-        // Refused in the second chunk: the first is all that was written.
-        let (done, out) = run(false, Some(DIRECT_CHUNK as u64), false);
-        assert_eq!(done.unwrap(), DIRECT_CHUNK);
-        assert_eq!(out[..DIRECT_CHUNK], bytes[..DIRECT_CHUNK]);
-        let (done, _) = run(false, None, true);
-        assert_eq!(done.unwrap_err().raw_os_error(), Some(libc::EIO));
+        file.write_at(&chunk[..n], at)
+    }
+
+    #[test]
+    fn direct_writes_are_aligned_whole_blocks_and_the_rest_goes_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = patterned(2 * DIRECT_CHUNK + DIRECT_CHUNK / 2 + 100);
+        // Returns the file's contents and how many direct writes were made.
+        let run = |name: &str, refuse_at: u64, short: bool, fail: bool| {
+            REFUSE_AT.set(refuse_at);
+            SHORT.set(short);
+            FAIL.set(fail);
+            CALLS.set(0);
+            let path = dir.path().join(name);
+            let file = create_private(&path).unwrap();
+            let mut out =
+                UncachedWriter::with_write_at(&file, &path, bytes.len() as u64, checking_write_at);
+            // In pieces that do not line up with blocks or chunks.
+            let written = bytes
+                .chunks(65_536 + 7)
+                .try_for_each(|piece| out.write(piece))
+                .and_then(|()| out.finish());
+            written.map(|()| (fs::read(&path).unwrap(), CALLS.get()))
+        };
+        let (got, calls) = run("whole", u64::MAX, false, false).unwrap();
+        assert!(got == bytes);
+        // Without direct writes here, the checking writer is never called.
+        let direct_here = calls > 0;
+        if direct_here {
+            assert_eq!(calls, 3, "two whole chunks and the last one's blocks");
+        }
+        let (got, calls) = run("short", u64::MAX, true, false).unwrap();
+        assert!(got == bytes, "short writes are resumed");
+        if direct_here {
+            assert_eq!(calls, bytes.len() / DIRECT_ALIGN);
+        }
+        // Refused in the second chunk: the rest went through the cache.
+        let (got, calls) = run("refused", DIRECT_CHUNK as u64, false, false).unwrap();
+        assert!(got == bytes);
+        if direct_here {
+            assert_eq!(calls, 1);
+        }
+        let failed = run("failed", u64::MAX, false, true);
+        if direct_here {
+            let e = failed.unwrap_err();
+            assert_eq!(
+                e.io_error().and_then(io::Error::raw_os_error),
+                Some(libc::EIO)
+            );
+            let shown = dir.path().join("failed").display().to_string();
+            assert!(
+                e.to_string().starts_with(&format!("cannot write {shown}")),
+                "{e}"
+            );
+        }
+        REFUSE_AT.set(u64::MAX);
+        FAIL.set(false);
+        SHORT.set(false);
     }
 
     #[test]
