@@ -958,7 +958,14 @@ impl TxnWriter {
         debug_assert_eq!(manifest.digest(), meta.digest, "checked by the caller");
         let bytes = serde_json::to_vec_pretty(meta)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
-        write_atomically(&self.partial.join("meta.json"), &bytes, 0o600)?;
+        // In the partial directory, renamed whole once everything in it is
+        // durable: written in place, and synced with the rest.
+        let meta_file = self.partial.join("meta.json");
+        fsutil::create_filled(&meta_file, 0o600, |f| {
+            f.write_all(&bytes)
+                .map_err(|e| Error::io("write", &meta_file, e))
+        })?;
+        self.written.push(meta_file);
         if !fsutil::sync_new_files(&self.written)? {
             fsutil::fsync_dir(&self.partial.join("objects"))?;
         }
@@ -1666,7 +1673,14 @@ pub(crate) fn build_snapshot(
         };
         let bytes = serde_json::to_vec_pretty(&meta)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
-        write_atomically(&partial.join("meta.json"), &bytes, 0o600)?;
+        // In the partial directory, renamed whole below: written in place.
+        let meta_file = partial.join("meta.json");
+        let file = fsutil::create_filled(&meta_file, 0o600, |f| {
+            f.write_all(&bytes)
+                .map_err(|e| Error::io("write", &meta_file, e))
+        })?;
+        file.sync_all()
+            .map_err(|e| Error::io("sync", &meta_file, e))?;
         fsutil::fsync_dir(&partial)
     })();
     if let Err(e) = result {
