@@ -404,7 +404,11 @@ impl<'f> UncachedWriter<'f> {
                 .unwrap_or_else(|| vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN]),
             false => Vec::new(),
         };
-        let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(buf.len());
+        // The first aligned byte (`align_offset` may decline to say).
+        let start = match buf.is_empty() {
+            true => 0,
+            false => (DIRECT_ALIGN - buf.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN,
+        };
         UncachedWriter {
             file,
             path,
