@@ -961,10 +961,7 @@ impl TxnWriter {
         // In the partial directory, renamed whole once everything in it is
         // durable: written in place, and synced with the rest.
         let meta_file = self.partial.join("meta.json");
-        fsutil::create_filled(&meta_file, 0o600, |f| {
-            f.write_all(&bytes)
-                .map_err(|e| Error::io("write", &meta_file, e))
-        })?;
+        pack::write_new(&meta_file, &bytes)?;
         self.written.push(meta_file);
         if !fsutil::sync_new_files(&self.written)? {
             fsutil::fsync_dir(&self.partial.join("objects"))?;
@@ -1675,11 +1672,8 @@ pub(crate) fn build_snapshot(
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode metadata: {e}")))?;
         // In the partial directory, renamed whole below: written in place.
         let meta_file = partial.join("meta.json");
-        let file = fsutil::create_filled(&meta_file, 0o600, |f| {
-            f.write_all(&bytes)
-                .map_err(|e| Error::io("write", &meta_file, e))
-        })?;
-        file.sync_all()
+        pack::write_new(&meta_file, &bytes)?
+            .sync_all()
             .map_err(|e| Error::io("sync", &meta_file, e))?;
         fsutil::fsync_dir(&partial)
     })();
