@@ -565,9 +565,9 @@ impl Receiver {
         dropped.extend(held_at.values().filter_map(|(sha, _)| sha256_bytes(sha)));
         let mut sorted: Vec<&Entry> = upserts.iter().collect();
         sorted.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        let mut gone: Vec<&str> = removed.iter().copied().collect();
-        gone.sort_unstable();
-        let (merged, _) = merge_taking(Vec::from(base_manifest), &sorted, &gone);
+        let mut removed: Vec<&str> = removed.into_iter().collect();
+        removed.sort_unstable();
+        let (merged, _) = merge_taking(Vec::from(base_manifest), &sorted, &removed);
         if merged.len() as u64 > limits.max_entries {
             return Err(violation(format!(
                 "the new manifest would have {} entries, more than the limit of {} (max_entries)",
@@ -577,7 +577,6 @@ impl Receiver {
         }
         // The base passed every rule when it was read: only what the delta
         // changes is checked again.
-        let removed: Vec<&str> = removed.into_iter().collect();
         let manifest = manifest_from_merge(kind, merged, &sorted, &removed)?;
         // A small change is stored as what it changes (see `manifest_delta`).
         let delta_of = base
