@@ -452,15 +452,13 @@ impl<'f> UncachedWriter<'f> {
                 ));
             }
         }
-        let (from, held) = (self.start, std::mem::take(&mut self.held));
-        let tail = std::mem::take(&mut self.buf);
-        let written = self.cached(&tail[from..from + held]);
-        self.buf = tail;
-        written
+        self.write_held(0, self.held)
     }
 
-    /// Writes the whole blocks the buffer holds directly (or, once refused,
-    /// through the cache); the bytes after them move to its start.
+    /// Writes the whole blocks the buffer holds, directly until direct
+    /// writes are refused and through the cache from there. The bytes after
+    /// them, which only [`finish`](Self::finish) leaves (`write` calls this
+    /// with a full buffer), move to its start.
     fn write_blocks(&mut self) -> Result<()> {
         let whole = self.held / DIRECT_ALIGN * DIRECT_ALIGN;
         let mut done = 0;
@@ -485,23 +483,22 @@ impl<'f> UncachedWriter<'f> {
                 Err(e) => return Err(Error::io("write", self.path, e)),
             }
         }
-        if done < whole {
-            let at = self.at + done as u64;
-            let rest = &self.buf[self.start + done..self.start + whole];
-            self.file
-                .write_all_at(rest, at)
-                .map_err(|e| Error::io("write", self.path, e))?;
-        }
+        // Those not written directly go through the cache.
+        self.write_held(done, whole)
+    }
+
+    /// Writes the bytes `from..to` of those held through the cache (at
+    /// their offset), then counts the first `to` as written: the rest move
+    /// to the buffer's start.
+    fn write_held(&mut self, from: usize, to: usize) -> Result<()> {
+        let held = &self.buf[self.start..self.start + self.held];
+        self.file
+            .write_all_at(&held[from..to], self.at + from as u64)
+            .map_err(|e| Error::io("write", self.path, e))?;
         self.buf
-            .copy_within(self.start + whole..self.start + self.held, self.start);
-        self.held -= whole;
-        self.at += whole as u64;
-        if !self.direct && self.held > 0 {
-            // From here on through the cache: the bytes held go first.
-            let (from, held) = (self.start, std::mem::take(&mut self.held));
-            let tail = self.buf[from..from + held].to_vec();
-            self.cached(&tail)?;
-        }
+            .copy_within(self.start + to..self.start + self.held, self.start);
+        self.held -= to;
+        self.at += to as u64;
         Ok(())
     }
 
