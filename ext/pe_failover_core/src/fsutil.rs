@@ -344,11 +344,41 @@ const DIRECT_ALIGN: usize = 4096;
 /// The size of the aligned buffer direct writes go through.
 const DIRECT_CHUNK: usize = 1 << 20;
 
-/// Aligned buffers of earlier direct writes, kept for the next (one per
-/// writer that ran at once, [`DIRECT_CHUNK`] each): a buffer given back to
-/// the system would come back as fresh pages to fault in (on a virtual
-/// machine whose free memory returns to the host, about 13 us each).
-static DIRECT_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers of [`BUFFER_LEN`] bytes given back by their last user (see
+/// [`buffer`]), at most [`BUFFERS_KEPT`].
+static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// The length of a buffer of [`buffer`]: an aligned [`DIRECT_CHUNK`]
+/// fits in it wherever it starts.
+pub(crate) const BUFFER_LEN: usize = DIRECT_CHUNK + DIRECT_ALIGN;
+
+/// Most buffers kept for reuse.
+const BUFFERS_KEPT: usize = 8;
+
+/// A buffer of [`BUFFER_LEN`] bytes (their values unspecified), for
+/// direct writes, comparisons, pieces of a manifest file: one an earlier
+/// user gave back ([`give_back`]) when there is one. Memory given back to
+/// the system comes back as fresh pages to fault in, which on a virtual
+/// machine whose free memory returns to the host costs about 13 us a page,
+/// far more than the work done in a buffer.
+pub(crate) fn buffer() -> Vec<u8> {
+    let kept = BUFFERS.lock().ok().and_then(|mut kept| kept.pop());
+    kept.unwrap_or_else(|| vec![0u8; BUFFER_LEN])
+}
+
+/// Keeps `buf` (from [`buffer`], whatever its length now) for the next
+/// user, unless enough are kept already.
+pub(crate) fn give_back(mut buf: Vec<u8>) {
+    if !(BUFFER_LEN..=2 * BUFFER_LEN).contains(&buf.capacity()) {
+        return;
+    }
+    buf.resize(BUFFER_LEN, 0);
+    if let Ok(mut kept) = BUFFERS.lock() {
+        if kept.len() < BUFFERS_KEPT {
+            kept.push(buf);
+        }
+    }
+}
 
 /// Writes `bytes` at the start of `file` (new and empty, named `path`)
 /// with an [`UncachedWriter`].
@@ -375,7 +405,7 @@ pub(crate) struct UncachedWriter<'f> {
     file: &'f File,
     path: &'f Path,
     write_at: WriteAt,
-    /// The aligned buffer, from [`DIRECT_BUFFERS`] (empty when not direct).
+    /// The aligned buffer, from [`buffer`] (empty when not direct).
     buf: Vec<u8>,
     /// Where its aligned part starts.
     start: usize,
@@ -397,11 +427,7 @@ impl<'f> UncachedWriter<'f> {
     fn with_write_at(file: &'f File, path: &'f Path, size: u64, write_at: WriteAt) -> Self {
         let direct = size >= UNCACHED_MIN as u64 && set_direct(file, true);
         let buf = match direct {
-            true => DIRECT_BUFFERS
-                .lock()
-                .ok()
-                .and_then(|mut pool| pool.pop())
-                .unwrap_or_else(|| vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN]),
+            true => buffer(),
             false => Vec::new(),
         };
         // The first aligned byte (`align_offset` may decline to say).
@@ -518,9 +544,7 @@ impl Drop for UncachedWriter<'_> {
             set_direct(self.file, false);
         }
         if !self.buf.is_empty() {
-            if let Ok(mut pool) = DIRECT_BUFFERS.lock() {
-                pool.push(std::mem::take(&mut self.buf));
-            }
+            give_back(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -966,7 +990,22 @@ pub(crate) fn set_selinux_label(path: &Path, label: &[u8]) -> Result<()> {
 /// Reads at most `limit` bytes of the regular file at `path` (not following
 /// a symlink); larger files are an [`ErrorKind::InvalidInput`] error.
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    let file = open_nofollow(path).map_err(|e| Error::io("read", path, e))?;
+    let mut out = Vec::new();
+    read_bounded_into(path, limit, &mut out)?;
+    Ok(out)
+}
+
+/// Reads the regular file at `path` (not following a symlink, at most
+/// `limit` bytes, as [`read_bounded`]) into `buf`, in `buf`'s own memory:
+/// when the file starts with the bytes `buf` holds, they are compared, not
+/// read again, and only what follows them is appended (into `buf`'s spare
+/// capacity, grown as a `Vec` grows); otherwise `buf` is refilled with the
+/// whole file. Returns whether the file started with `buf`'s bytes.
+/// For a file that grows at its end (`inventory.txt`), read again and again
+/// by a long-running process: its fresh pages would cost more than the
+/// read (see [`buffer`]).
+pub(crate) fn read_bounded_into(path: &Path, limit: u64, buf: &mut Vec<u8>) -> Result<bool> {
+    let mut file = open_nofollow(path).map_err(|e| Error::io("read", path, e))?;
     let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
     if !meta.is_file() {
         return Err(Error::new(
@@ -975,11 +1014,19 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
         )
         .with_path(path));
     }
-    let mut out = Vec::with_capacity(meta.len().min(limit) as usize);
-    file.take(limit + 1)
-        .read_to_end(&mut out)
+    let held = buf.len();
+    let grown = meta.len() >= held as u64
+        && starts_with(&mut file, buf).map_err(|e| Error::io("read", path, e))?;
+    if !grown {
+        buf.clear();
+        std::io::Seek::rewind(&mut file).map_err(|e| Error::io("read", path, e))?;
+    }
+    buf.reserve(meta.len().min(limit).saturating_sub(buf.len() as u64) as usize);
+    let room = (limit + 1).saturating_sub(buf.len() as u64);
+    file.take(room)
+        .read_to_end(buf)
         .map_err(|e| Error::io("read", path, e))?;
-    if out.len() as u64 > limit {
+    if buf.len() as u64 > limit {
         return Err(Error::new(
             ErrorKind::InvalidInput,
             format!(
@@ -989,7 +1036,30 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
         )
         .with_path(path));
     }
-    Ok(out)
+    Ok(grown)
+}
+
+/// Whether what `file` holds from its position on starts with `expected`
+/// (read a chunk at a time into a [`buffer`]); the
+/// position is then after `expected` if so.
+fn starts_with(file: &mut File, expected: &[u8]) -> io::Result<bool> {
+    let mut chunk = buffer();
+    let mut rest = expected;
+    let same = loop {
+        if rest.is_empty() {
+            break Ok(true);
+        }
+        let want = rest.len().min(chunk.len());
+        match file.read(&mut chunk[..want]) {
+            Ok(0) => break Ok(false),
+            Ok(n) if chunk[..n] != rest[..n] => break Ok(false),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    give_back(chunk);
+    same
 }
 
 #[cfg(test)]

@@ -256,41 +256,67 @@ fn merge_delta_cloned(base: &[Entry], upserts: &[&Entry], removed: &FxHashSet<&s
 }
 
 /// The entries of `base` (in path order) with `upserts` put in and the
-/// paths `removed` left out, in path order, moved rather than copied: the
-/// runs of entries between two changed paths move whole (found by binary
-/// search), so a small change to a large manifest costs about one move of
-/// its entries. `upserts` and `removed` are sorted by path and share no
-/// path. Also returns the entries of `base` at the changed paths, in path
-/// order.
+/// paths `removed` left out, in path order, in `base`'s own memory: an
+/// upsert of a path `base` has replaces its entry where it is, the
+/// entries after a removed path move up once, and new paths are put in
+/// from the last, each moving the run of entries after it once. A small
+/// change to a large manifest thus moves about its entries once, and
+/// allocates none of them anew (fresh pages of a large buffer cost more to
+/// fault in than the moves, much more on a virtual machine whose free
+/// memory goes back to the host), unless the new paths outgrow `base`'s
+/// capacity. `upserts` and `removed` are sorted by path and share no path.
+/// Also returns the entries of `base` at the changed paths, in path order.
 pub(crate) fn merge_taking(
-    base: Vec<Entry>,
+    mut entries: Vec<Entry>,
     upserts: &[&Entry],
     removed: &[&str],
 ) -> (Vec<Entry>, Vec<Entry>) {
-    let mut rest = base.into_iter();
-    let mut merged = Vec::with_capacity(rest.len() + upserts.len());
+    let find =
+        |entries: &[Entry], path: &str| entries.binary_search_by(|e| e.path.as_str().cmp(path));
     let mut replaced = Vec::with_capacity(upserts.len() + removed.len());
-    let mut ups = upserts.iter().copied().peekable();
-    let mut gone = removed.iter().copied().peekable();
-    loop {
-        let (path, upsert) = match (ups.peek().copied(), gone.peek().copied()) {
-            (Some(u), Some(r)) if u.path.as_str() < r => (u.path.as_str(), ups.next()),
-            (_, Some(r)) => {
-                gone.next();
-                (r, None)
-            }
-            (Some(u), None) => (u.path.as_str(), ups.next()),
-            (None, None) => break,
-        };
-        let before = rest.as_slice().partition_point(|e| e.path.as_str() < path);
-        merged.extend(rest.by_ref().take(before));
-        if rest.as_slice().first().is_some_and(|e| e.path == path) {
-            replaced.extend(rest.next());
+    let mut new: Vec<Entry> = Vec::new();
+    for u in upserts {
+        match find(&entries, &u.path) {
+            Ok(i) => replaced.push(std::mem::replace(&mut entries[i], (*u).clone())),
+            Err(_) => new.push((*u).clone()),
         }
-        merged.extend(upsert.cloned());
     }
-    merged.extend(rest);
-    (merged, replaced)
+    // (A path also upserted stays: the upsert replaced its entry.)
+    let mut gone: Vec<usize> = (removed.iter())
+        .filter(|r| {
+            upserts
+                .binary_search_by(|u| u.path.as_str().cmp(r))
+                .is_err()
+        })
+        .filter_map(|r| find(&entries, r).ok())
+        .collect();
+    gone.sort_unstable();
+    gone.dedup();
+    if let Some(&first) = gone.first() {
+        // The entries kept move up over the removed ones, which end last.
+        let mut next = gone.iter().peekable();
+        let mut kept = first;
+        for i in first..entries.len() {
+            if next.next_if(|&&g| g == i).is_none() {
+                entries.swap(kept, i);
+                kept += 1;
+            }
+        }
+        replaced.extend(entries.drain(kept..));
+        replaced.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    }
+    // The new paths go in from the last: each moves the entries after it
+    // (those not moved yet) once, together with the new paths before it.
+    let mut old_end = entries.len();
+    let count = new.len();
+    entries.extend(new);
+    for j in (0..count).rev() {
+        let (old, added) = entries.split_at(old_end);
+        let at = old.partition_point(|e| e.path < added[j].path);
+        entries[at..old_end + j + 1].rotate_right(j + 1);
+        old_end = at;
+    }
+    (entries, replaced)
 }
 
 /// The entries of `base` (in path order, about `len` of them) with
@@ -424,6 +450,55 @@ mod tests {
             let other = crate::snapshot::Manifest::from_entries(base.entries()[..3].to_vec()).unwrap();
             prop_assert!(delta.apply(Kind::Ca, &other).is_err());
         }
+    }
+
+    #[test]
+    fn merge_taking_works_in_the_memory_of_the_entries_it_is_given() {
+        let mut entries: Vec<Entry> = base(50).into();
+        entries.reserve(8);
+        let memory = entries.as_ptr();
+        let upserts = [
+            entry("ca/ca_crt.pem", EntryKind::File, 501),
+            entry("ca/serial", EntryKind::File, 502),
+            entry("ca/signed/n005.pem", EntryKind::File, 505),
+            entry("ca/signed/n0105.pem", EntryKind::File, 510),
+            entry("ca/signed/n049.pem", EntryKind::File, 549),
+            entry("ca/signed/n050.pem", EntryKind::File, 550),
+            entry("ca/signed/n051.pem", EntryKind::File, 551),
+        ];
+        let ups: Vec<&Entry> = upserts.iter().collect();
+        let gone = [
+            "ca/signed/n000.pem",
+            "ca/signed/n020.pem",
+            "ca/signed/n030.pem",
+        ];
+        let removed: FxHashSet<&str> = gone.into_iter().collect();
+        let expected = merge_delta(entries.iter().cloned(), entries.len(), &ups, &removed);
+        let were: Vec<Entry> = (entries.iter())
+            .filter(|e| gone.contains(&e.path.as_str()) || upserts.iter().any(|u| u.path == e.path))
+            .cloned()
+            .collect();
+        let (merged, replaced) = merge_taking(entries, &ups, &gone);
+        assert_eq!(merged, expected);
+        assert_eq!(replaced, were);
+        assert_eq!(
+            merged.as_ptr(),
+            memory,
+            "the entries were moved to new memory"
+        );
+        // Outgrown: new memory, the same entries.
+        let full: Vec<Entry> = base(50).into();
+        let more: Vec<Entry> = (0..40)
+            .map(|i| entry(&format!("ca/signed/n{i:03}x.pem"), EntryKind::File, i))
+            .collect();
+        let ups: Vec<&Entry> = more.iter().collect();
+        let expected = merge_delta(
+            full.iter().cloned(),
+            full.len(),
+            &ups,
+            &FxHashSet::default(),
+        );
+        assert_eq!(merge_taking(full, &ups, &[]).0, expected);
     }
 
     #[test]

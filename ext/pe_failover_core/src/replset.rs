@@ -503,6 +503,7 @@ pub(crate) fn save_manifest_hashing(
             let mut hasher = ManifestHasher::new();
             for piece in received {
                 hasher.update(&piece);
+                fsutil::give_back(piece);
             }
             Ok(hasher.finalize().to_hex().to_string())
         });
@@ -792,11 +793,6 @@ pub struct SetScan {
 pub(crate) struct Tails(Arc<Vec<Tail>>);
 
 impl Tails {
-    /// The tail kept for the set's path `path`.
-    pub(crate) fn get(&self, path: &str) -> Option<&Tail> {
-        self.0.iter().find(|t| t.path == path)
-    }
-
     /// The tail whose contents have SHA-256 `sha256` (hex).
     pub(crate) fn with_contents(&self, sha256: &str) -> Option<&Tail> {
         self.0.iter().find(|t| t.held.sha256 == sha256)
@@ -838,10 +834,21 @@ impl HeldBytes {
         HeldBytes::hashed(Sha256::new(), 0, bytes)
     }
 
-    /// `bytes`, which start with these: only what follows them is hashed.
-    pub(crate) fn grown(&self, bytes: Vec<u8>) -> HeldBytes {
-        debug_assert!(bytes.starts_with(&self.bytes));
-        HeldBytes::hashed(self.state.clone(), self.bytes.len(), bytes)
+    /// These contents followed by what `more` reads, `size` bytes in all
+    /// as far as the caller knows: only the bytes read are hashed, and they
+    /// are read into these contents' own memory when nothing else holds it
+    /// (a fresh copy would cost more to fault in than to read; see
+    /// [`fsutil::read_bounded_into`]).
+    pub(crate) fn extended(self, mut more: impl io::Read, size: u64) -> io::Result<HeldBytes> {
+        let from = self.bytes.len();
+        let mut bytes = Arc::try_unwrap(self.bytes).unwrap_or_else(|shared| {
+            let mut copy = Vec::with_capacity(size.max(from as u64) as usize);
+            copy.extend_from_slice(&shared);
+            copy
+        });
+        bytes.reserve((size as usize).saturating_sub(from));
+        more.read_to_end(&mut bytes)?;
+        Ok(HeldBytes::hashed(self.state, from, bytes))
     }
 
     fn hashed(mut state: Sha256, from: usize, bytes: Vec<u8>) -> HeldBytes {
@@ -1210,7 +1217,8 @@ impl ReplicatedSet {
         prev: &SetScan,
         changed: &std::collections::BTreeSet<PathBuf>,
     ) -> Result<Option<SetScan>> {
-        match self.rescan_updates(prev, changed)? {
+        let mut tails = prev.tails.0.to_vec();
+        match self.rescan_updates(prev, &mut tails, changed)? {
             None => Ok(None),
             // (Its digest is kept: nothing to hash again.)
             Some(updates) if updates.entries.is_empty() => Ok(Some(prev.again().unchanged())),
@@ -1220,14 +1228,22 @@ impl ReplicatedSet {
 
     /// [`rescan_paths`](Self::rescan_paths) taking `prev`, whose entries are
     /// moved into the new scan rather than copied (100k entries take
-    /// milliseconds to copy), and which records in
-    /// [`since`](SetScan::since) what changed.
+    /// milliseconds to copy), whose tails are read into again (when nothing
+    /// else holds them), and which records in [`since`](SetScan::since)
+    /// what changed.
     pub(crate) fn rescan_from(
         &self,
-        prev: SetScan,
+        mut prev: SetScan,
         changed: &std::collections::BTreeSet<PathBuf>,
     ) -> Rescan {
-        match self.rescan_updates(&prev, changed) {
+        let mut tails = match Arc::try_unwrap(std::mem::take(&mut prev.tails).0) {
+            Ok(tails) => tails,
+            Err(shared) => shared.to_vec(),
+        };
+        let updates = self.rescan_updates(&prev, &mut tails, changed);
+        // (Less those read: their bytes went into the new tails.)
+        prev.tails = Tails(Arc::new(tails));
+        match updates {
             Ok(Some(updates)) if updates.entries.is_empty() => Rescan::Updated(prev.unchanged()),
             Ok(Some(updates)) => match updates.apply(prev) {
                 Ok(scan) => Rescan::Updated(scan),
@@ -1239,10 +1255,12 @@ impl ReplicatedSet {
 
     /// The entries at the paths `changed` names (see
     /// [`rescan_paths`](Self::rescan_paths)), or `None` when only a full
-    /// scan can tell.
+    /// scan can tell. `kept` holds the tails of `prev`; those of the files
+    /// read are taken out of it.
     fn rescan_updates(
         &self,
         prev: &SetScan,
+        kept: &mut Vec<Tail>,
         changed: &std::collections::BTreeSet<PathBuf>,
     ) -> Result<Option<Updates>> {
         let cadir = self.resolve_cadir()?;
@@ -1321,7 +1339,9 @@ impl ReplicatedSet {
                     Some(e)
                 }
                 Ok(meta) if meta.is_file() => {
-                    match hashed_entry(abs, &rel, &meta, prev.tails.get(&rel))? {
+                    let tail =
+                        (kept.iter().position(|t| t.path == rel)).map(|i| kept.swap_remove(i));
+                    match hashed_entry(abs, &rel, &meta, tail)? {
                         Some((e, tail)) => {
                             tails.retain(|t| t.path != rel);
                             tails.extend(tail);
@@ -1430,19 +1450,41 @@ fn entry_from_meta(path: &str, meta: &Metadata, kind: EntryKind) -> Entry {
 pub(crate) const HELD_MAX: u64 = 64 * 1024 * 1024;
 
 /// The entry of the regular file `abs` (manifest path `rel`), hashed;
-/// `None` when it changed while it was read.
+/// `None` when it changed while it was read. `tail`, the file's tail kept
+/// from the last rescan, is used up: when the file starts with its bytes,
+/// only the appended bytes are hashed, and when nothing else holds them the
+/// file is read into their memory (see [`fsutil::read_bounded_into`]).
 fn hashed_entry(
     abs: &Path,
     rel: &str,
     before: &Metadata,
-    tail: Option<&Tail>,
+    tail: Option<Tail>,
 ) -> Result<Option<(Entry, Option<Tail>)>> {
     // Large files are left to the scanner, which streams them.
     if before.size() > HELD_MAX {
         return Ok(None);
     }
-    let bytes = match fsutil::read_bounded(abs, HELD_MAX) {
-        Ok(b) => b,
+    // The bytes read, and what they grew from (SHA-256, size, hash state).
+    let read = match tail.map(|t| t.held) {
+        Some(HeldBytes {
+            sha256,
+            bytes,
+            state,
+        }) => {
+            let size = bytes.len();
+            match Arc::try_unwrap(bytes) {
+                Ok(mut buf) => fsutil::read_bounded_into(abs, HELD_MAX, &mut buf)
+                    .map(|grew| (buf, grew.then_some((sha256, size, state)))),
+                Err(bytes) => fsutil::read_bounded(abs, HELD_MAX).map(|read| {
+                    let grew = read.starts_with(&bytes);
+                    (read, grew.then_some((sha256, size, state)))
+                }),
+            }
+        }
+        None => fsutil::read_bounded(abs, HELD_MAX).map(|read| (read, None)),
+    };
+    let (bytes, grown) = match read {
+        Ok(read) => read,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
@@ -1458,16 +1500,18 @@ fn hashed_entry(
         return Ok(None);
     }
     // Grown from the tail kept: only the appended bytes are hashed.
-    let grown = tail.filter(|t| bytes.starts_with(&t.held.bytes));
-    let held = match grown {
-        Some(t) => t.held.grown(bytes),
-        None => HeldBytes::new(bytes),
+    let (held, grew_from) = match grown {
+        Some((sha256, size, state)) => (
+            HeldBytes::hashed(state, size, bytes),
+            Some((sha256, size as u64)),
+        ),
+        None => (HeldBytes::new(bytes), None),
     };
     let mut e = entry_from_meta(rel, &after, EntryKind::File);
     e.sha256 = Some(held.sha256.clone());
     let tail = (held.size() >= HELD_MIN).then(|| Tail {
         path: rel.to_string(),
-        grew_from: grown.map(|t| (t.held.sha256.clone(), t.held.size())),
+        grew_from,
         held,
     });
     Ok(Some((e, tail)))
@@ -1720,6 +1764,133 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn held_contents_are_extended_in_their_own_memory_unless_shared() {
+        let sha256_hex = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
+        let mut first = b"0x0001 first line\n".to_vec();
+        first.reserve(64);
+        let memory = first.as_ptr();
+        let held = HeldBytes::new(first);
+        let grown = held.extended(&b"0x0002 second\n"[..], 33).unwrap();
+        assert_eq!(*grown.bytes, b"0x0001 first line\n0x0002 second\n");
+        assert_eq!(grown.sha256, sha256_hex(&grown.bytes));
+        assert_eq!(grown.bytes.as_ptr(), memory, "extended in new memory");
+        // Shared: extended in a copy, the shared bytes left as they were.
+        let shared = grown.clone();
+        let again = grown.extended(&b"0x0003 third\n"[..], 46).unwrap();
+        assert_ne!(again.bytes.as_ptr(), shared.bytes.as_ptr());
+        assert_eq!(*shared.bytes, b"0x0001 first line\n0x0002 second\n");
+        assert_eq!(
+            again.sha256,
+            sha256_hex(b"0x0001 first line\n0x0002 second\n0x0003 third\n")
+        );
+        // A read that fails is the caller's error.
+        struct Broken;
+        impl io::Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("cable cut"))
+            }
+        }
+        let e = again.extended(Broken, 100).expect_err("an error");
+        assert_eq!(e.to_string(), "cable cut");
+    }
+
+    #[test]
+    fn the_watchers_rescans_read_a_growing_inventory_into_the_memory_they_hold() {
+        use std::collections::BTreeSet;
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let ssl = dir.path().join("ssl");
+        let cadir = ssl.join("ca");
+        fs::create_dir_all(cadir.join("signed")).unwrap();
+        for (name, body) in [
+            ("ca_crt.pem", "crt\n"),
+            ("ca_key.pem", "key\n"),
+            ("serial", "0A\n"),
+        ] {
+            fs::write(cadir.join(name), body).unwrap();
+        }
+        let inventory = cadir.join("inventory.txt");
+        let line =
+            |i: usize| format!("{i:#06x} 2026-01-01T00:00:00UTC 2031-01-01T00:00:00UTC /CN=n{i}\n");
+        let sha256_hex = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
+        let lines: String = (0..6000).map(line).collect();
+        fs::write(&inventory, &lines).unwrap();
+        let append = |i: usize| {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(&inventory)
+                .unwrap();
+            f.write_all(line(i).as_bytes()).unwrap();
+        };
+        let set = ReplicatedSet::new(&ssl).cadir(&cadir);
+        let changed: BTreeSet<PathBuf> = [inventory.clone()].into();
+        let rescan = |scan: SetScan| match set.rescan_from(scan, &changed) {
+            Rescan::Updated(scan) => scan,
+            Rescan::Full(_) => panic!("a full scan was asked for"),
+        };
+        let held = |scan: &SetScan| {
+            let tails = scan.tails.0.iter();
+            let tail = tails
+                .clone()
+                .find(|t| t.path == "ca/inventory.txt")
+                .expect("its tail")
+                .clone();
+            assert_eq!(tails.count(), 1);
+            assert_eq!(*tail.held.bytes, fs::read(&inventory).unwrap());
+            assert_eq!(scan.manifest, set.scan().unwrap().manifest);
+            tail
+        };
+        let read = rescan(set.scan().unwrap());
+        let first = held(&read);
+        assert_eq!(first.grew_from, None);
+        drop(first);
+        // Grown: read into the memory of the bytes held (once grown to fit).
+        append(6000);
+        let grown = rescan(read);
+        let tail = held(&grown);
+        assert_eq!(
+            tail.grew_from,
+            Some((sha256_hex(lines.as_bytes()), lines.len() as u64))
+        );
+        let memory = tail.held.bytes.as_ptr();
+        drop(tail);
+        append(6001);
+        let again = rescan(grown);
+        let tail = held(&again);
+        assert_eq!(tail.held.bytes.as_ptr(), memory, "read into new memory");
+        assert!(tail.grew_from.is_some());
+        // Shared (a sender still holds them): read into new memory.
+        let shared = tail.clone();
+        drop(tail);
+        append(6002);
+        let apart = rescan(again);
+        let tail = held(&apart);
+        assert_ne!(tail.held.bytes.as_ptr(), shared.held.bytes.as_ptr());
+        assert_eq!(
+            tail.grew_from,
+            Some((shared.held.sha256.clone(), shared.held.size()))
+        );
+        drop((tail, shared));
+        // Rewritten, not grown: read whole again (in the same memory), and
+        // hashed whole.
+        let mut rewritten = fs::read(&inventory).unwrap();
+        rewritten[0] = b'#';
+        rewritten.extend_from_slice(line(6003).as_bytes());
+        fs::write(&inventory, &rewritten).unwrap();
+        let redone = rescan(apart);
+        let tail = held(&redone);
+        assert_eq!(tail.grew_from, None);
+        assert_eq!(tail.held.sha256, sha256_hex(&rewritten));
+        // Cut short: the same.
+        drop(tail);
+        fs::write(&inventory, &lines[..300_000]).unwrap();
+        let cut = rescan(redone);
+        let tail = held(&cut);
+        assert_eq!(tail.grew_from, None);
+        assert_eq!(tail.held.sha256, sha256_hex(&lines.as_bytes()[..300_000]));
     }
 
     fn file(path: &str) -> Entry {

@@ -414,11 +414,17 @@ impl Manifest {
     }
 
     /// The canonical form ([`canonical_bytes`](Self::canonical_bytes)) in
-    /// pieces of about `piece` bytes, handed to `each` in order.
+    /// pieces of about `piece` bytes, handed to `each` in order, each in a
+    /// [`buffer`](crate::fsutil::buffer) (which `each` may give back).
     pub(crate) fn canonical_pieces(&self, piece: usize, mut each: impl FnMut(Vec<u8>)) {
-        let mut buf = Vec::with_capacity(piece + 4096);
+        let empty = || {
+            let mut buf = crate::fsutil::buffer();
+            buf.clear();
+            buf
+        };
+        let mut buf = empty();
         self.write_canonical(piece, &mut buf, |b| {
-            each(std::mem::replace(b, Vec::with_capacity(piece + 4096)));
+            each(std::mem::replace(b, empty()));
         });
         if !buf.is_empty() {
             each(buf);

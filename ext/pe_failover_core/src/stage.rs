@@ -1078,6 +1078,14 @@ pub(crate) struct Changed {
 struct Held(Arc<Vec<(String, HeldBytes)>>);
 
 impl Held {
+    /// All of them, taken out (owned when nothing else holds them).
+    fn take_all(&mut self) -> Vec<(String, HeldBytes)> {
+        match Arc::try_unwrap(std::mem::take(&mut self.0)) {
+            Ok(all) => all,
+            Err(shared) => shared.to_vec(),
+        }
+    }
+
     /// The held contents with SHA-256 `sha256`.
     fn find(&self, sha256: &str) -> Option<&HeldBytes> {
         self.0.iter().map(|(_, h)| h).find(|h| h.sha256 == sha256)
@@ -1621,6 +1629,12 @@ pub(crate) fn build_snapshot(
         _ => None,
     };
     let took = taken.is_some();
+    // With `take`, so are the contents it held: an extension of them grows
+    // in their memory (those not extended go back to it below).
+    let spare = match (take, prev.as_deref_mut()) {
+        (true, Some(p)) => Some(Mutex::new(p.held.take_all())),
+        _ => None,
+    };
     let built = std::thread::scope(|s| {
         let base = match (taken, prev.as_deref()) {
             (Some(taken), _) => Some(Given::Taken(taken)),
@@ -1634,10 +1648,19 @@ pub(crate) fn build_snapshot(
             }
             _ => None,
         };
-        let stored = store_contents(state, prev.as_deref(), txn, wanted, &mut stats, cancel);
+        let before = Prev {
+            snapshot: prev.as_deref(),
+            spare: spare.as_ref(),
+        };
+        let stored = store_contents(state, before, txn, wanted, &mut stats, cancel);
         let made = making.map(|h| crate::joined(h.join(), "making a snapshot's manifest"));
         (stored, made)
     });
+    if let (Some(spare), Some(p)) = (spare, prev.as_deref_mut()) {
+        p.held = Held(Arc::new(
+            spare.into_inner().unwrap_or_else(|e| e.into_inner()),
+        ));
+    }
     let built = match built {
         (Err(e), _) => Err(e),
         (Ok(built), Some(made)) => made.map(|made| (made, built)),
@@ -1785,6 +1808,15 @@ fn new_contents<'c>(
     Ok(wanted)
 }
 
+/// The snapshot a new one is built on, and the contents it held that were
+/// taken out of it (see [`Held::take_all`]) for extensions of them to be
+/// read into their memory; those not used go back to it.
+#[derive(Clone, Copy)]
+struct Prev<'a> {
+    snapshot: Option<&'a Snapshot>,
+    spare: Option<&'a Mutex<Vec<(String, HeldBytes)>>>,
+}
+
 /// Adds to the content store those of the contents `wanted` (entries and
 /// their SHA-256, from [`new_contents`]) it lacks: moved out of the
 /// transaction `txn` (its pack, or a file each), made root's and re-hashed,
@@ -1794,7 +1826,7 @@ fn new_contents<'c>(
 /// memory (see [`Held`]).
 fn store_contents(
     state: &StateDir,
-    prev: Option<&Snapshot>,
+    prev: Prev<'_>,
     txn: &PendingTxn,
     wanted: Vec<(&Entry, &str)>,
     stats: &mut BuildStats,
@@ -1990,7 +2022,7 @@ struct Added {
 /// was added).
 fn add_object(
     state: &StateDir,
-    prev: Option<&Snapshot>,
+    prev: Prev<'_>,
     txn: &PendingTxn,
     objects_ok: bool,
     e: &Entry,
@@ -2012,7 +2044,7 @@ fn add_object(
             return extend_in_memory(state, prev, txn, (e, sha), x, &what, dst).map(Some);
         }
         // The held contents plus the suffix.
-        match extension_base(state, prev, txn, x, &what)? {
+        match extension_base(state, prev.snapshot, txn, x, &what)? {
             Extended::Loose(base) => vec![base, txn.suffix_file(sha)],
             Extended::Packed(bytes) => {
                 prefix = bytes;
@@ -2091,7 +2123,7 @@ fn extension_base(
 /// held.
 fn extend_in_memory(
     state: &StateDir,
-    prev: Option<&Snapshot>,
+    prev: Prev<'_>,
     txn: &PendingTxn,
     (e, sha): (&Entry, &str),
     x: &Extension,
@@ -2099,13 +2131,20 @@ fn extend_in_memory(
     dst: &Path,
 ) -> Result<Added> {
     use std::io::Read as _;
-    let held = prev
-        .and_then(|p| p.held.find(&x.base_sha256))
-        .filter(|h| h.size() == x.base_size);
+    let fits = |h: &HeldBytes| h.sha256 == x.base_sha256 && h.size() == x.base_size;
+    let spared = prev.spare.and_then(|spare| {
+        let mut spare = spare.lock().ok()?;
+        let at = spare.iter().position(|(_, h)| fits(h))?;
+        Some(spare.swap_remove(at).1)
+    });
+    let held = spared.or_else(|| {
+        let held = prev.snapshot.and_then(|p| p.held.find(&x.base_sha256));
+        held.filter(|h| fits(h)).cloned()
+    });
     let base = match held {
-        Some(held) => held.clone(),
+        Some(held) => held,
         None => {
-            let (bytes, shown) = match extension_base(state, prev, txn, x, what)? {
+            let (bytes, shown) = match extension_base(state, prev.snapshot, txn, x, what)? {
                 // (Of another size, they are refused below.)
                 Extended::Loose(path) => (fsutil::read_bounded(&path, HELD_MAX)?, path),
                 Extended::Packed(bytes) => (bytes, state.objects()),
@@ -2132,13 +2171,9 @@ fn extend_in_memory(
     // make a size that is refused below.
     let suffix_path = txn.suffix_file(sha);
     let (input, _) = fsutil::open_untrusted(&suffix_path, what)?;
-    let mut bytes = Vec::with_capacity(e.size.max(base.size()) as usize);
-    bytes.extend_from_slice(&base.bytes);
-    input
-        .take(e.size.saturating_sub(base.size()) + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| Error::io("read", &suffix_path, err))?;
-    let grown = base.grown(bytes);
+    let suffix = input.take(e.size.saturating_sub(base.size()) + 1);
+    let grown =
+        (base.extended(suffix, e.size)).map_err(|err| Error::io("read", &suffix_path, err))?;
     if grown.size() != e.size || grown.sha256 != sha {
         return Err(fsutil::not_as_recorded(
             what,
