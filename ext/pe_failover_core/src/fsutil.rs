@@ -1067,6 +1067,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bounded_reads_refuse_large_files_and_others_and_append_to_a_start_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inventory.txt");
+        let bytes: Vec<u8> = (0..100u8).collect();
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_bounded(&path, 100).unwrap(), bytes);
+        let e = read_bounded(&path, 99).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        let shown = format!(
+            "{} is larger than the 99 bytes allowed for it",
+            path.display()
+        );
+        assert_eq!(e.to_string(), shown);
+        // Its start held: the rest appended.
+        let mut buf = bytes[..40].to_vec();
+        assert!(read_bounded_into(&path, 100, &mut buf).unwrap());
+        assert_eq!(buf, bytes);
+        // Other bytes, or more than the file has: read whole instead.
+        for held in [
+            &b"other"[..],
+            &bytes[..],
+            &[bytes.as_slice(), b"!"].concat(),
+        ] {
+            let mut buf = held.to_vec();
+            let grew = read_bounded_into(&path, 100, &mut buf).unwrap();
+            assert_eq!(grew, held == bytes.as_slice());
+            assert_eq!(buf, bytes);
+        }
+        // Grown past the limit: refused all the same.
+        let mut buf = bytes[..40].to_vec();
+        let e = read_bounded_into(&path, 60, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        // Not a regular file: a directory, a symbolic link (not followed).
+        let e = read_bounded(dir.path(), 100).unwrap_err();
+        assert!(e.to_string().ends_with("is not a regular file"), "{e}");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let e = read_bounded(&link, 100).unwrap_err();
+        assert!(e.to_string().contains(&link.display().to_string()), "{e}");
+        assert_eq!(
+            e.io_error().and_then(io::Error::raw_os_error),
+            Some(libc::ELOOP)
+        );
+    }
+
+    #[test]
     fn exchange_swaps_two_names_and_declines_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
         let (new, old) = (dir.path().join("new"), dir.path().join("old"));
