@@ -480,14 +480,15 @@ pub fn save_manifest(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> 
 /// as it is made, each piece hashed by a second thread meanwhile, and the
 /// digest, then remembered by `manifest`, goes into the header before the
 /// file is flushed (unless not `durable`). (At 100k certificates making,
-/// writing and hashing the 15 MB take 4-9, 1-5 and about 3 ms.)
+/// writing and hashing the 15 MB take 4-9, 1-5 and about 3 ms.) A large
+/// manifest goes around the page cache (see [`fsutil::UncachedWriter`]):
+/// the applier writes one per snapshot and keeps it in memory.
 pub(crate) fn save_manifest_hashing(
     path: &Path,
     manifest: &Manifest,
     mode: u32,
     durable: bool,
 ) -> Result<()> {
-    use std::io::Write as _;
     use std::os::unix::fs::FileExt as _;
     if manifest.known_digest().is_some() {
         return match durable {
@@ -512,16 +513,18 @@ pub(crate) fn save_manifest_hashing(
         crate::cache::StagedFile::write_with(path, mode, durable, move |f, tmp| {
             // The digest is not known yet: zeros stand for it.
             let head = manifest_file_head(MANIFEST_MAGIC, &"0".repeat(64), 0);
-            f.write_all(&head).map_err(|e| Error::io("write", tmp, e))?;
-            let mut written = Ok(());
+            // (About 150 bytes an entry: only says whether it is large.)
+            let mut out = fsutil::UncachedWriter::new(f, tmp, manifest.len() as u64 * 100);
+            let mut written = out.write(&head);
             manifest.canonical_pieces(1 << 20, |piece| {
                 if written.is_ok() {
-                    written = f.write_all(&piece);
+                    written = out.write(&piece);
                     let _ = pieces.send(piece);
                 }
             });
             drop(pieces);
-            written.map_err(|e| Error::io("write", tmp, e))?;
+            written?;
+            out.finish()?;
             let hex = crate::joined(hashing.join(), "hashing a manifest")?;
             f.write_all_at(hex.as_bytes(), MANIFEST_MAGIC.len() as u64)
                 .map_err(|e| Error::io("write", tmp, e))?;
@@ -1175,7 +1178,9 @@ impl ReplicatedSet {
         let inner = scan.into_complete()?;
 
         let root_meta = fs::metadata(&cadir).map_err(|e| Error::io("stat", &cadir, e))?;
-        let mut entries: Vec<Entry> = Vec::with_capacity(inner.len() + 5);
+        // With room for the watcher's rescans to put new certificates in
+        // (see `merge_taking`).
+        let mut entries: Vec<Entry> = Vec::with_capacity(inner.len() + 5 + inner.len() / 16);
         entries.push(entry_from_meta(CA_ROOT, &root_meta, EntryKind::Dir));
         entries.extend(Vec::from(inner));
         entries.push(Entry::synthetic_dir(SSL_ROOT));
@@ -1464,6 +1469,16 @@ fn hashed_entry(
     if before.size() > HELD_MAX {
         return Ok(None);
     }
+    // Read into new memory: with room for the file to grow (untouched, it
+    // costs nothing) when it is to be kept.
+    let fresh = || {
+        let room = match before.size() >= HELD_MIN {
+            true => before.size() / 4,
+            false => 0,
+        };
+        let mut buf = Vec::with_capacity((before.size() + room) as usize);
+        fsutil::read_bounded_into(abs, HELD_MAX, &mut buf).map(|_| buf)
+    };
     // The bytes read, and what they grew from (SHA-256, size, hash state).
     let read = match tail.map(|t| t.held) {
         Some(HeldBytes {
@@ -1475,13 +1490,13 @@ fn hashed_entry(
             match Arc::try_unwrap(bytes) {
                 Ok(mut buf) => fsutil::read_bounded_into(abs, HELD_MAX, &mut buf)
                     .map(|grew| (buf, grew.then_some((sha256, size, state)))),
-                Err(bytes) => fsutil::read_bounded(abs, HELD_MAX).map(|read| {
+                Err(bytes) => fresh().map(|read| {
                     let grew = read.starts_with(&bytes);
                     (read, grew.then_some((sha256, size, state)))
                 }),
             }
         }
-        None => fsutil::read_bounded(abs, HELD_MAX).map(|read| (read, None)),
+        None => fresh().map(|read| (read, None)),
     };
     let (bytes, grown) = match read {
         Ok(read) => read,
@@ -1979,6 +1994,37 @@ mod tests {
             manifest_from_entries(temp).unwrap_err().kind(),
             ErrorKind::UnsafePath
         );
+    }
+
+    #[test]
+    fn a_manifest_saved_while_hashed_is_read_back_with_its_digest_small_or_large() {
+        let dir = tempfile::tempdir().unwrap();
+        // 3,000 certificates: past the size written around the page cache.
+        for n in [3, 3_000] {
+            let mut entries = vec![
+                dir_entry("ca"),
+                file(CA_CERT),
+                file(CA_KEY),
+                dir_entry("ca/signed"),
+            ];
+            entries.extend((0..n).map(|i| file(&format!("ca/signed/node{i:05}.example.com.pem"))));
+            let fresh = || Manifest::from_own_entries(entries.clone()).unwrap();
+            let expected = fresh().digest();
+            for durable in [true, false] {
+                let path = dir.path().join(format!("{n}-{durable}.manifest"));
+                let m = fresh();
+                save_manifest_hashing(&path, &m, 0o644, durable).unwrap();
+                assert_eq!(m.known_digest(), Some(expected.as_str()));
+                assert_eq!(manifest_file_digest(&path), Some(expected.clone()));
+                let loaded = load_manifest(&path).unwrap().unwrap();
+                assert_eq!(loaded, m);
+                assert_eq!(loaded.digest(), expected);
+                assert_eq!(
+                    fs::metadata(&path).unwrap().mode() & 0o777,
+                    0o644
+                );
+            }
+        }
     }
 
     #[test]
