@@ -1258,6 +1258,44 @@ impl ReplicatedSet {
         }
     }
 
+    /// `scan` with a tail (see [`Tail`]) for each of its files of
+    /// [`HELD_MIN`] to [`HELD_MAX`] bytes that has none, read now. A full
+    /// scan takes the digests of unchanged files from the stat cache, so
+    /// the first rescan after it would otherwise read and hash the grown
+    /// `inventory.txt` whole, into fresh memory, while a replica waits; the
+    /// watcher calls this once a round has shipped. A file that no longer
+    /// matches its entry gets none (the rescan of its change reads it).
+    pub(crate) fn with_tails(&self, mut scan: SetScan) -> SetScan {
+        let has_tail = |e: &Entry| {
+            (scan.tails.0.iter())
+                .any(|t| t.path == e.path && e.sha256.as_ref() == Some(&t.held.sha256))
+        };
+        let missing: Vec<&Entry> = (scan.manifest.entries().iter())
+            .filter(|e| e.kind == EntryKind::File && (HELD_MIN..=HELD_MAX).contains(&e.size))
+            .filter(|e| !has_tail(e))
+            .collect();
+        if missing.is_empty() {
+            return scan;
+        }
+        let mut tails = scan.tails.0.to_vec();
+        for e in missing {
+            let Some(abs) = scan.paths.resolve(&e.path) else {
+                continue;
+            };
+            let Ok(before) = fs::symlink_metadata(&abs) else {
+                continue;
+            };
+            if let Ok(Some((read, Some(tail)))) = hashed_entry(&abs, &e.path, &before, None) {
+                if read == *e {
+                    tails.retain(|t| t.path != e.path);
+                    tails.push(tail);
+                }
+            }
+        }
+        scan.tails = Tails(Arc::new(tails));
+        scan
+    }
+
     /// The entries at the paths `changed` names (see
     /// [`rescan_paths`](Self::rescan_paths)), or `None` when only a full
     /// scan can tell. `kept` holds the tails of `prev`; those of the files
@@ -1906,6 +1944,23 @@ mod tests {
         let tail = held(&cut);
         assert_eq!(tail.grew_from, None);
         assert_eq!(tail.held.sha256, sha256_hex(&lines.as_bytes()[..300_000]));
+        drop((tail, cut));
+        // A full scan keeps none (the stat cache gave the digests); the
+        // watcher then reads them, so that its first rescan extends them.
+        let full = set.scan().unwrap();
+        assert!(full.tails.0.is_empty());
+        let kept = set.with_tails(full);
+        let tail = held(&kept);
+        assert_eq!(tail.grew_from, None);
+        let sha = tail.held.sha256.clone();
+        drop(tail);
+        append(6004);
+        let grown = rescan(kept);
+        assert_eq!(held(&grown).grew_from, Some((sha, 300_000)));
+        // Changed since the scan: none either.
+        let full = set.scan().unwrap();
+        append(6005);
+        assert!(set.with_tails(full).tails.0.is_empty());
     }
 
     fn file(path: &str) -> Entry {
@@ -2019,10 +2074,7 @@ mod tests {
                 let loaded = load_manifest(&path).unwrap().unwrap();
                 assert_eq!(loaded, m);
                 assert_eq!(loaded.digest(), expected);
-                assert_eq!(
-                    fs::metadata(&path).unwrap().mode() & 0o777,
-                    0o644
-                );
+                assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
             }
         }
     }

@@ -189,7 +189,16 @@ impl Runner {
         }
         self.run_round(replicas, false, scan, shipped, retry_at, summary)
             .ok()
-            .map(|(_, scan)| scan)
+            .map(|(_, scan)| self.with_tails(scan))
+    }
+
+    /// `scan` with the large files that rescans keep read now, if a full
+    /// scan made it (see `ReplicatedSet::with_tails`).
+    fn with_tails(&self, scan: SetScan) -> SetScan {
+        match self.replicated_set() {
+            Ok(set) => set.with_tails(scan),
+            Err(_) => scan,
+        }
     }
 
     /// [`sync_round`](Self::sync_round) in `noop` mode or not, returning
@@ -311,9 +320,9 @@ impl Runner {
             }
             match result {
                 Ok((run, scan)) => {
-                    *last_scan = Some(scan);
                     rescanned = true;
                     asked.answer(Answer::Run(Box::new(run)));
+                    *last_scan = Some(self.with_tails(scan));
                 }
                 Err(e) => {
                     rescanned = false;
