@@ -1016,7 +1016,7 @@ pub(crate) fn read_bounded_into(path: &Path, limit: u64, buf: &mut Vec<u8>) -> R
     }
     let held = buf.len();
     let grown = meta.len() >= held as u64
-        && starts_with(&mut file, buf).map_err(|e| Error::io("read", path, e))?;
+        && file_starts_with(&mut file, buf).map_err(|e| Error::io("read", path, e))?;
     if !grown {
         buf.clear();
         std::io::Seek::rewind(&mut file).map_err(|e| Error::io("read", path, e))?;
@@ -1042,7 +1042,7 @@ pub(crate) fn read_bounded_into(path: &Path, limit: u64, buf: &mut Vec<u8>) -> R
 /// Whether what `file` holds from its position on starts with `expected`
 /// (read a chunk at a time into a [`buffer`]); the
 /// position is then after `expected` if so.
-fn starts_with(file: &mut File, expected: &[u8]) -> io::Result<bool> {
+fn file_starts_with(file: &mut File, expected: &[u8]) -> io::Result<bool> {
     let mut chunk = buffer();
     let mut rest = expected;
     let same = loop {
