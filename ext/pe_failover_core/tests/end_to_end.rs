@@ -937,7 +937,7 @@ fn a_socket_left_by_a_dead_watcher_is_replaced_and_never_blocks_a_sync() {
     }));
     e.sign("fresh.test");
     let run = e.sync_ok();
-    assert!(run.via_watcher);
+    assert!(run.via_watcher, "{:?}", run.lines);
     assert_eq!(run.replicas[0].outcome, ReplicaOutcome::Committed);
     a_token.cancel();
     assert_eq!(a.join().unwrap().requests, 1);
