@@ -259,8 +259,9 @@ fn merge_delta_cloned(base: &[Entry], upserts: &[&Entry], removed: &FxHashSet<&s
 /// paths `removed` left out, in path order, in `base`'s own memory: an
 /// upsert of a path `base` has replaces its entry where it is, the
 /// entries after a removed path move up once, and new paths are put in
-/// from the last, each moving the run of entries after it once. A small
-/// change to a large manifest thus moves about its entries once, and
+/// from the last, the entries after each moved up once into the room made
+/// at the end. A small change to a large manifest thus moves about its
+/// entries once (whatever the number of new paths), and
 /// allocates none of them anew (fresh pages of a large buffer cost more to
 /// fault in than the moves, much more on a virtual machine whose free
 /// memory goes back to the host), unless the new paths outgrow `base`'s
@@ -305,16 +306,22 @@ pub(crate) fn merge_taking(
         replaced.extend(entries.drain(kept..));
         replaced.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     }
-    // The new paths go in from the last: each moves the entries after it
-    // (those not moved yet) once, together with the new paths before it.
-    let mut old_end = entries.len();
-    let count = new.len();
-    entries.extend(new);
-    for j in (0..count).rev() {
-        let (old, added) = entries.split_at(old_end);
-        let at = old.partition_point(|e| e.path < added[j].path);
-        entries[at..old_end + j + 1].rotate_right(j + 1);
-        old_end = at;
+    // The new paths go in from the last, into room made at the end (empty
+    // placeholders, which allocate nothing): the entries after each move
+    // once, by swaps, to the end of the room left, and the new one takes
+    // the slot before them. Between `old` and `room` are placeholders.
+    let mut old = entries.len();
+    entries.resize_with(old + new.len(), || Entry::synthetic_dir(""));
+    let mut room = entries.len();
+    for e in new.into_iter().rev() {
+        let at = entries[..old].partition_point(|o| o.path < e.path);
+        for i in (at..old).rev() {
+            room -= 1;
+            entries.swap(i, room);
+        }
+        room -= 1;
+        entries[room] = e;
+        old = at;
     }
     (entries, replaced)
 }
@@ -486,11 +493,16 @@ mod tests {
             memory,
             "the entries were moved to new memory"
         );
-        // Outgrown: new memory, the same entries.
+        // Outgrown: new memory, the same entries; new paths first, last and
+        // between most entries.
         let full: Vec<Entry> = base(50).into();
-        let more: Vec<Entry> = (0..40)
+        let mut more: Vec<Entry> = (0..40)
             .map(|i| entry(&format!("ca/signed/n{i:03}x.pem"), EntryKind::File, i))
             .collect();
+        more.push(entry("ca/aaa.pem", EntryKind::File, 100));
+        more.push(entry("ca/zzz.pem", EntryKind::File, 101));
+        more.push(entry("0.pem", EntryKind::File, 102));
+        more.sort_by(|a, b| a.path.cmp(&b.path));
         let ups: Vec<&Entry> = more.iter().collect();
         let expected = merge_delta(
             full.iter().cloned(),
