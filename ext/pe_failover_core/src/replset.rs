@@ -1263,8 +1263,9 @@ impl ReplicatedSet {
     /// scan takes the digests of unchanged files from the stat cache, so
     /// the first rescan after it would otherwise read and hash the grown
     /// `inventory.txt` whole, into fresh memory, while a replica waits; the
-    /// watcher calls this once a round has shipped. A file that no longer
-    /// matches its entry gets none (the rescan of its change reads it).
+    /// watcher calls this once a round that scanned the whole CA has
+    /// shipped. A file that no longer matches its entry gets none (the
+    /// rescan of its change reads it).
     pub(crate) fn with_tails(&self, mut scan: SetScan) -> SetScan {
         let has_tail = |e: &Entry| {
             (scan.tails.0.iter())

@@ -187,14 +187,20 @@ impl Runner {
         if replicas.is_empty() {
             return None;
         }
+        let whole = scan.is_none();
         self.run_round(replicas, false, scan, shipped, retry_at, summary)
             .ok()
-            .map(|(_, scan)| self.with_tails(scan))
+            .map(|(_, scan)| self.kept_scan(scan, whole))
     }
 
-    /// `scan` with the large files that rescans keep read now, if a full
-    /// scan made it (see `ReplicatedSet::with_tails`).
-    fn with_tails(&self, scan: SetScan) -> SetScan {
+    /// The scan a round shipped, to keep for the next: when the round
+    /// scanned the whole CA (`whole`), with the large files that rescans
+    /// keep read now (see `ReplicatedSet::with_tails`); a rescan's already
+    /// has them.
+    fn kept_scan(&self, scan: SetScan, whole: bool) -> SetScan {
+        if !whole {
+            return scan;
+        }
         match self.replicated_set() {
             Ok(set) => set.with_tails(scan),
             Err(_) => scan,
@@ -313,6 +319,7 @@ impl Runner {
             // (After a first request, the batch is in the last scan already.)
             let full = (batch.overflow || batch.root_gone) && !rescanned;
             let (scan, previous) = self.scan_for_round(previous, batch, rescanned, full);
+            let whole = scan.is_none();
             let shipped = previous.as_ref().map(|p| &p.manifest);
             let result = self.run_round(&replicas, noop, scan, shipped, retry_at, summary);
             if !noop {
@@ -322,7 +329,7 @@ impl Runner {
                 Ok((run, scan)) => {
                     rescanned = true;
                     asked.answer(Answer::Run(Box::new(run)));
-                    *last_scan = Some(self.with_tails(scan));
+                    *last_scan = Some(self.kept_scan(scan, whole));
                 }
                 Err(e) => {
                     rescanned = false;
