@@ -1241,10 +1241,7 @@ impl ReplicatedSet {
         mut prev: SetScan,
         changed: &std::collections::BTreeSet<PathBuf>,
     ) -> Rescan {
-        let mut tails = match Arc::try_unwrap(std::mem::take(&mut prev.tails).0) {
-            Ok(tails) => tails,
-            Err(shared) => shared.to_vec(),
-        };
+        let mut tails = Arc::unwrap_or_clone(std::mem::take(&mut prev.tails).0);
         let updates = self.rescan_updates(&prev, &mut tails, changed);
         // (Less those read: their bytes went into the new tails.)
         prev.tails = Tails(Arc::new(tails));

@@ -1080,10 +1080,7 @@ struct Held(Arc<Vec<(String, HeldBytes)>>);
 impl Held {
     /// All of them, taken out (owned when nothing else holds them).
     fn take_all(&mut self) -> Vec<(String, HeldBytes)> {
-        match Arc::try_unwrap(std::mem::take(&mut self.0)) {
-            Ok(all) => all,
-            Err(shared) => shared.to_vec(),
-        }
+        Arc::unwrap_or_clone(std::mem::take(&mut self.0))
     }
 
     /// The held contents with SHA-256 `sha256`.
