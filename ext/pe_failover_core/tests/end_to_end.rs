@@ -857,6 +857,11 @@ fn shipped_file(e: &E2e) -> (PathBuf, Option<String>) {
 #[test]
 fn the_active_watcher_writes_the_manifest_it_shipped_once_idle_and_when_it_stops() {
     let e = E2e::new(5);
+    // The watcher's own rounds come 3 s after a change: the `sync` run at
+    // once after a signing is the round that ships it (with the default
+    // debounce, a loaded machine could let the watcher's own round go
+    // first, and the request find the replica up to date).
+    e.write_active(|v| v["watch"]["debounce_ms"] = 3000.into());
     let (b_token, b) = spawn_watch(e.passive());
     let (a_token, a) = spawn_watch(e.active());
     assert!(wait_until(Duration::from_secs(20), || e.converged()));
