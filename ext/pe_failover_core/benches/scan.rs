@@ -1,9 +1,11 @@
 //! Scan benchmark: a tree of N small certificate-sized files (default
 //! 100,000), scanned without a stat cache (every file hashed) and re-scanned
 //! with a warm stat cache (nothing hashed), each run several times; medians
-//! printed side by side with two anchors measured in the same run on the
-//! same tree: `sha256sum` over every file (the hashing work of a first scan)
-//! and `find -printf` of the stat fields (the floor for a re-scan).
+//! printed side by side with anchors measured in the same run on the same
+//! tree: `sha256sum` over every file (the hashing work of a first scan),
+//! `find -printf` of the stat fields, and the tree listed and every entry
+//! statted on all cores with nothing else done (the floor for a re-scan,
+//! and so for a sync that has no watcher to tell it what changed).
 //!
 //! The same tree, as a replicated manifest (`ca/...`), is then saved and
 //! loaded as a manifest file (`replset::save_manifest` / `load_manifest`),
@@ -162,6 +164,12 @@ fn main() {
     let find_stat = time(runs, || {
         sh("find . -printf '%p %s %T@ %C@ %i %m %U %G\\n'", &root)
     });
+    // The floor of any re-scan on this machine: every directory listed and
+    // every entry statted (as the scanner does: fstatat relative to the
+    // directory), on all cores, nothing else done or kept.
+    let floor = time(runs, || {
+        assert_eq!(list_and_stat(&root), n + n.div_ceil(1000));
+    });
 
     // The tree as a replicated manifest, saved and loaded as a file.
     let scanned = Scanner::new(&root).scan().unwrap().manifest;
@@ -194,6 +202,10 @@ fn main() {
         println!("| first scan, page cache dropped | {c:.2?} | same, page cache dropped | {a:.2?} | {:.2}x |", a.as_secs_f64() / c.as_secs_f64());
     }
     println!("| re-scan, unchanged, stat cache | {warm:.2?} | `find -printf` (stat only) | {find_stat:.2?} | {:.2}x |", find_stat.as_secs_f64() / warm.as_secs_f64());
+    println!(
+        "| same | {warm:.2?} | listing and statting alone, all cores | {floor:.2?} | {:.2}x |",
+        floor.as_secs_f64() / warm.as_secs_f64()
+    );
     println!("| re-scan, 1 file changed (stat cache rewritten) | {one_changed:.2?} | | | |");
     println!("| same, stat cache written in the background | {one_changed_bg:.2?} | | | |");
     println!(
@@ -211,4 +223,27 @@ fn main() {
             c.as_secs_f64() / warm.as_secs_f64()
         );
     }
+}
+
+/// Lists every directory below `root` and stats each entry (`fstatat`
+/// relative to its directory, on all cores), keeping nothing; returns the
+/// number of entries.
+fn list_and_stat(root: &Path) -> usize {
+    use rayon::prelude::*;
+    let mut pending = vec![root.to_path_buf()];
+    let mut count = 0;
+    while let Some(dir) = pending.pop() {
+        let listed: Vec<fs::DirEntry> = fs::read_dir(&dir)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let dirs: Vec<_> = listed
+            .par_iter()
+            .with_min_len(256)
+            .filter_map(|e| e.metadata().unwrap().is_dir().then(|| e.path()))
+            .collect();
+        count += listed.len();
+        pending.extend(dirs);
+    }
+    count
 }
