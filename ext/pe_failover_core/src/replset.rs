@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cache::{write_atomically, CacheSave};
+use crate::cache::CacheSave;
 use crate::cancel::CancelToken;
 use crate::diff::{changed_fields, Change, Changeset};
 use crate::exclude::Excludes;
@@ -472,7 +472,7 @@ struct ManifestFileIn {
 /// the digest ([`Manifest::digest`]) is the BLAKE3 of. The file keeps whatever name the caller
 /// gives it (`*.manifest.json` by convention, a name from format 1, JSON).
 pub fn save_manifest(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> {
-    write_atomically(path, &manifest_file_bytes(manifest), mode)
+    stage_manifest(path, manifest, mode, true)?.install()
 }
 
 /// [`save_manifest`] for a manifest whose digest may not be known yet,
@@ -512,7 +512,7 @@ pub(crate) fn save_manifest_hashing(
         // the file's creation ends.)
         crate::cache::StagedFile::write_with(path, mode, durable, move |f, tmp| {
             // The digest is not known yet: zeros stand for it.
-            let head = manifest_file_head(MANIFEST_MAGIC, &"0".repeat(64), 0);
+            let head = manifest_file_head(MANIFEST_MAGIC, &"0".repeat(64));
             // (About 150 bytes an entry: only says whether it is large.)
             let mut out = fsutil::UncachedWriter::new(f, tmp, manifest.len() as u64 * 100);
             let mut written = out.write(&head);
@@ -539,42 +539,50 @@ pub(crate) fn save_manifest_hashing(
     Ok(())
 }
 
-/// [`save_manifest`] without flushing to disk
-/// ([`write_cache_atomically`](crate::cache::write_cache_atomically)), for
+/// [`save_manifest`] without flushing to disk (as
+/// [`write_cache_atomically`](crate::cache::write_cache_atomically)), for
 /// a manifest kept only to save work, such as the one last shipped to a
 /// replica: a lost or empty file is read as none.
 pub fn save_manifest_cache(path: &Path, manifest: &Manifest, mode: u32) -> Result<()> {
-    crate::cache::write_cache_atomically(path, &manifest_file_bytes(manifest), mode)
+    stage_manifest(path, manifest, mode, false)?.install()
 }
 
-/// [`save_manifest_cache`] up to the rename: the file is written beside
-/// `path` and takes its place when the returned file is installed.
-pub(crate) fn stage_manifest_cache(
+/// The manifest file of `manifest` written beside `path` (flushed to disk
+/// when `durable`), taking its place when the returned file is installed:
+/// of format 3, or of format 2 when its digest is the SHA-256 read from
+/// such a file (or one of format 1), so that it is read back with the same
+/// digest. The canonical form goes out a piece at a time from the pool of
+/// buffers ([`fsutil::buffer`]), never whole in memory: 15 MB at 100k
+/// certificates, which a one-shot sync would otherwise take as new memory
+/// for the manifest it ships.
+pub(crate) fn stage_manifest(
     path: &Path,
     manifest: &Manifest,
     mode: u32,
+    durable: bool,
 ) -> Result<crate::cache::StagedFile> {
-    crate::cache::StagedFile::write(path, &manifest_file_bytes(manifest), mode, false)
-}
-
-/// The bytes of a manifest file of `manifest`: of format 3, or of format 2
-/// when its digest is the SHA-256 read from such a file (or one of format
-/// 1), so that it is read back with the same digest.
-fn manifest_file_bytes(manifest: &Manifest) -> Vec<u8> {
     let magic = match manifest.has_legacy_digest() {
         true => LEGACY_MANIFEST_MAGIC,
         false => MANIFEST_MAGIC,
     };
-    let mut bytes = manifest_file_head(magic, &manifest.digest(), 32 + manifest.len() * 160);
-    manifest.append_canonical(&mut bytes);
-    bytes
+    let head = manifest_file_head(magic, &manifest.digest());
+    crate::cache::StagedFile::write_with(path, mode, durable, |f, tmp| {
+        use std::io::Write as _;
+        let mut written = f.write_all(&head);
+        manifest.canonical_pieces(1 << 20, |piece| {
+            if written.is_ok() {
+                written = f.write_all(&piece);
+            }
+            fsutil::give_back(piece);
+        });
+        written.map_err(|e| Error::io("write", tmp, e))
+    })
 }
 
 /// The header of a manifest file starting with `magic` and recording
-/// `digest` (at offset `MANIFEST_MAGIC.len()`, then a newline), with room
-/// for `body` more bytes.
-fn manifest_file_head(magic: &[u8], digest: &str, body: usize) -> Vec<u8> {
-    let mut head = Vec::with_capacity(magic.len() + 65 + body);
+/// `digest` (at offset `MANIFEST_MAGIC.len()`, then a newline).
+fn manifest_file_head(magic: &[u8], digest: &str) -> Vec<u8> {
+    let mut head = Vec::with_capacity(magic.len() + 65);
     head.extend_from_slice(magic);
     head.extend_from_slice(digest.as_bytes());
     head.push(b'\n');
@@ -2075,6 +2083,48 @@ mod tests {
                 assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
             }
         }
+    }
+
+    #[test]
+    fn manifests_larger_than_a_piece_are_written_whole_durable_or_not_and_staged_until_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        // 12,000 certificates: a canonical form of about 1.8 MB, written
+        // as two pieces of the buffer pool's 1 MiB.
+        let mut entries = vec![dir_entry("ca"), file(CA_CERT), file(CA_KEY)];
+        entries.push(dir_entry("ca/signed"));
+        entries.extend((0..12_000).map(|i| file(&format!("ca/signed/node{i:05}.example.com.pem"))));
+        let m = manifest_from_entries(entries).unwrap();
+        let canonical = m.canonical_bytes();
+        assert!(canonical.len() > 1 << 20, "{}", canonical.len());
+        let expected = [MANIFEST_MAGIC, m.digest().as_bytes(), b"\n", &canonical].concat();
+        let check = |path: &Path, mode: u32| {
+            assert!(
+                fs::read(path).unwrap() == expected,
+                "{} differs",
+                path.display()
+            );
+            assert_eq!(load_manifest(path).unwrap().unwrap(), m);
+            assert_eq!(fs::metadata(path).unwrap().mode() & 0o777, mode);
+        };
+        let durable = dir.path().join("durable.manifest");
+        save_manifest(&durable, &m, 0o600).unwrap();
+        check(&durable, 0o600);
+        let cache = dir.path().join("cache.manifest");
+        save_manifest_cache(&cache, &m, 0o640).unwrap();
+        check(&cache, 0o640);
+
+        // Staged: the file named keeps what it held until the install.
+        let shipped = dir.path().join("shipped.manifest");
+        fs::write(&shipped, b"before").unwrap();
+        let staged = stage_manifest(&shipped, &m, 0o600, false).unwrap();
+        assert_eq!(fs::read(&shipped).unwrap(), b"before");
+        staged.install().unwrap();
+        check(&shipped, 0o600);
+        // Dropped uninstalled: nothing changes, no temporary file stays.
+        let other = manifest_from_entries(vec![dir_entry("ca"), file(CA_CERT)]).unwrap();
+        drop(stage_manifest(&shipped, &other, 0o600, false).unwrap());
+        check(&shipped, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
     #[test]

@@ -401,16 +401,9 @@ impl Manifest {
     /// version tag, then every field of every entry in path order, each
     /// variable-length field prefixed by its length.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.append_canonical(&mut out);
+        let mut out = Vec::with_capacity(32 + self.entries.len() * 160);
+        self.write_canonical(usize::MAX, &mut out, |_| {});
         out
-    }
-
-    /// Appends the canonical form ([`canonical_bytes`](Self::canonical_bytes))
-    /// to `out`.
-    pub(crate) fn append_canonical(&self, out: &mut Vec<u8>) {
-        out.reserve(32 + self.entries.len() * 160);
-        self.write_canonical(usize::MAX, out, |_| {});
     }
 
     /// The canonical form ([`canonical_bytes`](Self::canonical_bytes)) in

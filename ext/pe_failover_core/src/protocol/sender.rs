@@ -20,7 +20,7 @@ use crate::fsutil;
 use crate::ncship::NcOutbox;
 use crate::replset::{
     diff_from_manifest_file, manifest_file_digest, manifest_from_entries_of, save_manifest_cache,
-    stage_manifest_cache, ReplicatedSet, SetScan, Since, Tails,
+    stage_manifest, ReplicatedSet, SetScan, Since, Tails,
 };
 use crate::snapshot::{is_sha256_hex, sha256_bytes, Contents, Entry, EntryKind, Manifest};
 use crate::stage::new_txn_id;
@@ -444,7 +444,7 @@ impl Sender {
         let stage = self.write_shipped && shipped_digest.as_deref() != Some(digest.as_str());
         std::thread::scope(|s| {
             let staging =
-                stage.then(|| s.spawn(|| stage_manifest_cache(&shipped_path, current, 0o600)));
+                stage.then(|| s.spawn(|| stage_manifest(&shipped_path, current, 0o600, false)));
             let commit = Commit {
                 txn: txn.clone(),
                 digest: digest.clone(),
