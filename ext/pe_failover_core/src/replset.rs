@@ -1188,7 +1188,8 @@ impl ReplicatedSet {
         let root_meta = fs::metadata(&cadir).map_err(|e| Error::io("stat", &cadir, e))?;
         // With room for the watcher's rescans to put new certificates in
         // (see `merge_taking`).
-        let mut entries: Vec<Entry> = Vec::with_capacity(inner.len() + 5 + inner.len() / 16);
+        let mut entries: Vec<Entry> =
+            Vec::with_capacity(crate::snapshot::room_to_grow(inner.len() + 5));
         entries.push(entry_from_meta(CA_ROOT, &root_meta, EntryKind::Dir));
         entries.extend(Vec::from(inner));
         entries.push(Entry::synthetic_dir(SSL_ROOT));
@@ -2125,6 +2126,55 @@ mod tests {
         drop(stage_manifest(&shipped, &other, 0o600, false).unwrap());
         check(&shipped, 0o600);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn manifests_read_from_files_have_room_for_the_next_signings() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = |n: usize| {
+            let mut entries = vec![dir_entry("ca"), file(CA_CERT), file(CA_KEY)];
+            entries.push(dir_entry("ca/signed"));
+            entries.extend((0..n).map(|i| file(&format!("ca/signed/node{i:05}.example.com.pem"))));
+            manifest_from_entries(entries).unwrap()
+        };
+        let base = certs(3_000);
+        let base_file = dir.path().join("base.manifest");
+        save_manifest(&base_file, &base, 0o600).unwrap();
+        // One more certificate: read against the base, only it is decoded.
+        let next = certs(3_001);
+        let next_file = dir.path().join("next.manifest");
+        save_manifest(&next_file, &next, 0o600).unwrap();
+        let read = [
+            (load_manifest(&base_file).unwrap().unwrap(), &base),
+            (
+                load_manifest_against(Kind::Ca, &next_file, Some(&base))
+                    .unwrap()
+                    .unwrap(),
+                &next,
+            ),
+        ];
+        for (loaded, expected) in read {
+            assert_eq!(&loaded, expected);
+            let entries = Vec::from(loaded);
+            assert!(
+                entries.capacity() >= entries.len() + entries.len() / 16,
+                "{} entries, room for {}",
+                entries.len(),
+                entries.capacity()
+            );
+            // Ten signings go into the same memory (a receiver's merge of
+            // the next delta into the base it read).
+            let signed: Vec<Entry> = (0..10)
+                .map(|i| file(&format!("ca/signed/new{i}.example.com.pem")))
+                .collect();
+            let ups: Vec<&Entry> = signed.iter().collect();
+            let at = entries.as_ptr();
+            let (merged, replaced) = crate::manifest_delta::merge_taking(entries, &ups, &[]);
+            assert!(replaced.is_empty());
+            assert_eq!(merged.as_ptr(), at, "the merge moved the entries");
+            assert_eq!(merged.len(), expected.len() + 10);
+            assert!(merged.windows(2).all(|w| w[0].path < w[1].path));
+        }
     }
 
     #[test]

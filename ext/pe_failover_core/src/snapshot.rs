@@ -613,7 +613,7 @@ fn merge_canonical<'a>(
             walk_against(&all[from..to], &olds[bound(from)..bound(to)])
         })
         .collect::<std::result::Result<Vec<Walked<'a>>, String>>()?;
-    let mut merged: Vec<Entry> = Vec::with_capacity(all.len());
+    let mut merged: Vec<Entry> = Vec::with_capacity(room_to_grow(all.len()));
     let mut decoded: Vec<usize> = Vec::new();
     let mut removed: Vec<&str> = Vec::new();
     if all.is_empty() {
@@ -882,11 +882,20 @@ impl Record<'_> {
     }
 }
 
+/// Room for `len` entries of a manifest that may grow, and about one in
+/// sixteen more: a merge that puts new paths in (see
+/// `manifest_delta::merge_taking`) then moves no entry into new memory.
+/// Room never used is address space, not memory.
+pub(crate) fn room_to_grow(len: usize) -> usize {
+    len + len / 16
+}
+
 /// The entries of a canonical form, strictly sorted by path, or why the
-/// bytes are not one.
+/// bytes are not one; with [room to grow](room_to_grow) (a receiver or an
+/// applier puts the next change into a manifest it read).
 pub(crate) fn parse_canonical(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
     let mut records = Records::new(bytes)?;
-    let mut entries: Vec<Entry> = Vec::with_capacity(records.count() as usize);
+    let mut entries: Vec<Entry> = Vec::with_capacity(room_to_grow(records.count() as usize));
     while let Some(record) = records.next_record()? {
         entries.push(record.entry()?);
     }
