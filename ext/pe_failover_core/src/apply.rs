@@ -914,15 +914,17 @@ impl Applier {
                                 .collect(),
                         )?;
                         self.stat_live(&paths, &changed, &restricted)?
-                            .map(|live| (live, restricted, files))
+                            .map(|live| (live, restricted, files, changed))
                     }
                     _ => None,
                 }
             }
             None => None,
         };
-        let (live, restricted, live_files) = match incremental {
-            Some((live, restricted, files)) => (live, Some(restricted), Some(files)),
+        let (live, restricted, live_files, changed) = match incremental {
+            Some((live, restricted, files, changed)) => {
+                (live, Some(restricted), Some(files), Some(changed))
+            }
             None => {
                 // Compared whole: the snapshots before are needed whole.
                 for p in &mut previous {
@@ -933,7 +935,7 @@ impl Applier {
                     }
                 }
                 previous.retain(|p| matches!(p, Earlier::Whole(_)));
-                (self.scan_live(&paths)?, None, None)
+                (self.scan_live(&paths)?, None, None, None)
             }
         };
         report.verified = restricted.is_none();
@@ -979,7 +981,38 @@ impl Applier {
             .with_path(&paths.cadir));
         }
 
+        // The compare may have looked while a directory was away (moved by
+        // another process, then back): what it did not see there was not
+        // deleted. Every path the active primary removed must be gone once
+        // the plan is carried out, or the snapshot stays in progress and
+        // the next apply, which compares again with the snapshot before
+        // it, finishes it.
+        let check_removed = || -> Result<()> {
+            let removed = self.removed_paths(&target.manifest, changed.as_deref(), &previous_refs);
+            // (Below a link or a file, a path is not in the live CA: a
+            // directory swapped for a link after the compare, or a link the
+            // snapshot put in a directory's place.)
+            let there = |rel: &str| {
+                let parent = rel.rsplit_once('/').map_or("", |(dir, _)| dir);
+                let abs = paths.resolve(rel)?;
+                let in_ca = matches!(non_dir_on_the_way(&paths, parent), Ok(false));
+                (in_ca && fs::symlink_metadata(&abs).is_ok()).then_some(abs)
+            };
+            match removed.iter().find_map(|rel| there(rel)) {
+                None => Ok(()),
+                Some(abs) => Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{} is still in the live CA although snapshot {digest} removed it: the live CA changed while it was compared (a directory moved away and back?); the snapshot stays in progress",
+                        abs.display()
+                    ),
+                )
+                .with_path(&abs)
+                .with_hint("apply again: it compares again and finishes the snapshot")),
+            }
+        };
         if plan.is_empty() {
+            check_removed()?;
             if repin || record.applied.as_ref().map(|a| a.digest.as_str()) != Some(digest.as_str())
             {
                 self.finish_record(record, target)?;
@@ -990,6 +1023,7 @@ impl Applier {
         record.in_progress = Some(digest.clone());
         self.save_record(record)?;
         let crl_written = self.execute(&paths, target, &live, &plan, &mut report.live)?;
+        check_removed()?;
         if crl_written && !self.reload.is_empty() {
             match run_reload(&self.reload) {
                 Ok(()) => report.reloaded = true,
@@ -1178,6 +1212,36 @@ impl Applier {
         }
         // Paths of a manifest, in its order; entries made here.
         Manifest::from_own_entries(entries).map(Some)
+    }
+
+    /// The managed paths (below `ca/`, not excluded) that a snapshot in
+    /// `previous` had and `target` has not, which an apply deletes: among
+    /// `changed` when the compare looked only there, otherwise all.
+    fn removed_paths<'a>(
+        &self,
+        target: &'a Manifest,
+        changed: Option<&[&'a str]>,
+        previous: &[&'a Manifest],
+    ) -> Vec<&'a str> {
+        let managed = |p: &str| {
+            p.strip_prefix("ca/")
+                .is_some_and(|rel| !self.excludes.is_excluded(rel))
+        };
+        let mut out: Vec<&str> = match changed {
+            Some(changed) => changed
+                .iter()
+                .copied()
+                .filter(|p| previous.iter().any(|m| m.get(p).is_some()))
+                .collect(),
+            None => previous
+                .iter()
+                .flat_map(|m| differing_paths(m, target))
+                .collect(),
+        };
+        out.retain(|p| managed(p) && target.get(p).is_none());
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Carries out `plan`; returns whether a CRL was written. Every live

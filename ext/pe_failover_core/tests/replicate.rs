@@ -1779,6 +1779,64 @@ fn a_directory_put_back_where_the_compare_saw_a_symlink_is_not_removed_with_its_
     p.assert_converged(&[PASSIVE, "own.example.com"]);
 }
 
+/// When the applier is about to replace a live entry of another kind,
+/// renames `away` back to `to`: a directory moved away by another process
+/// while the applier compared, and back before it wrote.
+struct MovedBack {
+    away: PathBuf,
+    to: PathBuf,
+}
+
+impl ApplyProgress for MovedBack {
+    fn replacing(&self, _path: &str) {
+        fs::rename(&self.away, &self.to).unwrap();
+    }
+}
+
+#[test]
+fn an_apply_that_compared_while_signed_was_away_deletes_what_it_missed_next_time() {
+    let p = Pair::new(5);
+    p.sync_and_apply();
+    p.sign("new1.example.com");
+    p.clean("node0.example.com");
+    p.sync();
+    // signed/ is away while the applier compares (it sees none, so no
+    // certificate to delete), and back before it writes; a directory in
+    // the place of ca_pub.pem, which the apply replaces first, marks the
+    // moment.
+    let b_signed = p.b_cadir.join("signed");
+    let away = p.dir.path().join("signed.away");
+    fs::rename(&b_signed, &away).unwrap();
+    let pub_key = p.b_cadir.join("ca_pub.pem");
+    fs::remove_file(&pub_key).unwrap();
+    fs::create_dir(&pub_key).unwrap();
+    let e = p
+        .applier()
+        .verify(true)
+        .progress(MovedBack {
+            away: away.clone(),
+            to: b_signed.clone(),
+        })
+        .run()
+        .unwrap_err();
+    let cleaned = b_signed.join("node0.example.com.pem");
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    assert!(
+        e.message().contains(&format!(
+            "{} is still in the live CA although snapshot",
+            cleaned.display()
+        )),
+        "{e}"
+    );
+    assert!(cleaned.is_file());
+    assert!(b_signed.join("new1.example.com.pem").is_file());
+    // Not recorded as applied: the next apply compares again, with the
+    // snapshot before, and deletes it.
+    p.applier().run().unwrap();
+    assert!(!cleaned.exists());
+    p.assert_converged(&[PASSIVE]);
+}
+
 #[test]
 fn applies_racing_a_process_that_keeps_swapping_signed_for_a_symlink_never_reach_through_it() {
     use std::sync::atomic::AtomicBool;
