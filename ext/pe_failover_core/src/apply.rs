@@ -34,7 +34,9 @@
 //!
 //! An apply that dies half-way leaves every file either old or new (never
 //! torn) and is finished by the next run, which compares with the live
-//! files again.
+//! files again. So is one whose compare missed what it had to delete (a
+//! directory moved away and back meanwhile): a snapshot is recorded as
+//! applied only once every path it removed is gone.
 
 use std::fs;
 use std::io::{self, Write};
