@@ -515,13 +515,14 @@ pub(crate) fn save_manifest_hashing(
             let head = manifest_file_head(MANIFEST_MAGIC, &"0".repeat(64));
             // (About 150 bytes an entry: only says whether it is large.)
             let mut out = fsutil::UncachedWriter::new(f, tmp, manifest.len() as u64 * 100);
-            let mut written = out.write(&head);
-            manifest.canonical_pieces(1 << 20, |piece| {
-                if written.is_ok() {
-                    written = out.write(&piece);
+            let written = write_manifest_file(
+                manifest,
+                &head,
+                |bytes| out.write(bytes),
+                |piece| {
                     let _ = pieces.send(piece);
-                }
-            });
+                },
+            );
             drop(pieces);
             written?;
             out.finish()?;
@@ -568,15 +569,28 @@ pub(crate) fn stage_manifest(
     let head = manifest_file_head(magic, &manifest.digest());
     crate::cache::StagedFile::write_with(path, mode, durable, |f, tmp| {
         use std::io::Write as _;
-        let mut written = f.write_all(&head);
-        manifest.canonical_pieces(1 << 20, |piece| {
-            if written.is_ok() {
-                written = f.write_all(&piece);
-            }
-            fsutil::give_back(piece);
-        });
-        written.map_err(|e| Error::io("write", tmp, e))
+        let write = |bytes: &[u8]| f.write_all(bytes).map_err(|e| Error::io("write", tmp, e));
+        write_manifest_file(manifest, &head, write, fsutil::give_back)
     })
+}
+
+/// Writes `head`, then `manifest`'s canonical form a piece of 1 MiB at a
+/// time from the pool of buffers, with `write` (until it fails), and hands
+/// each piece on to `done` once written (to give back, or to hash).
+fn write_manifest_file(
+    manifest: &Manifest,
+    head: &[u8],
+    mut write: impl FnMut(&[u8]) -> Result<()>,
+    mut done: impl FnMut(Vec<u8>),
+) -> Result<()> {
+    let mut written = write(head);
+    manifest.canonical_pieces(1 << 20, |piece| {
+        if written.is_ok() {
+            written = write(&piece);
+        }
+        done(piece);
+    });
+    written
 }
 
 /// The header of a manifest file starting with `magic` and recording
