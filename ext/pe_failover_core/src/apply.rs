@@ -1235,8 +1235,11 @@ impl Applier {
                 .copied()
                 .filter(|p| previous.iter().any(|m| m.get(p).is_some()))
                 .collect(),
+            // (The target itself, when its apply was interrupted, removed
+            // nothing from itself.)
             None => previous
                 .iter()
+                .filter(|m| !std::ptr::eq(**m, target))
                 .flat_map(|m| differing_paths(m, target))
                 .collect(),
         };
